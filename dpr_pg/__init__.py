@@ -1,0 +1,43 @@
+"""dpr_pg: Dense Passage Retrieval inside PostgreSQL.
+
+>>> import dpr_pg
+>>> engine = dpr_pg.create_engine()          # doctest: +SKIP
+>>> dpr_pg.init(engine, dim=768)            # doctest: +SKIP
+"""
+
+from dpr_pg.database import create_engine
+from dpr_pg.doctor import DoctorReport, doctor
+from dpr_pg.errors import (
+    ConfigError,
+    DatabaseError,
+    DimensionError,
+    DprPgError,
+    EncoderError,
+    EncoderMismatchError,
+    FilterError,
+    IngestError,
+    SchemaError,
+)
+from dpr_pg.models import Encoder, Passage
+from dpr_pg.schema import InitResult, downgrade, init, upgrade
+
+__all__ = [
+    "ConfigError",
+    "DatabaseError",
+    "DimensionError",
+    "DoctorReport",
+    "DprPgError",
+    "Encoder",
+    "EncoderError",
+    "EncoderMismatchError",
+    "FilterError",
+    "IngestError",
+    "InitResult",
+    "Passage",
+    "SchemaError",
+    "create_engine",
+    "doctor",
+    "downgrade",
+    "init",
+    "upgrade",
+]

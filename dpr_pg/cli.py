@@ -1,0 +1,151 @@
+"""``dpr-pg``: a thin shell over the Python API. Each command calls one public function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dpr_pg import config
+from dpr_pg.errors import DprPgError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Context:
+    """Lazily opened engine, shared by the commands of one invocation."""
+
+    def __init__(self, database_url: str | None) -> None:
+        self.database_url = database_url
+        self._engine = None
+
+    @property
+    def engine(self):  # noqa: ANN201 - sqlalchemy Engine, imported lazily to keep --help fast
+        if self._engine is None:
+            from dpr_pg.database import create_engine
+
+            self._engine = create_engine(self.database_url)
+        return self._engine
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def reports_errors(func: F) -> F:
+    """Turn library errors into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DprPgError as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--database-url",
+    envvar=None,
+    metavar="URL",
+    help="PostgreSQL URL. Default: $DPR_PG_DATABASE_URL, then $DATABASE_URL, then the embedded server.",
+)
+@click.version_option(package_name="dpr-pg")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None) -> None:
+    """Dense Passage Retrieval inside PostgreSQL.
+
+    \b
+    Example:
+        dpr-pg init
+        dpr-pg doctor
+    """
+    ctx.obj = Context(config.database_url(database_url))
+
+
+# ---- schema -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--dim", type=click.IntRange(1, 16000), default=config.DEFAULT_DIM, show_default=True,
+              help="Embedding dimension of the passages table.")
+@pass_context
+@reports_errors
+def init(ctx: Context, dim: int) -> None:
+    """Create or upgrade the dpr_pg schema (pgvector, tables, indexes, SQL functions).
+
+    Running it again is a no-op.
+
+    \b
+    Example:
+        dpr-pg init --dim 768
+    """
+    from dpr_pg.schema import init as init_schema
+
+    result = init_schema(ctx.engine, dim=dim)
+    if result.changed:
+        before = result.previous_revision or "empty"
+        click.echo(f"dpr_pg schema: {before} -> {result.revision} (vector({result.dim}))")
+    else:
+        click.echo(f"dpr_pg schema already at {result.revision} (vector({result.dim})); nothing to do")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_context
+@reports_errors
+def doctor(ctx: Context, as_json: bool) -> None:
+    """Show the server, pgvector and schema versions, and what is stored.
+
+    \b
+    Example:
+        dpr-pg doctor --json
+    """
+    from dpr_pg.doctor import doctor as run_doctor
+
+    report = run_doctor(ctx.engine)
+    if as_json:
+        print_json(report.as_dict())
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("database", report.database_url)
+    table.add_row("postgres", report.postgres_version)
+    table.add_row("pgvector", report.pgvector_version or "not installed")
+    table.add_row("schema", f"{report.schema_revision or 'none'} (head {report.head_revision})")
+    table.add_row("dimension", str(report.dim) if report.dim else "-")
+    for collection, count in report.passages.items():
+        table.add_row(f"collection {collection}", f"{count} passages")
+    for encoder in report.encoders:
+        table.add_row(f"encoder {encoder['id']}", f"{encoder['fingerprint'][:16]}  {encoder['passage_model']}")
+    console.print(table)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+# ---- encoders (issue 3) ---------------------------------------------------------------------------
+
+# ---- ingest (issue 4) -----------------------------------------------------------------------------
+
+# ---- search (issue 5) -----------------------------------------------------------------------------
+
+# ---- sync (issue 6) -------------------------------------------------------------------------------
+
+# ---- evaluation (issue 7) -------------------------------------------------------------------------
+
+
+if __name__ == "__main__":
+    sys.exit(main())

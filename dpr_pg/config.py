@@ -1,0 +1,64 @@
+"""Settings resolution: explicit argument > ``DPR_PG_*`` environment > defaults.
+
+This module (with cli.py and migrations/env.py) is the only place that reads the
+environment; everything else takes its settings as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_QUESTION_MODEL = "IIC/dpr-spanish-question_encoder-allqa-base"
+DEFAULT_PASSAGE_MODEL = "IIC/dpr-spanish-passage_encoder-allqa-base"
+DEFAULT_DIM = 768
+DEFAULT_POSTGRES_VERSION = 18
+
+
+def database_url(explicit: str | None = None) -> str | None:
+    """The database URL to use, or None for the embedded server.
+
+    Precedence: ``explicit`` > ``DPR_PG_DATABASE_URL`` > ``DATABASE_URL`` > None.
+    """
+    for candidate in (explicit, os.environ.get("DPR_PG_DATABASE_URL"), os.environ.get("DATABASE_URL")):
+        if candidate:
+            return candidate
+    return None
+
+
+def home(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The per-user folder where the embedded server keeps its data (``DPR_PG_HOME`` overrides)."""
+    chosen = explicit or os.environ.get("DPR_PG_HOME")
+    path = Path(chosen).expanduser() if chosen else platformdirs.user_data_path("dpr_pg")
+    return path.resolve()
+
+
+def postgres_version(explicit: int | None = None) -> int:
+    """Major version of the embedded PostgreSQL: 18 (default) or 16 (``DPR_PG_POSTGRES_VERSION``)."""
+    if explicit is not None:
+        return explicit
+    raw = os.environ.get("DPR_PG_POSTGRES_VERSION")
+    return int(raw) if raw else DEFAULT_POSTGRES_VERSION
+
+
+def question_model(explicit: str | None = None) -> str:
+    """Question encoder: argument > ``DPR_PG_QUESTION_MODEL`` > the IIC Spanish default."""
+    return explicit or os.environ.get("DPR_PG_QUESTION_MODEL") or DEFAULT_QUESTION_MODEL
+
+
+def passage_model(explicit: str | None = None) -> str:
+    """Passage encoder: argument > ``DPR_PG_PASSAGE_MODEL`` > the IIC Spanish default."""
+    return explicit or os.environ.get("DPR_PG_PASSAGE_MODEL") or DEFAULT_PASSAGE_MODEL
+
+
+def runtime_dir() -> Path:
+    """A private 0700 folder for sockets and locks (platformdirs warns without XDG_RUNTIME_DIR)."""
+    existing = os.environ.get("XDG_RUNTIME_DIR")
+    if existing and os.path.isdir(existing):
+        return Path(existing)
+    path = home() / "run"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
+    return path

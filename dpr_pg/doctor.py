@@ -1,0 +1,104 @@
+"""``dpr-pg doctor``: what server this is, what pgvector it has, and what dpr_pg has stored in it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from dpr_pg.database import hide_password
+from dpr_pg.schema import current_revision, embedding_dim, head_revision
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
+def pgvector_warnings(version: str | None) -> list[str]:
+    """Known problems of a pgvector version.
+
+    >>> pgvector_warnings("0.7.4")[0][:40]
+    'pgvector 0.7.4 has no iterative index sc'
+    """
+    if version is None:
+        return ["pgvector is not installed in this database; run dpr-pg init"]
+    found = _version_tuple(version)
+    warnings = []
+    if found < (0, 8, 0):
+        warnings.append(
+            f"pgvector {version} has no iterative index scans: filtered searches fall back to exact scans; "
+            "upgrade to pgvector >= 0.8.0"
+        )
+    if (0, 6, 0) <= found <= (0, 8, 1):
+        warnings.append(
+            f"pgvector {version} is affected by CVE-2026-3172 (parallel HNSW index build); "
+            "upgrade to pgvector >= 0.8.2, or SET max_parallel_maintenance_workers = 0 before building indexes"
+        )
+    return warnings
+
+
+@dataclass
+class DoctorReport:
+    """The state of one database as dpr_pg sees it."""
+
+    database_url: str
+    postgres_version: str
+    pgvector_version: str | None
+    schema_revision: str | None
+    head_revision: str
+    dim: int | None
+    passages: dict[str, int] = field(default_factory=dict)
+    encoders: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def doctor(engine: Engine) -> DoctorReport:
+    """Inspect the database behind ``engine``; never writes.
+
+    >>> doctor(engine).pgvector_version  # doctest: +SKIP
+    '0.8.5'
+    """
+    with engine.connect() as conn:
+        server_version = conn.execute(sa.text("SHOW server_version")).scalar_one()
+        pgvector = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+        revision = current_revision(conn)
+        dim = embedding_dim(conn)
+        passages: dict[str, int] = {}
+        encoders: list[dict[str, Any]] = []
+        if dim is not None:
+            passages = dict(
+                conn.execute(
+                    sa.text("SELECT collection, count(*) FROM dpr_pg.passages GROUP BY collection ORDER BY collection")
+                ).all()
+            )
+            encoders = [
+                dict(row._mapping)
+                for row in conn.execute(
+                    sa.text(
+                        "SELECT id, fingerprint, question_model, passage_model, dim, max_length "
+                        "FROM dpr_pg.encoders ORDER BY id"
+                    )
+                )
+            ]
+    head = head_revision()
+    warnings = pgvector_warnings(pgvector)
+    if revision is None:
+        warnings.append("no dpr_pg schema in this database; run dpr-pg init")
+    elif revision != head:
+        warnings.append(f"schema revision {revision} is behind {head}; run dpr-pg init to upgrade")
+    return DoctorReport(
+        database_url=hide_password(engine.url.render_as_string(hide_password=False)),
+        postgres_version=server_version,
+        pgvector_version=pgvector,
+        schema_revision=revision,
+        head_revision=head,
+        dim=dim,
+        passages=passages,
+        encoders=encoders,
+        warnings=warnings,
+    )

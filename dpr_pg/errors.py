@@ -1,0 +1,42 @@
+"""One error hierarchy: catch :class:`DprPgError` to catch everything dpr_pg raises.
+
+Every message says what was expected, what came, and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class DprPgError(Exception):
+    """Base class of every error raised by dpr_pg."""
+
+
+class ConfigError(DprPgError):
+    """A setting (URL, model name, option) is missing or malformed."""
+
+
+class DatabaseError(DprPgError):
+    """The database cannot be reached, or lacks something dpr_pg needs."""
+
+
+class SchemaError(DatabaseError):
+    """The dpr_pg schema is missing, outdated, or disagrees with the request."""
+
+
+class DimensionError(DprPgError):
+    """A vector has the wrong number of dimensions."""
+
+
+class EncoderError(DprPgError):
+    """A model cannot be loaded, or vectors come from another encoder pair."""
+
+
+class EncoderMismatchError(EncoderError):
+    """Stored vectors were made by a different encoder pair than the one asked to query them."""
+
+
+class FilterError(DprPgError):
+    """A metadata filter does not follow the filter language."""
+
+
+class IngestError(DprPgError):
+    """An input file or record cannot be ingested."""

@@ -1,0 +1,185 @@
+"""The dpr_pg schema, managed by Alembic with its own version table.
+
+:func:`init` is what ``dpr-pg init`` runs: it checks the server first (pgvector available, rights
+to create it, dimension agrees) so that a refused init changes nothing, then upgrades to head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command, context
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection, Engine
+
+from dpr_pg.config import DEFAULT_DIM
+from dpr_pg.errors import DatabaseError, SchemaError
+from dpr_pg.models import SCHEMA
+
+HNSW_INDEX = "passages_embedding_hnsw"
+VERSION_TABLE = "alembic_version"
+
+# Runs in autocommit: an index left INVALID by a killed CREATE INDEX CONCURRENTLY is dropped.
+DROP_INVALID_HNSW = f"""
+DO $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = '{SCHEMA}' AND c.relname = '{HNSW_INDEX}' AND NOT i.indisvalid
+    ) THEN
+        DROP INDEX {SCHEMA}.{HNSW_INDEX};
+    END IF;
+END
+$$
+"""
+
+
+def _package_root() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def resource_dir(name: str) -> Path:
+    """``migrations`` or ``sql``: inside the installed wheel, or at the top of a source checkout."""
+    inside = _package_root() / f"_{name}"
+    if inside.is_dir():
+        return inside
+    checkout = _package_root().parent / name
+    if checkout.is_dir():
+        return checkout
+    raise SchemaError(f"dpr_pg's {name}/ folder is missing from {_package_root()}; reinstall dpr-pg")
+
+
+def alembic_config(connection: Connection | None = None, *, dim: int | None = None) -> Config:
+    """An Alembic Config for dpr_pg's migrations, bound to ``connection`` when given."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resource_dir("migrations")))
+    cfg.attributes["connection"] = connection
+    cfg.attributes["dim"] = dim
+    return cfg
+
+
+def migration_dim() -> int:
+    """The dimension a migration should use: init's argument, ``-x dim=N``, or 768."""
+    chosen = context.config.attributes.get("dim") or context.get_x_argument(as_dictionary=True).get("dim")
+    return int(chosen) if chosen else DEFAULT_DIM
+
+
+def current_revision(conn: Connection) -> str | None:
+    """dpr_pg's schema revision in this database, or None before ``dpr-pg init``."""
+    migration = MigrationContext.configure(
+        conn, opts={"version_table": VERSION_TABLE, "version_table_schema": SCHEMA}
+    )
+    return migration.get_current_revision()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def embedding_dim(conn: Connection) -> int | None:
+    """The dimension of ``dpr_pg.passages.embedding``, or None when the table does not exist."""
+    return conn.execute(
+        sa.text(
+            "SELECT a.atttypmod FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass('dpr_pg.passages') AND a.attname = 'embedding'"
+        )
+    ).scalar()
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What :func:`init` did: the revision before and after, and the embedding dimension."""
+
+    previous_revision: str | None
+    revision: str
+    dim: int
+
+    @property
+    def changed(self) -> bool:
+        return self.previous_revision != self.revision
+
+
+def _check_vector_extension(conn: Connection) -> None:
+    installed = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+    if installed:
+        return
+    available = conn.execute(sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).scalar()
+    if not available:
+        raise DatabaseError(
+            "this PostgreSQL server has no pgvector extension (vector): install pgvector on the server "
+            "(https://github.com/pgvector/pgvector#installation), use the pgvector/pgvector image from "
+            "docker-compose.yml, or unset DPR_PG_DATABASE_URL/DATABASE_URL to use the embedded server"
+        )
+    allowed = conn.execute(
+        sa.text(
+            "SELECT rolsuper OR (has_database_privilege(current_database(), 'CREATE') AND "
+            "COALESCE((SELECT trusted FROM pg_available_extension_versions "
+            "          WHERE name = 'vector' AND trusted LIMIT 1), false)) "
+            "FROM pg_roles WHERE rolname = current_user"
+        )
+    ).scalar()
+    if not allowed:
+        user, database = conn.execute(sa.text("SELECT current_user, current_database()")).one()
+        raise DatabaseError(
+            f"user {user!r} may not create the vector extension in database {database!r}: ask a superuser to "
+            f'run  CREATE EXTENSION vector;  in {database!r} (psql -d {database} -c "CREATE EXTENSION vector"), '
+            "then run dpr-pg init again"
+        )
+
+
+def init(engine: Engine, *, dim: int = DEFAULT_DIM) -> InitResult:
+    """Create or upgrade the dpr_pg schema; running it again is a no-op.
+
+    >>> init(engine, dim=768)  # doctest: +SKIP
+    InitResult(previous_revision=None, revision='0002', dim=768)
+    """
+    if not isinstance(dim, int) or not 1 <= dim <= 16000:
+        raise SchemaError(f"expected --dim between 1 and 16000 (pgvector's limit), not {dim!r}")
+    with engine.connect() as conn:
+        _check_vector_extension(conn)
+        existing = embedding_dim(conn)
+        if existing is not None and existing != dim:
+            raise SchemaError(
+                f"the dpr_pg schema in this database stores vector({existing}), not vector({dim}); "
+                f"run dpr-pg init --dim {existing}, or use another database for {dim}-d vectors"
+            )
+        previous = current_revision(conn)
+        conn.rollback()
+        command.upgrade(alembic_config(conn, dim=dim), "head")
+        revision = current_revision(conn)
+        conn.commit()
+    assert revision is not None
+    return InitResult(previous_revision=previous, revision=revision, dim=dim)
+
+
+def upgrade(engine: Engine, revision: str = "head", *, dim: int = DEFAULT_DIM) -> None:
+    """Upgrade dpr_pg's schema to ``revision``."""
+    with engine.connect() as conn:
+        command.upgrade(alembic_config(conn, dim=dim), revision)
+
+
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    """Downgrade dpr_pg's schema to ``revision``; ``base`` drops every dpr_pg table and its data."""
+    with engine.connect() as conn:
+        command.downgrade(alembic_config(conn, dim=embedding_dim(conn) or DEFAULT_DIM), revision)
+
+
+def require_schema(conn: Connection) -> int:
+    """The embedding dimension, or a SchemaError that says to run ``dpr-pg init``."""
+    revision = current_revision(conn)
+    if revision is None:
+        raise SchemaError("this database has no dpr_pg schema yet; run dpr-pg init first")
+    if revision != head_revision():
+        raise SchemaError(f"the dpr_pg schema is at revision {revision}, not {head_revision()}; run dpr-pg init")
+    dim = embedding_dim(conn)
+    assert dim is not None
+    return dim

@@ -1,0 +1,69 @@
+"""Alembic environment of dpr_pg.
+
+dpr_pg keeps its own version table (``dpr_pg.alembic_version``), so its history coexists with an
+application's Alembic history in the same database.
+
+Settings: ``config.attributes["connection"]`` (set by :func:`dpr_pg.schema.upgrade`) or the URL from
+``-x url=...``, ``DPR_PG_DATABASE_URL``, ``DATABASE_URL`` or the embedded server; the embedding
+dimension from ``config.attributes["dim"]`` or ``-x dim=N`` (768 by default).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context
+
+from dpr_pg.models import SCHEMA
+
+VERSION_TABLE = "alembic_version"
+
+config = context.config
+
+
+def _configure(**kwargs: object) -> None:
+    context.configure(
+        version_table=VERSION_TABLE,
+        version_table_schema=SCHEMA,
+        transaction_per_migration=True,
+        **kwargs,
+    )
+
+
+def run_migrations_offline() -> None:
+    """Emit SQL to stdout (``alembic upgrade head --sql``)."""
+    url = context.get_x_argument(as_dictionary=True).get("url") or "postgresql+psycopg://"
+    _configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run_on(connection)
+        return
+    from dpr_pg.database import create_engine
+
+    engine = create_engine(context.get_x_argument(as_dictionary=True).get("url"))
+    try:
+        with engine.connect() as connection:
+            _run_on(connection)
+    finally:
+        engine.dispose()
+
+
+def _run_on(connection: sa.Connection) -> None:
+    # The version table lives in our schema, so the schema must exist before Alembic looks.
+    connection.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+    connection.commit()
+    _configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,140 @@
+"""Fixtures: a real PostgreSQL with pgvector (embedded by default), a fresh database per test.
+
+Set DPR_PG_TEST_DATABASE_URL to run the same suite against another server (for example the one in
+docker-compose.yml); its user needs CREATEDB. Tests that pin a PostgreSQL major version (16 and 18)
+always use the embedded package, which ships both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from dpr_pg.database import embedded_url, normalize_url
+from dpr_pg.schema import init
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    """An admin URL on one PostgreSQL server, able to hand out throw-away databases."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self._admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        self._templates: dict[int, str] = {}
+
+    def url_for(self, database: str) -> str:
+        return make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
+
+    def create_database(self, *, template: str | None = None) -> str:
+        name = f"dpr_test_{uuid.uuid4().hex[:12]}"
+        clause = f' TEMPLATE "{template}"' if template else ""
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"{clause}'))
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def initialized_template(self, dim: int) -> str:
+        """A database with ``dpr-pg init --dim dim`` applied, created once, copied per test."""
+        if dim not in self._templates:
+            name = self.create_database()
+            engine = sa.create_engine(self.url_for(name), poolclass=sa.NullPool)
+            init(engine, dim=dim)
+            engine.dispose()
+            self._templates[dim] = name
+        return self._templates[dim]
+
+    def close(self) -> None:
+        for name in self._templates.values():
+            self.drop_database(name)
+        self._admin.dispose()
+
+
+def _embedded(tmp_path_factory: pytest.TempPathFactory, version: int) -> Server:
+    home = tmp_path_factory.mktemp(f"dpr_home_pg{version}")
+    return Server(embedded_url(home=home, postgres_version=version))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep tests away from the user's own settings, data folder and the network."""
+    saved = dict(os.environ)
+    for name in ("DPR_PG_DATABASE_URL", "DATABASE_URL", "DPR_PG_QUESTION_MODEL", "DPR_PG_PASSAGE_MODEL"):
+        os.environ.pop(name, None)
+    os.environ["DPR_PG_HOME"] = str(tmp_path_factory.mktemp("dpr_pg_home"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, _isolated_environment: None) -> Iterator[Server]:
+    """The server the suite runs against: DPR_PG_TEST_DATABASE_URL, else embedded PostgreSQL 18."""
+    external = os.environ.get("DPR_PG_TEST_DATABASE_URL")
+    srv = Server(normalize_url(external)) if external else _embedded(tmp_path_factory, 18)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="session", params=[16, 18], ids=["pg16", "pg18"])
+def versioned_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Embedded PostgreSQL 16 and 18, for tests that must hold on both."""
+    srv = _embedded(tmp_path_factory, request.param)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def empty_url(server: Server) -> Iterator[str]:
+    """URL of a fresh, empty database (no dpr_pg schema)."""
+    name = server.create_database()
+    yield server.url_for(name)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def database_url(server: Server) -> Iterator[str]:
+    """URL of a fresh database with the dpr_pg schema at head, vector(768)."""
+    name = server.create_database(template=server.initialized_template(768))
+    yield server.url_for(name)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An Engine on a fresh database with the dpr_pg schema at head."""
+    eng = sa.create_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``dpr-pg ARGS`` in a subprocess, as a user would type it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dpr_pg.cli", *args],
+        input=input, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"dpr-pg {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def cli():
+    """``cli("init", "--dim", "8")`` runs the real command line in a subprocess."""
+    return run_cli
