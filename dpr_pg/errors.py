@@ -40,3 +40,7 @@ class FilterError(DprPgError):
 
 class IngestError(DprPgError):
     """An input file or record cannot be ingested."""
+
+
+class EvaluationError(DprPgError):
+    """A question/answer file or an evaluation request is malformed."""
