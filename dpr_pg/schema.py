@@ -6,6 +6,7 @@ to create it, dimension agrees) so that a refused init changes nothing, then upg
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from dpr_pg.errors import DatabaseError, SchemaError
 from dpr_pg.models import SCHEMA
 
 HNSW_INDEX = "passages_embedding_hnsw"
+# Serialises concurrent `dpr-pg init` runs (a session-level advisory lock; any constant will do).
+_INIT_LOCK_KEY = 0x6470725F7067  # "dpr_pg"
 VERSION_TABLE = "alembic_version"
 
 # Runs in autocommit: an index left INVALID by a killed CREATE INDEX CONCURRENTLY is dropped.
@@ -145,18 +148,42 @@ def init(engine: Engine, *, dim: int = DEFAULT_DIM) -> InitResult:
     if not isinstance(dim, int) or not 1 <= dim <= 16000:
         raise SchemaError(f"expected --dim between 1 and 16000 (pgvector's limit), not {dim!r}")
     with engine.connect() as conn:
-        _check_vector_extension(conn)
-        existing = embedding_dim(conn)
-        if existing is not None and existing != dim:
-            raise SchemaError(
-                f"the dpr_pg schema in this database stores vector({existing}), not vector({dim}); "
-                f"run dpr-pg init --dim {existing}, or use another database for {dim}-d vectors"
-            )
-        previous = current_revision(conn)
-        conn.rollback()
-        command.upgrade(alembic_config(conn, dim=dim), "head")
-        revision = current_revision(conn)
+        _wait_for_init_lock(conn)
+        try:
+            return _init_locked(conn, dim)
+        finally:
+            conn.rollback()
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _INIT_LOCK_KEY})
+            conn.commit()
+
+
+def _wait_for_init_lock(conn: Connection, *, timeout: float = 600.0) -> None:
+    # Poll instead of blocking in pg_advisory_lock: a waiter's open snapshot would make the other
+    # init's CREATE INDEX CONCURRENTLY wait for it, a deadlock.
+    deadline = time.monotonic() + timeout
+    while True:
+        acquired = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _INIT_LOCK_KEY}).scalar()
         conn.commit()
+        if acquired:
+            return
+        if time.monotonic() > deadline:
+            raise SchemaError(f"another dpr-pg init has held the schema lock for {timeout:.0f} s; try again later")
+        time.sleep(0.2)
+
+
+def _init_locked(conn: Connection, dim: int) -> InitResult:
+    _check_vector_extension(conn)
+    existing = embedding_dim(conn)
+    if existing is not None and existing != dim:
+        raise SchemaError(
+            f"the dpr_pg schema in this database stores vector({existing}), not vector({dim}); "
+            f"run dpr-pg init --dim {existing}, or use another database for {dim}-d vectors"
+        )
+    previous = current_revision(conn)
+    conn.rollback()
+    command.upgrade(alembic_config(conn, dim=dim), "head")
+    revision = current_revision(conn)
+    conn.commit()
     assert revision is not None
     return InitResult(previous_revision=previous, revision=revision, dim=dim)
 

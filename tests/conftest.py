@@ -8,17 +8,19 @@ always use the embedded package, which ships both.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from dpr_pg.database import embedded_url, normalize_url
+from dpr_pg.database import embedded_server, normalize_url
 from dpr_pg.schema import init
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +33,7 @@ class Server:
         self.admin_url = admin_url
         self._admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
         self._templates: dict[int, str] = {}
+        self.stop: Callable[[], object] | None = None
 
     def url_for(self, database: str) -> str:
         return make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
@@ -60,11 +63,18 @@ class Server:
         for name in self._templates.values():
             self.drop_database(name)
         self._admin.dispose()
+        if self.stop is not None:
+            self.stop()
 
 
-def _embedded(tmp_path_factory: pytest.TempPathFactory, version: int) -> Server:
-    home = tmp_path_factory.mktemp(f"dpr_home_pg{version}")
-    return Server(embedded_url(home=home, postgres_version=version))
+def _embedded(version: int) -> Server:
+    # Not under pytest's basetemp: a concurrent pytest session may prune old basetemps, and the
+    # server's data folder must outlive this one.
+    home = Path(tempfile.mkdtemp(prefix=f"dpr_pg_test_pg{version}_"))
+    handle = embedded_server(home=home, postgres_version=version)
+    srv = Server(handle.get_uri(driver="psycopg"))
+    srv.stop = lambda: (handle.cleanup(), shutil.rmtree(home, ignore_errors=True))
+    return srv
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,18 +92,18 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, _isolated_environment: None) -> Iterator[Server]:
+def server(_isolated_environment: None) -> Iterator[Server]:
     """The server the suite runs against: DPR_PG_TEST_DATABASE_URL, else embedded PostgreSQL 18."""
     external = os.environ.get("DPR_PG_TEST_DATABASE_URL")
-    srv = Server(normalize_url(external)) if external else _embedded(tmp_path_factory, 18)
+    srv = Server(normalize_url(external)) if external else _embedded(18)
     yield srv
     srv.close()
 
 
 @pytest.fixture(scope="session", params=[16, 18], ids=["pg16", "pg18"])
-def versioned_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def versioned_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """Embedded PostgreSQL 16 and 18, for tests that must hold on both."""
-    srv = _embedded(tmp_path_factory, request.param)
+    srv = _embedded(request.param)
     yield srv
     srv.close()
 

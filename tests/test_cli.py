@@ -1,0 +1,98 @@
+"""The command line as a user types it: help everywhere, init, doctor, errors, a shared embedded server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from dpr_pg import schema
+from dpr_pg.cli import main
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in sorted(group.commands.items()):
+        found.append((f"{prefix}{name}", command))
+        if isinstance(command, click.Group):
+            found.extend(_commands(command, f"{prefix}{name} "))
+    return found
+
+
+@pytest.mark.parametrize("name,command", _commands(main), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_command_has_help_with_an_example(name: str, command: click.Command) -> None:
+    result = CliRunner().invoke(main, [*name.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    assert command.help and "Example" in command.help, f"dpr-pg {name} needs help text with an Example"
+
+
+def test_init_then_init_again_is_a_no_op(cli, empty_url: str) -> None:
+    first = cli("--database-url", empty_url, "init", "--dim", "16", check=True)
+    second = cli("--database-url", empty_url, "init", "--dim", "16", check=True)
+    assert f"empty -> {schema.head_revision()} (vector(16))" in first.stdout
+    assert "nothing to do" in second.stdout
+
+
+def test_init_with_a_conflicting_dim_exits_1_and_names_the_fix(cli, empty_url: str) -> None:
+    cli("--database-url", empty_url, "init", "--dim", "16", check=True)
+    result = cli("--database-url", empty_url, "init", "--dim", "32")
+    assert result.returncode == 1
+    assert "dpr-pg init --dim 16" in result.stderr
+
+
+def test_doctor_json_reports_versions_and_hides_the_password(cli, database_url: str) -> None:
+    url_with_password = database_url.replace("postgres:@", "postgres:s3cret@")
+    result = cli("--database-url", url_with_password, "doctor", "--json", check=True)
+    report = json.loads(result.stdout)
+    assert report["pgvector_version"] == "0.8.5"
+    assert report["schema_revision"] == schema.head_revision()
+    assert report["dim"] == 768
+    assert report["warnings"] == []
+    assert "s3cret" not in result.stdout and "***" in report["database_url"]
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("mysql://user@host/db", "expected a PostgreSQL URL"),
+        ("postgresql://user@host:notaport/db", "malformed database URL"),
+        ("postgresql://nobody@127.0.0.1:1/db", "cannot connect to"),
+    ],
+)
+def test_bad_database_url_gives_one_clear_error(cli, url: str, expected: str) -> None:
+    result = cli("--database-url", url, "doctor")
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_database_url_comes_from_the_environment(cli, database_url: str) -> None:
+    result = cli("doctor", "--json", env={"DPR_PG_DATABASE_URL": database_url, "DATABASE_URL": "mysql://ignored"},
+                 check=True)
+    assert json.loads(result.stdout)["dim"] == 768
+
+
+def test_two_cli_processes_share_one_embedded_server(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "DPR_PG_HOME": str(home)}
+    for name in ("DPR_PG_DATABASE_URL", "DATABASE_URL"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "dpr_pg.cli", "init", "--dim", "8"]
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    stdout = "".join(out for out, _ in outputs)
+    assert stdout.count("nothing to do") == 1  # one created the schema, the other found it done
+    doctor = subprocess.run([sys.executable, "-m", "dpr_pg.cli", "doctor", "--json"], env=env,
+                            capture_output=True, text=True, check=True)
+    assert json.loads(doctor.stdout)["dim"] == 8
+    assert (home / "pg18" / "PG_VERSION").read_text().strip() == "18"
+    # The last process out stopped the server.
+    assert not (home / "pg18" / "postmaster.pid").exists()

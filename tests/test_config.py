@@ -1,0 +1,65 @@
+"""Settings precedence: argument > DPR_PG_* > DATABASE_URL > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dpr_pg import config
+from dpr_pg.database import hide_password, normalize_url
+from dpr_pg.errors import ConfigError
+
+
+def test_database_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://generic/db")
+    assert config.database_url() == "postgresql://generic/db"
+    monkeypatch.setenv("DPR_PG_DATABASE_URL", "postgresql://specific/db")
+    assert config.database_url() == "postgresql://specific/db"
+    assert config.database_url("postgresql://explicit/db") == "postgresql://explicit/db"
+
+
+def test_no_url_means_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("DPR_PG_DATABASE_URL", raising=False)
+    assert config.database_url() is None
+
+
+def test_home_is_overridden_by_dpr_pg_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DPR_PG_HOME", str(tmp_path / "h"))
+    assert config.home() == (tmp_path / "h").resolve()
+    monkeypatch.delenv("DPR_PG_HOME")
+    assert config.home().name == "dpr_pg"
+
+
+def test_model_names_default_to_the_iic_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DPR_PG_QUESTION_MODEL", raising=False)
+    monkeypatch.delenv("DPR_PG_PASSAGE_MODEL", raising=False)
+    assert config.question_model() == "IIC/dpr-spanish-question_encoder-allqa-base"
+    assert config.passage_model() == "IIC/dpr-spanish-passage_encoder-allqa-base"
+    monkeypatch.setenv("DPR_PG_QUESTION_MODEL", "/models/q")
+    assert config.question_model() == "/models/q"
+    assert config.question_model("explicit/q") == "explicit/q"
+
+
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        ("postgres://u:p@db/app", "postgresql+psycopg://u:p@db/app"),
+        ("postgresql://u@db:5433/app", "postgresql+psycopg://u@db:5433/app"),
+        ("postgresql+psycopg2://u@db/app", "postgresql+psycopg://u@db/app"),
+    ],
+)
+def test_urls_are_normalised_to_psycopg3(given: str, expected: str) -> None:
+    assert normalize_url(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "db.example.com", "sqlite:///x.db", "http://db/app"])
+def test_non_postgres_urls_are_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="expected a PostgreSQL URL"):
+        normalize_url(bad)
+
+
+def test_passwords_are_hidden() -> None:
+    assert hide_password("postgresql://user:p%40ss:w@host/db") == "postgresql://user:***@host/db"
+    assert hide_password("postgresql://user@host/db") == "postgresql://user@host/db"

@@ -1,0 +1,66 @@
+"""The wheel carries migrations/ and sql/: `pip install dpr-pg && dpr-pg init` works outside the checkout."""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from dpr_pg import schema
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _build_wheel(out: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out), str(ROOT)],
+        check=True, capture_output=True, text=True,
+    )
+    (wheel,) = out.glob("dpr_pg-*.whl")
+    return wheel
+
+
+def test_wheel_installed_in_a_clean_venv_runs_init(tmp_path: Path, empty_url: str) -> None:
+    wheel = _build_wheel(tmp_path / "dist")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "dpr_pg/_migrations/env.py" in names
+    assert any(name.startswith("dpr_pg/_migrations/versions/0001") for name in names)
+    assert "dpr_pg/_migrations/script.py.mako" in names
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    target = next((env_dir / "lib").glob("python*/site-packages"))
+    # Dependencies (torch, transformers, ...) come from this interpreter's site-packages, added as a
+    # plain path: its editable-install hooks are not processed, so dpr_pg is imported from the wheel.
+    deps = [p for p in site.getsitepackages() if "site-packages" in p]
+    (target / "deps.pth").write_text("\n".join(deps) + "\n")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(target)
+    python = env_dir / "bin" / "python"
+
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {**os.environ, "PYTHONPATH": ""}
+    located = subprocess.run(
+        [str(python), "-c", "import dpr_pg, dpr_pg.schema as s; print(dpr_pg.__file__); print(s.resource_dir('migrations'))"],
+        cwd=workdir, capture_output=True, text=True, env=env, check=True,
+    ).stdout.splitlines()
+    assert located[0].startswith(str(target))
+    assert located[1] == str(target / "dpr_pg" / "_migrations")
+
+    result = subprocess.run(
+        [str(python), "-m", "dpr_pg.cli", "--database-url", empty_url, "init"],
+        cwd=workdir, capture_output=True, text=True, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"-> {schema.head_revision()}" in result.stdout
+    engine = sa.create_engine(empty_url)
+    with engine.connect() as conn:
+        assert schema.current_revision(conn) == schema.head_revision()
+    engine.dispose()
