@@ -44,3 +44,7 @@ class IngestError(DprPgError):
 
 class EvaluationError(DprPgError):
     """A question/answer file or an evaluation request is malformed."""
+
+
+class SyncError(DprPgError):
+    """An app table cannot be enabled, disabled or synced for DPR search."""
