@@ -7,6 +7,16 @@
 
 from dpr_pg.database import create_engine
 from dpr_pg.doctor import DoctorReport, doctor
+from dpr_pg.encoders import (
+    EncodeResult,
+    EncoderFingerprint,
+    EncoderPair,
+    PassageEncoder,
+    QuestionEncoder,
+    check_encoder,
+    make_tiny_models,
+    register_encoder,
+)
 from dpr_pg.errors import (
     ConfigError,
     DatabaseError,
@@ -22,6 +32,14 @@ from dpr_pg.models import Encoder, Passage
 from dpr_pg.schema import InitResult, downgrade, init, upgrade
 
 __all__ = [
+    "EncodeResult",
+    "EncoderFingerprint",
+    "EncoderPair",
+    "PassageEncoder",
+    "QuestionEncoder",
+    "check_encoder",
+    "make_tiny_models",
+    "register_encoder",
     "ConfigError",
     "DatabaseError",
     "DimensionError",

@@ -138,11 +138,103 @@ def doctor(ctx: Context, as_json: bool) -> None:
 
 # ---- encoders (issue 3) ---------------------------------------------------------------------------
 
+
+@main.command("tiny-models")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.option("--dim", type=click.IntRange(1, 16000), default=config.DEFAULT_DIM, show_default=True,
+              help="Output dimension of both encoders (the pooler_output projection).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@pass_context
+@reports_errors
+def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
+    """Write a tiny random DPR pair to DIRECTORY/question and DIRECTORY/passage (offline tests).
+
+    The folders have the files of a Hub model, with a real Spanish WordPiece tokenizer.
+
+    \b
+    Example:
+        dpr-pg tiny-models /tmp/tiny --dim 768
+        DPR_PG_QUESTION_MODEL=/tmp/tiny/question DPR_PG_PASSAGE_MODEL=/tmp/tiny/passage dpr-pg doctor
+    """
+    from dpr_pg.encoders import make_tiny_models
+
+    question_dir, passage_dir = make_tiny_models(directory, dim=dim, seed=seed)
+    click.echo(f"question encoder: {question_dir}")
+    click.echo(f"passage encoder:  {passage_dir}")
+
 # ---- ingest (issue 4) -----------------------------------------------------------------------------
 
 # ---- search (issue 5) -----------------------------------------------------------------------------
 
 # ---- sync (issue 6) -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Drain what is due now, then exit (otherwise poll until SIGTERM).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Queue items claimed, encoded and written per transaction.")
+@click.option("--poll-interval", type=click.FloatRange(0.05), default=2.0, show_default=True,
+              help="Seconds to wait when the queue has nothing due.")
+@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
+@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON object.")
+@pass_context
+@reports_errors
+def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, question_model: str | None,
+           passage_model: str | None, as_json: bool) -> None:
+    """Encode the rows that app tables enabled with op.enable_dpr have queued.
+
+    Several workers may run at once: each claims its own items (FOR UPDATE SKIP LOCKED).
+    A failed item is retried with backoff; see dpr-pg status.
+
+    \b
+    Example:
+        dpr-pg worker --once
+        dpr-pg worker --batch-size 64 --passage-model /models/passage --question-model /models/question
+    """
+    import logging
+    import signal
+    import threading
+
+    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.sync import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    pair = EncoderPair.load(question_model, passage_model)
+    report = run_worker(ctx.engine, pair, once=once, batch_size=batch_size, poll_interval=poll_interval, stop=stop)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        click.echo(", ".join(f"{name} {count}" for name, count in report.as_dict().items()))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@pass_context
+@reports_errors
+def status(ctx: Context, as_json: bool) -> None:
+    """Show the pending and failed queue items of each table enabled for DPR search.
+
+    \b
+    Example:
+        dpr-pg status --json
+    """
+    from dpr_pg.sync import sync_status
+
+    tables = sync_status(ctx.engine)
+    if as_json:
+        print_json([table.as_dict() for table in tables])
+        return
+    if not tables:
+        click.echo("no table is enabled for DPR search (use op.enable_dpr in a migration)")
+        return
+    table_view = Table("table", "pending", "failed", "last error", box=None)
+    for table in tables:
+        table_view.add_row(table.table, str(table.pending), str(table.failed), table.last_error or "")
+    console.print(table_view)
+
 
 # ---- evaluation (issue 7) -------------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""Tiny DPR encoder pairs for offline tests: random weights, a real Spanish WordPiece tokenizer.
+
+The files are the ones a Hub model has (config.json, model.safetensors, tokenizer files), so the
+code under test takes the same ``from_pretrained`` path as with the real IIC models.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+TINY_HIDDEN = 32
+TINY_LAYERS = 2
+TINY_HEADS = 2
+TINY_VOCAB = 1200
+MAX_LENGTH = 512
+
+
+def spanish_sentences() -> list[str]:
+    """The Spanish sentences shipped with dpr_pg (tokenizer training text, benchmark passages).
+
+    Example:
+        >>> len(spanish_sentences()) > 50
+        True
+    """
+    text = resources.files("dpr_pg.data").joinpath("spanish_sentences.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _train_vocab(sentences: list[str]) -> dict[str, int]:
+    # tokenizers' trainer is the real WordPiece training that BERT tokenizers come from.
+    from tokenizers import BertWordPieceTokenizer
+
+    trainer_tokenizer = BertWordPieceTokenizer(lowercase=True, strip_accents=False)
+    trainer_tokenizer.train_from_iterator(
+        sentences,
+        vocab_size=TINY_VOCAB,
+        min_frequency=1,
+        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        show_progress=False,
+    )
+    return trainer_tokenizer.get_vocab()
+
+
+def make_tiny_models(directory: str | os.PathLike[str], *, dim: int = 768, seed: int = 0) -> tuple[Path, Path]:
+    """Write a tiny random DPR pair to ``directory/question`` and ``directory/passage``.
+
+    The encoders are 2-layer BERTs (hidden size 32) whose ``pooler_output`` is projected to
+    ``dim``, so their vectors fit a ``vector(dim)`` column. The same seed gives the same files.
+
+    Example:
+        >>> question_dir, passage_dir = make_tiny_models("/tmp/tiny", dim=768)  # doctest: +SKIP
+        >>> pair = EncoderPair.load(str(question_dir), str(passage_dir))        # doctest: +SKIP
+    """
+    import torch
+    from transformers import (
+        DPRConfig,
+        DPRContextEncoder,
+        DPRContextEncoderTokenizerFast,
+        DPRQuestionEncoder,
+        DPRQuestionEncoderTokenizerFast,
+    )
+
+    if dim < 1:
+        raise ValueError(f"dim must be a positive integer, not {dim}")
+    from dpr_pg._loading import quiet_progress
+
+    root = Path(directory)
+    vocab = _train_vocab(spanish_sentences())
+    config = DPRConfig(
+        vocab_size=len(vocab),
+        hidden_size=TINY_HIDDEN,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=TINY_HEADS,
+        intermediate_size=4 * TINY_HIDDEN,
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=dim,
+        pad_token_id=vocab["[PAD]"],
+    )
+    paths = []
+    with torch.random.fork_rng(devices=[]), quiet_progress():
+        torch.manual_seed(seed)
+        for name, model_class, tokenizer_class in (
+            ("question", DPRQuestionEncoder, DPRQuestionEncoderTokenizerFast),
+            ("passage", DPRContextEncoder, DPRContextEncoderTokenizerFast),
+        ):
+            target = root / name
+            target.mkdir(parents=True, exist_ok=True)
+            model_class(config).eval().save_pretrained(target)
+            tokenizer = tokenizer_class(
+                vocab=dict(vocab), do_lower_case=True, strip_accents=False, model_max_length=MAX_LENGTH
+            )
+            tokenizer.save_pretrained(target)
+            paths.append(target)
+    return paths[0], paths[1]

@@ -1,0 +1,253 @@
+"""DPR encoders on tiny offline models: encode() contract, batching, precision, fingerprint, cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dpr_pg import (
+    EncoderError,
+    EncoderFingerprint,
+    EncoderMismatchError,
+    EncoderPair,
+    PassageEncoder,
+    QuestionEncoder,
+    check_encoder,
+    make_tiny_models,
+    register_encoder,
+)
+from dpr_pg._tiny import spanish_sentences
+
+QUESTIONS = ["¿Quién escribió Cien años de soledad?", "¿Qué órgano produce la insulina?", "¿Dónde está Sevilla?"]
+
+
+def corpus() -> list[tuple[str, str]]:
+    """Passages of 1 to 12 sentences, titled by their first words."""
+    sentences = spanish_sentences()
+    passages = []
+    for i in range(48):
+        body = " ".join(sentences[(i * 7 + j) % len(sentences)] for j in range(1 + i % 12))
+        passages.append((" ".join(body.split()[:2]), body))
+    return passages
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_tiny_models(tmp_path_factory.mktemp("tiny"), dim=768)
+
+
+@pytest.fixture(scope="session")
+def pair(tiny_dirs: tuple[Path, Path]) -> EncoderPair:
+    question_dir, passage_dir = tiny_dirs
+    return EncoderPair.load(str(question_dir), str(passage_dir), precision="fp32", batch_size=4)
+
+
+def test_list_gives_float32_matrix_and_single_gives_vector(pair: EncoderPair) -> None:
+    matrix = pair.question.encode(QUESTIONS)
+    single = pair.question.encode(QUESTIONS[1])
+    assert matrix.shape == (3, 768) and matrix.dtype == np.float32
+    assert single.shape == (768,) and single.dtype == np.float32
+    np.testing.assert_allclose(single, matrix[1], rtol=1e-5, atol=1e-6)
+    passage = pair.passage.encode(("Sevilla", "Sevilla está a orillas del Guadalquivir."))
+    assert passage.shape == (768,)
+    assert pair.passage.encode([]).shape == (0, 768)
+
+
+def test_order_preserved_after_length_sorting(pair: EncoderPair) -> None:
+    passages = corpus()  # lengths from 1 to 12 sentences, interleaved
+    together = pair.passage.encode(passages)  # batch_size=4: 12 length-sorted batches
+    one_by_one = np.stack([pair.passage.encode(p) for p in passages])
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(permutation=st.permutations(range(12)))
+def test_permuting_inputs_permutes_outputs(pair: EncoderPair, permutation: list[int]) -> None:
+    passages = corpus()[:12]
+    baseline = pair.passage.encode(passages)
+    shuffled = pair.passage.encode([passages[i] for i in permutation])
+    np.testing.assert_allclose(shuffled, baseline[permutation], rtol=1e-4, atol=1e-5)
+
+
+def test_passages_are_encoded_as_title_text_pairs(pair: EncoderPair) -> None:
+    title, text = "Insulina", "La insulina es una hormona producida por el páncreas."
+    encoder = pair.passage
+    features = encoder.tokenizer(title, text, return_tensors="pt")
+    with torch.inference_mode():
+        expected = encoder.model(**features).pooler_output[0].numpy()
+    assert features["token_type_ids"][0].tolist().count(1) > 0  # the text is segment 1
+    np.testing.assert_allclose(encoder.encode((title, text)), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(encoder.encode((title, text)), encoder.encode(("", f"{title} {text}")), atol=1e-4)
+
+
+def test_long_passages_are_truncated_and_counted(pair: EncoderPair) -> None:
+    long_text = " ".join(spanish_sentences()) * 3  # thousands of tokens
+    passages = [("Corto", "Un pasaje breve."), ("Largo", long_text), ("Otro", long_text)]
+    result = pair.passage.encode_result(passages)
+    assert result.truncated == [1, 2]
+    assert pair.passage.last_truncated == 2
+    assert np.isfinite(result.embeddings).all()
+    # The title is kept and the end of the text is cut, at exactly max_length tokens.
+    cut = pair.passage.tokenizer("Largo", long_text, truncation="only_second", max_length=512)
+    with torch.inference_mode():
+        expected = pair.passage.model(**{k: torch.tensor([v]) for k, v in cut.items()}).pooler_output[0]
+    np.testing.assert_allclose(result.embeddings[1], expected.numpy(), rtol=1e-4, atol=1e-5)
+    pair.passage.encode([("Corto", "Un pasaje breve.")])
+    assert pair.passage.last_truncated == 0
+
+
+def test_repeated_question_comes_from_the_cache(tiny_dirs: tuple[Path, Path]) -> None:
+    encoder = QuestionEncoder.load(str(tiny_dirs[0]), precision="fp32", cache_size=2)
+    first = encoder.encode("¿Qué es el ADN?")
+    first[:] = 0  # the caller's copy; the cache must not change
+    again = encoder.encode("¿Qué es el ADN?")
+    assert encoder.cache_info().hits == 1 and encoder.cache_info().misses == 1
+    assert np.abs(again).sum() > 0
+    encoder.encode(["¿Uno?", "¿Dos?"])  # evicts the least recently used entry
+    encoder.encode("¿Qué es el ADN?")
+    info = encoder.cache_info()
+    assert (info.hits, info.misses, info.currsize, info.maxsize) == (1, 4, 2, 2)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def top10_agreement(reference: np.ndarray, candidate: np.ndarray, queries: np.ndarray, approx: np.ndarray) -> float:
+    """Mean overlap of the inner-product top-10 neighbours of each query."""
+    ref = np.argsort(-(queries @ reference.T), axis=1)[:, :10]
+    got = np.argsort(-(approx @ candidate.T), axis=1)[:, :10]
+    return float(np.mean([len(set(r) & set(g)) / 10 for r, g in zip(ref, got, strict=True)]))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_low_precision_agrees_with_fp32(tiny_dirs: tuple[Path, Path], pair: EncoderPair, precision: str) -> None:
+    fast = EncoderPair.load(str(tiny_dirs[0]), str(tiny_dirs[1]), precision=precision)
+    passages = corpus()
+    questions = [s for s in spanish_sentences() if s.startswith("¿")] + [text for _, text in passages[:20]]
+    ref_p, ref_q = pair.passage.encode(passages), pair.question.encode(questions)
+    got_p, got_q = fast.passage.encode(passages), fast.question.encode(questions)
+    assert fast.passage.precision == precision
+    assert cosine_rows(ref_p, got_p).min() >= 0.999
+    assert cosine_rows(ref_q, got_q).min() >= 0.999
+    assert fast.fingerprint == pair.fingerprint  # precision does not change which vectors are comparable
+
+
+def test_unknown_or_unsupported_precision_is_refused(tiny_dirs: tuple[Path, Path]) -> None:
+    with pytest.raises(EncoderError, match="precision must be one of"):
+        QuestionEncoder.load(str(tiny_dirs[0]), precision="fp8")
+    with pytest.raises(EncoderError, match="needs a GPU"):
+        QuestionEncoder.load(str(tiny_dirs[0]), precision="fp16", device="cpu")
+
+
+def test_torch_thread_count_is_respected(tiny_dirs: tuple[Path, Path]) -> None:
+    before = torch.get_num_threads()
+    encoder = PassageEncoder.load(str(tiny_dirs[1]), precision="int8")
+    encoder.encode(corpus()[:5])
+    assert torch.get_num_threads() == before
+
+
+def test_missing_model_error_names_model_reason_and_fix() -> None:
+    with pytest.raises(EncoderError) as caught:
+        QuestionEncoder.load("IIC/no-such-dpr-model")  # HF_HUB_OFFLINE=1 in the test environment
+    message = str(caught.value)
+    assert "'IIC/no-such-dpr-model'" in message
+    assert "couldn't connect" in message or "offline" in message.lower()
+    assert "DPR_PG_QUESTION_MODEL=/path/to/folder" in message
+    with pytest.raises(EncoderError, match="does not exist.*DPR_PG_PASSAGE_MODEL"):
+        PassageEncoder.load("/no/such/folder/passage")
+
+
+def test_swapped_question_and_passage_models_are_refused(tiny_dirs: tuple[Path, Path]) -> None:
+    with pytest.raises(EncoderError, match="weights are missing.*DPRQuestionEncoder checkpoint"):
+        QuestionEncoder.load(str(tiny_dirs[1]))
+
+
+def test_model_names_come_from_argument_then_environment(
+    tiny_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DPR_PG_QUESTION_MODEL", str(tiny_dirs[0]))
+    monkeypatch.setenv("DPR_PG_PASSAGE_MODEL", "IIC/not-used-because-the-argument-wins")
+    pair = EncoderPair.load(passage_model=str(tiny_dirs[1]), precision="fp32")
+    assert pair.question.name == str(tiny_dirs[0].resolve())
+    assert pair.passage.name == str(tiny_dirs[1].resolve())
+    monkeypatch.delenv("DPR_PG_QUESTION_MODEL")
+    with pytest.raises(EncoderError, match="IIC/dpr-spanish-question_encoder-allqa-base"):
+        EncoderPair.load(passage_model=str(tiny_dirs[1]))
+
+
+def test_fingerprint_identifies_the_pair(pair: EncoderPair, tiny_dirs: tuple[Path, Path]) -> None:
+    fingerprint = pair.fingerprint
+    assert fingerprint.question_revision.startswith("sha256:")
+    assert (fingerprint.dim, fingerprint.max_length, fingerprint.pooling) == (768, 512, "pooler_output")
+    assert len(fingerprint.id) == 64 and fingerprint.id == pair.fingerprint.id
+    assert fingerprint.as_row()["fingerprint"] == fingerprint.id
+    relative = EncoderPair.load(
+        str(Path(tiny_dirs[0]).relative_to(Path.cwd(), walk_up=True)) if sys.version_info >= (3, 12)
+        else str(tiny_dirs[0]),
+        str(tiny_dirs[1]), precision="int8",
+    )
+    assert relative.fingerprint.id == fingerprint.id
+
+
+def insert_passage(conn: sa.Connection, collection: str, encoder_id: int) -> None:
+    conn.execute(
+        sa.text("INSERT INTO dpr_pg.passages (collection, external_id, text, content_hash, embedding, encoder_id) "
+                "VALUES (:c, 'p1', 'texto', 'h', :v, :e)"),
+        {"c": collection, "v": "[" + ",".join(["0.5"] * 768) + "]", "e": encoder_id},
+    )
+
+
+def test_fingerprint_mismatch_is_refused_naming_both_pairs(
+    engine: sa.Engine, pair: EncoderPair, tmp_path: Path
+) -> None:
+    other_dirs = make_tiny_models(tmp_path / "other", dim=768, seed=1)
+    other = EncoderPair.load(str(other_dirs[0]), str(other_dirs[1]), precision="fp32")
+    with engine.begin() as conn:
+        encoder_id = register_encoder(conn, pair.fingerprint)
+        assert register_encoder(conn, pair.fingerprint) == encoder_id  # once per fingerprint
+        insert_passage(conn, "wiki", encoder_id)
+    check_encoder(engine, pair.fingerprint, collection="wiki")  # same pair: accepted
+    check_encoder(engine, other.fingerprint, collection="empty")  # nothing stored: accepted
+    with pytest.raises(EncoderMismatchError) as caught:
+        check_encoder(engine, other.fingerprint, collection="wiki")
+    message = str(caught.value)
+    assert pair.fingerprint.id[:12] in message and other.fingerprint.id[:12] in message
+    assert str(other_dirs[0].resolve()) in message and pair.question.name in message
+    with engine.connect() as conn, pytest.raises(EncoderMismatchError, match="this database"):
+        check_encoder(conn, other.fingerprint)
+
+
+def test_register_encoder_writes_the_fingerprint_row(engine: sa.Engine, pair: EncoderPair) -> None:
+    with engine.begin() as conn:
+        encoder_id = register_encoder(conn, pair.fingerprint)
+        row = conn.execute(sa.text("SELECT * FROM dpr_pg.encoders WHERE id = :i"), {"i": encoder_id}).mappings().one()
+    expected = pair.fingerprint.as_row()
+    assert {k: row[k] for k in expected} == expected
+    assert EncoderFingerprint(**{k: row[k] for k in expected if k != "fingerprint"}).id == row["fingerprint"]
+
+
+def test_tiny_models_command_writes_a_hub_shaped_pair(cli, tmp_path: Path) -> None:
+    result = cli("tiny-models", str(tmp_path / "m"), "--dim", "16", check=True)
+    assert "question encoder" in result.stdout
+    config = json.loads((tmp_path / "m" / "passage" / "config.json").read_text())
+    assert config["projection_dim"] == 16 and config["architectures"] == ["DPRContextEncoder"]
+    encoder = QuestionEncoder.load(str(tmp_path / "m" / "question"), precision="fp32")
+    tokens = encoder.tokenizer.tokenize("¿Quién pintó el Guernica?")
+    assert "[UNK]" not in tokens and "guernica" in "".join(tokens).replace("##", "")
+    assert encoder.encode("¿Quién pintó el Guernica?").shape == (16,)
+
+
+def test_importing_dpr_pg_does_not_import_torch() -> None:
+    code = "import sys, dpr_pg; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
