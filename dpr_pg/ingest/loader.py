@@ -1,0 +1,177 @@
+"""Writes: binary COPY into a TEMP staging table, then one upsert into passages, one transaction per batch.
+
+* The staging table is ``pg_temp`` and ``ON COMMIT DELETE ROWS``: no migration, nothing left behind.
+* The upsert only touches rows whose ``content_hash`` differs, so a re-run writes nothing and
+  ``updated_at`` stays put. Rows are inserted in key order under a per-collection advisory lock,
+  so two ingests of one collection serialize their upserts: no deadlock, no unique violation.
+* A dropped connection (server restart, terminated backend) is retried with exponential backoff
+  on a fresh connection; this is safe because every write is idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy.engine import Engine
+
+from dpr_pg.errors import DatabaseError
+
+T = TypeVar("T")
+APPLICATION_NAME = "dpr_pg ingest"
+_STAGING = "dpr_pg_ingest_staging"
+_KEEP = "dpr_pg_ingest_keep"
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('dpr_pg.ingest:' || %s, 0))"
+_UPSERT = f"""
+WITH written AS (
+    INSERT INTO dpr_pg.passages AS p
+        (collection, external_id, title, text, metadata, content_hash, embedding, encoder_id)
+    SELECT %(collection)s, s.external_id, s.title, s.text, s.metadata, s.content_hash, s.embedding, %(encoder_id)s
+    FROM pg_temp.{_STAGING} s
+    ORDER BY s.external_id
+    ON CONFLICT (collection, external_id) DO UPDATE
+    SET title = EXCLUDED.title, text = EXCLUDED.text, metadata = EXCLUDED.metadata,
+        content_hash = EXCLUDED.content_hash, embedding = EXCLUDED.embedding,
+        encoder_id = EXCLUDED.encoder_id, updated_at = now()
+    WHERE p.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+    RETURNING (p.xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+"""
+_PRUNE = f"""
+DELETE FROM dpr_pg.passages p
+WHERE p.collection = %s
+  AND NOT EXISTS (SELECT 1 FROM pg_temp.{_KEEP} k WHERE k.external_id = p.external_id)
+"""
+
+
+@dataclass(frozen=True)
+class StagedPassage:
+    """One row for the staging table; ``metadata_json`` is the canonical JSON text of the metadata."""
+
+    external_id: str
+    title: str
+    text: str
+    metadata_json: str
+    content_hash: str
+    embedding: np.ndarray
+
+
+def _as_is(value: str) -> str:
+    return value
+
+
+class PassageWriter:
+    """A dedicated connection that looks up hashes, upserts batches and prunes one collection.
+
+    Example:
+        >>> with PassageWriter(engine, collection="wiki", encoder_id=1, dim=768) as writer:  # doctest: +SKIP
+        ...     writer.write(rows)
+        (1000, 0)
+    """
+
+    def __init__(self, engine: Engine, *, collection: str, encoder_id: int, dim: int, max_retries: int = 5,
+                 on_retry: Callable[[Exception], None] | None = None) -> None:
+        self.engine = engine
+        self.collection = collection
+        self.encoder_id = encoder_id
+        self.dim = dim
+        self.max_retries = max_retries
+        self.on_retry = on_retry
+        self._raw: Any = None
+        self._conn: psycopg.Connection | None = None
+
+    def __enter__(self) -> PassageWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._raw is not None:
+            try:
+                self._raw.detach()  # never return a connection with our temp tables to the pool
+                self._raw.close()
+            except Exception:  # the connection may already be gone; nothing to clean up then
+                pass
+        self._raw = self._conn = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            from pgvector.psycopg import register_vector
+
+            self.close()
+            self._raw = self.engine.raw_connection()
+            conn = self._raw.driver_connection
+            conn.rollback()
+            conn.autocommit = True
+            register_vector(conn)
+            conn.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
+            conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (external_id text NOT NULL, title text NOT NULL, "
+                f"text text NOT NULL, metadata jsonb NOT NULL, content_hash text NOT NULL, "
+                f"embedding vector({int(self.dim)}) NOT NULL) ON COMMIT DELETE ROWS")
+            conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_KEEP} (external_id text NOT NULL) ON COMMIT DELETE ROWS")
+            self._conn = conn
+        return self._conn
+
+    def _retrying(self, operation: Callable[[psycopg.Connection], T]) -> T:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return operation(self._connection())
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                broken = self._conn is None or self._conn.closed or self._conn.broken
+                if not broken or attempt == self.max_retries:
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise DatabaseError(
+                        f"ingest into collection {self.collection!r} failed after {attempt + 1} attempt(s): {reason}; "
+                        "what was committed is kept: re-run the same command to finish the job") from e
+                self.close()
+                if self.on_retry:
+                    self.on_retry(e)
+                time.sleep(min(0.25 * 2**attempt, 8.0))
+        raise AssertionError("unreachable")
+
+    def existing_hashes(self, external_ids: Sequence[str]) -> dict[str, str]:
+        """``{external_id: content_hash}`` of the given ids already stored in the collection."""
+        def lookup(conn: psycopg.Connection) -> dict[str, str]:
+            rows = conn.execute(
+                "SELECT external_id, content_hash FROM dpr_pg.passages WHERE collection = %s AND external_id = ANY(%s)",
+                (self.collection, list(external_ids)))
+            return dict(rows.fetchall())
+        return self._retrying(lookup) if external_ids else {}
+
+    def write(self, rows: Sequence[StagedPassage]) -> tuple[int, int]:
+        """COPY ``rows`` into staging and upsert them in one transaction; returns (inserted, updated)."""
+        def upsert(conn: psycopg.Connection) -> tuple[int, int]:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(f"COPY pg_temp.{_STAGING} FROM STDIN WITH (FORMAT BINARY)") as copy:
+                    copy.set_types(["text", "text", "text", "jsonb", "text", "vector"])
+                    for row in rows:
+                        copy.write_row((row.external_id, row.title, row.text, Jsonb(row.metadata_json, dumps=_as_is),
+                                        row.content_hash, row.embedding))
+                cur.execute(_LOCK, (self.collection,))
+                cur.execute(_UPSERT, {"collection": self.collection, "encoder_id": self.encoder_id})
+                inserted, updated = cur.fetchone()  # type: ignore[misc]
+            return int(inserted), int(updated)
+        return self._retrying(upsert) if rows else (0, 0)
+
+    def prune(self, keep: Iterable[str]) -> int:
+        """Delete the collection's passages whose external id is not in ``keep``; returns how many."""
+        keys = list(keep)
+
+        def delete(conn: psycopg.Connection) -> int:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(f"COPY pg_temp.{_KEEP} (external_id) FROM STDIN") as copy:
+                    for key in keys:
+                        copy.write_row((key,))
+                cur.execute(f"ANALYZE pg_temp.{_KEEP}")
+                cur.execute(_LOCK, (self.collection,))
+                cur.execute(_PRUNE, (self.collection,))
+                return cur.rowcount
+        return self._retrying(delete)

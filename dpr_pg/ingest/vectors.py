@@ -1,0 +1,137 @@
+"""Precomputed passage embeddings: a ``.npy`` array or a Parquet column, one row per input record.
+
+Rows are read in order, batch by batch: a ``.npy`` file is memory-mapped, a Parquet column is
+read in row groups, so memory stays flat however large the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dpr_pg.errors import DimensionError, IngestError
+
+DEFAULT_COLUMN = "embedding"
+
+
+class EmbeddingSource:
+    """Sequential reader of precomputed vectors; ``rows(start, stop)`` must be called in order.
+
+    Example:
+        >>> source = EmbeddingSource.open("vectors.npy")   # doctest: +SKIP
+        >>> source.count, source.dim                        # doctest: +SKIP
+        (100000, 768)
+    """
+
+    def __init__(self, path: Path, count: int, dim: int | None) -> None:
+        self.path = path
+        self.count = count
+        self.dim = dim
+
+    @staticmethod
+    def open(path: str | Path, *, column: str = DEFAULT_COLUMN) -> EmbeddingSource:
+        """A ``.npy`` file (2-d float array), or a list column of a ``.parquet`` file."""
+        path = Path(path)
+        if not path.is_file():
+            raise IngestError(f"embeddings file {str(path)!r} does not exist; check --embeddings")
+        if path.suffix.lower() == ".npy":
+            return _NpySource(path)
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return _ParquetSource(path, column)
+        raise IngestError(f"expected --embeddings to be a .npy or .parquet file, not {path.name!r}")
+
+    def check(self, *, records: int, dim: int) -> None:
+        """Fail before anything is written when the row count or the dimension is wrong."""
+        if self.count != records:
+            raise IngestError(
+                f"{self.path.name} has {self.count} embedding rows but the input has {records} records; "
+                "expected one row per record, in input order")
+        if self.dim is not None and self.dim != dim:
+            raise DimensionError(
+                f"{self.path.name} holds {self.dim}-d vectors, but the encoder and the passages table expect "
+                f"{dim} dimensions; expected {dim}, not {self.dim}: use vectors from the named encoder pair")
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start`` to ``stop`` (exclusive) as an array (n, dim); float64 is kept for overflow checks."""
+        raise NotImplementedError
+
+    def length_problem(self, row: int) -> str | None:
+        """Why row ``row`` has the wrong number of dimensions, or None (a .npy has one shape)."""
+        return None
+
+
+class _NpySource(EmbeddingSource):
+    def __init__(self, path: Path) -> None:
+        try:
+            self.array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise IngestError(f"{path.name} is not a readable .npy array: {e}") from e
+        if self.array.ndim != 2 or self.array.dtype.kind not in "fiu":
+            raise IngestError(f"expected {path.name} to hold a 2-d float array (rows, dim), "
+                              f"not {self.array.ndim}-d {self.array.dtype}")
+        super().__init__(path, int(self.array.shape[0]), int(self.array.shape[1]))
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        block = np.asarray(self.array[start:stop])
+        return block if block.dtype.kind == "f" else block.astype(np.float64)
+
+
+class _ParquetSource(EmbeddingSource):
+    """Reads one list column; rows of another length become NaN rows with their length remembered."""
+
+    def __init__(self, path: Path, column: str) -> None:
+        import pyarrow.parquet as pq
+
+        self.parquet = pq.ParquetFile(path)
+        if column not in self.parquet.schema_arrow.names:
+            raise IngestError(f"{path.name} has no column {column!r}; name the vectors column with "
+                              f"--embeddings-column (columns: {', '.join(self.parquet.schema_arrow.names)})")
+        field_type = self.parquet.schema_arrow.field(column).type
+        size = getattr(field_type, "list_size", None)
+        super().__init__(path, int(self.parquet.metadata.num_rows), int(size) if size else None)
+        self.column = column
+        self.batches = self.parquet.iter_batches(batch_size=8192, columns=[column])
+        self.buffer = np.empty((0, 0))
+        self.position = 0
+        self.lengths: dict[int, int] = {}
+
+    def _next_block(self) -> tuple[np.ndarray, np.ndarray]:
+        import pyarrow as pa
+
+        batch = next(self.batches)
+        values = batch.column(0)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        lengths = values.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+        dim = self.dim or (int(np.bincount(lengths).argmax()) if len(lengths) else 0)
+        self.dim = dim
+        block = np.full((len(values), dim), np.nan)
+        good = lengths == dim
+        if good.any():
+            flat = values.filter(pa.array(good)).flatten().to_numpy(zero_copy_only=False)
+            block[good] = np.asarray(flat, dtype=np.float64).reshape(-1, dim)
+        return block, lengths
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if start != self.position:
+            raise IngestError(f"internal error: embedding rows read out of order ({start} after {self.position})")
+        parts, needed = [], stop - start
+        while needed > 0:
+            if len(self.buffer) == 0:
+                block, lengths = self._next_block()
+                base = self.position + sum(len(p) for p in parts)
+                for offset in np.flatnonzero(lengths != self.dim):
+                    self.lengths[base + int(offset)] = int(lengths[offset])
+                self.buffer = block
+            take = self.buffer[:needed]
+            self.buffer = self.buffer[needed:]
+            parts.append(take)
+            needed -= len(take)
+        self.position = stop
+        return np.concatenate(parts) if parts else np.empty((0, self.dim or 0))
+
+    def length_problem(self, row: int) -> str | None:
+        """Why row ``row`` has the wrong number of dimensions, or None."""
+        length = self.lengths.pop(row, None)
+        return None if length is None else f"expected {self.dim} dimensions, not {length}"
