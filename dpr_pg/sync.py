@@ -89,8 +89,10 @@ def _run_ddl(conn: Connection, statement: sa.Select[Any], what: str) -> None:
         with conn.begin_nested():
             conn.execute(statement)
     except sa.exc.DBAPIError as e:
-        reason = str(e.orig).strip() if e.orig else str(e)
-        raise SyncError(f"could not {what}: {reason}") from e
+        diag = getattr(e.orig, "diag", None)
+        reason = (diag.message_primary if diag else None) or str(e.orig or e).strip()
+        hint = diag.message_hint if diag else None
+        raise SyncError(f"could not {what}: {reason}" + (f"; {hint}" if hint else "")) from e
 
 
 def enable_table(

@@ -148,3 +148,11 @@ def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = N
 def cli():
     """``cli("init", "--dim", "8")`` runs the real command line in a subprocess."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(question_dir, passage_dir) of a tiny random 768-d DPR pair, made once per session."""
+    from dpr_pg.encoders import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny_models"), dim=768)
