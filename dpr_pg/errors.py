@@ -38,6 +38,10 @@ class FilterError(DprPgError):
     """A metadata filter does not follow the filter language."""
 
 
+class SearchError(DprPgError):
+    """A search request is malformed: a missing or non-finite query vector, a bad k or mode."""
+
+
 class IngestError(DprPgError):
     """An input file or record cannot be ingested."""
 

@@ -1,0 +1,111 @@
+"""Which path a dense search takes: HNSW, iterative HNSW over a filter, or exact over the filtered rows.
+
+Plain HNSW with a WHERE clause comes back short or with poor recall when the filter is selective
+(pgvector #259, #480). The planner looks at the planner's row estimate first (cheap), counts up to
+``exact_threshold + 1`` matching rows only when the estimate says the filter may be narrow, and
+picks exact search when it is. Otherwise it runs pgvector 0.8's iterative index scan; if that still
+returns fewer than k rows, search.py answers exactly. sql/search.sql follows the same rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+
+from dpr_pg.models import Passage
+
+EXACT_THRESHOLD = 2000  # filtered rows at or below which exact search is both faster and exact
+UNFILTERED_EF_SEARCH = 100
+FILTERED_EF_SEARCH = 200
+MAX_EF_SEARCH = 1000  # pgvector's limit
+ITERATIVE_SCAN_VERSION = (0, 8, 0)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """The path a search took, and why.
+
+    ``path`` is ``"hnsw"`` (index, no filter), ``"hnsw-iterative"`` (index with pgvector 0.8's
+    iterative scan under a filter), ``"exact"`` (inner product over every matching row) or
+    ``"hybrid"``. ``estimated_rows`` is PostgreSQL's estimate of the matching rows and
+    ``matching_rows`` a count bounded at the threshold + 1 (None when not needed).
+    ``explain`` holds PostgreSQL's EXPLAIN of the query that ran when ``explain=True``.
+    """
+
+    path: str
+    reason: str
+    estimated_rows: float | None = None
+    matching_rows: int | None = None
+    ef_search: int | None = None
+    fell_back: bool = False
+    explain: str | None = None
+
+    def with_(self, **changes: Any) -> SearchPlan:
+        return replace(self, **changes)
+
+
+class Explain(sa.sql.expression.Executable, sa.sql.expression.ClauseElement):
+    """``EXPLAIN (options) <statement>`` with the statement's bound parameters (SQLAlchemy recipe)."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: sa.sql.expression.ClauseElement, options: str = "FORMAT JSON") -> None:
+        self.statement = statement
+        self.options = options
+
+
+@compiles(Explain)
+def _compile_explain(element: Explain, compiler: Any, **kw: Any) -> str:
+    return f"EXPLAIN ({element.options}) " + compiler.process(element.statement, **kw)
+
+
+def version_tuple(version: str | None) -> tuple[int, ...]:
+    """``"0.8.5"`` → ``(0, 8, 5)``."""
+    if not version:
+        return (0,)
+    return tuple(int(part) for part in version.split("-")[0].split(".") if part.isdigit())
+
+
+def plan(
+    conn: Connection,
+    where: sa.ColumnElement[bool] | None,
+    *,
+    k: int,
+    pgvector_version: tuple[int, ...],
+    exact: bool = False,
+    exact_threshold: int = EXACT_THRESHOLD,
+    ef_search: int | None = None,
+) -> SearchPlan:
+    """Choose the path for a top-``k`` dense search over the rows matching ``where`` (None: all rows).
+
+    >>> plan(conn, None, k=10, pgvector_version=(0, 8, 5)).path  # doctest: +SKIP
+    'hnsw'
+    """
+    if exact:
+        return SearchPlan("exact", "mode='exact' asks for an exact scan")
+    if where is None:
+        if k > MAX_EF_SEARCH:
+            return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}")
+        return SearchPlan("hnsw", "no filter: HNSW index", ef_search=max(k, ef_search or UNFILTERED_EF_SEARCH))
+    if pgvector_version < ITERATIVE_SCAN_VERSION:
+        shown = ".".join(map(str, pgvector_version))
+        return SearchPlan("exact", f"pgvector {shown} has no iterative index scans: exact over the filtered rows")
+    if k > MAX_EF_SEARCH:
+        return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}")
+    probe = sa.select(sa.literal(1)).select_from(Passage).where(where)
+    estimate = float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
+    chosen_ef = max(k, ef_search or FILTERED_EF_SEARCH)
+    if estimate > 10 * exact_threshold:
+        return SearchPlan("hnsw-iterative", f"the filter matches about {estimate:.0f} rows: iterative HNSW scan",
+                          estimated_rows=estimate, ef_search=chosen_ef)
+    bounded = sa.select(sa.func.count()).select_from(probe.limit(exact_threshold + 1).subquery())
+    matches = int(conn.execute(bounded).scalar_one())
+    if matches <= exact_threshold:
+        return SearchPlan("exact", f"the filter matches {matches} rows (<= {exact_threshold}): exact scan",
+                          estimated_rows=estimate, matching_rows=matches)
+    return SearchPlan("hnsw-iterative", f"the filter matches more than {exact_threshold} rows: iterative HNSW scan",
+                      estimated_rows=estimate, matching_rows=matches, ef_search=chosen_ef)

@@ -1,0 +1,343 @@
+"""Search: a question (or a precomputed query vector) → the top-k passages by inner product.
+
+``search`` plans (see :mod:`dpr_pg._planner`), sets pgvector's scan settings with ``set_config(...,
+is_local => true)`` inside the query's own transaction and restores them afterwards, and never
+returns fewer than ``min(k, matching rows)`` hits. ``search_statement`` is the same query as a
+SQLAlchemy ``Select`` for an application's own Session, joins and WHERE clauses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import numpy as np
+import sqlalchemy as sa
+from pgvector.sqlalchemy import Vector
+from sqlalchemy.engine import Connection, Engine
+
+from dpr_pg import _planner
+from dpr_pg._planner import Explain, SearchPlan
+from dpr_pg.errors import DimensionError, SchemaError, SearchError
+from dpr_pg.filters import Filter, compile_filter, parse, to_sql
+from dpr_pg.models import Passage
+
+if TYPE_CHECKING:
+    from dpr_pg.encoders import EncoderPair
+
+Mode = Literal["dense", "hybrid", "exact"]
+MODES = ("dense", "hybrid", "exact")
+Query = Union[str, Sequence[float], np.ndarray]
+MAX_K = 10000
+_GUC_DEFAULTS = {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off"}
+
+_COLUMNS = (Passage.id, Passage.external_id, Passage.collection, Passage.title, Passage.text, Passage.metadata_)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One passage found: ``score`` is the inner product with the query (the RRF score in hybrid mode)."""
+
+    id: int
+    external_id: str
+    collection: str
+    title: str
+    text: str
+    metadata: dict[str, Any]
+    score: float
+    rank: int  # 0-based
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Hits(list[Hit]):
+    """The hits of one search, best first, with ``plan``: the path that ran and why."""
+
+    plan: SearchPlan
+
+    def __init__(self, hits: Sequence[Hit], plan: SearchPlan) -> None:
+        super().__init__(hits)
+        self.plan = plan
+
+
+def query_vector(value: Any, dim: int) -> np.ndarray:
+    """Check a query vector at the boundary: present, 1-d, ``dim`` long, finite; as float32.
+
+    >>> query_vector([0.5, 1.0], 2)
+    array([0.5, 1. ], dtype=float32)
+    """
+    if value is None:
+        raise SearchError("expected a question or a query vector, not None")
+    try:
+        vector = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise SearchError(f"expected a query vector of {dim} numbers, not {type(value).__name__}") from e
+    if vector.ndim != 1 or vector.size == 0:
+        raise DimensionError(f"expected a query vector of {dim} dimensions, not shape {vector.shape}")
+    if vector.size != dim:
+        raise DimensionError(f"expected a query vector of {dim} dimensions, not {vector.size}; "
+                             "encode the question with the encoder pair that made the passages")
+    if not np.isfinite(vector).all() or not np.isfinite(vector.astype(np.float32)).all():
+        raise SearchError("the query vector holds NaN, infinity or values beyond float32; check the encoder output")
+    return vector.astype(np.float32)
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise SearchError(f"expected k between 1 and {MAX_K}, not {k!r}")
+
+
+def _where(filter: Filter, collection: str | None, table: Any = Passage) -> sa.ColumnElement[bool] | None:
+    node = parse(filter)
+    parts = [] if node is None else [to_sql(node, table)]
+    if collection is not None:
+        if not isinstance(collection, str):
+            raise SearchError(f"expected the collection as a string, not {type(collection).__name__}")
+        parts.append((table.c.collection if hasattr(table, "c") else table.collection) == collection)
+    return sa.and_(*parts) if parts else None
+
+
+def search_statement(
+    query: Sequence[float] | np.ndarray,
+    *,
+    k: int = 10,
+    filter: Filter = None,
+    collection: str | None = None,
+    exact: bool = False,
+    dim: int | None = None,
+) -> sa.Select[Any]:
+    """The search as a SQLAlchemy ``Select`` of (id, external_id, collection, title, text, metadata, score).
+
+    Join it to your own tables or add ``.where(...)``; run it in your own Session. For filtered ANN,
+    call :func:`ann_settings` in the same transaction first. ``exact=True`` orders by the exact inner
+    product instead of using the HNSW index. Pass ``dim`` to check the vector's length here.
+
+    >>> stmt = search_statement(vector, k=5, filter={"lang": "es"})  # doctest: +SKIP
+    >>> session.execute(stmt.join(Article, Article.slug == Passage.external_id)).all()  # doctest: +SKIP
+    """
+    _check_k(k)
+    if dim is None:  # without the schema's dimension the server checks it when the statement runs
+        dim = len(query) if query is not None and hasattr(query, "__len__") else 0
+    vector = query_vector(query, dim)
+    bound = sa.bindparam("query_vector", vector, type_=Vector(vector.size))
+    where = _where(filter, collection)
+    if exact:
+        score = sa.func.inner_product(Passage.embedding, bound, type_=sa.Float)
+        stmt = sa.select(*_COLUMNS, score.label("score")).order_by(score.desc(), Passage.id)
+    else:
+        distance = Passage.embedding.max_inner_product(bound)
+        stmt = sa.select(*_COLUMNS, (-distance).label("score")).order_by(distance)
+    if where is not None:
+        stmt = stmt.where(where)
+    return stmt.limit(k)
+
+
+@contextmanager
+def ann_settings(conn: Connection, *, ef_search: int, iterative: bool) -> Iterator[None]:
+    """Set hnsw.ef_search (and iterative_scan = relaxed_order) for this transaction, then restore them.
+
+    >>> with ann_settings(conn, ef_search=200, iterative=True):  # doctest: +SKIP
+    ...     conn.execute(search_statement(vector, filter={"lang": "es"}))
+    """
+    names = ["hnsw.ef_search"] + (["hnsw.iterative_scan"] if iterative else [])
+    saved = {name: conn.execute(sa.text("SELECT current_setting(:n, true)"), {"n": name}).scalar() for name in names}
+    set_local = sa.text("SELECT set_config(:n, :v, true)")
+    conn.execute(set_local, {"n": "hnsw.ef_search", "v": str(ef_search)})
+    if iterative:
+        conn.execute(set_local, {"n": "hnsw.iterative_scan", "v": "relaxed_order"})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():  # None: pgvector was not loaded yet, so it had its default
+            conn.execute(set_local, {"n": name, "v": value if value is not None else _GUC_DEFAULTS[name]})
+
+
+@contextmanager
+def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(bind, Engine):
+        with bind.begin() as conn:
+            yield conn
+    else:
+        yield bind
+
+
+def _hits(rows: Sequence[Any]) -> list[Hit]:
+    return [Hit(r.id, r.external_id, r.collection, r.title, r.text, r.metadata, float(r.score), rank)
+            for rank, r in enumerate(rows)]
+
+
+def _run(conn: Connection, stmt: sa.Select[Any], explain: bool) -> tuple[list[Any], str | None]:
+    text = None
+    if explain:
+        text = "\n".join(row[0] for row in conn.execute(Explain(stmt, "COSTS OFF")))
+    return list(conn.execute(stmt)), text
+
+
+def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] | None, k: int,
+           plan: SearchPlan, explain: bool) -> Hits:
+    if plan.path in ("hnsw", "hnsw-iterative"):
+        bound = sa.bindparam("query_vector", vector, type_=Vector(vector.size))
+        distance = Passage.embedding.max_inner_product(bound).label("distance")
+        inner = sa.select(*_COLUMNS, distance).order_by(distance).limit(k)
+        if plan.path == "hnsw-iterative" and where is not None:
+            inner = inner.where(where)
+        ann = inner.subquery("ann")
+        # relaxed_order returns rows nearly in order: sort the k found exactly.
+        stmt = sa.select(*(ann.c[c.key] for c in _COLUMNS), (-ann.c.distance).label("score")).order_by(
+            ann.c.distance, ann.c.id)
+        with ann_settings(conn, ef_search=plan.ef_search or _planner.UNFILTERED_EF_SEARCH,
+                          iterative=plan.path == "hnsw-iterative"):
+            rows, text = _run(conn, stmt, explain)
+        if len(rows) >= k:
+            return Hits(_hits(rows), plan.with_(explain=text))
+        # The index ran out (max_scan_tuples) before k matches: answer exactly.
+        plan = plan.with_(path="exact", fell_back=True,
+                          reason=plan.reason + f"; the index scan found {len(rows)} < k rows, so exact scan")
+    bound = sa.bindparam("query_vector", vector, type_=Vector(vector.size))
+    score = sa.func.inner_product(Passage.embedding, bound, type_=sa.Float).label("score")
+    stmt = sa.select(*_COLUMNS, score).order_by(score.desc(), Passage.id).limit(k)
+    if where is not None:
+        stmt = stmt.where(where)
+    rows, text = _run(conn, stmt, explain)
+    return Hits(_hits(rows), plan.with_(explain=text))
+
+
+def _hybrid(conn: Connection, vector: np.ndarray, query_text: str, where: sa.ColumnElement[bool] | None, k: int,
+            dense_plan: SearchPlan, *, rrf_k: float, dense_weight: float, text_weight: float,
+            candidates: int) -> Hits:
+    n = max(k, candidates)
+    dense = _dense(conn, vector, where, n, dense_plan, False)
+    tsquery = sa.func.websearch_to_tsquery(sa.literal_column("'spanish'::regconfig"), query_text)
+    rank = sa.func.ts_rank_cd(Passage.tsv, tsquery)
+    lexical = sa.select(Passage.id).where(Passage.tsv.op("@@")(tsquery)).order_by(rank.desc(), Passage.id).limit(n)
+    if where is not None:
+        lexical = lexical.where(where)
+    fused: dict[int, float] = {}
+    for weight, ids in ((dense_weight, [h.id for h in dense]), (text_weight, list(conn.execute(lexical).scalars()))):
+        for position, pid in enumerate(ids, start=1):
+            fused[pid] = fused.get(pid, 0.0) + weight / (rrf_k + position)
+    best = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
+    rows = {r.id: r for r in conn.execute(sa.select(*_COLUMNS).where(Passage.id.in_([pid for pid, _ in best])))}
+    hits = [Hit(pid, rows[pid].external_id, rows[pid].collection, rows[pid].title, rows[pid].text,
+                rows[pid].metadata, score, rank) for rank, (pid, score) in enumerate(best)]
+    plan = SearchPlan("hybrid", f"RRF of dense ({dense.plan.path}: {dense.plan.reason}) and Spanish full text",
+                      dense.plan.estimated_rows, dense.plan.matching_rows, dense.plan.ef_search, dense.plan.fell_back)
+    return Hits(hits, plan)
+
+
+def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...]]:
+    dim, version = conn.execute(sa.text(
+        "SELECT (SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass('dpr_pg.passages') "
+        "        AND a.attname = 'embedding'), (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
+    )).one()
+    if dim is None:
+        raise SchemaError("this database has no dpr_pg schema yet; run dpr-pg init first")
+    return int(dim), _planner.version_tuple(version)
+
+
+def search_many(
+    bind: Engine | Connection,
+    queries: Sequence[Query],
+    *,
+    encoder: EncoderPair | None = None,
+    k: int = 10,
+    filter: Filter = None,
+    collection: str | None = None,
+    mode: Mode = "dense",
+    query_texts: Sequence[str] | None = None,
+    ef_search: int | None = None,
+    exact_threshold: int = _planner.EXACT_THRESHOLD,
+    rrf_k: float = 60.0,
+    dense_weight: float = 1.0,
+    text_weight: float = 1.0,
+    candidates: int = 100,
+    explain: bool = False,
+    pgvector_version: tuple[int, ...] | None = None,
+) -> list[Hits]:
+    """Search for many questions (or query vectors) at once: one batch encode, one plan, one transaction.
+
+    Options are those of :func:`search`; ``query_texts`` gives hybrid mode's text for vector queries.
+
+    >>> [len(h) for h in search_many(engine, ["¿Qué es el ADN?", "¿Dónde está Sevilla?"], encoder=pair, k=3)]
+    [3, 3]
+    """
+    _check_k(k)
+    if mode not in MODES:
+        raise SearchError(f"expected mode to be one of {', '.join(MODES)}, not {mode!r}")
+    if not isinstance(rrf_k, (int, float)) or rrf_k < 0 or not math.isfinite(rrf_k):
+        raise SearchError(f"expected rrf_k >= 0, not {rrf_k!r}")
+    if isinstance(queries, (str, np.ndarray)) and not (isinstance(queries, np.ndarray) and queries.ndim == 2):
+        queries = [queries]  # type: ignore[list-item]
+    queries = list(queries)
+    where_probe = _where(filter, collection)  # validate the filter before touching the database
+    questions = [q for q in queries if isinstance(q, str)]
+    if questions and encoder is None:
+        raise SearchError("a question needs an encoder: pass encoder=EncoderPair.load(...), or pass query vectors")
+    texts = list(query_texts) if query_texts is not None else [q if isinstance(q, str) else None for q in queries]
+    if mode == "hybrid" and (len(texts) != len(queries) or any(not isinstance(t, str) for t in texts)):
+        raise SearchError("hybrid mode needs the text of every query: pass questions, or query_texts= with vectors")
+    with _transaction(bind) as conn:
+        dim, version = _database_facts(conn)
+        if encoder is not None:
+            from dpr_pg.encoders import check_encoder
+
+            check_encoder(conn, encoder.fingerprint, collection=collection)
+        encoded = iter(encoder.question.encode(questions)) if questions and encoder is not None else iter(())
+        vectors = [query_vector(next(encoded) if isinstance(q, str) else q, dim) for q in queries]
+        plan = _planner.plan(conn, where_probe, k=max(k, candidates) if mode == "hybrid" else k,
+                             pgvector_version=pgvector_version or version, exact=mode == "exact",
+                             exact_threshold=exact_threshold, ef_search=ef_search)
+        if mode == "hybrid":
+            return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
+                            text_weight=text_weight, candidates=candidates) for v, t in zip(vectors, texts)]
+        return [_dense(conn, v, where_probe, k, plan, explain) for v in vectors]
+
+
+def search(
+    bind: Engine | Connection,
+    query: Query,
+    *,
+    encoder: EncoderPair | None = None,
+    k: int = 10,
+    filter: Filter = None,
+    collection: str | None = None,
+    mode: Mode = "dense",
+    query_text: str | None = None,
+    ef_search: int | None = None,
+    exact_threshold: int = _planner.EXACT_THRESHOLD,
+    rrf_k: float = 60.0,
+    dense_weight: float = 1.0,
+    text_weight: float = 1.0,
+    candidates: int = 100,
+    explain: bool = False,
+    pgvector_version: tuple[int, ...] | None = None,
+) -> Hits:
+    """The top-``k`` passages for a question (encoded by ``encoder``) or a precomputed query vector.
+
+    ``filter`` is a filter document (see :mod:`dpr_pg.filters`), ``collection`` limits the search to
+    one collection. ``mode``: ``"dense"`` (planned: HNSW, iterative HNSW or exact), ``"exact"``, or
+    ``"hybrid"`` (dense + Spanish full text of ``query_text`` or the question, fused by RRF with
+    ``rrf_k``, ``dense_weight``, ``text_weight`` over ``candidates`` per side). ``hits.plan`` says
+    which path ran; ``explain=True`` adds PostgreSQL's EXPLAIN of the query. With an Engine the search
+    runs in its own transaction; with a Connection, in the caller's. ``pgvector_version`` overrides
+    the detected version (to exercise the pre-0.8 path).
+
+    >>> hits = search(engine, "¿Cuál es la capital de España?", encoder=pair, k=3, filter={"lang": "es"})
+    >>> hits[0].title, hits.plan.path  # doctest: +SKIP
+    ('Madrid', 'hnsw-iterative')
+    """
+    texts = [query_text] if query_text is not None else None
+    if isinstance(query, np.ndarray) and query.ndim != 1:
+        raise DimensionError(f"expected one query vector, not an array of shape {query.shape}; use search_many")
+    return search_many(bind, [query], encoder=encoder, k=k, filter=filter, collection=collection, mode=mode,
+                       query_texts=texts, ef_search=ef_search, exact_threshold=exact_threshold, rrf_k=rrf_k,
+                       dense_weight=dense_weight, text_weight=text_weight, candidates=candidates,
+                       explain=explain, pgvector_version=pgvector_version)[0]
+
+
+__all__ = ["Hit", "Hits", "SearchPlan", "ann_settings", "compile_filter", "query_vector", "search", "search_many",
+           "search_statement"]
