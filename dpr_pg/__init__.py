@@ -27,9 +27,12 @@ from dpr_pg.errors import (
     FilterError,
     IngestError,
     SchemaError,
+    SearchError,
 )
+from dpr_pg.filters import compile_filter
 from dpr_pg.models import Encoder, Passage
 from dpr_pg.schema import InitResult, downgrade, init, upgrade
+from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
 
 __all__ = [
     "EncodeResult",
@@ -58,4 +61,13 @@ __all__ = [
     "downgrade",
     "init",
     "upgrade",
+    "Hit",
+    "Hits",
+    "SearchError",
+    "SearchPlan",
+    "ann_settings",
+    "compile_filter",
+    "search",
+    "search_many",
+    "search_statement",
 ]

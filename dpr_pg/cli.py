@@ -166,6 +166,70 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
 
 # ---- search (issue 5) -----------------------------------------------------------------------------
 
+
+@main.command("search")
+@click.argument("question")
+@click.option("-k", "k", type=click.IntRange(1, 10000), default=10, show_default=True, help="Number of hits.")
+@click.option("--collection", help="Search this collection only (default: every collection).")
+@click.option("--filter", "filter_doc", metavar="JSON", help='Metadata filter document, e.g. \'{"lang": "es"}\'.')
+@click.option("--mode", type=click.Choice(["dense", "hybrid", "exact"]), default="dense", show_default=True,
+              help="dense: planned HNSW/exact; exact: exact scan; hybrid: dense + Spanish full text (RRF).")
+@click.option("--vector", "vector_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Use this query vector (.npy, or a JSON array) instead of encoding QUESTION.")
+@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
+@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--explain", is_flag=True, help="Print the path that ran and PostgreSQL's plan on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
+@pass_context
+@reports_errors
+def search_command(ctx: Context, question: str, k: int, collection: str | None, filter_doc: str | None, mode: str,
+                   vector_file: str | None, question_model: str | None, passage_model: str | None, explain: bool,
+                   as_json: bool) -> None:
+    """Find the passages that best answer QUESTION (inner product of DPR vectors).
+
+    \b
+    Example:
+        dpr-pg search "¿Cuál es la capital de España?" -k 5
+        dpr-pg search "¿Qué es la insulina?" --collection bio --filter '{"year": {"$gte": 2020}}' --json
+        dpr-pg search "vacuna gripe" --mode hybrid --explain
+    """
+    from dpr_pg.search import search
+
+    engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    if vector_file is not None:
+        query: Any = _read_query_vector(vector_file)
+        pair = None
+    else:
+        from dpr_pg.encoders import EncoderPair
+
+        query = question
+        pair = EncoderPair.load(question_model, passage_model)
+    hits = search(engine, query, encoder=pair, k=k, filter=filter_doc, collection=collection, mode=mode,  # type: ignore[arg-type]
+                  query_text=question, explain=explain)
+    if explain:
+        err_console.print(f"path: {hits.plan.path} ({hits.plan.reason})", highlight=False, markup=False)
+        if hits.plan.explain:
+            err_console.print(hits.plan.explain, highlight=False, markup=False)
+    if as_json:
+        print_json([hit.as_dict() for hit in hits])
+        return
+    table = Table("rank", "score", "collection", "external_id", "title", "text")
+    for hit in hits:
+        text = hit.text if len(hit.text) <= 120 else hit.text[:117] + "..."
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.collection, hit.external_id, hit.title, text)
+    console.print(table)
+
+
+def _read_query_vector(path: str) -> Any:
+    import numpy as np
+
+    from dpr_pg.errors import SearchError
+
+    try:
+        return np.load(path) if path.endswith(".npy") else json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as e:
+        raise SearchError(f"expected {path} to hold one query vector (.npy or a JSON array): {e}") from e
+
 # ---- sync (issue 6) -------------------------------------------------------------------------------
 
 

@@ -81,7 +81,7 @@ def query_vector(value: Any, dim: int) -> np.ndarray:
     if vector.size != dim:
         raise DimensionError(f"expected a query vector of {dim} dimensions, not {vector.size}; "
                              "encode the question with the encoder pair that made the passages")
-    if not np.isfinite(vector).all() or not np.isfinite(vector.astype(np.float32)).all():
+    if not np.isfinite(vector).all() or np.abs(vector).max() > np.finfo(np.float32).max:
         raise SearchError("the query vector holds NaN, infinity or values beyond float32; check the encoder output")
     return vector.astype(np.float32)
 
