@@ -1,0 +1,82 @@
+"""An existing app that adopts dpr_pg: its own models, its own Alembic history, DPR search on its table.
+
+The whole flow, as tests/test_example_app.py runs it::
+
+    DATABASE_URL=postgresql+psycopg://... python examples/articles_app/app.py
+
+1. ``dpr_pg.init``: dpr_pg's schema (its own Alembic history, its own version table);
+2. ``alembic upgrade head``: the app's migrations, the last of which is ``op.enable_dpr("articles", ...)``;
+3. the app inserts, edits and deletes articles as it always did; the triggers queue them;
+4. ``dpr-pg worker`` (here: :func:`dpr_pg.sync.run_worker`) writes the embeddings into the rows;
+5. :func:`search` ranks the app's own rows with one ORM statement, joined and filtered as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.orm import Session
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from models import Article, Author  # noqa: E402
+
+import dpr_pg  # noqa: E402
+from dpr_pg.mixin import dpr_order, dpr_score  # noqa: E402
+
+
+def migrate(engine: sa.Engine, revision: str = "head") -> None:
+    """dpr_pg's schema first, then the app's own migrations up to ``revision``."""
+    dpr_pg.init(engine, dim=768)
+    with engine.connect() as conn:
+        command.upgrade(alembic_config(conn), revision)
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    config = Config(str(HERE / "alembic.ini"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def search(session: Session, question_vector: Any, *, k: int = 5, author: str | None = None) -> list[tuple[Article, float]]:
+    """The app's articles that best answer the question, best first, with their DPR score."""
+    statement = (
+        sa.select(Article, dpr_score(Article, question_vector))
+        .join(Article.author)
+        .where(Article.published, Article.embedding.is_not(None))
+        .order_by(dpr_order(Article, question_vector))
+        .limit(k)
+    )
+    if author is not None:
+        statement = statement.where(Author.name == author)
+    return [(article, float(score)) for article, score in session.execute(statement).all()]
+
+
+def main() -> None:
+    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.sync import run_worker
+
+    engine = sa.create_engine(os.environ["DATABASE_URL"])
+    migrate(engine)
+    pair = EncoderPair.load()
+    with Session(engine) as session, session.begin():
+        cervantes = Author(name="Cervantes")
+        session.add_all([
+            Article(author=cervantes, title="El Quijote", body="Un hidalgo de La Mancha lee libros de caballerías."),
+            Article(author=cervantes, title="Novelas ejemplares", body="Doce novelas cortas publicadas en 1613."),
+        ])
+    run_worker(engine, pair, once=True)
+    with Session(engine) as session:
+        for article, score in search(session, pair.question.encode("¿Quién es el hidalgo de La Mancha?")):
+            print(f"{score:8.3f}  {article.title}")
+
+
+if __name__ == "__main__":
+    main()
