@@ -303,5 +303,143 @@ def status(ctx: Context, as_json: bool) -> None:
 # ---- evaluation (issue 7) -------------------------------------------------------------------------
 
 
+def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated integers like 1,5,10,20,100, not {value!r}") from e
+    if not ks or min(ks) < 1:
+        raise click.BadParameter(f"expected positive integers like 1,5,10,20,100, not {value!r}")
+    return ks
+
+
+def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"expected a JSON filter document like '{{\"lang\": \"es\"}}', not {value!r}: {e.msg}") from e
+
+
+@main.command("eval")
+@click.argument("qa_file", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--collection", help="Collection to search (default: every collection).")
+@click.option("--filter", "filter_doc", callback=_filter_json, metavar="JSON", help="Metadata filter document.")
+@click.option("--mode", type=click.Choice(["dense", "exact", "hybrid"]), default="dense", show_default=True,
+              help="Search mode, as in dpr-pg search.")
+@click.option("--k", "ks", callback=_int_list, default="1,5,10,20,100", show_default=True, metavar="K,K,...",
+              help="Cut-offs for top-k accuracy and recall@k.")
+@click.option("--depth", type=click.IntRange(1, 10000), help="Hits retrieved per question (default: the largest k).")
+@click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N questions.")
+@click.option("--gold", type=click.Choice(["auto", "ids", "answers"]), default="auto", show_default=True,
+              help="Judge hits by gold ids, by answers (DPR's has_answer), or ids when stored else answers.")
+@click.option("--answer-style", type=click.Choice(["spanish", "dpr"]), default="spanish", show_default=True,
+              help="Answer normalisation: accents/¿¡/articles-insensitive, or DPR's exactly.")
+@click.option("--ties", type=click.Choice(["pessimistic", "optimistic", "order"]), default="pessimistic",
+              show_default=True, help="How a gold hit ranks against a non-gold hit with the same score.")
+@click.option("--hard-negatives", type=click.IntRange(0), default=10, show_default=True,
+              help="Retrieved non-gold passages per question in the positive vs hard-negative table.")
+@click.option("--threshold", type=float, help="Score threshold of that table (default: best positive F1 on the data).")
+@click.option("--audit", is_flag=True, help="Instead: recall@k of the HNSW path against exact search, per ef_search.")
+@click.option("--audit-k", type=click.IntRange(1, 1000), default=10, show_default=True, help="k of the audit.")
+@click.option("--sample", type=click.IntRange(1), default=100, show_default=True, help="Questions the audit uses.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="The audit recommends the smallest ef_search reaching this recall@k.")
+@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
+@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--precision", help="Question encoder precision (fp32, bf16, int8; default: best for the device).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_context
+@reports_errors
+def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc: Any, mode: str,
+                 ks: tuple[int, ...], depth: int | None, limit: int | None, gold: str, answer_style: str, ties: str,
+                 hard_negatives: int, threshold: float | None, audit: bool, audit_k: int, sample: int,
+                 target_recall: float, question_model: str | None, passage_model: str | None,
+                 precision: str | None, as_json: bool) -> None:
+    """Measure retrieval on QA_FILE (SQuAD JSON, or JSONL of question + gold_ids and/or answers).
+
+    Reports top-k accuracy, MRR, the mean/median 0-based rank of the first gold passage (missing
+    counts as the depth), recall@k, and the seed card's positive vs hard-negative table.
+    With --audit it reports recall@k of the HNSW path against exact search for each
+    hnsw.ef_search, and the smallest one that reaches --target-recall.
+
+    \b
+    Example:
+        dpr-pg ingest squad_es_dev.json --collection squad --questions squad.questions.jsonl
+        dpr-pg eval squad.questions.jsonl --collection squad --json
+        dpr-pg eval squad.questions.jsonl --collection squad --audit --audit-k 10 --sample 200
+    """
+    from dpr_pg.encoders import EncoderPair
+
+    engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    pair = EncoderPair.load(question_model, passage_model, precision=precision)
+    if audit:
+        from dpr_pg.audit import audit_ann
+
+        audit_report = audit_ann(engine, pair, qa_file, collection=collection, filter=filter_doc, k=audit_k,
+                                 sample=sample, target_recall=target_recall)
+        _print_audit(audit_report, as_json)
+        return
+    from dpr_pg.evaluate import evaluate
+
+    report = evaluate(engine, pair, qa_file, collection=collection, filter=filter_doc, mode=mode,  # type: ignore[arg-type]
+                      ks=ks, depth=depth, ties=ties, gold=gold, answer_style=answer_style,  # type: ignore[arg-type]
+                      limit=limit, hard_negatives=hard_negatives, threshold=threshold)
+    _print_evaluation(report, as_json)
+
+
+def _print_evaluation(report: Any, as_json: bool) -> None:
+    summary = report.as_dict()
+    if as_json:
+        print_json(summary)
+        return
+    m = report.metrics
+    table = Table(title=f"{m.questions} questions, {m.depth} hits each ({summary['seconds']:.1f} s)", box=None)
+    table.add_column("k", justify="right")
+    table.add_column("top-k accuracy", justify="right")
+    table.add_column("recall@k", justify="right")
+    for k, accuracy in m.top_k_accuracy.items():
+        recall = "-" if m.recall_at_k is None else f"{m.recall_at_k[k]:.3f}"
+        table.add_row(str(k), f"{accuracy:.3f}", recall)
+    console.print(table)
+    click.echo(f"MRR {m.mrr:.3f}   mean rank {m.mean_rank:.3f}   median rank {m.median_rank:g}   (0-based)")
+    click.echo(f"judged by gold ids: {report.judged_by_ids}, by answers: {report.judged_by_answers}")
+    if report.unknown_gold_ids:
+        err_console.print(f"[yellow]warning:[/yellow] {report.unknown_gold_ids} questions name gold ids that are not "
+                          "stored in the collection; they were judged by their answers")
+    if report.card is not None:
+        card = report.card
+        how = "best positive F1 on these questions" if card.report.chosen_on_data else "given"
+        view = Table(title=f"positive vs hard negative at score >= {card.report.threshold:.4g} ({how})", box=None)
+        for column in ("class", "precision", "recall", "f1", "support"):
+            view.add_column(column, justify="left" if column == "class" else "right")
+        for name, scores in card.report.classes.items():
+            view.add_row(name, f"{scores.precision:.3f}", f"{scores.recall:.3f}", f"{scores.f1:.3f}", str(scores.support))
+        console.print(view)
+        click.echo(f"accuracy {card.report.accuracy:.3f}   mean rank of the positive {card.mean_positive_rank:.3f} "
+                   f"(among it and {card.hard_negatives} hard negatives)")
+
+
+def _print_audit(report: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(report.as_dict())
+        return
+    paths = ", ".join(f"{path} {count}" for path, count in report.current_paths.items())
+    click.echo(f"{report.questions} questions, k={report.k}: current settings recall@{report.k} "
+               f"{report.current_recall:.3f} (paths: {paths})")
+    table = Table(title="HNSW path against exact search", box=None)
+    for column in ("ef_search", f"recall@{report.k}", "worst question", "median ms"):
+        table.add_column(column, justify="right")
+    for row in report.sweep:
+        table.add_row(str(row.ef_search), f"{row.recall:.3f}", f"{row.min_recall:.3f}", f"{row.median_ms:.1f}")
+    console.print(table)
+    if report.recommended_ef_search is None:
+        click.echo(f"no ef_search up to 1000 reaches recall {report.target_recall}; use --mode exact for this data")
+    else:
+        click.echo(f"recommended hnsw.ef_search: {report.recommended_ef_search} "
+                   f"(smallest with recall@{report.k} >= {report.target_recall})")
+
+
 if __name__ == "__main__":
     sys.exit(main())

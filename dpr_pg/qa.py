@@ -18,7 +18,7 @@ only the answers are kept.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,11 +169,6 @@ def read_questions(path: str | Path, *, gold_id: GoldIdFunction | None = None) -
     if not items:
         raise EvaluationError(f"{path} holds no questions; expected SQuAD JSON or JSONL with one question per line")
     return items
-
-
-def sample(items: Sequence[QAItem], limit: int | None) -> list[QAItem]:
-    """The first ``limit`` questions (all when None): deterministic, so runs compare."""
-    return list(items if limit is None else items[:limit])
 
 
 def as_items(questions: Iterable[QAItem | dict[str, Any]]) -> list[QAItem]:
