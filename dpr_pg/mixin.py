@@ -8,15 +8,22 @@ negative inner product, so ascending order is best first (see :func:`dpr_order`)
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
 import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from dpr_pg.config import DEFAULT_DIM
-from dpr_pg.errors import DimensionError
+from dpr_pg.errors import DimensionError, SearchError
+
+DPR_COLUMNS = ("embedding", "dpr_encoder_id", "dpr_content_hash")
+# The filter language's column fields, and the column types that stand for them (as in sql/search_table.sql).
+_FILTER_COLUMNS = {"collection": sa.String, "external_id": sa.String, "title": sa.String,
+                   "created_at": (sa.DateTime, sa.Date), "updated_at": (sa.DateTime, sa.Date)}
 
 # The same comments dpr_pg.enable_table() writes: alembic_ops.include_object recognises them.
 EMBEDDING_COMMENT = "dpr_pg: DPR passage embedding, written by dpr-pg worker"
@@ -80,3 +87,62 @@ def dpr_order(model: Any, query: Any) -> sa.ColumnElement[float]:
         >>> select(Article).where(Article.embedding.is_not(None)).order_by(dpr_order(Article, q)).limit(5)  # doctest: +SKIP
     """
     return model.embedding.max_inner_product(_query_vector(model, query))
+
+
+def filter_target(model: Any) -> SimpleNamespace:
+    """What :func:`dpr_pg.filters.compile_filter` filters on for an app model, as ``search_table`` does.
+
+    Metadata keys are the model's own columns (``{"views": {"$gte": 10}}``); the language's column
+    fields (title, collection, external_id, created_at, updated_at) are the model's columns of that
+    name when their type fits, else NULL.
+
+    Example:
+        >>> select(Article).where(compile_filter({"lang": "es"}, filter_target(Article)))  # doctest: +SKIP
+    """
+    table = model.__table__
+    pairs: list[Any] = []
+    for column in table.columns:
+        if column.name not in DPR_COLUMNS and column.comment != EMBEDDING_COMMENT:
+            pairs += [sa.literal(column.name, sa.Text), column]
+    # jsonb_build_object takes at most 100 arguments: build it in chunks, as search_table does.
+    chunks = [sa.func.jsonb_build_object(*pairs[i:i + 80], type_=JSONB) for i in range(0, len(pairs), 80)]
+    document = chunks[0] if chunks else sa.cast(sa.literal("{}"), JSONB)
+    for chunk in chunks[1:]:
+        document = document.op("||", return_type=JSONB)(chunk)
+    target = SimpleNamespace(metadata_=document)
+    for name, kind in _FILTER_COLUMNS.items():
+        column = table.c.get(name)
+        fits = column is not None and isinstance(column.type, kind)
+        null_type = sa.Text if kind is sa.String else sa.DateTime(timezone=True)
+        setattr(target, name, column if fits else sa.null().cast(null_type))
+    return target
+
+
+def model_search_statement(
+    model: Any, query: Any, *, k: int = 10, filter: Any = None, exact: bool = False
+) -> sa.Select[Any]:
+    """``SELECT model, score`` of the app's own rows, best first: the app adds joins and ``.where()``.
+
+    ``filter`` is the filter language over the model's columns (see :func:`filter_target`).
+    ``exact=True`` orders by the exact inner product instead of the HNSW index.
+
+    Example:
+        >>> stmt = model_search_statement(Article, q, k=5, filter={"published": True})  # doctest: +SKIP
+        >>> session.execute(stmt.join(Article.author).where(Author.name == "Lorca")).all()  # doctest: +SKIP
+    """
+    from dpr_pg.filters import compile_filter
+
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10000:
+        raise SearchError(f"expected k between 1 and 10000, not {k!r}")
+    vector = _query_vector(model, query)
+    bound = sa.bindparam("query_vector", vector, type_=Vector(len(vector)))
+    if exact:
+        score = sa.func.inner_product(model.embedding, bound, type_=sa.Float)
+        statement = sa.select(model, score.label("score")).order_by(score.desc())
+    else:
+        distance = model.embedding.max_inner_product(bound)
+        statement = sa.select(model, (-distance).label("score")).order_by(distance)
+    statement = statement.where(model.embedding.is_not(None))
+    if filter:
+        statement = statement.where(compile_filter(filter, filter_target(model)))
+    return statement.limit(k)
