@@ -28,11 +28,14 @@ from dpr_pg.errors import (
     IngestError,
     SchemaError,
     SearchError,
+    SyncError,
 )
 from dpr_pg.filters import compile_filter
 from dpr_pg.models import Encoder, Passage
 from dpr_pg.schema import InitResult, downgrade, init, upgrade
 from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
+from dpr_pg.mixin import DprSearchable, model_search_statement
+from dpr_pg.sync import TableStatus, WorkerReport, disable_table, enable_table, run_worker, sync_status
 
 __all__ = [
     "EncodeResult",
@@ -70,4 +73,13 @@ __all__ = [
     "search",
     "search_many",
     "search_statement",
+    "DprSearchable",
+    "SyncError",
+    "TableStatus",
+    "WorkerReport",
+    "disable_table",
+    "enable_table",
+    "model_search_statement",
+    "run_worker",
+    "sync_status",
 ]
