@@ -24,6 +24,7 @@ from dpr_pg.errors import (
     DprPgError,
     EncoderError,
     EncoderMismatchError,
+    EvaluationError,
     FilterError,
     IngestError,
     SchemaError,
@@ -33,6 +34,10 @@ from dpr_pg.errors import (
 from dpr_pg.filters import compile_filter
 from dpr_pg.models import Encoder, Passage
 from dpr_pg.schema import InitResult, downgrade, init, upgrade
+from dpr_pg.audit import AuditReport, audit_ann
+from dpr_pg.answers import has_answer
+from dpr_pg.evaluate import EvaluationReport, evaluate
+from dpr_pg.qa import QAItem
 from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
 from dpr_pg.mixin import DprSearchable, model_search_statement
 from dpr_pg.sync import TableStatus, WorkerReport, disable_table, enable_table, run_worker, sync_status
@@ -73,6 +78,13 @@ __all__ = [
     "search",
     "search_many",
     "search_statement",
+    "AuditReport",
+    "EvaluationError",
+    "EvaluationReport",
+    "QAItem",
+    "audit_ann",
+    "evaluate",
+    "has_answer",
     "DprSearchable",
     "SyncError",
     "TableStatus",
