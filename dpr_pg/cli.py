@@ -164,6 +164,87 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
 
 # ---- ingest (issue 4) -----------------------------------------------------------------------------
 
+
+@main.command("ingest")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--collection", required=True, help="Collection the passages belong to.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "squad"]),
+              help="Input format. Default: from the extension (.jsonl .csv .tsv .parquet; .json is SQuAD).")
+@click.option("--id-field", default="id", show_default=True, help="Field with the passage id (default: record number).")
+@click.option("--title-field", default="title", show_default=True, help="Field with the title (optional).")
+@click.option("--text-field", default="text", show_default=True, help="Field with the passage text (required).")
+@click.option("--metadata-field", "metadata_fields", multiple=True, metavar="NAME",
+              help="A field to keep as metadata (repeatable). Default: every other field.")
+@click.option("--chunk-words", type=click.IntRange(0), default=None,
+              help="Words per passage; longer documents are cut (default 100; 0 turns chunking off).")
+@click.option("--chunk-overlap", type=click.IntRange(0), default=0, show_default=True,
+              help="Words shared by consecutive chunks.")
+@click.option("--embeddings", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Precomputed vectors (.npy, or a .parquet column), one row per record, in input order.")
+@click.option("--embeddings-column", default="embedding", show_default=True, help="Parquet column of --embeddings.")
+@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
+@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
+@click.option("--batch-size", type=click.IntRange(1), help="Passages per transaction (default 256; 2000 with --embeddings).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record; nothing of its batch is written.")
+@click.option("--prune", is_flag=True, help="Delete the collection's passages that are not in PATH.")
+@click.option("--questions", "questions_path", type=click.Path(dir_okay=False, path_type=str),
+              help="SQuAD input: where to write the questions (default ./<stem>.questions.jsonl).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_context
+@reports_errors
+def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id_field: str, title_field: str,
+                   text_field: str, metadata_fields: tuple[str, ...], chunk_words: int | None, chunk_overlap: int,
+                   embeddings: str | None, embeddings_column: str, question_model: str | None,
+                   passage_model: str | None, precision: str | None, batch_size: int | None, strict: bool,
+                   prune: bool, questions_path: str | None, progress: bool | None, as_json: bool) -> None:
+    """Ingest a JSONL, CSV, Parquet or SQuAD JSON file into a collection; re-running it changes nothing.
+
+    Exit code: 0 when every record was ingested, 2 when some were rejected (listed in the
+    report), 1 on a fatal error.
+
+    \b
+    Example:
+        dpr-pg ingest wiki.jsonl --collection wiki --json
+        dpr-pg ingest wiki.parquet --collection wiki --embeddings wiki.parquet --prune
+        dpr-pg ingest squad_es_dev.json --collection squad --questions squad_questions.jsonl
+    """
+    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.ingest import FieldMapping, RecordRejectedError, ingest
+
+    mapping = FieldMapping(id=id_field, title=title_field, text=text_field, metadata=metadata_fields or None)
+    # Precomputed vectors still load the named pair: its fingerprint is recorded with them.
+    pair = EncoderPair.load(question_model, passage_model, precision=precision)
+    try:
+        report = ingest(ctx.engine, pair, path, collection=collection, format=fmt, fields=mapping,
+                        chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
+                        embeddings_column=embeddings_column, batch_size=batch_size, strict=strict, prune=prune,
+                        questions_path=questions_path, progress=progress)
+    except RecordRejectedError as e:
+        _print_ingest_report(e.report, as_json)
+        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)
+    _print_ingest_report(report, as_json)
+    sys.exit(report.exit_code)
+
+
+def _print_ingest_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        click.echo(f"{report.collection}: read {report.read}, inserted {report.inserted}, updated {report.updated}, "
+                   f"unchanged {report.unchanged}, rejected {report.rejected}, duplicates {report.duplicate_count}, "
+                   f"truncated {report.truncated}, pruned {report.pruned} in {report.seconds:.1f} s "
+                   f"({report.passages_per_second} passages/s)")
+    for rejection in report.rejections[:20]:
+        err_console.print(f"rejected {rejection.record}: {rejection.reason}", highlight=False, markup=False)
+    if report.rejected > 20:
+        err_console.print(f"... and {report.rejected - 20} more (see --json)", highlight=False)
+    if report.prune_skipped:
+        err_console.print(f"prune skipped: {report.prune_skipped}", highlight=False, markup=False)
+
+
 # ---- search (issue 5) -----------------------------------------------------------------------------
 
 

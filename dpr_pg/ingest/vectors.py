@@ -49,8 +49,8 @@ class EmbeddingSource:
                 "expected one row per record, in input order")
         if self.dim is not None and self.dim != dim:
             raise DimensionError(
-                f"{self.path.name} holds {self.dim}-d vectors, but the encoder and the passages table expect "
-                f"{dim} dimensions; expected {dim}, not {self.dim}: use vectors from the named encoder pair")
+                f"{self.path.name}: expected {dim} dimensions, not {self.dim} ({dim} is the encoder pair's and the "
+                "passages table's dimension); use vectors made by the named encoder pair")
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start`` to ``stop`` (exclusive) as an array (n, dim); float64 is kept for overflow checks."""

@@ -1,0 +1,129 @@
+"""``dpr-pg ingest`` as a user runs it: JSON report, exit codes, kill -9 then re-run, two at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from dpr_pg.encoders import EncoderPair
+from dpr_pg.ingest import ingest
+
+REPORT_KEYS = {"read", "inserted", "updated", "unchanged", "rejected", "rejections", "truncated", "seconds",
+               "passages_per_second"}
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
+    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), precision="fp32")
+
+
+@pytest.fixture
+def big_input(tmp_path: Path) -> tuple[Path, Path]:
+    n = 6000
+    source = tmp_path / "big.jsonl"
+    source.write_text("".join(json.dumps({"id": f"k{i:05d}", "title": "T", "text": f"pasaje {i}", "n": i}) + "\n"
+                              for i in range(n)), encoding="utf-8")
+    emb = tmp_path / "big.npy"
+    np.save(emb, np.random.default_rng(1).standard_normal((n, 768)).astype(np.float32))
+    return source, emb
+
+
+def ingest_args(database_url: str, tiny_models: tuple[Path, Path], *args: str) -> list[str]:
+    return ["--database-url", database_url, "ingest", *args, "--question-model", str(tiny_models[0]),
+            "--passage-model", str(tiny_models[1]), "--precision", "fp32"]
+
+
+def popen(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "dpr_pg.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def snapshot(engine: Engine, collection: str) -> dict[str, tuple]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT external_id, title, text, metadata, content_hash, embedding::text, encoder_id "
+            "FROM dpr_pg.passages WHERE collection = :c"), {"c": collection})
+        return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def count(engine: Engine, collection: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM dpr_pg.passages WHERE collection = :c"),
+                            {"c": collection}).scalar_one()
+
+
+def test_json_report_and_exit_codes(cli, database_url: str, tiny_models, tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text("id,title,text,lang\n1,Sevilla,Sevilla está en Andalucía.,es\n", encoding="utf-8")
+    result = cli(*ingest_args(database_url, tiny_models, str(good), "--collection", "c", "--json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert REPORT_KEYS <= set(report) and (report["read"], report["inserted"], report["rejected"]) == (1, 1, 0)
+    assert "|" not in result.stderr  # no progress bar without a terminal
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"id": "a", "text": "bien"}\n{"id": "b", "text": "NUL \\u0000"}\n{"id": "c", "text": "cut')
+    result = cli(*ingest_args(database_url, tiny_models, str(bad), "--collection", "c", "--json"))
+    assert result.returncode == 2
+    report = json.loads(result.stdout)
+    assert report["rejected"] == 2 and [r["record"] for r in report["rejections"]] == ["bad.jsonl:2", "bad.jsonl:3"]
+    assert "NUL byte" in report["rejections"][0]["reason"] and "truncated" in report["rejections"][1]["reason"]
+
+    result = cli(*ingest_args(database_url, tiny_models, str(bad), "--collection", "s", "--strict"))
+    assert result.returncode == 2 and "bad.jsonl:2" in result.stderr and "--strict" in result.stderr
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = cli(*ingest_args(database_url, tiny_models, str(empty), "--collection", "c"))
+    assert result.returncode == 1 and "empty.jsonl has no records" in result.stderr
+
+
+def test_kill_9_then_rerun_equals_one_clean_run(database_url: str, engine: Engine, tiny_models, pair: EncoderPair,
+                                                big_input: tuple[Path, Path]) -> None:
+    source, emb = big_input
+    args = ingest_args(database_url, tiny_models, str(source), "--collection", "c", "--embeddings", str(emb),
+                       "--batch-size", "100", "--json")
+    process = popen(args)
+    try:
+        while count(engine, "c") == 0 and process.poll() is None:
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    partial = count(engine, "c")
+    assert 0 < partial < 6000 and partial % 100 == 0  # whole batches only
+
+    rerun = popen(args)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    report = json.loads(out)
+    assert report["unchanged"] >= partial and report["inserted"] == 6000 - report["unchanged"]
+
+    ingest(engine, pair, source, collection="clean", embeddings=emb)
+    assert snapshot(engine, "c") == snapshot(engine, "clean")
+
+
+def test_two_concurrent_ingests_of_one_collection_converge(database_url: str, engine: Engine, tiny_models,
+                                                           pair: EncoderPair, big_input: tuple[Path, Path]) -> None:
+    source, emb = big_input
+    args = ingest_args(database_url, tiny_models, str(source), "--collection", "c", "--embeddings", str(emb),
+                       "--batch-size", "250", "--json")
+    first, second = popen(args), popen(args)
+    results = [process.communicate(timeout=600) for process in (first, second)]
+    assert (first.returncode, second.returncode) == (0, 0), results
+    reports = [json.loads(out) for out, _ in results]
+    assert sum(r["inserted"] for r in reports) == 6000
+    assert all(r["inserted"] + r["unchanged"] == 6000 and r["updated"] == 0 for r in reports)
+    ingest(engine, pair, source, collection="clean", embeddings=emb)
+    assert snapshot(engine, "c") == snapshot(engine, "clean")
