@@ -168,7 +168,11 @@ class Batcher:
             for row in pg.execute(_TABLES, [list(by_table)]).fetchall()
         }
         for oid, items in by_table.items():
-            self._process_table(pg, tables[oid], items, encoder_id, report)
+            if oid in tables:
+                self._process_table(pg, tables[oid], items, encoder_id, report)
+            else:  # the table was disabled after these items were queued
+                pg.execute(_DONE, [oid, [key for key, _ in items]])
+                report.removed += len(items)
         return report
 
     def _fail(self, pg: PgConnection[Any], table: SyncedTable, key: str, attempts: int, reason: str,

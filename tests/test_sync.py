@@ -232,3 +232,14 @@ def test_status_before_init_says_to_run_init(empty_url: str) -> None:
             sync_status(engine)
     finally:
         engine.dispose()
+
+
+def test_trigger_works_under_any_search_path_of_the_app(engine: Engine) -> None:
+    create_articles(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM dpr_pg.sync_queue"))
+        conn.execute(sa.text("SET LOCAL search_path = ''"))
+        conn.execute(sa.text("INSERT INTO public.articles (id, title, body) VALUES (7, 'Goya', 'Pintor aragonés.')"))
+        conn.execute(sa.text("UPDATE public.articles SET body = 'Cambio.' WHERE id = 1"))
+
+    assert queued(engine) == [{"id": 1}, {"id": 7}]

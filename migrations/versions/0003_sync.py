@@ -40,7 +40,9 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE TABLE dpr_pg.sync_queue (
-            tbl             regclass NOT NULL REFERENCES dpr_pg.synced_tables (tbl) ON DELETE CASCADE,
+            -- No foreign key to synced_tables: its check would cost every app write a lookup and a
+            -- shared row lock. disable_table deletes a table's items itself.
+            tbl             regclass NOT NULL,
             row_key         jsonb NOT NULL,
             enqueued_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
             attempts        integer NOT NULL DEFAULT 0,
@@ -61,6 +63,5 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION dpr_pg.disable_table(regclass)")
     op.execute("DROP FUNCTION dpr_pg.enable_table(regclass, text[], text, integer, text)")
     op.execute("DROP FUNCTION dpr_pg.enqueue_sync()")
-    op.execute("DROP FUNCTION dpr_pg.sync_row_key(jsonb, text[])")
     op.execute("DROP TABLE dpr_pg.sync_queue")
     op.execute("DROP TABLE dpr_pg.synced_tables")
