@@ -9,6 +9,7 @@ SQLAlchemy ``Select`` for an application's own Session, joins and WHERE clauses.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -109,8 +110,12 @@ def search_statement(
     collection: str | None = None,
     exact: bool = False,
     dim: int | None = None,
+    model: Any = None,
 ) -> sa.Select[Any]:
     """The search as a SQLAlchemy ``Select`` of (id, external_id, collection, title, text, metadata, score).
+
+    With ``model`` (an app model with :class:`dpr_pg.mixin.DprSearchable`), it ranks the app's own
+    rows instead: ``SELECT model, score`` (see :func:`dpr_pg.mixin.model_search_statement`).
 
     Join it to your own tables or add ``.where(...)``; run it in your own Session. For filtered ANN,
     call :func:`ann_settings` in the same transaction first. ``exact=True`` orders by the exact inner
@@ -119,6 +124,10 @@ def search_statement(
     >>> stmt = search_statement(vector, k=5, filter={"lang": "es"})  # doctest: +SKIP
     >>> session.execute(stmt.join(Article, Article.slug == Passage.external_id)).all()  # doctest: +SKIP
     """
+    if model is not None:  # issue 6: an app table enabled with op.enable_dpr
+        from dpr_pg.mixin import model_search_statement
+
+        return model_search_statement(model, query, k=k, filter=filter, exact=exact)
     _check_k(k)
     if dim is None:  # without the schema's dimension the server checks it when the statement runs
         dim = len(query) if query is not None and hasattr(query, "__len__") else 0
@@ -137,23 +146,27 @@ def search_statement(
 
 
 @contextmanager
-def ann_settings(conn: Connection, *, ef_search: int, iterative: bool) -> Iterator[None]:
-    """Set hnsw.ef_search (and iterative_scan = relaxed_order) for this transaction, then restore them.
+def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: bool = True) -> Iterator[None]:
+    """Set hnsw.ef_search and hnsw.iterative_scan (relaxed_order or off) for this transaction.
+
+    The previous values come back afterwards (``restore=False`` leaves that to the transaction's end).
 
     >>> with ann_settings(conn, ef_search=200, iterative=True):  # doctest: +SKIP
     ...     conn.execute(search_statement(vector, filter={"lang": "es"}))
     """
-    names = ["hnsw.ef_search"] + (["hnsw.iterative_scan"] if iterative else [])
-    saved = {name: conn.execute(sa.text("SELECT current_setting(:n, true)"), {"n": name}).scalar() for name in names}
-    set_local = sa.text("SELECT set_config(:n, :v, true)")
-    conn.execute(set_local, {"n": "hnsw.ef_search", "v": str(ef_search)})
-    if iterative:
-        conn.execute(set_local, {"n": "hnsw.iterative_scan", "v": "relaxed_order"})
+    # One round trip: read the old values, then set the new ones (select-list order).
+    saved = conn.execute(sa.text(
+        "SELECT current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true), "
+        "set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', :mode, true)"),
+        {"ef": str(ef_search), "mode": "relaxed_order" if iterative else "off"}).one()
     try:
         yield
     finally:
-        for name, value in saved.items():  # None: pgvector was not loaded yet, so it had its default
-            conn.execute(set_local, {"n": name, "v": value if value is not None else _GUC_DEFAULTS[name]})
+        if restore:  # None: pgvector was not loaded yet, so it had its default
+            conn.execute(sa.text("SELECT set_config('hnsw.ef_search', :ef, true), "
+                                 "set_config('hnsw.iterative_scan', :mode, true)"),
+                         {"ef": saved[0] or _GUC_DEFAULTS["hnsw.ef_search"],
+                          "mode": saved[1] or _GUC_DEFAULTS["hnsw.iterative_scan"]})
 
 
 @contextmanager
@@ -178,7 +191,7 @@ def _run(conn: Connection, stmt: sa.Select[Any], explain: bool) -> tuple[list[An
 
 
 def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] | None, k: int,
-           plan: SearchPlan, explain: bool) -> Hits:
+           plan: SearchPlan, explain: bool, restore: bool = True) -> Hits:
     if plan.path in ("hnsw", "hnsw-iterative"):
         bound = sa.bindparam("query_vector", vector, type_=Vector(vector.size))
         distance = Passage.embedding.max_inner_product(bound).label("distance")
@@ -190,7 +203,7 @@ def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] |
         stmt = sa.select(*(ann.c[c.key] for c in _COLUMNS), (-ann.c.distance).label("score")).order_by(
             ann.c.distance, ann.c.id)
         with ann_settings(conn, ef_search=plan.ef_search or _planner.UNFILTERED_EF_SEARCH,
-                          iterative=plan.path == "hnsw-iterative"):
+                          iterative=plan.path == "hnsw-iterative", restore=restore):
             rows, text = _run(conn, stmt, explain)
         if len(rows) >= k:
             return Hits(_hits(rows), plan.with_(explain=text))
@@ -229,14 +242,22 @@ def _hybrid(conn: Connection, vector: np.ndarray, query_text: str, where: sa.Col
     return Hits(hits, plan)
 
 
+_FACTS: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[int, ...]]] = weakref.WeakKeyDictionary()
+
+
 def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...]]:
+    """The embedding dimension and pgvector's version, read once per Engine (neither changes in place)."""
+    cached = _FACTS.get(conn.engine)
+    if cached is not None:
+        return cached
     dim, version = conn.execute(sa.text(
         "SELECT (SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass('dpr_pg.passages') "
         "        AND a.attname = 'embedding'), (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
     )).one()
     if dim is None:
         raise SchemaError("this database has no dpr_pg schema yet; run dpr-pg init first")
-    return int(dim), _planner.version_tuple(version)
+    facts = _FACTS[conn.engine] = (int(dim), _planner.version_tuple(version))
+    return facts
 
 
 def search_many(
@@ -294,7 +315,8 @@ def search_many(
         if mode == "hybrid":
             return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
                             text_weight=text_weight, candidates=candidates) for v, t in zip(vectors, texts)]
-        return [_dense(conn, v, where_probe, k, plan, explain) for v in vectors]
+        restore = not isinstance(bind, Engine)  # our own transaction ends right after: nothing to restore
+        return [_dense(conn, v, where_probe, k, plan, explain, restore) for v in vectors]
 
 
 def search(

@@ -192,7 +192,8 @@ def test_sql_hybrid_search_equals_python_hybrid(corpus_engine: Engine) -> None:
 
 
 def test_hybrid_weights_select_one_side_or_the_other(corpus_engine: Engine) -> None:
-    dense_only = search(corpus_engine, QUERIES[0], k=10, mode="hybrid", query_text="insulina", text_weight=0.0)
+    dense_only = search(corpus_engine, QUERIES[0], k=10, mode="hybrid", query_text="insulina", text_weight=0.0,
+                        ef_search=1000)
     assert ids(dense_only) == truth(QUERIES[0], 10)
     text_only = search(corpus_engine, QUERIES[0], k=10, mode="hybrid", query_text="insulina", dense_weight=0.0)
     assert all("insulina" in hit.text for hit in text_only)
