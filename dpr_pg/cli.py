@@ -188,6 +188,8 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
 @click.option("--batch-size", type=click.IntRange(1), help="Passages per transaction (default 256; 2000 with --embeddings).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record; nothing of its batch is written.")
 @click.option("--prune", is_flag=True, help="Delete the collection's passages that are not in PATH.")
+@click.option("--defer-index", is_flag=True,
+              help="Bulk load: drop the HNSW index first and build it once at the end (much faster).")
 @click.option("--questions", "questions_path", type=click.Path(dir_okay=False, path_type=str),
               help="SQuAD input: where to write the questions (default ./<stem>.questions.jsonl).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
@@ -198,7 +200,8 @@ def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id
                    text_field: str, metadata_fields: tuple[str, ...], chunk_words: int | None, chunk_overlap: int,
                    embeddings: str | None, embeddings_column: str, question_model: str | None,
                    passage_model: str | None, precision: str | None, batch_size: int | None, strict: bool,
-                   prune: bool, questions_path: str | None, progress: bool | None, as_json: bool) -> None:
+                   prune: bool, defer_index: bool, questions_path: str | None, progress: bool | None,
+                   as_json: bool) -> None:
     """Ingest a JSONL, CSV, Parquet or SQuAD JSON file into a collection; re-running it changes nothing.
 
     Exit code: 0 when every record was ingested, 2 when some were rejected (listed in the
@@ -220,7 +223,7 @@ def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id
         report = ingest(ctx.engine, pair, path, collection=collection, format=fmt, fields=mapping,
                         chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
                         embeddings_column=embeddings_column, batch_size=batch_size, strict=strict, prune=prune,
-                        questions_path=questions_path, progress=progress)
+                        questions_path=questions_path, progress=progress, defer_index=defer_index)
     except RecordRejectedError as e:
         _print_ingest_report(e.report, as_json)
         err_console.print(f"[red]error:[/red] {e}", highlight=False)

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import ConfigError, DimensionError, EncoderMismatchError, IngestError
 from dpr_pg.ingest.chunking import DEFAULT_CHUNK_WORDS, check_chunking, chunk_document
+from dpr_pg.ingest.index import drop_hnsw, ensure_hnsw
 from dpr_pg.ingest.loader import PassageWriter, StagedPassage
 from dpr_pg.ingest.mapping import FieldMapping, to_document
 from dpr_pg.ingest.readers import detect_format, read_records
@@ -156,6 +157,7 @@ def ingest(
     questions_path: str | Path | None = None,
     progress: bool | None = None,
     max_retries: int = 5,
+    defer_index: bool = False,
     on_batch: Callable[[IngestReport], None] | None = None,
 ) -> IngestReport:
     """Ingest a JSONL, CSV, Parquet or SQuAD file into ``collection``; re-running it is a no-op.
@@ -166,7 +168,8 @@ def ingest(
     Bad records are rejected and listed in the report (``strict`` stops at the first one).
     ``prune`` deletes the collection's passages that are not in the source (skipped when any
     record was rejected). SQuAD questions go to ``questions_path`` (default ``<stem>.questions.jsonl``
-    in the current folder).
+    in the current folder). ``defer_index`` drops the HNSW index for a bulk load and builds it
+    once at the end (see :mod:`dpr_pg.ingest.index`).
 
     Example:
         >>> pair = EncoderPair.load("/tmp/tiny/question", "/tmp/tiny/passage")  # doctest: +SKIP
@@ -210,36 +213,47 @@ def ingest(
         report.retries += 1
 
     size = batch_size or (PRECOMPUTED_BATCH if embeddings is not None else ENCODER_BATCH)
-    with PassageWriter(engine, collection=collection, encoder_id=encoder_id, dim=dim,
-                       max_retries=max_retries, on_retry=count_retry) as writer:
-        run = _Run(engine, encoder, fingerprint, writer, report, vectors, strict, dim, last)
-        bar = _progress_bar(progress, total)
-        batch = _Batch(first_record=1)
-        try:
-            for record in open_records():
-                report.read += 1
-                bar.update(1)
-                batch.last_record = record.number
-                _add_record(run, batch, record, mapping, chunk_words, chunk_overlap)
-                if len(batch.passages) >= size:
-                    run.flush(batch)
-                    batch = _Batch(first_record=record.number + 1)
-                    if on_batch:
-                        on_batch(report)
-            if batch.last_record:
-                run.flush(batch)
-                if on_batch:
-                    on_batch(report)
-        finally:
-            bar.close()
-            report.seconds = time.perf_counter() - started
-        if prune:
-            if report.rejected:
+    if defer_index:
+        drop_hnsw(engine)
+    try:
+        with PassageWriter(engine, collection=collection, encoder_id=encoder_id, dim=dim,
+                           max_retries=max_retries, on_retry=count_retry) as writer:
+            run = _Run(engine, encoder, fingerprint, writer, report, vectors, strict, dim, last)
+            _write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words, chunk_overlap=chunk_overlap,
+                       bar=_progress_bar(progress, total), on_batch=on_batch)
+            if prune and report.rejected:
                 report.prune_skipped = f"{report.rejected} record(s) were rejected; fix them and re-run with --prune"
-            else:
+            elif prune:
                 report.pruned = writer.prune(last.keys())
+    finally:
+        if defer_index:  # also after a failure: never leave the table without its index
+            built = time.perf_counter()
+            if ensure_hnsw(engine):
+                report.index_seconds = time.perf_counter() - built
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _write_all(run: _Run, records: Iterator[SourceRecord], mapping: FieldMapping, *, size: int, chunk_words: int,
+               chunk_overlap: int, bar: Any, on_batch: Callable[[IngestReport], None] | None) -> None:
+    batch = _Batch(first_record=1)
+    try:
+        for record in records:
+            run.report.read += 1
+            bar.update(1)
+            batch.last_record = record.number
+            _add_record(run, batch, record, mapping, chunk_words, chunk_overlap)
+            if len(batch.passages) >= size:
+                run.flush(batch)
+                batch = _Batch(first_record=record.number + 1)
+                if on_batch:
+                    on_batch(run.report)
+        if batch.last_record:
+            run.flush(batch)
+            if on_batch:
+                on_batch(run.report)
+    finally:
+        bar.close()
 
 
 def _add_record(run: _Run, batch: _Batch, record: SourceRecord, mapping: FieldMapping,

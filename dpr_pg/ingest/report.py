@@ -42,6 +42,7 @@ class IngestReport:
     questions_path: str | None = None
     stopped: str | None = None
     seconds: float = 0.0
+    index_seconds: float | None = None
 
     @property
     def passages_per_second(self) -> float:
@@ -76,4 +77,5 @@ class IngestReport:
             "prune_skipped": self.prune_skipped, "retries": self.retries,
             "questions": self.questions, "questions_path": self.questions_path, "stopped": self.stopped,
             "seconds": round(self.seconds, 3), "passages_per_second": self.passages_per_second,
+            "index_seconds": None if self.index_seconds is None else round(self.index_seconds, 3),
         }
