@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-TINY_HIDDEN = 32
+TINY_HIDDEN = 64
 TINY_LAYERS = 2
 TINY_HEADS = 2
 TINY_VOCAB = 1200
@@ -43,10 +44,32 @@ def _train_vocab(sentences: list[str]) -> dict[str, int]:
     return trainer_tokenizer.get_vocab()
 
 
+# Gains chosen so that passages spread (mean pairwise cosine ~0.9, like a trained encoder) while
+# staying stable: higher query/key gains make the random network chaotic under rounding.
+VALUE_GAIN = 1.0
+QUERY_GAIN = 1.5
+
+
+def _spread_attention(model: Any, hidden: int) -> None:
+    """Re-draw the attention weights so that different passages get clearly different vectors.
+
+    With BERT's usual init (std 0.02) a random encoder maps every input to nearly the same
+    vector, and any rounding reorders the neighbours; a trained encoder does not behave so.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name.endswith(("attention.self.value.weight", "attention.output.dense.weight")):
+                weight.normal_(0.0, VALUE_GAIN / hidden**0.5)
+            elif name.endswith(("attention.self.query.weight", "attention.self.key.weight")):
+                weight.normal_(0.0, QUERY_GAIN / hidden**0.5)
+
+
 def make_tiny_models(directory: str | os.PathLike[str], *, dim: int = 768, seed: int = 0) -> tuple[Path, Path]:
     """Write a tiny random DPR pair to ``directory/question`` and ``directory/passage``.
 
-    The encoders are 2-layer BERTs (hidden size 32) whose ``pooler_output`` is projected to
+    The encoders are 2-layer BERTs (hidden size 64) whose ``pooler_output`` is projected to
     ``dim``, so their vectors fit a ``vector(dim)`` column. The same seed gives the same files.
 
     Example:
@@ -87,7 +110,9 @@ def make_tiny_models(directory: str | os.PathLike[str], *, dim: int = 768, seed:
         ):
             target = root / name
             target.mkdir(parents=True, exist_ok=True)
-            model_class(config).eval().save_pretrained(target)
+            model = model_class(config).eval()
+            _spread_attention(model, TINY_HIDDEN)
+            model.save_pretrained(target)
             tokenizer = tokenizer_class(
                 vocab=dict(vocab), do_lower_case=True, strip_accents=False, model_max_length=MAX_LENGTH
             )

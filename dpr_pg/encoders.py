@@ -9,6 +9,7 @@ torch and transformers are imported lazily: ``import dpr_pg`` stays light.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -352,9 +353,9 @@ class EncoderPair:
         """Output dimension of both encoders."""
         return self.passage.dim
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> EncoderFingerprint:
-        """The pair's :class:`EncoderFingerprint` (the passage side's max length)."""
+        """The pair's :class:`EncoderFingerprint` (the passage side's max length); computed once."""
         return EncoderFingerprint(
             question_model=self.question.name,
             question_revision=self.question.revision,

@@ -1,0 +1,196 @@
+"""Benchmark: dpr_pg's passage/question encoding vs the model card's naive loop, per precision mode.
+
+A BERT-base-shaped DPR pair with random weights (the same compute as the IIC models) encodes
+Spanish passages of 30 to 300 words. In one run it measures:
+
+  (a) the naive loop from the model card: batches of 32 in input order, padded to the longest, fp32;
+  (b) dpr_pg's encoders (length-sorted dynamic batches) in each precision mode;
+
+and prints passages/s, question-encode p50, the ratios to (a), and the agreement of each mode
+with fp32 (cosine, and top-10 inner-product neighbours of the questions among the passages).
+
+Run it alone (other engineers' benchmarks take the same lock):
+
+    flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_encoders.py --passages 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    DPRConfig,
+    DPRContextEncoder,
+    DPRContextEncoderTokenizerFast,
+    DPRQuestionEncoder,
+    DPRQuestionEncoderTokenizerFast,
+)
+
+from dpr_pg._loading import quiet_progress
+from dpr_pg._precision import cpu_supports_bf16
+from dpr_pg._tiny import _train_vocab, spanish_sentences
+from dpr_pg.encoders import EncoderPair
+
+
+def make_base_models(directory: Path, *, seed: int, init_std: float) -> tuple[str, str]:
+    """BERT-base-shaped DPR pair (12 layers, hidden 768) with random weights, Spanish tokenizer.
+
+    BERT's own init (std 0.02) maps all passages to nearly one vector (mean pairwise cosine
+    0.994), so any rounding reorders the neighbours; std 0.06 spreads them (about 0.93) as a
+    trained encoder does. The compute is the same either way.
+    """
+    sentences = spanish_sentences()
+    vocab = _train_vocab(sentences)
+    config = DPRConfig(vocab_size=len(vocab), pad_token_id=vocab["[PAD]"], initializer_range=init_std)
+    torch.manual_seed(seed)
+    paths = []
+    with quiet_progress():
+        for name, model_class, tokenizer_class in (
+            ("question", DPRQuestionEncoder, DPRQuestionEncoderTokenizerFast),
+            ("passage", DPRContextEncoder, DPRContextEncoderTokenizerFast),
+        ):
+            target = directory / name
+            model_class(config).save_pretrained(target)
+            tokenizer_class(vocab=dict(vocab), do_lower_case=True, strip_accents=False,
+                            model_max_length=512).save_pretrained(target)
+            paths.append(str(target))
+    return paths[0], paths[1]
+
+
+def make_passages(count: int, *, seed: int) -> list[tuple[str, str]]:
+    """Spanish passages whose lengths spread uniformly from 30 to 300 words, in random order."""
+    rng = random.Random(seed)
+    words = [w for s in spanish_sentences() if not s.startswith("¿") for w in s.split()]
+    passages = []
+    for i in range(count):
+        length = rng.randint(30, 300)
+        start = rng.randrange(len(words))
+        body = [words[(start + j) % len(words)] for j in range(length)]
+        passages.append((f"Documento {i}", " ".join(body)))
+    return passages
+
+
+def make_questions(count: int, *, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    stems = [s for s in spanish_sentences() if s.startswith("¿")]
+    words = [w for s in spanish_sentences() for w in s.split() if w.isalpha()]
+    return [f"{rng.choice(stems)[:-1]} {rng.choice(words)} {rng.choice(words)}?" for _ in range(count)]
+
+
+def naive_passages(model, tokenizer, passages: list[tuple[str, str]]) -> np.ndarray:
+    """The model card's loop: input order, batches of 32, padding to the longest, fp32."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(passages), 32):
+            chunk = passages[start:start + 32]
+            features = tokenizer([t for t, _ in chunk], [x for _, x in chunk], padding=True, truncation=True,
+                                 max_length=512, return_tensors="pt")
+            out.append(model(**features).pooler_output.numpy())
+    return np.concatenate(out)
+
+
+def naive_question(model, tokenizer, question: str) -> np.ndarray:
+    with torch.no_grad():
+        return model(**tokenizer(question, return_tensors="pt")).pooler_output[0].numpy()
+
+
+def timed(func, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = func(*args)
+    return time.perf_counter() - start, result
+
+
+def question_p50(encode, questions: list[str]) -> tuple[float, np.ndarray]:
+    """Median milliseconds of single-question calls (each question is new: no cache hits)."""
+    encode(questions[0])  # warm-up
+    times, vectors = [], []
+    for question in questions[1:]:
+        seconds, vector = timed(encode, question)
+        times.append(seconds * 1000)
+        vectors.append(vector)
+    return statistics.median(times), np.stack(vectors)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def top10_agreement(ref_p: np.ndarray, ref_q: np.ndarray, got_p: np.ndarray, got_q: np.ndarray) -> float:
+    ref = np.argsort(-(ref_q @ ref_p.T), axis=1)[:, :10]
+    got = np.argsort(-(got_q @ got_p.T), axis=1)[:, :10]
+    return float(np.mean([len(set(r) & set(g)) / 10 for r, g in zip(ref, got, strict=True)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--passages", type=int, default=128)
+    parser.add_argument("--questions", type=int, default=41)
+    parser.add_argument("--repeats", type=int, default=3, help="passage runs per contender (median)")
+    parser.add_argument("--precisions", default="fp32,bf16,int8")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-std", type=float, default=0.06, help="std of the random weights")
+    args = parser.parse_args()
+
+    passages = make_passages(args.passages, seed=args.seed)
+    questions = make_questions(args.questions, seed=args.seed + 1)
+    precisions = [p for p in args.precisions.split(",") if p != "bf16" or cpu_supports_bf16()]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 on CPU: {cpu_supports_bf16()}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        question_dir, passage_dir = make_base_models(Path(tmp), seed=args.seed, init_std=args.init_std)
+        reference = EncoderPair.load(question_dir, passage_dir, precision="fp32", cache_size=0)
+        lengths = [len(ids) for ids in reference.passage.tokenizer(
+            [t for t, _ in passages], [x for _, x in passages])["input_ids"]]
+        print(f"{len(passages)} passages, {min(lengths)}-{max(lengths)} tokens (median {int(np.median(lengths))}), "
+              f"{len(questions) - 1} timed questions, {args.repeats} repeats (median)")
+
+        # (a) the naive loop, on the same weights as dpr_pg's fp32 model
+        model, tokenizer = reference.passage.model, reference.passage.tokenizer
+        naive_passages(model, tokenizer, passages[:4])  # warm-up
+        runs = [timed(naive_passages, model, tokenizer, passages) for _ in range(args.repeats)]
+        naive_rate = len(passages) / statistics.median(s for s, _ in runs)
+        naive_p = runs[0][1]
+        naive_p50, naive_q = question_p50(
+            lambda q: naive_question(reference.question.model, reference.question.tokenizer, q), questions)
+
+        rows = [("naive loop (fp32)", naive_rate, naive_p50, None, None, None)]
+        ref_p = ref_q = None
+        for precision in precisions:
+            pair = reference if precision == "fp32" else EncoderPair.load(
+                question_dir, passage_dir, precision=precision, cache_size=0, batch_size=args.batch_size)
+            if args.batch_size:
+                pair.passage.batch_size = args.batch_size
+            pair.passage.encode(passages[:4])  # warm-up
+            runs = [timed(pair.passage.encode, passages) for _ in range(args.repeats)]
+            rate = len(passages) / statistics.median(s for s, _ in runs)
+            p50, got_q = question_p50(pair.question.encode, questions)
+            got_p = runs[0][1]
+            if precision == "fp32":
+                ref_p, ref_q = got_p, got_q
+                unit = ref_p / np.linalg.norm(ref_p, axis=1, keepdims=True)
+                pairwise = (unit @ unit.T)[np.triu_indices(len(unit), 1)].mean()
+                # Same weights, same precision, other padding: the floor any mode is measured against.
+                rows[0] = rows[0][:3] + (min(cosine_rows(ref_p, naive_p).min(), cosine_rows(ref_q, naive_q).min()),
+                                         top10_agreement(ref_p, ref_q, naive_p, naive_q), None)
+            cos = min(cosine_rows(ref_p, got_p).min(), cosine_rows(ref_q, got_q).min())
+            rows.append((f"dpr_pg {precision}", rate, p50, cos, top10_agreement(ref_p, ref_q, got_p, got_q), None))
+
+    print(f"mean pairwise cosine of the fp32 passage vectors: {pairwise:.3f}")
+    print()
+    print(f"{'contender':<20} {'passages/s':>10} {'x naive':>8} {'question p50 ms':>16} {'x naive':>8} "
+          f"{'min cosine':>11} {'top-10 agree':>13}")
+    for name, rate, p50, cos, agree, _ in rows:
+        print(f"{name:<20} {rate:>10.2f} {rate / naive_rate:>8.2f} {p50:>16.1f} {naive_p50 / p50:>8.2f} "
+              f"{'' if cos is None else f'{cos:.5f}':>11} {'' if agree is None else f'{agree:.3f}':>13}")
+
+
+if __name__ == "__main__":
+    main()
