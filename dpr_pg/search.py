@@ -9,6 +9,7 @@ SQLAlchemy ``Select`` for an application's own Session, joins and WHERE clauses.
 from __future__ import annotations
 
 import math
+import re
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ Mode = Literal["dense", "hybrid", "exact"]
 MODES = ("dense", "hybrid", "exact")
 Query = Union[str, Sequence[float], np.ndarray]
 MAX_K = 10000
+_LONG_VECTOR = re.compile(r"'\[[-+0-9.,eE]{60,}\]'")
 _GUC_DEFAULTS = {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off"}
 
 _COLUMNS = (Passage.id, Passage.external_id, Passage.collection, Passage.title, Passage.text, Passage.metadata_)
@@ -187,6 +189,7 @@ def _run(conn: Connection, stmt: sa.Select[Any], explain: bool) -> tuple[list[An
     text = None
     if explain:
         text = "\n".join(row[0] for row in conn.execute(Explain(stmt, "COSTS OFF")))
+        text = _LONG_VECTOR.sub("'[...]'", text)  # a 768-d literal would drown the plan
     return list(conn.execute(stmt)), text
 
 

@@ -1,0 +1,100 @@
+"""Questions through an encoder pair, from Python and from ``dpr-pg search``; encoder mismatches refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from dpr_pg import EncoderMismatchError, EncoderPair, register_encoder, search, search_many
+
+PASSAGES = [
+    ("madrid", "Madrid", "Madrid es la capital de España y su ciudad más poblada.", {"lang": "es", "year": 2020}),
+    ("insulina", "Insulina", "La insulina es una hormona que regula la glucosa en la sangre.", {"lang": "es", "year": 2022}),
+    ("sevilla", "Sevilla", "Sevilla es la capital de Andalucía, a orillas del Guadalquivir.", {"lang": "es", "year": 2019}),
+    ("dna", "DNA", "DNA stores the genetic information of living beings.", {"lang": "en", "year": 2021}),
+]
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
+    question_dir, passage_dir = tiny_models
+    return EncoderPair.load(str(question_dir), str(passage_dir), precision="fp32")
+
+
+def _store(engine: Engine, pair: EncoderPair) -> None:
+    vectors = pair.passage.encode([(title, text) for _, title, text, _ in PASSAGES])
+    with engine.begin() as conn:
+        encoder_id = register_encoder(conn, pair.fingerprint)
+        for (external_id, title, text, metadata), vector in zip(PASSAGES, vectors):
+            conn.execute(sa.text(
+                "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
+                "encoder_id) VALUES ('wiki', :e, :t, :x, CAST(:m AS jsonb), 'h', :v, :enc)"),
+                {"e": external_id, "t": title, "x": text, "m": json.dumps(metadata), "v": str(vector.tolist()),
+                 "enc": encoder_id})
+
+
+def test_a_question_searches_like_its_encoded_vector(engine: Engine, pair: EncoderPair) -> None:
+    _store(engine, pair)
+    question = "¿Cuál es la capital de España?"
+    by_question = search(engine, question, encoder=pair, k=4, filter={"lang": "es"})
+    by_vector = search(engine, pair.question.encode(question), k=4, filter={"lang": "es"})
+    assert [h.external_id for h in by_question] == [h.external_id for h in by_vector]
+    assert len(by_question) == 3 and {h.metadata["lang"] for h in by_question} == {"es"}
+    batch = search_many(engine, [question, "¿Qué es la insulina?"], encoder=pair, k=2)
+    assert [len(hits) for hits in batch] == [2, 2]
+    hybrid = search(engine, "insulina glucosa", encoder=pair, k=2, mode="hybrid")
+    assert hybrid[0].external_id == "insulina"
+
+
+def test_vectors_of_another_encoder_pair_are_refused(engine: Engine, pair: EncoderPair) -> None:
+    with engine.begin() as conn:
+        other = conn.execute(sa.text(
+            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
+            "VALUES ('someone-else', 'other/q', 'other/p', 't', 768, 512) RETURNING id")).scalar_one()
+        conn.execute(sa.text(
+            "INSERT INTO dpr_pg.passages (collection, external_id, text, content_hash, embedding, encoder_id) "
+            "VALUES ('wiki', 'x', 'texto', 'h', :v, :enc)"), {"v": str([0.1] * 768), "enc": other})
+    with pytest.raises(EncoderMismatchError, match="other/p"):
+        search(engine, "¿Dónde está Sevilla?", encoder=pair, collection="wiki")
+
+
+def _cli_env(tiny_models: tuple[Path, Path]) -> dict[str, str]:
+    return {"DPR_PG_QUESTION_MODEL": str(tiny_models[0]), "DPR_PG_PASSAGE_MODEL": str(tiny_models[1])}
+
+
+def test_cli_search_prints_a_table_of_hits(cli: Any, database_url: str, engine: Engine, pair: EncoderPair,
+                                           tiny_models: tuple[Path, Path]) -> None:
+    _store(engine, pair)
+    result = cli("--database-url", database_url, "search", "¿Cuál es la capital de Andalucía?", "-k", "2",
+                 "--filter", '{"year": {"$lt": 2021}}', "--explain", env=_cli_env(tiny_models), check=True)
+    assert "Sevilla" in result.stdout and "Madrid" in result.stdout and "Insulina" not in result.stdout
+    assert "path: exact" in result.stderr
+
+
+def test_cli_search_json_with_a_vector_file(cli: Any, database_url: str, engine: Engine, pair: EncoderPair,
+                                            tmp_path: Path) -> None:
+    _store(engine, pair)
+    vector_file = tmp_path / "q.npy"
+    np.save(vector_file, pair.passage.encode(("Madrid", PASSAGES[0][2])))
+    result = cli("--database-url", database_url, "search", "capital", "--vector", str(vector_file), "-k", "3",
+                 "--collection", "wiki", "--json", check=True)
+    hits = json.loads(result.stdout)
+    assert [set(hit) for hit in hits] == [{"id", "external_id", "collection", "title", "text", "metadata", "score",
+                                          "rank"}] * 3
+    assert hits[0]["external_id"] == "madrid" and [hit["rank"] for hit in hits] == [0, 1, 2]
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_cli_search_reports_a_bad_filter_in_one_line(cli: Any, database_url: str, tmp_path: Path) -> None:
+    vector_file = tmp_path / "q.json"
+    vector_file.write_text(json.dumps([0.0] * 768))
+    result = cli("--database-url", database_url, "search", "x", "--vector", str(vector_file),
+                 "--filter", '{"year": {"$regex": "20"}}')
+    assert result.returncode == 1
+    assert "unknown operator '$regex' on field 'year'; allowed operators: $eq" in result.stderr
