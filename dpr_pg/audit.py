@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dpr_pg.errors import EvaluationError
-from dpr_pg.evaluate import load_questions
+from dpr_pg.evaluate import load_questions, question_vectors
 from dpr_pg.qa import QAItem
 
 if TYPE_CHECKING:
@@ -37,7 +37,11 @@ DEFAULT_EF_SEARCH_VALUES: tuple[int, ...] = (10, 20, 40, 64, 100, 200, 400, 800,
 
 @dataclass(frozen=True)
 class EfSearchRecall:
-    """Recall@k of the index path at one hnsw.ef_search, and the median milliseconds per question."""
+    """Recall@k of the index path at one hnsw.ef_search, and the median milliseconds per question.
+
+    ``fell_back`` counts questions the index path could not answer with k rows, so that search.py
+    answered them exactly (a selective filter, or a collection smaller than k).
+    """
 
     ef_search: int
     recall: float
@@ -57,6 +61,7 @@ class AuditReport:
     current_paths: dict[str, int]
     sweep: list[EfSearchRecall]
     recommended_ef_search: int | None
+    exact_median_ms: float
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -68,6 +73,7 @@ class AuditReport:
             "current_paths": self.current_paths,
             "sweep": [vars(row).copy() for row in self.sweep],
             "recommended_ef_search": self.recommended_ef_search,
+            "exact_median_ms": self.exact_median_ms,
             "seconds": self.seconds,
         }
 
@@ -94,7 +100,7 @@ def _pairs(hits: Hits) -> list[tuple[str, float]]:
 
 def audit_ann(
     engine: Engine,
-    encoder: EncoderPair,
+    encoder: EncoderPair | None,
     questions: str | Path | Sequence[QAItem | dict[str, Any]],
     *,
     collection: str | None = None,
@@ -103,10 +109,12 @@ def audit_ann(
     sample: int = 100,
     target_recall: float = 0.95,
     ef_search_values: Sequence[int] = DEFAULT_EF_SEARCH_VALUES,
+    query_vectors: Any = None,
 ) -> AuditReport:
     """Recall@k of the HNSW path against exact search, and the smallest ef_search reaching ``target_recall``.
 
     Values of ``ef_search_values`` below k are raised to k (pgvector returns at most ef_search rows).
+    ``query_vectors`` (one row per question, in order) replaces encoding, as in :func:`evaluate`.
 
     >>> report = audit_ann(engine, pair, "dev.questions.jsonl", collection="squad_es", k=10)  # doctest: +SKIP
     >>> report.recommended_ef_search  # doctest: +SKIP
@@ -123,9 +131,13 @@ def audit_ann(
         raise EvaluationError(f"expected ef_search values between 1 and 1000 (pgvector's limit), not {list(ef_search_values)}")
     items = load_questions(questions, limit=sample)
     started = time.perf_counter()
-    vectors = list(encoder.question.encode([item.question for item in items]))
+    vectors = list(question_vectors(encoder, items, query_vectors))
     options = {"encoder": encoder, "k": k, "filter": filter, "collection": collection}
-    exact = [_pairs(h) for h in search_many(engine, vectors, mode="exact", **options)]
+    exact, exact_millis = [], []
+    for vector in vectors:
+        t0 = time.perf_counter()
+        exact.append(_pairs(search_many(engine, [vector], mode="exact", **options)[0]))
+        exact_millis.append((time.perf_counter() - t0) * 1000)
     current = search_many(engine, vectors, mode="dense", **options)
     paths: dict[str, int] = {}
     for hits in current:
@@ -143,4 +155,4 @@ def audit_ann(
         sweep.append(EfSearchRecall(ef, statistics.fmean(recalls), min(recalls), statistics.median(millis), fell_back))
     recommended = next((row.ef_search for row in sweep if row.recall >= target_recall), None)
     return AuditReport(len(items), k, target_recall, current_recall, paths, sweep, recommended,
-                       time.perf_counter() - started)
+                       statistics.median(exact_millis), time.perf_counter() - started)

@@ -519,7 +519,8 @@ def _print_evaluation(report: Any, as_json: bool) -> None:
         print_json(summary)
         return
     m = report.metrics
-    table = Table(title=f"{m.questions} questions, {m.depth} hits each ({summary['seconds']:.1f} s)", box=None)
+    click.echo(f"{m.questions} questions, {m.depth} hits each, {summary['seconds']:.1f} s")
+    table = Table(box=None)
     table.add_column("k", justify="right")
     table.add_column("top-k accuracy", justify="right")
     table.add_column("recall@k", justify="right")
@@ -535,14 +536,15 @@ def _print_evaluation(report: Any, as_json: bool) -> None:
     if report.card is not None:
         card = report.card
         how = "best positive F1 on these questions" if card.report.chosen_on_data else "given"
-        view = Table(title=f"positive vs hard negative at score >= {card.report.threshold:.4g} ({how})", box=None)
+        click.echo(f"\npositive vs hard negative at score >= {card.report.threshold:.4g} ({how}):")
+        view = Table(box=None)
         for column in ("class", "precision", "recall", "f1", "support"):
             view.add_column(column, justify="left" if column == "class" else "right")
         for name, scores in card.report.classes.items():
             view.add_row(name, f"{scores.precision:.3f}", f"{scores.recall:.3f}", f"{scores.f1:.3f}", str(scores.support))
         console.print(view)
         click.echo(f"accuracy {card.report.accuracy:.3f}   mean rank of the positive {card.mean_positive_rank:.3f} "
-                   f"(among it and {card.hard_negatives} hard negatives)")
+                   f"(among it and up to {card.hard_negatives} hard negatives)")
 
 
 def _print_audit(report: Any, as_json: bool) -> None:
@@ -552,7 +554,8 @@ def _print_audit(report: Any, as_json: bool) -> None:
     paths = ", ".join(f"{path} {count}" for path, count in report.current_paths.items())
     click.echo(f"{report.questions} questions, k={report.k}: current settings recall@{report.k} "
                f"{report.current_recall:.3f} (paths: {paths})")
-    table = Table(title=f"HNSW path against exact search ({report.exact_median_ms:.1f} ms median)", box=None)
+    click.echo(f"HNSW path against exact search (exact: {report.exact_median_ms:.1f} ms median):")
+    table = Table(box=None)
     for column in ("ef_search", f"recall@{report.k}", "worst question", "median ms"):
         table.add_column(column, justify="right")
     for row in report.sweep:

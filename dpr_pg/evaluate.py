@@ -121,6 +121,23 @@ def load_questions(questions: str | Path | Sequence[QAItem | dict[str, Any]], *,
     return items
 
 
+def question_vectors(encoder: EncoderPair | None, items: Sequence[QAItem], query_vectors: Any = None) -> np.ndarray:
+    """The questions' vectors: the first ``len(items)`` rows of ``query_vectors``, else encoded by ``encoder``.
+
+    >>> question_vectors(None, items, np.ones((len(items), 768))).shape  # doctest: +SKIP
+    (12, 768)
+    """
+    if query_vectors is None:
+        if encoder is None:
+            raise EvaluationError("expected an encoder pair to encode the questions, or query_vectors=, not neither")
+        return encoder.question.encode([item.question for item in items])
+    vectors = np.asarray(query_vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) < len(items):
+        raise EvaluationError(f"expected query_vectors of shape ({len(items)}, dim), one row per question in order, "
+                              f"not {vectors.shape}")
+    return vectors[:len(items)]
+
+
 def _stored_ids(conn: Connection, collection: str | None, ids: set[str]) -> set[str]:
     if not ids:
         return set()
@@ -156,7 +173,7 @@ def _check_options(ks: Sequence[int], depth: int, gold: str, hard_negatives: int
 
 def evaluate(
     engine: Engine,
-    encoder: EncoderPair,
+    encoder: EncoderPair | None,
     questions: str | Path | Sequence[QAItem | dict[str, Any]],
     *,
     collection: str | None = None,
@@ -170,12 +187,15 @@ def evaluate(
     limit: int | None = None,
     hard_negatives: int = 10,
     threshold: float | None = None,
+    query_vectors: Any = None,
 ) -> EvaluationReport:
     """Retrieve for each question and measure top-k accuracy, MRR, ranks, recall@k and the card's view.
 
     ``questions`` is a SQuAD JSON or JSONL path, or a list of :class:`QAItem` / dicts. ``depth`` (default:
     the largest k) is how many hits are retrieved per question. ``threshold`` fixes the card view's
     score threshold; by default the one with the best positive F1 on these questions is chosen.
+    ``query_vectors`` (one row per question, in order) replaces encoding: ``encoder`` may then be None,
+    which also skips the check that the collection was encoded by the same pair.
 
     >>> report = evaluate(engine, pair, "dev.questions.jsonl", collection="squad_es")  # doctest: +SKIP
     >>> report.metrics.top_k_accuracy[20], report.as_dict()["mrr"]  # doctest: +SKIP
@@ -190,7 +210,7 @@ def evaluate(
     started = time.perf_counter()
     with engine.connect() as conn:
         stored = _stored_ids(conn, collection, {g for item in items for g in item.gold_ids})
-    vectors = encoder.question.encode([item.question for item in items])
+    vectors = question_vectors(encoder, items, query_vectors)
     outcomes: list[QuestionOutcome] = []
     cand_scores: list[float] = []
     cand_labels: list[bool] = []

@@ -79,6 +79,21 @@ def test_exact_evaluation_agrees_with_a_numpy_oracle(corpus):
     assert report.paths == {"exact": len(questions)}
 
 
+def test_precomputed_question_vectors_give_the_same_report(corpus):
+    _, engine, pair = corpus
+    questions = read_jsonl(QUESTIONS)
+    vectors = pair.question.encode([q.question for q in questions])
+
+    with_encoder = evaluate(engine, pair, questions, collection="demo", mode="exact")
+    with_vectors = evaluate(engine, None, questions, collection="demo", mode="exact", query_vectors=vectors)
+
+    assert with_vectors.metrics == with_encoder.metrics
+    with pytest.raises(EvaluationError, match="one row per question"):
+        evaluate(engine, None, questions, collection="demo", query_vectors=vectors[:3])
+    with pytest.raises(EvaluationError, match="or query_vectors="):
+        evaluate(engine, None, questions, collection="demo")
+
+
 def test_a_filter_that_excludes_the_gold_counts_it_missing(corpus):
     _, engine, pair = corpus
     questions = read_jsonl(QUESTIONS)
