@@ -94,6 +94,18 @@ def test_precomputed_question_vectors_give_the_same_report(corpus):
         evaluate(engine, None, questions, collection="demo")
 
 
+def test_hybrid_mode_is_evaluated_through_the_same_search(corpus):
+    _, engine, pair = corpus
+
+    report = evaluate(engine, pair, QUESTIONS, collection="demo", mode="hybrid", ks=(1, 10), depth=10)
+
+    assert report.paths == {"hybrid": 12} and report.judged_by_ids == 12
+    assert 0.0 <= report.metrics.top_k_accuracy[1] <= report.metrics.top_k_accuracy[10] <= 1.0
+    # Spanish full text finds passages sharing the question's words: better than the random tiny model alone.
+    dense = evaluate(engine, pair, QUESTIONS, collection="demo", mode="exact", ks=(1, 10), depth=10)
+    assert report.metrics.mrr > dense.metrics.mrr
+
+
 def test_a_filter_that_excludes_the_gold_counts_it_missing(corpus):
     _, engine, pair = corpus
     questions = read_jsonl(QUESTIONS)

@@ -123,3 +123,12 @@ def test_classify_at_a_given_threshold():
 
 def test_threshold_never_splits_equal_scores():
     assert best_threshold([0.5, 0.5, 0.1], [True, False, False]) == 0.5
+
+
+@given(st.lists(st.tuples(st.floats(-5, 5, allow_nan=False), st.booleans()), min_size=1, max_size=25))
+def test_best_threshold_beats_every_other_cut(candidates):
+    scores = [s for s, _ in candidates]
+    labels = [y for _, y in candidates]
+    best = classify(scores, labels).classes[POSITIVE].f1
+    for cut in set(scores):
+        assert classify(scores, labels, threshold=cut).classes[POSITIVE].f1 <= best + 1e-12
