@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dpr_pg.errors import EvaluationError
-from dpr_pg.evaluate import load_questions, question_vectors
+from dpr_pg.evaluate import check_collection, load_questions, question_vectors
 from dpr_pg.qa import QAItem
 
 if TYPE_CHECKING:
@@ -130,6 +130,8 @@ def audit_ann(
     if not values or values[-1] > 1000:
         raise EvaluationError(f"expected ef_search values between 1 and 1000 (pgvector's limit), not {list(ef_search_values)}")
     items = load_questions(questions, limit=sample)
+    with engine.connect() as conn:
+        check_collection(conn, collection)
     started = time.perf_counter()
     vectors = list(question_vectors(encoder, items, query_vectors))
     options = {"encoder": encoder, "k": k, "filter": filter, "collection": collection}
@@ -141,7 +143,8 @@ def audit_ann(
     current = search_many(engine, vectors, mode="dense", **options)
     paths: dict[str, int] = {}
     for hits in current:
-        paths[hits.plan.path] = paths.get(hits.plan.path, 0) + 1
+        label = hits.plan.path + (f" (ef_search {hits.plan.ef_search})" if hits.plan.ef_search else "")
+        paths[label] = paths.get(label, 0) + 1
     current_recall = statistics.fmean(recall_against_exact(_pairs(h), e) for h, e in zip(current, exact))
     sweep = []
     for ef in values:

@@ -138,6 +138,20 @@ def question_vectors(encoder: EncoderPair | None, items: Sequence[QAItem], query
     return vectors[:len(items)]
 
 
+def check_collection(conn: Connection, collection: str | None) -> None:
+    """Fail early when the schema is missing or the collection holds no passages (nothing to evaluate)."""
+    from dpr_pg.schema import require_schema
+
+    require_schema(conn)
+    found = conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM dpr_pg.passages WHERE "
+                                 "CAST(:collection AS text) IS NULL OR collection = :collection)"),
+                         {"collection": collection}).scalar()
+    if not found:
+        where = f"collection {collection!r}" if collection is not None else "this database"
+        raise EvaluationError(f"expected passages to search, but {where} holds none; check --collection "
+                              "(dpr-pg doctor lists the collections) or run dpr-pg ingest first")
+
+
 def _stored_ids(conn: Connection, collection: str | None, ids: set[str]) -> set[str]:
     if not ids:
         return set()
@@ -209,6 +223,7 @@ def evaluate(
     items = load_questions(questions, limit=limit)
     started = time.perf_counter()
     with engine.connect() as conn:
+        check_collection(conn, collection)
         stored = _stored_ids(conn, collection, {g for item in items for g in item.gold_ids})
     vectors = question_vectors(encoder, items, query_vectors)
     outcomes: list[QuestionOutcome] = []

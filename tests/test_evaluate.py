@@ -15,7 +15,7 @@ from dpr_pg.answers import has_answer
 from dpr_pg.audit import audit_ann
 from dpr_pg.cli import main
 from dpr_pg.encoders import EncoderPair
-from dpr_pg.errors import EvaluationError
+from dpr_pg.errors import EvaluationError, SchemaError
 from dpr_pg.evaluate import evaluate
 from dpr_pg.ingest import ingest
 from dpr_pg.qa import read_jsonl
@@ -200,6 +200,20 @@ def test_bad_requests_are_refused_before_searching(corpus, tmp_path):
     bad_squad.write_text('{"data": [{"title": "x", "paragraphs": [{"qas": []}]}]}', encoding="utf-8")
     with pytest.raises(EvaluationError, match=r"data\[0\]\.paragraphs\[0\]\.context"):
         evaluate(engine, pair, bad_squad, collection="demo")
+
+
+def test_an_empty_collection_or_a_database_without_schema_is_refused(corpus, empty_url):
+    _, engine, pair = corpus
+    with pytest.raises(EvaluationError, match="collection 'nope' holds none"):
+        evaluate(engine, pair, QUESTIONS, collection="nope")
+    with pytest.raises(EvaluationError, match="collection 'nope' holds none"):
+        audit_ann(engine, pair, QUESTIONS, collection="nope")
+    bare = sa.create_engine(empty_url)
+    try:
+        with pytest.raises(SchemaError, match="run dpr-pg init"):
+            evaluate(bare, pair, QUESTIONS, collection="demo")
+    finally:
+        bare.dispose()
 
 
 def test_audit_recommends_the_smallest_ef_search_reaching_the_target(corpus):
