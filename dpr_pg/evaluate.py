@@ -242,16 +242,11 @@ def evaluate(
                 paths[hits.plan.path] = paths.get(hits.plan.path, 0) + 1
                 golds = [g for g in item.gold_ids if g in stored] if gold != "answers" else []
                 unknown += gold != "answers" and bool(item.gold_ids) and not golds
-                if golds or gold == "ids":
-                    by_ids += 1
-                    gold_set = set(golds)
-                    is_gold = [h.external_id in gold_set for h in hits]
-                    gold_count: int | None = len(gold_set) or None
-                else:
-                    by_answers += 1
-                    matcher = AnswerMatcher(item.answers, style=answer_style)
-                    is_gold = [matcher.found_in(h.text) for h in hits]
-                    gold_count = None
+                judge_by_ids = bool(golds) or gold == "ids"
+                by_ids += judge_by_ids
+                by_answers += not judge_by_ids
+                is_gold = _judge(item, hits, golds if judge_by_ids else None, answer_style)
+                gold_count = len(golds) if judge_by_ids and golds else None
                 scores = [h.score for h in hits]
                 outcomes.append(question_outcome(scores, is_gold, depth=depth, ks=ks, gold_count=gold_count, ties=ties))
                 candidate = _card_candidates(conn, vector, collection, hits, is_gold, golds, hard_negatives)
@@ -268,6 +263,15 @@ def evaluate(
                         report=classify(cand_scores, cand_labels, threshold=threshold))
     return EvaluationReport(aggregate(outcomes, depth=depth, ks=ks), seconds, collection, mode,
                             by_ids, by_answers, unknown, card, paths)
+
+
+def _judge(item: QAItem, hits: Sequence[Hit], golds: Sequence[str] | None, style: AnswerStyle) -> list[bool]:
+    """Which hits are gold: those in ``golds``, or (``golds`` None) those whose text holds an answer."""
+    if golds is not None:
+        gold_set = set(golds)
+        return [h.external_id in gold_set for h in hits]
+    matcher = AnswerMatcher(item.answers, style=style)
+    return [matcher.found_in(h.text) for h in hits]
 
 
 def _card_candidates(conn: Connection, vector: np.ndarray, collection: str | None, hits: Sequence[Hit],
