@@ -132,3 +132,13 @@ def test_best_threshold_beats_every_other_cut(candidates):
     best = classify(scores, labels).classes[POSITIVE].f1
     for cut in set(scores):
         assert classify(scores, labels, threshold=cut).classes[POSITIVE].f1 <= best + 1e-12
+
+
+@pytest.mark.parametrize("module", ["dpr_pg.metrics", "dpr_pg.classification", "dpr_pg.answers", "dpr_pg.qa",
+                                    "dpr_pg.audit"])
+def test_docstring_examples_hold(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
