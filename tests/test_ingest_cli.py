@@ -81,10 +81,10 @@ def test_json_report_and_exit_codes(cli, database_url: str, tiny_models, tmp_pat
     result = cli(*ingest_args(database_url, tiny_models, str(bad), "--collection", "s", "--strict"))
     assert result.returncode == 2 and "bad.jsonl:2" in result.stderr and "--strict" in result.stderr
 
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    result = cli(*ingest_args(database_url, tiny_models, str(empty), "--collection", "c"))
-    assert result.returncode == 1 and "empty.jsonl has no records" in result.stderr
+    short = tmp_path / "short.npy"
+    np.save(short, np.ones((2, 768), dtype=np.float32))
+    fatal = cli(*ingest_args(database_url, tiny_models, str(bad), "--collection", "f", "--embeddings", str(short)))
+    assert fatal.returncode == 1 and "2 embedding rows but the input has 3 records" in fatal.stderr
 
 
 def test_kill_9_then_rerun_equals_one_clean_run(database_url: str, engine: Engine, tiny_models, pair: EncoderPair,

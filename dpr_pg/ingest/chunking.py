@@ -33,8 +33,10 @@ def chunk_text(text: str, *, words: int = DEFAULT_CHUNK_WORDS, overlap: int = 0)
         ['a b', 'b c', 'c d', 'd e']
     """
     check_chunking(words, overlap)
+    if words == 0:
+        return [text]
     spans = [match.span() for match in _WORD.finditer(text)]
-    if words == 0 or len(spans) <= words:
+    if len(spans) <= words:
         return [text]
     step = words - overlap
     chunks = []

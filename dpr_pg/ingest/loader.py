@@ -1,5 +1,6 @@
 """Writes: binary COPY into a TEMP staging table, then one upsert into passages, one transaction per batch.
 
+* A batch whose ids are all new (the usual first load) is COPied straight into passages.
 * The staging table is ``pg_temp`` and ``ON COMMIT DELETE ROWS``: no migration, nothing left behind.
 * The upsert only touches rows whose ``content_hash`` differs, so a re-run writes nothing and
   ``updated_at`` stays put. Rows are inserted in key order under a per-collection advisory lock,
@@ -43,6 +44,8 @@ WITH written AS (
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
+_COPY_NEW = ("COPY dpr_pg.passages (external_id, title, text, metadata, content_hash, embedding, collection, "
+             "encoder_id) FROM STDIN WITH (FORMAT BINARY)")
 _PRUNE = f"""
 DELETE FROM dpr_pg.passages p
 WHERE p.collection = %s
@@ -146,20 +149,45 @@ class PassageWriter:
             return dict(rows.fetchall())
         return self._retrying(lookup) if external_ids else {}
 
-    def write(self, rows: Sequence[StagedPassage]) -> tuple[int, int]:
-        """COPY ``rows`` into staging and upsert them in one transaction; returns (inserted, updated)."""
-        def upsert(conn: psycopg.Connection) -> tuple[int, int]:
-            with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(f"COPY pg_temp.{_STAGING} FROM STDIN WITH (FORMAT BINARY)") as copy:
-                    copy.set_types(["text", "text", "text", "jsonb", "text", "vector"])
-                    for row in rows:
-                        copy.write_row((row.external_id, row.title, row.text, Jsonb(row.metadata_json, dumps=_as_is),
-                                        row.content_hash, row.embedding))
-                cur.execute(_LOCK, (self.collection,))
-                cur.execute(_UPSERT, {"collection": self.collection, "encoder_id": self.encoder_id})
-                inserted, updated = cur.fetchone()  # type: ignore[misc]
-            return int(inserted), int(updated)
-        return self._retrying(upsert) if rows else (0, 0)
+    def write(self, rows: Sequence[StagedPassage], *, fresh: bool = False) -> tuple[int, int]:
+        """Write ``rows`` in one transaction; returns (inserted, updated).
+
+        ``fresh`` (none of the ids was stored when looked up) COPYs straight into passages; if
+        another writer stored one of them meanwhile, the unique violation rolls that transaction
+        back and the batch goes through staging + upsert instead.
+        """
+        if not rows:
+            return 0, 0
+        if fresh:
+            try:
+                return self._retrying(lambda conn: self._copy_new(conn, rows))
+            except psycopg.errors.UniqueViolation:
+                pass
+        return self._retrying(lambda conn: self._upsert(conn, rows))
+
+    def _copy_rows(self, cur: psycopg.Cursor, statement: str, rows: Sequence[StagedPassage], *,
+                   with_owner: bool = False) -> None:
+        types = ["text", "text", "text", "jsonb", "text", "vector"] + (["text", "int4"] if with_owner else [])
+        owner = (self.collection, self.encoder_id) if with_owner else ()
+        with cur.copy(statement) as copy:
+            copy.set_types(types)
+            for row in sorted(rows, key=lambda r: r.external_id):
+                copy.write_row((row.external_id, row.title, row.text, Jsonb(row.metadata_json, dumps=_as_is),
+                                row.content_hash, row.embedding, *owner))
+
+    def _copy_new(self, conn: psycopg.Connection, rows: Sequence[StagedPassage]) -> tuple[int, int]:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_LOCK, (self.collection,))
+            self._copy_rows(cur, _COPY_NEW, rows, with_owner=True)
+        return len(rows), 0
+
+    def _upsert(self, conn: psycopg.Connection, rows: Sequence[StagedPassage]) -> tuple[int, int]:
+        with conn.transaction(), conn.cursor() as cur:
+            self._copy_rows(cur, f"COPY pg_temp.{_STAGING} FROM STDIN WITH (FORMAT BINARY)", rows)
+            cur.execute(_LOCK, (self.collection,))
+            cur.execute(_UPSERT, {"collection": self.collection, "encoder_id": self.encoder_id})
+            inserted, updated = cur.fetchone()  # type: ignore[misc]
+        return int(inserted), int(updated)
 
     def prune(self, keep: Iterable[str]) -> int:
         """Delete the collection's passages whose external id is not in ``keep``; returns how many."""

@@ -83,6 +83,10 @@ class _Run:
     strict: bool
     dim: int
     last: dict[str, tuple[int, int]]
+    fingerprint_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.fingerprint_id = self.fingerprint.id  # a sha256 over the fields: compute it once
 
     def reject(self, where: str, reason: str) -> None:
         self.report.reject(where, reason)
@@ -132,7 +136,7 @@ class _Run:
             changed, embeddings = [changed[i] for i in keep], embeddings[keep]
         staged = [StagedPassage(doc.external_id, doc.title, doc.text, metadata_json, digest, embeddings[i])
                   for i, (doc, metadata_json, digest) in enumerate(changed)]
-        inserted, updated = self.writer.write(staged)
+        inserted, updated = self.writer.write(staged, fresh=not stored)
         self.report.inserted += inserted
         self.report.updated += updated
         self.report.unchanged += len(staged) - inserted - updated  # written meanwhile by a concurrent ingest
@@ -269,7 +273,7 @@ def _add_record(run: _Run, batch: _Batch, record: SourceRecord, mapping: FieldMa
             continue
         run.report.passages += 1
         metadata_json = _metadata_json(passage.metadata)
-        digest = content_hash(passage.title, passage.text, metadata_json, run.fingerprint.id)
+        digest = content_hash(passage.title, passage.text, metadata_json, run.fingerprint_id)
         batch.passages[key] = (passage, metadata_json, digest)
 
 
