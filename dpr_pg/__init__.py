@@ -32,6 +32,7 @@ from dpr_pg.errors import (
     SyncError,
 )
 from dpr_pg.filters import compile_filter
+from dpr_pg.ingest import FieldMapping, IngestReport, RecordRejectedError, ingest
 from dpr_pg.models import Encoder, Passage
 from dpr_pg.schema import InitResult, downgrade, init, upgrade
 from dpr_pg.audit import AuditReport, audit_ann
@@ -60,7 +61,11 @@ __all__ = [
     "EncoderError",
     "EncoderMismatchError",
     "FilterError",
+    "FieldMapping",
     "IngestError",
+    "IngestReport",
+    "RecordRejectedError",
+    "ingest",
     "InitResult",
     "Passage",
     "SchemaError",

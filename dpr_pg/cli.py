@@ -278,7 +278,8 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
     else:
         click.echo(f"{report.collection}: read {report.read}, inserted {report.inserted}, updated {report.updated}, "
                    f"unchanged {report.unchanged}, rejected {report.rejected}, duplicates {report.duplicate_count}, "
-                   f"truncated {report.truncated}, pruned {report.pruned} in {report.seconds:.1f} s "
+                   f"encoded {report.encoded}, truncated {report.truncated}, pruned {report.pruned} "
+                   f"in {report.seconds:.1f} s "
                    f"({report.passages_per_second} passages/s)")
     for rejection in report.rejections[:20]:
         err_console.print(f"rejected {rejection.record}: {rejection.reason}", highlight=False, markup=False)
