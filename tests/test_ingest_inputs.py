@@ -93,6 +93,7 @@ def test_field_mapping_puts_every_other_field_in_metadata() -> None:
     ({"id": "a", "text": "ok", "score": float("inf")}, "metadata.score is Infinity"),
     ({"id": "a", "title": 3, "text": "ok"}, "title must be a string"),
     ({"id": ["a"], "text": "ok"}, "id must be a string or an integer"),
+    ({"id": "k" * 3000, "text": "ok"}, "expected an id of at most 1024 bytes"),
 ])
 def test_bad_records_are_rejected_with_a_reason_never_altered(fields: dict, reason: str) -> None:
     result = to_document(SourceRecord(1, "in.jsonl:1", fields), FieldMapping())

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from dpr_pg.ingest.records import Document, SourceRecord
 from dpr_pg.ingest.validate import metadata_problem, passage_text_problem, text_problem
 
+MAX_ID_BYTES = 1024
+
 
 @dataclass(frozen=True)
 class FieldMapping:
@@ -48,6 +50,9 @@ def to_document(record: SourceRecord, mapping: FieldMapping) -> Document | str:
     external_id = str(raw_id)
     if not external_id.strip():
         return f"{mapping.id} is empty; expected a non-empty id"
+    if len(external_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        # (collection, external_id) is a btree key: PostgreSQL refuses index rows over ~2700 bytes.
+        return f"{mapping.id} is {len(external_id)} characters long; expected an id of at most {MAX_ID_BYTES} bytes"
     title = fields.get(mapping.title, "")
     if title is None:
         title = ""

@@ -181,8 +181,10 @@ def ingest(
         1000
     """
     started = time.perf_counter()
-    if not isinstance(collection, str) or not collection.strip() or text_problem(collection, "collection"):
-        raise ConfigError(f"expected a non-empty collection name without NUL bytes, not {collection!r}")
+    if (not isinstance(collection, str) or not collection.strip() or text_problem(collection, "collection")
+            or len(collection.encode("utf-8")) > 256):
+        raise ConfigError(f"expected a non-empty collection name of at most 256 bytes without NUL bytes, "
+                          f"not {collection[:60] if isinstance(collection, str) else collection!r}")
     fmt = detect_format(source, format)
     if embeddings is not None:
         if chunk_words:

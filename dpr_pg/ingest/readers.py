@@ -182,23 +182,6 @@ def read_parquet(path: str | Path, *, exclude: Sequence[str] = ()) -> Iterator[S
             yield SourceRecord(number, f"{path.name} row {number}", _json_friendly(row))
 
 
-def count_records(path: str | Path, fmt: str) -> int:
-    """How many records :func:`read_records` will yield (cheaply: no JSON parsing for JSONL).
-
-    Example:
-        >>> count_records("wiki.jsonl", "jsonl")  # doctest: +SKIP
-        1000
-    """
-    if fmt == "jsonl":
-        with open(path, "rb") as handle:
-            return sum(1 for raw in handle if raw.strip())
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    return sum(1 for _ in read_records(path, fmt))
-
-
 def read_records(path: str | Path, fmt: str, *, exclude: Sequence[str] = ()) -> Iterator[SourceRecord]:
     """Records of ``path`` in format ``fmt`` (jsonl, csv or parquet; SQuAD has its own reader).
 
