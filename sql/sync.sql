@@ -5,9 +5,10 @@
 -- INSERT INTO dpr_pg.sync_queue ... ON CONFLICT DO NOTHING. The app's writes therefore never
 -- wait for, nor fail because of, encoding: `dpr-pg worker` drains the queue later.
 -- Identifiers are always formatted with %I (quote_ident) or as regclass, never concatenated.
--- Installed by migration 0004 (CREATE OR REPLACE, so re-running the file is harmless).
+-- Installed by migration 0003 (CREATE OR REPLACE, so re-running the file is harmless).
 
--- Trigger: TG_ARGV holds the primary-key column names. Only enqueues; never encodes.
+-- Row trigger for UPDATE (its WHEN clause fires it only when a watched column really changed).
+-- TG_ARGV holds the primary-key column names. Only enqueues; never encodes.
 -- It runs once per written row, so it has no SET search_path clause (that alone costs ~25 µs a
 -- row): every name and operator in it is schema-qualified instead, which leaves nothing for a
 -- caller's search_path to redirect.
@@ -30,6 +31,29 @@ BEGIN
                pg_catalog.jsonb_build_object(TG_ARGV[i], doc OPERATOR(pg_catalog.->) TG_ARGV[i]);
     END LOOP;
     INSERT INTO dpr_pg.sync_queue (tbl, row_key) VALUES (TG_RELID, key) ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+-- Statement trigger for INSERT and DELETE: one INSERT ... SELECT over the transition table, so a
+-- bulk write pays once per statement rather than once per row. Same qualification rule as above.
+CREATE OR REPLACE FUNCTION dpr_pg.enqueue_sync_rows()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+DECLARE
+    key_expr text := '';
+    i integer;
+BEGIN
+    FOR i IN 0 .. TG_NARGS - 1 LOOP
+        key_expr := key_expr OPERATOR(pg_catalog.||) CASE WHEN i > 0 THEN ', ' ELSE '' END
+                    OPERATOR(pg_catalog.||) pg_catalog.format('%L, t.%I', TG_ARGV[i], TG_ARGV[i]);
+    END LOOP;
+    EXECUTE pg_catalog.format(
+        'INSERT INTO dpr_pg.sync_queue (tbl, row_key) '
+        'SELECT $1, pg_catalog.jsonb_build_object(%s) FROM %I AS t ON CONFLICT DO NOTHING',
+        key_expr, CASE WHEN TG_OP = 'DELETE' THEN 'dpr_old_rows' ELSE 'dpr_new_rows' END)
+    USING TG_RELID;
     RETURN NULL;
 END
 $$;
@@ -130,10 +154,10 @@ BEGIN
                    left(rel, 50) || '_dpr_hnsw', tbl, embedding_column, vector_schema);
 
     SELECT string_agg(quote_literal(c), ', ') INTO key_args FROM unnest(key_columns) AS c;
-    EXECUTE format('CREATE TRIGGER dpr_sync_insert AFTER INSERT ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION dpr_pg.enqueue_sync(%s)', tbl, key_args);
-    EXECUTE format('CREATE TRIGGER dpr_sync_delete AFTER DELETE ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION dpr_pg.enqueue_sync(%s)', tbl, key_args);
+    EXECUTE format('CREATE TRIGGER dpr_sync_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS dpr_new_rows '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION dpr_pg.enqueue_sync_rows(%s)', tbl, key_args);
+    EXECUTE format('CREATE TRIGGER dpr_sync_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS dpr_old_rows '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION dpr_pg.enqueue_sync_rows(%s)', tbl, key_args);
     -- Fires only for an UPDATE whose SET list names a watched column and that really changes one.
     EXECUTE format('CREATE TRIGGER dpr_sync_update AFTER UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
                    'EXECUTE FUNCTION dpr_pg.enqueue_sync(%s)',
@@ -183,3 +207,4 @@ $$;
 REVOKE EXECUTE ON FUNCTION dpr_pg.enable_table(regclass, text[], text, integer, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dpr_pg.disable_table(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dpr_pg.enqueue_sync() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dpr_pg.enqueue_sync_rows() FROM PUBLIC;

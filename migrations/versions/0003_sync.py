@@ -62,6 +62,7 @@ def downgrade() -> None:
     # SELECT dpr_pg.disable_table('app_table')) for each table in dpr_pg.synced_tables first.
     op.execute("DROP FUNCTION dpr_pg.disable_table(regclass)")
     op.execute("DROP FUNCTION dpr_pg.enable_table(regclass, text[], text, integer, text)")
+    op.execute("DROP FUNCTION dpr_pg.enqueue_sync_rows()")
     op.execute("DROP FUNCTION dpr_pg.enqueue_sync()")
     op.execute("DROP TABLE dpr_pg.sync_queue")
     op.execute("DROP TABLE dpr_pg.synced_tables")
