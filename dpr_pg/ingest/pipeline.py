@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,14 +84,35 @@ class _Run:
     strict: bool
     dim: int
     last: dict[str, tuple[int, int]]
+    lookups: PassageWriter
+    executor: ThreadPoolExecutor
     fingerprint_id: str = ""
+    pending: Future[tuple[int, int]] | None = None
+    pending_rows: int = 0
 
     def __post_init__(self) -> None:
         self.fingerprint_id = self.fingerprint.id  # a sha256 over the fields: compute it once
 
+    def submit(self, staged: list[StagedPassage], *, fresh: bool) -> None:
+        """Write a batch on the writer thread, so that reading and checking the next one overlaps it."""
+        self.drain()
+        self.pending = self.executor.submit(self.writer.write, staged, fresh=fresh)
+        self.pending_rows = len(staged)
+
+    def drain(self) -> None:
+        """Wait for the batch being written (re-raising its error) and count it."""
+        if self.pending is None:
+            return
+        future, self.pending = self.pending, None
+        inserted, updated = future.result()
+        self.report.inserted += inserted
+        self.report.updated += updated
+        self.report.unchanged += self.pending_rows - inserted - updated  # written meanwhile by a concurrent ingest
+
     def reject(self, where: str, reason: str) -> None:
         self.report.reject(where, reason)
         if self.strict:
+            self.drain()
             self.report.stopped = f"{where}: {reason}"
             raise RecordRejectedError(
                 f"{where}: {reason}. Stopped there (--strict): nothing of the current batch was written, "
@@ -113,7 +135,7 @@ class _Run:
                 else:
                     checked.append((doc, metadata_json, digest))
             items = checked
-        stored = self.writer.existing_hashes([doc.external_id for doc, _, _ in items])
+        stored = self.lookups.existing_hashes([doc.external_id for doc, _, _ in items])
         changed = [item for item in items if stored.get(item[0].external_id) != item[2]]
         self.report.unchanged += len(items) - len(changed)
         if not changed:
@@ -136,10 +158,7 @@ class _Run:
             changed, embeddings = [changed[i] for i in keep], embeddings[keep]
         staged = [StagedPassage(doc.external_id, doc.title, doc.text, metadata_json, digest, embeddings[i])
                   for i, (doc, metadata_json, digest) in enumerate(changed)]
-        inserted, updated = self.writer.write(staged, fresh=not stored)
-        self.report.inserted += inserted
-        self.report.updated += updated
-        self.report.unchanged += len(staged) - inserted - updated  # written meanwhile by a concurrent ingest
+        self.submit(staged, fresh=not stored)
 
 
 def ingest(
@@ -221,12 +240,15 @@ def ingest(
     size = batch_size or (PRECOMPUTED_BATCH if embeddings is not None else ENCODER_BATCH)
     if defer_index:
         drop_hnsw(engine)
+    options = {"collection": collection, "encoder_id": encoder_id, "dim": dim, "max_retries": max_retries,
+               "on_retry": count_retry}
     try:
-        with PassageWriter(engine, collection=collection, encoder_id=encoder_id, dim=dim,
-                           max_retries=max_retries, on_retry=count_retry) as writer:
-            run = _Run(engine, encoder, fingerprint, writer, report, vectors, strict, dim, last)
-            _write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words, chunk_overlap=chunk_overlap,
-                       bar=_progress_bar(progress, total), on_batch=on_batch)
+        with PassageWriter(engine, **options) as writer, PassageWriter(engine, **options) as lookups:
+            # Leaving this block waits for the write in flight before the connections close.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpr_pg-ingest-writer") as executor:
+                run = _Run(engine, encoder, fingerprint, writer, report, vectors, strict, dim, last, lookups, executor)
+                _write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words,
+                           chunk_overlap=chunk_overlap, bar=_progress_bar(progress, total), on_batch=on_batch)
             if prune and report.rejected:
                 report.prune_skipped = f"{report.rejected} record(s) were rejected; fix them and re-run with --prune"
             elif prune:
@@ -256,8 +278,9 @@ def _write_all(run: _Run, records: Iterator[SourceRecord], mapping: FieldMapping
                     on_batch(run.report)
         if batch.last_record:
             run.flush(batch)
-            if on_batch:
-                on_batch(run.report)
+        run.drain()
+        if on_batch and batch.last_record:
+            on_batch(run.report)
     finally:
         bar.close()
 
