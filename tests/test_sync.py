@@ -243,3 +243,19 @@ def test_trigger_works_under_any_search_path_of_the_app(engine: Engine) -> None:
         conn.execute(sa.text("UPDATE public.articles SET body = 'Cambio.' WHERE id = 1"))
 
     assert queued(engine) == [{"id": 1}, {"id": 7}]
+
+
+def test_downgrading_dpr_pg_refuses_while_an_app_table_is_enabled(engine: Engine) -> None:
+    from dpr_pg.schema import downgrade
+
+    create_articles(engine)
+
+    with pytest.raises(SchemaError, match="while app tables use them: articles; run op.disable_dpr"):
+        downgrade(engine, "0002")
+
+    with engine.begin() as conn:
+        disable_table(conn, "articles")
+    downgrade(engine, "0002")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regclass('dpr_pg.sync_queue')")).scalar() is None
+        assert conn.execute(sa.text("SELECT count(*) FROM articles")).scalar() == 4

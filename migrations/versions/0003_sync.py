@@ -11,8 +11,9 @@ Create Date: 2026-11-28
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
+from dpr_pg.errors import SchemaError
 from dpr_pg.schema import resource_dir
 
 revision = "0003"
@@ -58,8 +59,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Fails while an app table still has dpr_pg's triggers: run op.disable_dpr (or
-    # SELECT dpr_pg.disable_table('app_table')) for each table in dpr_pg.synced_tables first.
+    if not context.is_offline_mode():
+        enabled = op.get_bind().execute(sa.text("SELECT string_agg(tbl::text, ', ') FROM dpr_pg.synced_tables")).scalar()
+        if enabled:
+            raise SchemaError(
+                f"cannot remove dpr_pg's sync functions while app tables use them: {enabled}; run op.disable_dpr "
+                "in the app's migrations (or SELECT dpr_pg.disable_table('<table>')) for each, then downgrade again"
+            )
     op.execute("DROP FUNCTION dpr_pg.disable_table(regclass)")
     op.execute("DROP FUNCTION dpr_pg.enable_table(regclass, text[], text, integer, text)")
     op.execute("DROP FUNCTION dpr_pg.enqueue_sync_rows()")
