@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--reingest-n", type=int, default=10_000)
     parser.add_argument("--methods", default="orm,executemany,dpr_pg")
     parser.add_argument("--rss-n", type=int, nargs="*", default=[], help="extra N for (c) alone: peak RSS vs N")
+    parser.add_argument("--no-index-build", action="store_true", help="skip timing the HNSW build after (c)")
     parser.add_argument("--child")
     parser.add_argument("--url")
     parser.add_argument("--source", type=Path)
@@ -223,7 +224,7 @@ def main() -> None:
         r = results[method]
         print(f"  ({'abc'[list(METHODS).index(method)]}) {method:12s} {r['rows_per_s']:10.0f} rows/s  "
               f"{r['seconds']:8.1f} s  peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
-        if method == "dpr_pg":
+        if method == "dpr_pg" and not args.no_index_build:
             import sqlalchemy as sa
 
             engine = sa.create_engine(url)
