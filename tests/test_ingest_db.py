@@ -209,3 +209,11 @@ def test_a_dropped_connection_is_retried_and_the_result_is_complete(engine: Engi
     report = run(engine, source, emb, batch_size=10, on_batch=terminate_ingest_connection)
     assert len(killed) == 2 and all(k >= 1 for k in killed) and report.retries >= 2
     assert report.inserted == 40 and len(stored(engine)) == 40
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(engine: Engine, files, capsys) -> None:
+    source, emb = files
+    run(engine, source, emb)  # progress=None: stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""
+    run(engine, source, emb, collection="shown", progress=True)
+    assert "25/25" in capsys.readouterr().err
