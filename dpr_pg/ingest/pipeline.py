@@ -83,7 +83,7 @@ class _Run:
     vectors: EmbeddingSource | None
     strict: bool
     dim: int
-    last: dict[str, tuple[int, int]]
+    last: dict[str, int]
     lookups: PassageWriter
     executor: ThreadPoolExecutor
     fingerprint_id: str = ""
@@ -293,8 +293,8 @@ def _add_record(run: _Run, batch: _Batch, record: SourceRecord, mapping: FieldMa
         return
     for k, passage in enumerate(chunk_document(document, words=chunk_words, overlap=chunk_overlap)):
         key = passage.external_id
-        if run.last[key] != (record.number, k):
-            run.report.duplicate(key, passage.where, winner=run.last[key][0])
+        if run.last[key] != _occurrence(record.number, k):
+            run.report.duplicate(key, passage.where, winner=run.last[key] >> 32)
             continue
         run.report.passages += 1
         metadata_json = _metadata_json(passage.metadata)
@@ -302,10 +302,14 @@ def _add_record(run: _Run, batch: _Batch, record: SourceRecord, mapping: FieldMa
         batch.passages[key] = (passage, metadata_json, digest)
 
 
+def _occurrence(record_number: int, chunk: int) -> int:
+    return record_number << 32 | chunk  # one int per key, not a tuple: ~60 bytes less per passage
+
+
 def _last_occurrences(records: Iterator[SourceRecord], mapping: FieldMapping, chunk_words: int,
-                      chunk_overlap: int) -> tuple[dict[str, tuple[int, int]], int]:
-    """``{external_id: (record number, chunk number)}`` of each key's last occurrence, and the record count."""
-    last: dict[str, tuple[int, int]] = {}
+                      chunk_overlap: int) -> tuple[dict[str, int], int]:
+    """``{external_id: record number << 32 | chunk number}`` of each key's last occurrence, and the record count."""
+    last: dict[str, int] = {}
     total = 0
     for record in records:
         total += 1
@@ -313,7 +317,7 @@ def _last_occurrences(records: Iterator[SourceRecord], mapping: FieldMapping, ch
         if isinstance(document, str):
             continue
         for k, passage in enumerate(chunk_document(document, words=chunk_words, overlap=chunk_overlap)):
-            last[passage.external_id] = (record.number, k)
+            last[passage.external_id] = _occurrence(record.number, k)
     return last, total
 
 
