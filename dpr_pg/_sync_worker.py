@@ -8,6 +8,7 @@ point leaves its items queued (its locks die with its session). Table and column
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Engine
 from dpr_pg.sync import SyncedTable, WorkerReport
 
 log = logging.getLogger("dpr_pg.sync")
+_REGISTERED: weakref.WeakSet[Any] = weakref.WeakSet()  # psycopg connections that know the vector type
 
 _CLAIM = """
 SELECT q.tbl::oid, q.row_key::text, q.attempts
@@ -139,16 +141,21 @@ class Batcher:
     def process_batch(self, batch_size: int) -> WorkerReport:
         encoder_id = self._ensure_encoder()
         raw = self.engine.raw_connection()
+        pg: PgConnection[Any] = raw.driver_connection  # type: ignore[assignment]
         try:
-            pg: PgConnection[Any] = raw.driver_connection  # type: ignore[assignment]
-            from pgvector.psycopg import register_vector
+            if pg not in _REGISTERED:
+                from pgvector.psycopg import register_vector
 
-            register_vector(pg)
+                register_vector(pg)
+                _REGISTERED.add(pg)
             report = self._process(pg, batch_size, encoder_id)
             pg.commit()
             return report
         except BaseException:
-            raw.driver_connection.rollback()  # type: ignore[union-attr]
+            if pg.closed or pg.broken:
+                raw.invalidate()  # the pool must not hand this connection out again
+            else:
+                pg.rollback()
             raise
         finally:
             raw.close()

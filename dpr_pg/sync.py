@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
+import psycopg
 from psycopg import sql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.config import DEFAULT_DIM
-from dpr_pg.errors import SchemaError, SyncError
+from dpr_pg.errors import DatabaseError, SchemaError, SyncError
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,7 @@ def run_worker(
     poll_interval: float = 2.0,
     retry_base: float = 5.0,
     retry_max: float = 3600.0,
+    reconnects: int = 10,
     stop: threading.Event | None = None,
 ) -> WorkerReport:
     """Drain the sync queue with the encoder pair ``pair`` (an :class:`~dpr_pg.encoders.EncoderPair`).
@@ -243,6 +245,8 @@ def run_worker(
     With ``once``, return when no due item is left (or a batch could complete none: its rows are
     locked by the app right now); otherwise poll every ``poll_interval`` seconds until ``stop`` is set.
     A failed item is retried after ``retry_base * 2**attempts`` seconds, at most ``retry_max``.
+    A dropped connection is retried ``reconnects`` times in a row (waiting 1, 2, 4 ... 60 s) before
+    :class:`DatabaseError`; the batch it interrupted stays queued.
 
     Example:
         >>> run_worker(engine, EncoderPair.load(), once=True).embedded  # doctest: +SKIP
@@ -255,8 +259,22 @@ def run_worker(
     stop = stop or threading.Event()
     batcher = Batcher(engine, pair, retry_base=retry_base, retry_max=retry_max)
     total = WorkerReport()
+    lost = 0  # consecutive batches lost to a dropped connection
     while not stop.is_set():
-        report = batcher.process_batch(batch_size)
+        try:
+            report = batcher.process_batch(batch_size)
+        except (sa.exc.OperationalError, psycopg.OperationalError) as e:
+            # The batch rolled back (or died with its session), so its items are still queued.
+            lost += 1
+            if lost > reconnects:
+                raise DatabaseError(
+                    f"the worker lost its database connection {lost} times in a row: {e}; "
+                    "check that the server is up and the URL is right, then start the worker again"
+                ) from e
+            log.warning("database connection lost (%s); retrying in %s s", e, min(60, 2 ** (lost - 1)))
+            stop.wait(min(60, 2 ** (lost - 1)))
+            continue
+        lost = 0
         total.add(report)
         if report.batches:
             log.info("batch: %s", report.as_dict())

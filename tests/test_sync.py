@@ -259,3 +259,24 @@ def test_downgrading_dpr_pg_refuses_while_an_app_table_is_enabled(engine: Engine
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT to_regclass('dpr_pg.sync_queue')")).scalar() is None
         assert conn.execute(sa.text("SELECT count(*) FROM articles")).scalar() == 4
+
+
+def test_worker_reconnects_when_its_connection_is_dropped(
+    engine: Engine, pair: EncoderPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    create_articles(engine)
+    run_worker(engine, pair, once=True)  # the pool now holds the worker's connection
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE articles SET body = 'Nuevo texto.' WHERE id = 1"))
+    with sa.create_engine(engine.url).connect() as admin:  # the server drops every other session
+        admin.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ))
+
+    with caplog.at_level("WARNING", logger="dpr_pg.sync"):
+        report = run_worker(engine, pair, once=True)
+
+    assert "database connection lost" in caplog.text
+    assert report.embedded == 1
+    assert queued(engine) == []
