@@ -40,6 +40,7 @@ from dpr_pg.search import search, search_statement
 
 DIM = 768
 K = 10
+NOISE = 0.8  # per-dimension spread around a cluster centre (centres are N(0, 1) per dimension)
 SELECTIVITIES = [("none", None), ("50%", 2), ("10%", 10), ("1%", 100), ("0.1%", 1000), ("0.01%", 10000)]
 
 
@@ -51,7 +52,7 @@ def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     step = 50_000
     for start in range(0, rows, step):
         n = min(step, rows - start)
-        vectors[start:start + n] = centers[rng.integers(0, len(centers), n)] + rng.normal(scale=0.8, size=(n, DIM))
+        vectors[start:start + n] = centers[rng.integers(0, len(centers), n)] + rng.normal(scale=NOISE, size=(n, DIM))
     bucket = rng.permutation(rows)  # row i matches 1/m of the rows when bucket[i] % m == 0
     return vectors, bucket, centers
 
@@ -118,26 +119,34 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--home", default=str(Path(tempfile.gettempdir()) / "dpr_pg_bench_search"),
                         help="Data folder of the benchmark's own embedded PostgreSQL.")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Keep the database of an earlier run with the same --rows and --seed (skip the load).")
+    parser.add_argument("--only", nargs="*", help="Selectivities to measure, e.g. none 1%% (default: all).")
     args = parser.parse_args()
 
     url = embedded_url(home=Path(args.home))
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"bench_search_{args.rows}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    name = f"bench_search_{args.rows}_{args.seed}"
     engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
-    init(engine, dim=DIM)
-
     vectors, bucket, centers = synthetic(args.rows, args.seed)
     rng = np.random.default_rng(args.seed + 1)
     queries = (centers[rng.integers(0, len(centers), args.queries)]
-               + rng.normal(scale=0.8, size=(args.queries, DIM))).astype(np.float32)
-    with tempfile.TemporaryDirectory() as folder:
-        jsonl, npy = write_input(Path(folder), vectors, bucket)
-        timings = load(engine, jsonl, npy)
-    print(f"rows {args.rows}, queries {args.queries}, k {K}: ingest {timings['ingest_s']:.1f} s "
-          f"({timings['ingest_rows_per_s']:.0f} rows/s, precomputed vectors), HNSW build {timings['index_s']:.1f} s")
+               + rng.normal(scale=NOISE, size=(args.queries, DIM))).astype(np.float32)
+    with admin.connect() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar()
+    if args.reuse and exists:
+        print(f"rows {args.rows}, queries {args.queries}, k {K}: reusing database {name}")
+    else:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        init(engine, dim=DIM)
+        with tempfile.TemporaryDirectory() as folder:
+            jsonl, npy = write_input(Path(folder), vectors, bucket)
+            timings = load(engine, jsonl, npy)
+        print(f"rows {args.rows}, queries {args.queries}, k {K}: ingest {timings['ingest_s']:.1f} s "
+              f"({timings['ingest_rows_per_s']:.0f} rows/s, precomputed vectors), "
+              f"HNSW build {timings['index_s']:.1f} s")
 
     conn = engine.connect()
     ids = np.zeros(args.rows, dtype=np.int64)
@@ -149,6 +158,8 @@ def main() -> None:
           f"{'dpr_pg p50':>10} {'p95':>6} {'recall':>6} {'short':>5} {'path':>14} | "
           f"{'sql p50':>7} {'recall':>6} | {'p50 ratio':>9} {'recall ratio':>12}")
     for label, m in SELECTIVITIES:
+        if args.only and label not in args.only:
+            continue
         document = None if m is None else {f"s{m}": True}
         mask = None if m is None else (bucket % m == 0)
         matches = args.rows if mask is None else int(mask.sum())

@@ -12,7 +12,7 @@ import math
 import re
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -156,19 +156,34 @@ def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: 
     >>> with ann_settings(conn, ef_search=200, iterative=True):  # doctest: +SKIP
     ...     conn.execute(search_statement(vector, filter={"lang": "es"}))
     """
-    # One round trip: read the old values, then set the new ones (select-list order).
+    # One round trip: read the old values, then set the new ones (select-list order). Custom plans:
+    # a generic plan of a prepared statement knows neither the vector nor k, and may sort the table.
     saved = conn.execute(sa.text(
         "SELECT current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true), "
-        "set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', :mode, true)"),
+        "current_setting('plan_cache_mode'), set_config('hnsw.ef_search', :ef, true), "
+        "set_config('hnsw.iterative_scan', :mode, true), set_config('plan_cache_mode', 'force_custom_plan', true)"),
         {"ef": str(ef_search), "mode": "relaxed_order" if iterative else "off"}).one()
     try:
         yield
     finally:
         if restore:  # None: pgvector was not loaded yet, so it had its default
             conn.execute(sa.text("SELECT set_config('hnsw.ef_search', :ef, true), "
-                                 "set_config('hnsw.iterative_scan', :mode, true)"),
+                                 "set_config('hnsw.iterative_scan', :mode, true), "
+                                 "set_config('plan_cache_mode', :cache, true)"),
                          {"ef": saved[0] or _GUC_DEFAULTS["hnsw.ef_search"],
-                          "mode": saved[1] or _GUC_DEFAULTS["hnsw.iterative_scan"]})
+                          "mode": saved[1] or _GUC_DEFAULTS["hnsw.iterative_scan"], "cache": saved[2]})
+
+
+@contextmanager
+def _custom_plans(conn: Connection, restore: bool) -> Iterator[None]:
+    """plan_cache_mode = force_custom_plan for the planner's probes and the exact query (see above)."""
+    saved = conn.execute(sa.text("SELECT current_setting('plan_cache_mode'), "
+                                 "set_config('plan_cache_mode', 'force_custom_plan', true)")).scalar_one()
+    try:
+        yield
+    finally:
+        if restore:
+            conn.execute(sa.text("SELECT set_config('plan_cache_mode', :v, true)"), {"v": saved})
 
 
 @contextmanager
@@ -312,14 +327,17 @@ def search_many(
             check_encoder(conn, encoder.fingerprint, collection=collection)
         encoded = iter(encoder.question.encode(questions)) if questions and encoder is not None else iter(())
         vectors = [query_vector(next(encoded) if isinstance(q, str) else q, dim) for q in queries]
-        plan = _planner.plan(conn, where_probe, k=max(k, candidates) if mode == "hybrid" else k,
-                             pgvector_version=pgvector_version or version, exact=mode == "exact",
-                             exact_threshold=exact_threshold, ef_search=ef_search)
-        if mode == "hybrid":
-            return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
-                            text_weight=text_weight, candidates=candidates) for v, t in zip(vectors, texts)]
         restore = not isinstance(bind, Engine)  # our own transaction ends right after: nothing to restore
-        return [_dense(conn, v, where_probe, k, plan, explain, restore) for v in vectors]
+        # Unfiltered ANN sets the plan mode with its other settings: one round trip fewer.
+        pinned = _custom_plans(conn, restore) if where_probe is not None or mode != "dense" else nullcontext()
+        with pinned:
+            plan = _planner.plan(conn, where_probe, k=max(k, candidates) if mode == "hybrid" else k,
+                                 pgvector_version=pgvector_version or version, exact=mode == "exact",
+                                 exact_threshold=exact_threshold, ef_search=ef_search)
+            if mode == "hybrid":
+                return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
+                                text_weight=text_weight, candidates=candidates) for v, t in zip(vectors, texts)]
+            return [_dense(conn, v, where_probe, k, plan, explain, restore) for v in vectors]
 
 
 def search(

@@ -147,9 +147,11 @@ def test_collection_limits_the_search(corpus_engine: Engine) -> None:
 
 def test_search_settings_are_restored_after_the_query(corpus_engine: Engine) -> None:
     with corpus_engine.connect() as conn:
-        search(conn, QUERIES[0], k=10, filter={"half": True}, exact_threshold=0)
-        assert conn.execute(sa.text("SELECT current_setting('hnsw.iterative_scan'), "
-                                    "current_setting('hnsw.ef_search')")).one() == ("off", "40")
+        for options in ({"exact_threshold": 0}, {}):  # the iterative index path, then the exact path
+            search(conn, QUERIES[0], k=10, filter={"half": True}, **options)
+            assert conn.execute(sa.text(
+                "SELECT current_setting('hnsw.iterative_scan'), current_setting('hnsw.ef_search'), "
+                "current_setting('plan_cache_mode')")).one() == ("off", "40", "auto")
 
 
 def test_search_many_equals_one_search_per_query(corpus_engine: Engine) -> None:
