@@ -222,10 +222,15 @@ def sync_status(engine: Engine) -> list[TableStatus]:
         >>> sync_status(engine)  # doctest: +SKIP
         [TableStatus(table='public.articles', pending=3, failed=0, last_error=None)]
     """
+    _require_queue(engine)
+    with engine.connect() as conn:
+        return [TableStatus(**row) for row in conn.execute(_STATUS).mappings()]
+
+
+def _require_queue(engine: Engine) -> None:
     with engine.connect() as conn:
         if conn.execute(sa.text("SELECT to_regclass('dpr_pg.sync_queue') IS NULL")).scalar():
             raise SchemaError("this database has no dpr_pg sync queue; run dpr-pg init first")
-        return [TableStatus(**row) for row in conn.execute(_STATUS).mappings()]
 
 
 def run_worker(
@@ -256,6 +261,7 @@ def run_worker(
 
     if batch_size < 1:
         raise SyncError(f"expected a batch size of at least 1, not {batch_size}")
+    _require_queue(engine)
     stop = stop or threading.Event()
     batcher = Batcher(engine, pair, retry_base=retry_base, retry_max=retry_max)
     total = WorkerReport()

@@ -225,11 +225,13 @@ def test_enable_twice_and_disable_unknown_are_clear_errors(engine: Engine) -> No
         disable_table(conn, "other")
 
 
-def test_status_before_init_says_to_run_init(empty_url: str) -> None:
+def test_status_and_worker_before_init_say_to_run_init(empty_url: str, pair: EncoderPair) -> None:
     engine = sa.create_engine(empty_url)
     try:
         with pytest.raises(SchemaError, match="run dpr-pg init"):
             sync_status(engine)
+        with pytest.raises(SchemaError, match="run dpr-pg init"):
+            run_worker(engine, pair, once=True)
     finally:
         engine.dispose()
 
