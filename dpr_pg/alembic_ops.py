@@ -148,8 +148,8 @@ def include_object(obj: Any, name: str | None, type_: str, reflected: bool, comp
     if type_ == "index":
         return not (name or "").endswith(DPR_INDEX_SUFFIX)
     if type_ == "foreign_key_constraint":
-        referred = getattr(obj, "referred_table", None)
-        if getattr(referred, "schema", None) == SCHEMA:
+        targets = [element.target_fullname for element in getattr(obj, "elements", ())]
+        if any(target.startswith(f"{SCHEMA}.") for target in targets):
             return False
         return not (name or "").endswith(DPR_FOREIGN_KEY_SUFFIX)
     return True

@@ -366,11 +366,12 @@ def _read_query_vector(path: str) -> Any:
               help="Seconds to wait when the queue has nothing due.")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON object.")
 @pass_context
 @reports_errors
 def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, question_model: str | None,
-           passage_model: str | None, as_json: bool) -> None:
+           passage_model: str | None, precision: str | None, as_json: bool) -> None:
     """Encode the rows that app tables enabled with op.enable_dpr have queued.
 
     Several workers may run at once: each claims its own items (FOR UPDATE SKIP LOCKED).
@@ -391,7 +392,7 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, ques
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    pair = EncoderPair.load(question_model, passage_model)
+    pair = EncoderPair.load(question_model, passage_model, precision=precision)
     report = run_worker(ctx.engine, pair, once=once, batch_size=batch_size, poll_interval=poll_interval, stop=stop)
     if as_json:
         print_json(report.as_dict())
