@@ -129,7 +129,7 @@ def test_planner_picks_exact_for_narrow_and_iterative_for_broad_filters(corpus_e
     broad = search(corpus_engine, QUERIES[0], k=10, filter={"half": True}, exact_threshold=100)
     assert (narrow.plan.path, narrow.plan.matching_rows) == ("exact", 30)
     assert broad.plan.path == "hnsw-iterative"
-    assert broad.plan.ef_search == 200
+    assert broad.plan.ef_search == 400
 
 
 def test_pgvector_before_0_8_gets_exact_search_under_a_filter(corpus_engine: Engine) -> None:
