@@ -261,13 +261,16 @@ def run_worker(
 
     if batch_size < 1:
         raise SyncError(f"expected a batch size of at least 1, not {batch_size}")
-    _require_queue(engine)
     stop = stop or threading.Event()
     batcher = Batcher(engine, pair, retry_base=retry_base, retry_max=retry_max)
     total = WorkerReport()
     lost = 0  # consecutive batches lost to a dropped connection
+    checked = False
     while not stop.is_set():
         try:
+            if not checked:
+                _require_queue(engine)
+                checked = True
             report = batcher.process_batch(batch_size)
         except (sa.exc.OperationalError, psycopg.OperationalError) as e:
             # The batch rolled back (or died with its session), so its items are still queued.
