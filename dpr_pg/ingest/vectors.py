@@ -1,7 +1,7 @@
 """Precomputed passage embeddings: a ``.npy`` array or a Parquet column, one row per input record.
 
-Rows are read in order, batch by batch: a ``.npy`` file is memory-mapped, a Parquet column is
-read in row groups, so memory stays flat however large the file.
+Rows are read in order, batch by batch (a ``.npy`` with file reads, a Parquet column in row
+batches), so memory stays flat however large the file.
 """
 
 from __future__ import annotations
@@ -62,18 +62,32 @@ class EmbeddingSource:
 
 
 class _NpySource(EmbeddingSource):
+    """Reads row ranges with plain file reads: a memory map would count every touched page in RSS."""
+
     def __init__(self, path: Path) -> None:
         try:
-            self.array = np.load(path, mmap_mode="r", allow_pickle=False)
+            with open(path, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran_order, dtype = read_header(handle)
+                self.offset = handle.tell()
         except ValueError as e:
             raise IngestError(f"{path.name} is not a readable .npy array: {e}") from e
-        if self.array.ndim != 2 or self.array.dtype.kind not in "fiu":
+        if len(shape) != 2 or dtype.kind not in "fiu" or dtype.hasobject:
             raise IngestError(f"expected {path.name} to hold a 2-d float array (rows, dim), "
-                              f"not {self.array.ndim}-d {self.array.dtype}")
-        super().__init__(path, int(self.array.shape[0]), int(self.array.shape[1]))
+                              f"not {len(shape)}-d {dtype}")
+        if fortran_order:
+            raise IngestError(f"{path.name} is stored in Fortran order; save it with np.save(path, "
+                              "np.ascontiguousarray(vectors)) so that rows can be streamed")
+        self.dtype = dtype
+        self.handle = open(path, "rb")  # noqa: SIM115 - kept open while the ingest reads rows in order
+        super().__init__(path, int(shape[0]), int(shape[1]))
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        block = np.asarray(self.array[start:stop])
+        assert self.dim is not None
+        self.handle.seek(self.offset + start * self.dim * self.dtype.itemsize)
+        block = np.fromfile(self.handle, dtype=self.dtype, count=(stop - start) * self.dim).reshape(-1, self.dim)
         return block if block.dtype.kind == "f" else block.astype(np.float64)
 
 
