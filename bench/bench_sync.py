@@ -1,0 +1,156 @@
+"""Benchmark: what app-table sync costs the app's writes, and the worker's per-row overhead.
+
+In one run, on the embedded PostgreSQL, with 768-d tables:
+
+  writes   the same statements on a plain ``articles`` table (baseline) and on one enabled with
+           dpr_pg.enable_table (contender): a 10k-row INSERT, an UPDATE of an unrelated column, an
+           UPDATE of the embedded text, and 500 single-row INSERT transactions (p50 latency).
+  worker   writing 10k precomputed embeddings back: one executemany UPDATE by primary key
+           (baseline: what hand-written sync code would do) vs run_worker draining the queue
+           (claim SKIP LOCKED, read, hash check, write-back, delete), with an encoder stub that
+           returns precomputed vectors, so that only the queue's overhead is measured.
+
+Each figure is the median of ``--repeat`` runs; ratios are contender / baseline.
+
+    flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_sync.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.database import embedded_url
+from dpr_pg.schema import init
+from dpr_pg.sync import enable_table, run_worker
+
+DIM = 768
+BODY = "Texto de un artículo de la aplicación, con algunas frases de ejemplo. " * 3
+
+
+class _StubPassages:
+    def __init__(self, dim: int) -> None:
+        self.vector = np.random.default_rng(0).normal(size=dim).astype(np.float32)
+
+    def encode(self, passages: list[tuple[str, str]]) -> np.ndarray:
+        return np.tile(self.vector, (len(passages), 1))
+
+
+class _StubPair:
+    dim = DIM
+
+    def __init__(self) -> None:
+        self.passage = _StubPassages(DIM)
+        self.fingerprint = EncoderFingerprint(
+            question_model="bench-q", question_revision=None, passage_model="bench-p", passage_revision=None,
+            tokenizer_hash="bench", dim=DIM, max_length=512, pooling="pooler_output",
+        )
+
+
+def _timed(engine: sa.Engine, sql: str, **params: Any) -> float:
+    with engine.begin() as conn:
+        start = time.perf_counter()
+        conn.execute(sa.text(sql), params)
+        return time.perf_counter() - start
+
+
+def _reset(engine: sa.Engine, table: str, rows: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {table}"))
+        conn.execute(sa.text("DELETE FROM dpr_pg.sync_queue"))
+        conn.execute(sa.text(f"INSERT INTO {table} (id, title, body) SELECT i, 'Título ' || i, :b || i "
+                             "FROM generate_series(1, :n) AS i"), {"b": BODY, "n": rows})
+        conn.execute(sa.text("DELETE FROM dpr_pg.sync_queue"))
+
+
+def bench_writes(engine: sa.Engine, rows: int, repeat: int) -> None:
+    cases = {
+        f"INSERT {rows} rows (ms)": ("TRUNCATE {t}", "INSERT INTO {t} (id, title, body) SELECT i, 'Título ' || i, "
+                                     ":b || i FROM generate_series(1, :n) AS i"),
+        f"UPDATE unrelated column, {rows} rows (ms)": (None, "UPDATE {t} SET views = views + 1"),
+        f"UPDATE embedded text, {rows} rows (ms)": (None, "UPDATE {t} SET body = body || '.'"),
+    }
+    for label, (prepare, statement) in cases.items():
+        figures = {}
+        for table in ("plain", "synced"):
+            runs = []
+            for _ in range(repeat):
+                _reset(engine, table, rows)
+                if prepare:
+                    with engine.begin() as conn:
+                        conn.execute(sa.text(prepare.format(t=table)))
+                runs.append(_timed(engine, statement.format(t=table), b=BODY, n=rows) * 1000)
+            figures[table] = statistics.median(runs)
+        print(f"{label:45s} plain {figures['plain']:9.1f}   synced {figures['synced']:9.1f}   "
+              f"ratio {figures['synced'] / figures['plain']:.2f}")
+
+    figures = {}
+    for table in ("plain", "synced"):
+        _reset(engine, table, 0)
+        latencies = []
+        with engine.connect() as conn:
+            for i in range(500):
+                start = time.perf_counter()
+                conn.execute(sa.text(f"INSERT INTO {table} (id, title, body) VALUES (:i, 'T', :b)"),
+                             {"i": i + 1, "b": BODY})
+                conn.commit()
+                latencies.append((time.perf_counter() - start) * 1000)
+        figures[table] = statistics.median(latencies)
+    print(f"{'single-row INSERT + COMMIT, p50 (ms)':45s} plain {figures['plain']:9.3f}   synced "
+          f"{figures['synced']:9.3f}   ratio {figures['synced'] / figures['plain']:.2f}")
+
+
+def bench_worker(engine: sa.Engine, rows: int, repeat: int) -> None:
+    pair = _StubPair()
+    vector = str(pair.passage.vector.tolist())
+    baseline, contender = [], []
+    for _ in range(repeat):
+        _reset(engine, "synced", rows)
+        with engine.begin() as conn:
+            start = time.perf_counter()
+            conn.execute(sa.text("UPDATE synced SET embedding = CAST(:e AS vector) WHERE id = :id"),
+                         [{"e": vector, "id": i} for i in range(1, rows + 1)])
+            baseline.append(rows / (time.perf_counter() - start))
+        _reset(engine, "synced", rows)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE synced SET embedding = NULL, dpr_content_hash = NULL"))
+            conn.execute(sa.text("INSERT INTO dpr_pg.sync_queue (tbl, row_key) SELECT 'synced', "
+                                 "jsonb_build_object('id', id) FROM synced"))
+        start = time.perf_counter()
+        report = run_worker(engine, pair, once=True, batch_size=64)
+        contender.append(report.embedded / (time.perf_counter() - start))
+        assert report.embedded == rows, report
+    b, c = statistics.median(baseline), statistics.median(contender)
+    print(f"{'write-back of precomputed vectors (rows/s)':45s} plain {b:9.0f}   worker {c:9.0f}   ratio {c / b:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as home:
+        engine = sa.create_engine(embedded_url(home=Path(home)))
+        init(engine, dim=DIM)
+        with engine.begin() as conn:
+            for table in ("plain", "synced"):
+                conn.execute(sa.text(f"CREATE TABLE {table} (id integer PRIMARY KEY, title text NOT NULL, "
+                                     "body text NOT NULL, views integer NOT NULL DEFAULT 0)"))
+            enable_table(conn, "synced", text_columns=["body"], title_column="title", dim=DIM)
+        print(f"PostgreSQL {engine.connect().execute(sa.text('SHOW server_version')).scalar()}, "
+              f"{args.rows} rows, median of {args.repeat}")
+        bench_writes(engine, args.rows, args.repeat)
+        bench_worker(engine, args.rows, args.repeat)
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
