@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -162,7 +161,9 @@ def child(method: str, url: str, source: Path, emb: Path) -> None:
     started = time.perf_counter()
     rows = METHODS[method](url, source, emb)
     seconds = time.perf_counter() - started
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM is this process's own high-water mark; ru_maxrss would include the parent's RSS at fork.
+    with open("/proc/self/status") as status:
+        peak_mib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
     print(json.dumps({"method": method, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
                       "peak_rss_mib": peak_mib}))
 
