@@ -186,3 +186,10 @@ def test_chunking_covers_every_word_in_order(words: list[str], size: int, overla
     step = size - overlap
     rebuilt = [w for chunk in chunks[:-1] for w in chunk.split()[:step]] + chunks[-1].split()
     assert rebuilt == words
+
+
+@given(st.text())
+def test_word_count_shortcut_agrees_with_the_chunker_words(text: str) -> None:
+    import re
+
+    assert len(text.split()) == len(re.findall(r"\S+", text))

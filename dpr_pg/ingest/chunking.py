@@ -33,11 +33,9 @@ def chunk_text(text: str, *, words: int = DEFAULT_CHUNK_WORDS, overlap: int = 0)
         ['a b', 'b c', 'c d', 'd e']
     """
     check_chunking(words, overlap)
-    if words == 0:
+    if words == 0 or len(text.split()) <= words:  # str.split() and \S+ agree on what whitespace is
         return [text]
     spans = [match.span() for match in _WORD.finditer(text)]
-    if len(spans) <= words:
-        return [text]
     step = words - overlap
     chunks = []
     for start in range(0, len(spans), step):
