@@ -353,7 +353,7 @@ BEGIN
     IF path IN ('hnsw', 'hnsw-iterative') THEN
         old_ef := current_setting('hnsw.ef_search');
         old_iterative := current_setting('hnsw.iterative_scan', true);
-        PERFORM set_config('hnsw.ef_search', greatest(k, CASE WHEN path = 'hnsw' THEN 100 ELSE 400 END)::text, true);
+        PERFORM set_config('hnsw.ef_search', greatest(k, CASE WHEN path = 'hnsw' THEN 200 ELSE 400 END)::text, true);
         IF path = 'hnsw-iterative' THEN
             PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
         END IF;
