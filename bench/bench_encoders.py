@@ -162,6 +162,7 @@ def main() -> None:
             lambda q: naive_question(reference.question.model, reference.question.tokenizer, q), questions)
 
         rows = [("naive loop (fp32)", naive_rate, naive_p50, None, None, None)]
+        print(f"naive loop: {naive_rate:.2f} passages/s, question p50 {naive_p50:.1f} ms", flush=True)
         ref_p = ref_q = None
         for precision in precisions:
             pair = reference if precision == "fp32" else EncoderPair.load(
@@ -182,6 +183,7 @@ def main() -> None:
                                          top10_agreement(ref_p, ref_q, naive_p, naive_q), None)
             cos = min(cosine_rows(ref_p, got_p).min(), cosine_rows(ref_q, got_q).min())
             rows.append((f"dpr_pg {precision}", rate, p50, cos, top10_agreement(ref_p, ref_q, got_p, got_q), None))
+            print(f"dpr_pg {precision}: {rate:.2f} passages/s, question p50 {p50:.1f} ms", flush=True)
 
     print(f"mean pairwise cosine of the fp32 passage vectors: {pairwise:.3f}")
     print()

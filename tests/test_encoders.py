@@ -25,6 +25,7 @@ from dpr_pg import (
     make_tiny_models,
     register_encoder,
 )
+from dpr_pg._precision import cpu_has_vnni
 from dpr_pg._tiny import spanish_sentences
 
 QUESTIONS = ["¿Quién escribió Cien años de soledad?", "¿Qué órgano produce la insulina?", "¿Dónde está Sevilla?"]
@@ -136,10 +137,10 @@ def test_tiny_models_spread_passages_like_a_trained_encoder(pair: EncoderPair) -
     assert pairwise.mean() < 0.97  # BERT's std-0.02 init would give ~0.9999: neighbours by rounding noise
 
 
-# bf16 meets the bars (cosine >= 0.999, top-10 agreement >= 0.99) on the tiny models. int8 dynamic
-# quantization of a 64-wide random network is coarser than on BERT-base (README, "Encoders"):
-# it reaches cosine ~0.9988 and top-10 agreement ~0.95 here, which these bounds pin down.
-AGREEMENT_BARS = {"bf16": (0.999, 0.99), "int8": (0.998, 0.93)}
+# bf16 meets the bars (cosine >= 0.999, top-10 agreement >= 0.99) on the tiny models. int8 meets the
+# cosine bar (~0.9996) but not the neighbour bar (~0.977): one reason it is not the default
+# (README, "Encoders"). These bounds pin down what the modes reach here.
+AGREEMENT_BARS = {"bf16": (0.999, 0.99), "int8": (0.999, 0.95)}
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -155,6 +156,15 @@ def test_low_precision_agrees_with_fp32(tiny_dirs: tuple[Path, Path], pair: Enco
     assert cosine_rows(ref_q, got_q).min() >= min_cosine
     assert top10_agreement(ref_p, got_p, ref_q, got_q) >= min_agreement
     assert fast.fingerprint == pair.fingerprint  # precision does not change which vectors are comparable
+
+
+def test_default_precision_is_fp32_on_cpu_and_int8_uses_full_range_with_vnni(tiny_dirs: tuple[Path, Path]) -> None:
+    assert QuestionEncoder.load(str(tiny_dirs[0]), device="cpu").precision == "fp32"
+    int8 = QuestionEncoder.load(str(tiny_dirs[0]), precision="int8")
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    kinds = {type(m).__name__ for m in int8.model.modules() if isinstance(m, dynamic)}
+    assert kinds == {"FullRangeDynamicLinear" if cpu_has_vnni() else "Linear"}  # 8-bit activations with VNNI
+    assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
 
 
 def test_unknown_or_unsupported_precision_is_refused(tiny_dirs: tuple[Path, Path]) -> None:
