@@ -1,9 +1,9 @@
 """Which path a dense search takes: HNSW, iterative HNSW over a filter, or exact over the filtered rows.
 
 Plain HNSW with a WHERE clause comes back short or with poor recall when the filter is selective
-(pgvector #259, #480). The planner looks at the planner's row estimate first (cheap), counts up to
-``exact_threshold + 1`` matching rows only when the estimate says the filter may be narrow, and
-picks exact search when it is. Otherwise it runs pgvector 0.8's iterative index scan; if that still
+(pgvector #259, #480). The planner looks at the planner's row estimate first (cheap): at or below
+``exact_threshold`` rows it picks exact search (right at any size, so a low estimate only costs
+time); up to ten times that it counts at most ``exact_threshold + 1`` matching rows to decide. Otherwise it runs pgvector 0.8's iterative index scan; if that still
 returns fewer than k rows, search.py answers exactly. sql/search.sql follows the same rules.
 """
 
@@ -102,6 +102,9 @@ def plan(
     if estimate > 10 * exact_threshold:
         return SearchPlan("hnsw-iterative", f"the filter matches about {estimate:.0f} rows: iterative HNSW scan",
                           estimated_rows=estimate, ef_search=chosen_ef)
+    if estimate <= exact_threshold:  # exact is right at any size; a bounded count would cost as much
+        return SearchPlan("exact", f"the filter matches about {estimate:.0f} rows (<= {exact_threshold}): exact scan",
+                          estimated_rows=estimate)
     bounded = sa.select(sa.func.count()).select_from(probe.limit(exact_threshold + 1).subquery())
     matches = int(conn.execute(bounded).scalar_one())
     if matches <= exact_threshold:

@@ -291,9 +291,9 @@ END
 $$;
 
 -- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short.
--- Planner: no filter → HNSW; a narrow filter (≤ 2000 rows by a bounded count) → exact over the
--- filtered rows; otherwise an iterative HNSW scan (pgvector ≥ 0.8), falling back to exact when it
--- returns fewer than k rows. pgvector < 0.8 gets exact search whenever there is a filter.
+-- Planner: no filter → HNSW; a narrow filter (≤ 2000 rows by the estimate, or by a bounded count
+-- when the estimate is under 20000) → exact over the filtered rows; otherwise an iterative HNSW
+-- scan (pgvector ≥ 0.8), falling back to exact when it returns fewer than k rows. pgvector < 0.8 gets exact search whenever there is a filter.
 CREATE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
 RETURNS SETOF dpr_pg.hit
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
@@ -341,7 +341,9 @@ BEGIN
             INTO plan USING compiled.params, query, k, collection;
         est := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
         path := 'hnsw-iterative';
-        IF est <= 10 * exact_threshold THEN
+        IF est <= exact_threshold THEN
+            path := 'exact';  -- right at any size; a bounded count would cost as much as the search
+        ELSIF est <= 10 * exact_threshold THEN
             EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql || ' LIMIT $5) AS m'
                 INTO matches USING compiled.params, query, k, collection, exact_threshold + 1;
             IF matches <= exact_threshold THEN
