@@ -293,7 +293,8 @@ $$;
 -- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short.
 -- Planner: no filter → HNSW; a narrow filter (≤ 2000 rows by the estimate, or by a bounded count
 -- when the estimate is under 20000) → exact over the filtered rows; otherwise an iterative HNSW
--- scan (pgvector ≥ 0.8), falling back to exact when it returns fewer than k rows. pgvector < 0.8 gets exact search whenever there is a filter.
+-- scan (pgvector ≥ 0.8), falling back to exact when it returns fewer than k rows. pgvector < 0.8
+-- gets exact search whenever there is a filter.
 CREATE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
 RETURNS SETOF dpr_pg.hit
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
