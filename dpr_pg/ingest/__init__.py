@@ -2,7 +2,7 @@
 
 Modules: ``readers`` (JSONL, CSV, Parquet), ``squad`` (SQuAD JSON and its questions file),
 ``mapping`` (fields), ``chunking``, ``validate``, ``vectors`` (precomputed embeddings),
-``loader`` (COPY + upsert), ``report``, ``pipeline`` (:func:`ingest`).
+``loader`` (COPY + upsert), ``index`` (bulk loads), ``batches``, ``report``, ``pipeline`` (:func:`ingest`).
 """
 
 from dpr_pg.ingest.chunking import chunk_text
