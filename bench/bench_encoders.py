@@ -11,7 +11,7 @@ with fp32 (cosine, and top-10 inner-product neighbours of the questions among th
 
 Run it alone (other engineers' benchmarks take the same lock):
 
-    flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_encoders.py --passages 128
+    flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_encoders.py --precisions fp32,int8
 """
 
 from __future__ import annotations
@@ -107,17 +107,6 @@ def timed(func, *args) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def question_p50(encode, questions: list[str]) -> tuple[float, np.ndarray]:
-    """Median milliseconds of single-question calls (each question is new: no cache hits)."""
-    encode(questions[0])  # warm-up
-    times, vectors = [], []
-    for question in questions[1:]:
-        seconds, vector = timed(encode, question)
-        times.append(seconds * 1000)
-        vectors.append(vector)
-    return statistics.median(times), np.stack(vectors)
-
-
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
@@ -130,8 +119,8 @@ def top10_agreement(ref_p: np.ndarray, ref_q: np.ndarray, got_p: np.ndarray, got
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--passages", type=int, default=128)
-    parser.add_argument("--questions", type=int, default=41)
+    parser.add_argument("--passages", type=int, default=64)
+    parser.add_argument("--questions", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="passage runs per contender (median)")
     parser.add_argument("--precisions", default="fp32,bf16,int8")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -141,57 +130,68 @@ def main() -> None:
 
     passages = make_passages(args.passages, seed=args.seed)
     questions = make_questions(args.questions, seed=args.seed + 1)
-    precisions = [p for p in args.precisions.split(",") if p != "bf16" or cpu_supports_bf16()]
+    precisions = ["fp32"] + [p for p in args.precisions.split(",")
+                             if p != "fp32" and (p != "bf16" or cpu_supports_bf16())]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 on CPU: {cpu_supports_bf16()}")
 
     with tempfile.TemporaryDirectory() as tmp:
         question_dir, passage_dir = make_base_models(Path(tmp), seed=args.seed, init_std=args.init_std)
-        reference = EncoderPair.load(question_dir, passage_dir, precision="fp32", cache_size=0)
+        reference = EncoderPair.load(question_dir, passage_dir, precision="fp32", cache_size=0,
+                                     batch_size=args.batch_size)
         lengths = [len(ids) for ids in reference.passage.tokenizer(
             [t for t, _ in passages], [x for _, x in passages])["input_ids"]]
         print(f"{len(passages)} passages, {min(lengths)}-{max(lengths)} tokens (median {int(np.median(lengths))}), "
-              f"{len(questions) - 1} timed questions, {args.repeats} repeats (median)")
+              f"{len(questions)} timed questions, {args.repeats} repeats, contenders interleaved (medians)")
 
-        # (a) the naive loop, on the same weights as dpr_pg's fp32 model
-        model, tokenizer = reference.passage.model, reference.passage.tokenizer
-        naive_passages(model, tokenizer, passages[:4])  # warm-up
-        runs = [timed(naive_passages, model, tokenizer, passages) for _ in range(args.repeats)]
-        naive_rate = len(passages) / statistics.median(s for s, _ in runs)
-        naive_p = runs[0][1]
-        naive_p50, naive_q = question_p50(
-            lambda q: naive_question(reference.question.model, reference.question.tokenizer, q), questions)
-
-        rows = [("naive loop (fp32)", naive_rate, naive_p50, None, None, None)]
-        print(f"naive loop: {naive_rate:.2f} passages/s, question p50 {naive_p50:.1f} ms", flush=True)
-        ref_p = ref_q = None
+        # (a) the naive loop runs on the very weights of dpr_pg's fp32 model.
+        contenders = {"naive loop (fp32)": (
+            lambda ps: naive_passages(reference.passage.model, reference.passage.tokenizer, ps),
+            lambda q: naive_question(reference.question.model, reference.question.tokenizer, q),
+        )}
         for precision in precisions:
             pair = reference if precision == "fp32" else EncoderPair.load(
                 question_dir, passage_dir, precision=precision, cache_size=0, batch_size=args.batch_size)
-            if args.batch_size:
-                pair.passage.batch_size = args.batch_size
-            pair.passage.encode(passages[:4])  # warm-up
-            runs = [timed(pair.passage.encode, passages) for _ in range(args.repeats)]
-            rate = len(passages) / statistics.median(s for s, _ in runs)
-            p50, got_q = question_p50(pair.question.encode, questions)
-            got_p = runs[0][1]
-            if precision == "fp32":
-                ref_p, ref_q = got_p, got_q
-                unit = ref_p / np.linalg.norm(ref_p, axis=1, keepdims=True)
-                pairwise = (unit @ unit.T)[np.triu_indices(len(unit), 1)].mean()
-                # Same weights, same precision, other padding: the floor any mode is measured against.
-                rows[0] = rows[0][:3] + (min(cosine_rows(ref_p, naive_p).min(), cosine_rows(ref_q, naive_q).min()),
-                                         top10_agreement(ref_p, ref_q, naive_p, naive_q), None)
-            cos = min(cosine_rows(ref_p, got_p).min(), cosine_rows(ref_q, got_q).min())
-            rows.append((f"dpr_pg {precision}", rate, p50, cos, top10_agreement(ref_p, ref_q, got_p, got_q), None))
-            print(f"dpr_pg {precision}: {rate:.2f} passages/s, question p50 {p50:.1f} ms", flush=True)
+            contenders[f"dpr_pg {precision}"] = (pair.passage.encode, pair.question.encode)
+        for encode_passages, encode_question in contenders.values():  # warm-up
+            encode_passages(passages[:4])
+            encode_question(questions[0])
 
-    print(f"mean pairwise cosine of the fp32 passage vectors: {pairwise:.3f}")
+        # Round-robin, so that load from other processes on a shared machine hits every contender alike.
+        seconds: dict[str, list[float]] = {name: [] for name in contenders}
+        question_ms: dict[str, list[float]] = {name: [] for name in contenders}
+        vectors_p: dict[str, np.ndarray] = {}
+        vectors_q: dict[str, list[np.ndarray]] = {name: [] for name in contenders}
+        for repeat in range(args.repeats):
+            for name, (encode_passages, _) in contenders.items():
+                elapsed, vectors = timed(encode_passages, passages)
+                seconds[name].append(elapsed)
+                vectors_p.setdefault(name, vectors)
+            print(f"repeat {repeat + 1}: " + ", ".join(
+                f"{name} {len(passages) / seconds[name][-1]:.2f}/s" for name in contenders), flush=True)
+        for question in questions:
+            for name, (_, encode_question) in contenders.items():
+                elapsed, vector = timed(encode_question, question)
+                question_ms[name].append(elapsed * 1000)
+                vectors_q[name].append(vector)
+
+    ref_p, ref_q = vectors_p["dpr_pg fp32"], np.stack(vectors_q["dpr_pg fp32"])
+    unit = ref_p / np.linalg.norm(ref_p, axis=1, keepdims=True)
+    print(f"mean pairwise cosine of the fp32 passage vectors: "
+          f"{(unit @ unit.T)[np.triu_indices(len(unit), 1)].mean():.3f} (agreement is measured against dpr_pg fp32; "
+          "the naive row is the floor: same weights, other padding)")
+    naive_rate = len(passages) / statistics.median(seconds["naive loop (fp32)"])
+    naive_p50 = statistics.median(question_ms["naive loop (fp32)"])
     print()
     print(f"{'contender':<20} {'passages/s':>10} {'x naive':>8} {'question p50 ms':>16} {'x naive':>8} "
           f"{'min cosine':>11} {'top-10 agree':>13}")
-    for name, rate, p50, cos, agree, _ in rows:
+    for name in contenders:
+        rate = len(passages) / statistics.median(seconds[name])
+        p50 = statistics.median(question_ms[name])
+        got_p, got_q = vectors_p[name], np.stack(vectors_q[name])
+        cos = min(cosine_rows(ref_p, got_p).min(), cosine_rows(ref_q, got_q).min())
+        agree = top10_agreement(ref_p, ref_q, got_p, got_q)
         print(f"{name:<20} {rate:>10.2f} {rate / naive_rate:>8.2f} {p50:>16.1f} {naive_p50 / p50:>8.2f} "
-              f"{'' if cos is None else f'{cos:.5f}':>11} {'' if agree is None else f'{agree:.3f}':>13}")
+              f"{cos:>11.5f} {agree:>13.3f}")
 
 
 if __name__ == "__main__":
