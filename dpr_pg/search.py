@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -174,6 +175,61 @@ def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: 
                           "mode": saved[1] or _GUC_DEFAULTS["hnsw.iterative_scan"], "cache": saved[2]})
 
 
+class _QueryVector:
+    """A float32 query vector that psycopg sends in pgvector's binary format (see :func:`_vector_param`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+
+class _BinaryVector(sa.types.UserDefinedType[Any]):
+    """Binds a :class:`_QueryVector` as is: the connection's psycopg dumper writes it in binary."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "VECTOR"
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+
+_DUMPERS: dict[int, type] = {}
+
+
+def _vector_param(conn: Connection, vector: np.ndarray, oid: int) -> sa.BindParameter[Any]:
+    """The query vector as a bound parameter: pgvector's binary format on psycopg, its text otherwise.
+
+    The text form costs about 0.8 ms per 768-d query (Python formats 768 floats, the server parses
+    them); binary costs under 0.1 ms. The dumper is registered on our own connection only, for a
+    private class, so an application's own adapters are untouched.
+    """
+    raw = conn.connection.driver_connection
+    adapters = getattr(raw, "adapters", None)
+    if conn.dialect.driver != "psycopg" or adapters is None or not oid:
+        return sa.bindparam("query_vector", vector, type_=Vector(vector.size))
+    info = conn.connection.info
+    if info.get("dpr_pg.vector_oid") != oid:
+        dumper = _DUMPERS.get(oid)
+        if dumper is None:
+            from psycopg.adapt import Dumper
+            from psycopg.pq import Format
+
+            class VectorBinaryDumper(Dumper):
+                format = Format.BINARY
+
+                def dump(self, obj: _QueryVector) -> bytes:
+                    return struct.pack(">HH", obj.data.size, 0) + obj.data.astype(">f4").tobytes()
+
+            VectorBinaryDumper.oid = oid
+            dumper = _DUMPERS[oid] = VectorBinaryDumper
+        adapters.register_dumper(_QueryVector, dumper)
+        info["dpr_pg.vector_oid"] = oid
+    return sa.bindparam("query_vector", _QueryVector(vector), type_=_BinaryVector())
+
+
 @contextmanager
 def _custom_plans(conn: Connection, restore: bool) -> Iterator[None]:
     """plan_cache_mode = force_custom_plan for the planner's probes and the exact query (see above)."""
@@ -209,9 +265,9 @@ def _run(conn: Connection, stmt: sa.Select[Any], explain: bool) -> tuple[list[An
 
 
 def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] | None, k: int,
-           plan: SearchPlan, explain: bool, restore: bool = True) -> Hits:
+           plan: SearchPlan, explain: bool, restore: bool = True, vector_oid: int = 0) -> Hits:
+    bound = _vector_param(conn, vector, vector_oid)
     if plan.path in ("hnsw", "hnsw-iterative"):
-        bound = sa.bindparam("query_vector", vector, type_=Vector(vector.size))
         distance = Passage.embedding.max_inner_product(bound).label("distance")
         inner = sa.select(*_COLUMNS, distance).order_by(distance).limit(k)
         if plan.path == "hnsw-iterative" and where is not None:
@@ -228,7 +284,6 @@ def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] |
         # The index ran out (max_scan_tuples) before k matches: answer exactly.
         plan = plan.with_(path="exact", fell_back=True,
                           reason=plan.reason + f"; the index scan found {len(rows)} < k rows, so exact scan")
-    bound = sa.bindparam("query_vector", vector, type_=Vector(vector.size))
     score = sa.func.inner_product(Passage.embedding, bound, type_=sa.Float).label("score")
     stmt = sa.select(*_COLUMNS, score).order_by(score.desc(), Passage.id).limit(k)
     if where is not None:
@@ -239,9 +294,9 @@ def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] |
 
 def _hybrid(conn: Connection, vector: np.ndarray, query_text: str, where: sa.ColumnElement[bool] | None, k: int,
             dense_plan: SearchPlan, *, rrf_k: float, dense_weight: float, text_weight: float,
-            candidates: int) -> Hits:
+            candidates: int, vector_oid: int = 0) -> Hits:
     n = max(k, candidates)
-    dense = _dense(conn, vector, where, n, dense_plan, False)
+    dense = _dense(conn, vector, where, n, dense_plan, False, vector_oid=vector_oid)
     tsquery = sa.func.websearch_to_tsquery(sa.literal_column("'spanish'::regconfig"), query_text)
     rank = sa.func.ts_rank_cd(Passage.tsv, tsquery)
     lexical = sa.select(Passage.id).where(Passage.tsv.op("@@")(tsquery)).order_by(rank.desc(), Passage.id).limit(n)
@@ -260,21 +315,22 @@ def _hybrid(conn: Connection, vector: np.ndarray, query_text: str, where: sa.Col
     return Hits(hits, plan)
 
 
-_FACTS: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[int, ...]]] = weakref.WeakKeyDictionary()
+_FACTS: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[int, ...], int]] = weakref.WeakKeyDictionary()
 
 
-def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...]]:
-    """The embedding dimension and pgvector's version, read once per Engine (neither changes in place)."""
+def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int]:
+    """The embedding dimension, pgvector's version and the vector type's OID, read once per Engine."""
     cached = _FACTS.get(conn.engine)
     if cached is not None:
         return cached
-    dim, version = conn.execute(sa.text(
-        "SELECT (SELECT a.atttypmod FROM pg_attribute a WHERE a.attrelid = to_regclass('dpr_pg.passages') "
-        "        AND a.attname = 'embedding'), (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
+    dim, oid, version = conn.execute(sa.text(
+        "SELECT a.atttypmod, a.atttypid::integer, (SELECT extversion FROM pg_extension WHERE extname = 'vector') "
+        "FROM (SELECT 1) AS one LEFT JOIN pg_attribute a "
+        "ON a.attrelid = to_regclass('dpr_pg.passages') AND a.attname = 'embedding'"
     )).one()
     if dim is None:
         raise SchemaError("this database has no dpr_pg schema yet; run dpr-pg init first")
-    facts = _FACTS[conn.engine] = (int(dim), _planner.version_tuple(version))
+    facts = _FACTS[conn.engine] = (int(dim), _planner.version_tuple(version), int(oid))
     return facts
 
 
@@ -320,7 +376,7 @@ def search_many(
     if mode == "hybrid" and (len(texts) != len(queries) or any(not isinstance(t, str) for t in texts)):
         raise SearchError("hybrid mode needs the text of every query: pass questions, or query_texts= with vectors")
     with _transaction(bind) as conn:
-        dim, version = _database_facts(conn)
+        dim, version, oid = _database_facts(conn)
         if encoder is not None:
             from dpr_pg.encoders import check_encoder
 
@@ -336,8 +392,9 @@ def search_many(
                                  exact_threshold=exact_threshold, ef_search=ef_search)
             if mode == "hybrid":
                 return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
-                                text_weight=text_weight, candidates=candidates) for v, t in zip(vectors, texts)]
-            return [_dense(conn, v, where_probe, k, plan, explain, restore) for v in vectors]
+                                text_weight=text_weight, candidates=candidates, vector_oid=oid)
+                        for v, t in zip(vectors, texts)]
+            return [_dense(conn, v, where_probe, k, plan, explain, restore, vector_oid=oid) for v in vectors]
 
 
 def search(
