@@ -1,0 +1,126 @@
+"""Length-sorted, dynamically padded batches: the inference loop shared by both encoders."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from dpr_pg._precision import apply_precision, forward_context, resolve_precision
+from dpr_pg.errors import EncoderError
+
+CPU_BATCH_SIZE = 16  # sorted by length, small CPU batches lose nothing and pad less
+GPU_BATCH_SIZE = 256
+
+
+class EncodeResult(NamedTuple):
+    """Embeddings in input order, and which inputs were cut at the model's max length."""
+
+    embeddings: np.ndarray
+    truncated: list[int]
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class BatchingEncoder:
+    """Shared machinery: tokenize, sort by length, batch with dynamic padding, restore order."""
+
+    kind = ""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        revision: str | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        import torch
+
+        self.name = name
+        self.revision = revision
+        self.device = torch.device(device or _default_device())
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size = batch_size or (GPU_BATCH_SIZE if self.device.type == "cuda" else CPU_BATCH_SIZE)
+        if self.batch_size < 1:
+            raise EncoderError(f"batch_size must be at least 1, not {self.batch_size}")
+        model_limit = int(model.config.max_position_embeddings)
+        tokenizer_limit = int(min(tokenizer.model_max_length, model_limit))
+        self.max_length = int(max_length or tokenizer_limit)
+        if not 2 < self.max_length <= model_limit:
+            raise EncoderError(f"max_length must be between 3 and {model_limit}, not {self.max_length}")
+        projection = int(getattr(model.config, "projection_dim", 0) or 0)
+        self.dim = projection if projection > 0 else int(model.config.hidden_size)
+        self.tokenizer = tokenizer
+        self.model = apply_precision(model.eval().to(self.device), self.precision, self.device)
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        self.last_truncated = 0
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name!r}, device={self.device.type!r}, "
+                f"precision={self.precision!r}, dim={self.dim})")
+
+    # -- tokenization ---------------------------------------------------------------------------
+
+    def _tokenize(self, first: list[str], second: list[str] | None) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """Token ids and token type ids per input, and the indices that had to be truncated."""
+        full = self.tokenizer(first, second, truncation=False, padding=False,
+                              return_attention_mask=False, verbose=False)
+        ids, types = list(full["input_ids"]), list(full["token_type_ids"])
+        truncated = [i for i, row in enumerate(ids) if len(row) > self.max_length]
+        for i in truncated:
+            # Keep the title, cut the end of the text (as DPR does); fall back when the title alone is too long.
+            strategy = "only_second" if second is not None else "longest_first"
+            pair = (first[i], second[i]) if second is not None else (first[i],)
+            try:
+                cut = self.tokenizer(*pair, truncation=strategy, max_length=self.max_length)
+            except Exception:
+                cut = self.tokenizer(*pair, truncation="longest_first", max_length=self.max_length)
+            ids[i], types[i] = cut["input_ids"], cut["token_type_ids"]
+        return ids, types, truncated
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def _embed(self, ids: list[list[int]], types: list[list[int]]) -> np.ndarray:
+        import torch
+
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        if not ids:
+            return out
+        order = np.argsort([-len(row) for row in ids], kind="stable")  # longest first: OOM shows early
+        with torch.inference_mode(), forward_context(self.precision, self.device):
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                width = len(ids[batch[0]])
+                input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+                token_types = np.zeros((len(batch), width), dtype=np.int64)
+                mask = np.zeros((len(batch), width), dtype=np.int64)
+                for row, index in enumerate(batch):
+                    length = len(ids[index])
+                    input_ids[row, :length] = ids[index]
+                    token_types[row, :length] = types[index]
+                    mask[row, :length] = 1
+                pooled = self.model(
+                    input_ids=torch.from_numpy(input_ids).to(self.device),
+                    attention_mask=torch.from_numpy(mask).to(self.device),
+                    token_type_ids=torch.from_numpy(token_types).to(self.device),
+                ).pooler_output
+                out[batch] = pooled.float().cpu().numpy()
+        return out
+
+    def _encode(self, first: list[str], second: list[str] | None) -> EncodeResult:
+        if not first:
+            self.last_truncated = 0
+            return EncodeResult(np.empty((0, self.dim), dtype=np.float32), [])
+        ids, types, truncated = self._tokenize(first, second)
+        result = EncodeResult(self._embed(ids, types), truncated)
+        self.last_truncated = len(truncated)
+        return result
