@@ -37,7 +37,8 @@ def load_parts(kind: str, name: str, revision: str | None) -> tuple[Any, Any, st
             f"cannot load the {kind} encoder {name!r}: {reason.rstrip('.')}. Expected a DPR {model_class.__name__} "
             "from the Hugging Face Hub or a local folder in from_pretrained format. To use a local copy, "
             f"set {ENV_NAMES[kind]}=/path/to/folder or pass {kind}_model='/path/to/folder' "
-            "(`dpr-pg tiny-models DIR` writes a tiny offline pair for tests)."
+            "(`dpr-pg tiny-models DIR` writes a tiny offline pair for tests). Without network, "
+            "HF_HUB_OFFLINE=1 skips the Hub's retries and uses the local cache only."
         )
 
     local = Path(name).expanduser()
