@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb
 from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import DatabaseError
+from dpr_pg.ingest.copybin import copy_payload, int4_field, text_field
 
 T = TypeVar("T")
 APPLICATION_NAME = "dpr_pg ingest"
@@ -44,8 +44,11 @@ WITH written AS (
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
-_COPY_NEW = ("COPY dpr_pg.passages (external_id, title, text, metadata, content_hash, embedding, collection, "
-             "encoder_id) FROM STDIN WITH (FORMAT BINARY)")
+# The embedding goes last: copybin appends each row's fixed-size vector block after its other fields.
+_COPY_NEW = ("COPY dpr_pg.passages (external_id, title, text, metadata, content_hash, collection, encoder_id, "
+             "embedding) FROM STDIN WITH (FORMAT BINARY)")
+_COPY_STAGING = (f"COPY pg_temp.{_STAGING} (external_id, title, text, metadata, content_hash, embedding) "
+                 "FROM STDIN WITH (FORMAT BINARY)")
 _PRUNE = f"""
 DELETE FROM dpr_pg.passages p
 WHERE p.collection = %s
@@ -63,10 +66,6 @@ class StagedPassage:
     metadata_json: str
     content_hash: str
     embedding: np.ndarray
-
-
-def _as_is(value: str) -> str:
-    return value
 
 
 class PassageWriter:
@@ -115,6 +114,7 @@ class PassageWriter:
             conn.autocommit = True
             register_vector(conn)
             conn.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
+            conn.execute("SET client_encoding TO 'UTF8'")  # copybin sends text as UTF-8 bytes
             conn.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (external_id text NOT NULL, title text NOT NULL, "
                 f"text text NOT NULL, metadata jsonb NOT NULL, content_hash text NOT NULL, "
@@ -167,13 +167,14 @@ class PassageWriter:
 
     def _copy_rows(self, cur: psycopg.Cursor, statement: str, rows: Sequence[StagedPassage], *,
                    with_owner: bool = False) -> None:
-        types = ["text", "text", "text", "jsonb", "text", "vector"] + (["text", "int4"] if with_owner else [])
-        owner = (self.collection, self.encoder_id) if with_owner else ()
+        """COPY ``rows`` in key order as one binary payload built for the whole batch (see copybin)."""
+        ordered = sorted(rows, key=lambda r: r.external_id)
+        suffix = text_field(self.collection) + int4_field(self.encoder_id) if with_owner else b""
+        data = copy_payload([(r.external_id, r.title, r.text, r.metadata_json, r.content_hash) for r in ordered],
+                            np.stack([r.embedding for r in ordered]).astype(np.float32, copy=False), jsonb=3,
+                            suffix=suffix, suffix_fields=2 if with_owner else 0)
         with cur.copy(statement) as copy:
-            copy.set_types(types)
-            for row in sorted(rows, key=lambda r: r.external_id):
-                copy.write_row((row.external_id, row.title, row.text, Jsonb(row.metadata_json, dumps=_as_is),
-                                row.content_hash, row.embedding, *owner))
+            copy.write(data)
 
     def _copy_new(self, conn: psycopg.Connection, rows: Sequence[StagedPassage]) -> tuple[int, int]:
         with conn.transaction(), conn.cursor() as cur:
@@ -183,7 +184,7 @@ class PassageWriter:
 
     def _upsert(self, conn: psycopg.Connection, rows: Sequence[StagedPassage]) -> tuple[int, int]:
         with conn.transaction(), conn.cursor() as cur:
-            self._copy_rows(cur, f"COPY pg_temp.{_STAGING} FROM STDIN WITH (FORMAT BINARY)", rows)
+            self._copy_rows(cur, _COPY_STAGING, rows)
             cur.execute(_LOCK, (self.collection,))
             cur.execute(_UPSERT, {"collection": self.collection, "encoder_id": self.encoder_id})
             inserted, updated = cur.fetchone()  # type: ignore[misc]
