@@ -1,0 +1,51 @@
+"""The SQLAlchemy models work from an application's own Session; doctor flags risky pgvector versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from dpr_pg import Encoder, Passage
+from dpr_pg.doctor import pgvector_warnings
+
+
+def test_models_round_trip_through_an_application_session(engine: sa.Engine) -> None:
+    vector = np.linspace(-1, 1, 768, dtype=np.float32)
+    with Session(engine) as session:
+        encoder = Encoder(fingerprint="fp", question_model="q", passage_model="p", tokenizer_hash="t",
+                          dim=768, max_length=512)
+        session.add(Passage(collection="wiki", external_id="madrid", title="Madrid",
+                            text="Madrid es la capital de España.", metadata_={"topic": "geografía"},
+                            content_hash="h", embedding=vector, encoder=encoder))
+        session.commit()
+
+    with Session(engine) as session:
+        passage = session.scalars(sa.select(Passage).where(Passage.external_id == "madrid")).one()
+        nearest = session.scalars(
+            sa.select(Passage).order_by(Passage.embedding.max_inner_product(vector)).limit(1)
+        ).one()
+        assert passage.metadata_ == {"topic": "geografía"}
+        assert passage.encoder.passage_model == "p"
+        assert np.allclose(passage.embedding, vector)
+        assert nearest.id == passage.id
+        # The generated tsvector uses the Spanish stemmer.
+        assert session.scalar(sa.select(Passage.tsv.cast(sa.Text))) == "'capital':5 'españ':7 'madr':1,2"
+
+
+@pytest.mark.parametrize(
+    "version,expected",
+    [
+        ("0.8.5", []),
+        ("0.8.2", []),
+        ("0.8.1", ["CVE-2026-3172"]),
+        ("0.7.4", ["no iterative index scans", "CVE-2026-3172"]),
+        ("0.5.1", ["no iterative index scans"]),
+    ],
+)
+def test_doctor_warns_about_old_and_vulnerable_pgvector(version: str, expected: list[str]) -> None:
+    warnings = pgvector_warnings(version)
+    assert len(warnings) == len(expected)
+    for warning, fragment in zip(warnings, expected):
+        assert fragment in warning
