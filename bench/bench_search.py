@@ -11,7 +11,8 @@ In one run, for each selectivity and for no filter, it measures over the same qu
   dpr_pg     dpr_pg.search() (planner: HNSW / iterative HNSW / exact, fallback when short)
   sql        SELECT * FROM dpr_pg.search(...) (the PL/pgSQL function, same planner)
 
-and prints p50/p95 latency (ms), recall@10 against numpy's exact top 10 of the matching rows, the
+round-robin per query (see measure), after walking the index once with every query (cold buffers
+after a server start would otherwise weigh on whichever runs first), and prints p50/p95 latency (ms), recall@10 against numpy's exact top 10 of the matching rows, the
 share of queries that came back short (fewer than min(k, matches) rows), and naive/dpr_pg ratios.
 
 Run it alone (other engineers' benchmarks take the same lock), in its own data folder:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 import time
@@ -99,17 +101,28 @@ def truth(vectors: np.ndarray, mask: np.ndarray | None, queries: np.ndarray, ids
     return out
 
 
-def measure(run: Any, queries: np.ndarray, expected: list[list[int]], matches: int) -> dict[str, float]:
-    latencies, recalls, short = [], [], 0
-    for query, want in zip(queries, expected):
-        started = time.perf_counter()
-        got = run(query)
-        latencies.append((time.perf_counter() - started) * 1000)
-        short += len(got) < min(K, matches)
-        recalls.append(len(set(got) & set(want)) / len(want) if want else 1.0)
-    latencies.sort()
-    return {"p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
-            "recall": statistics.mean(recalls), "short": short / len(queries)}
+def measure(runs: dict[str, Any], queries: np.ndarray, expected: list[list[int]],
+            matches: int) -> dict[str, dict[str, float]]:
+    """Latency and recall of each method over the same queries, round-robin: query i runs every
+    method before query i + 1, starting with a different one each time, so load from other
+    processes on a shared machine falls on all methods alike."""
+    names = list(runs)
+    latencies: dict[str, list[float]] = {n: [] for n in names}
+    recalls: dict[str, list[float]] = {n: [] for n in names}
+    short = dict.fromkeys(names, 0)
+    for i, (query, want) in enumerate(zip(queries, expected)):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            started = time.perf_counter()
+            got = runs[name](query)
+            latencies[name].append((time.perf_counter() - started) * 1000)
+            short[name] += len(got) < min(K, matches)
+            recalls[name].append(len(set(got) & set(want)) / len(want) if want else 1.0)
+    out = {}
+    for name in names:
+        ordered = sorted(latencies[name])
+        out[name] = {"p50": statistics.median(ordered), "p95": ordered[int(0.95 * (len(ordered) - 1))],
+                     "recall": statistics.mean(recalls[name]), "short": short[name] / len(queries)}
+    return out
 
 
 def main() -> None:
@@ -122,10 +135,21 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="Keep the database of an earlier run with the same --rows and --seed (skip the load).")
     parser.add_argument("--only", nargs="*", help="Selectivities to measure, e.g. none 1%% (default: all).")
+    parser.add_argument("--shared-buffers", default=None,
+                        help="ALTER SYSTEM SET shared_buffers on the benchmark's own server, e.g. 1GB (the "
+                             "embedded default, 128MB, holds a third of the 100k index); applies from the next run.")
     args = parser.parse_args()
 
     url = embedded_url(home=Path(args.home))
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        buffers = conn.execute(sa.text("SHOW shared_buffers")).scalar_one()
+        if args.shared_buffers:  # a utility statement takes no parameters: the value passes an allow-list
+            if not re.fullmatch(r"[0-9]{1,6}(kB|MB|GB)", args.shared_buffers):
+                parser.error(f"--shared-buffers expects a size like 1GB or 512MB, not {args.shared_buffers!r}")
+            conn.execute(sa.text(f"ALTER SYSTEM SET shared_buffers = '{args.shared_buffers}'"))
+    print(f"shared_buffers {buffers}" + (f" (set to {args.shared_buffers} from the next run)"
+                                          if args.shared_buffers and args.shared_buffers != buffers else ""))
     name = f"bench_search_{args.rows}_{args.seed}"
     engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
     vectors, bucket, centers = synthetic(args.rows, args.seed)
@@ -154,6 +178,12 @@ def main() -> None:
         ids[int(external_id[1:])] = pid
     conn.rollback()
     sql = sa.text("SELECT id FROM dpr_pg.search(CAST(:q AS vector), :k, CAST(:f AS jsonb))")
+    # After a server start the buffers are cold: walk the index (and the rows it reaches) first.
+    with conn.begin():
+        conn.execute(sa.text("SELECT set_config('hnsw.ef_search', '1000', true)"))
+        for query in queries:
+            conn.execute(sa.text("SELECT id FROM dpr_pg.passages ORDER BY embedding <#> CAST(:q AS vector) LIMIT 10"),
+                         {"q": str(query.tolist())})
     print(f"{'filter':>7} {'matches':>8} | {'naive p50':>9} {'p95':>6} {'recall':>6} {'short':>5} | "
           f"{'dpr_pg p50':>10} {'p95':>6} {'recall':>6} {'short':>5} {'path':>14} | "
           f"{'sql p50':>7} {'recall':>6} | {'p50 ratio':>9} {'recall ratio':>12}")
@@ -186,9 +216,8 @@ def main() -> None:
             for query in queries[:20]:
                 warm(query)
         paths.clear()
-        base = measure(naive, queries, expected, matches)
-        ours = measure(contender, queries, expected, matches)
-        func = measure(sql_function, queries, expected, matches)
+        measured = measure({"naive": naive, "dpr_pg": contender, "sql": sql_function}, queries, expected, matches)
+        base, ours, func = measured["naive"], measured["dpr_pg"], measured["sql"]
         path = max(set(paths), key=paths.count)
         print(f"{label:>7} {matches:>8} | {base['p50']:>9.2f} {base['p95']:>6.2f} {base['recall']:>6.3f} "
               f"{base['short']:>5.0%} | {ours['p50']:>10.2f} {ours['p95']:>6.2f} {ours['recall']:>6.3f} "

@@ -8,6 +8,7 @@ SQLAlchemy ``Select`` for an application's own Session, joins and WHERE clauses.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -176,7 +177,7 @@ def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: 
 
 
 class _QueryVector:
-    """A float32 query vector that psycopg sends in pgvector's binary format (see :func:`_vector_param`)."""
+    """A float32 query vector that psycopg sends in pgvector's binary format (see :func:`_vector_binding`)."""
 
     __slots__ = ("data",)
 
@@ -199,8 +200,8 @@ class _BinaryVector(sa.types.UserDefinedType[Any]):
 _DUMPERS: dict[int, type] = {}
 
 
-def _vector_param(conn: Connection, vector: np.ndarray, oid: int) -> sa.BindParameter[Any]:
-    """The query vector as a bound parameter: pgvector's binary format on psycopg, its text otherwise.
+def _vector_binding(conn: Connection, vector: np.ndarray, oid: int) -> tuple[Any, sa.types.TypeEngine[Any]]:
+    """The query vector's value and bind type: pgvector's binary format on psycopg, its text otherwise.
 
     The text form costs about 0.8 ms per 768-d query (Python formats 768 floats, the server parses
     them); binary costs under 0.1 ms. The dumper is registered on our own connection only, for a
@@ -209,7 +210,7 @@ def _vector_param(conn: Connection, vector: np.ndarray, oid: int) -> sa.BindPara
     raw = conn.connection.driver_connection
     adapters = getattr(raw, "adapters", None)
     if conn.dialect.driver != "psycopg" or adapters is None or not oid:
-        return sa.bindparam("query_vector", vector, type_=Vector(vector.size))
+        return vector, _text_vector(vector.size)
     info = conn.connection.info
     if info.get("dpr_pg.vector_oid") != oid:
         dumper = _DUMPERS.get(oid)
@@ -227,7 +228,39 @@ def _vector_param(conn: Connection, vector: np.ndarray, oid: int) -> sa.BindPara
             dumper = _DUMPERS[oid] = VectorBinaryDumper
         adapters.register_dumper(_QueryVector, dumper)
         info["dpr_pg.vector_oid"] = oid
-    return sa.bindparam("query_vector", _QueryVector(vector), type_=_BinaryVector())
+    return _QueryVector(vector), _BINARY_VECTOR
+
+
+_BINARY_VECTOR = _BinaryVector()
+
+
+@functools.lru_cache(maxsize=8)
+def _text_vector(dim: int) -> Vector:
+    return Vector(dim)
+
+
+def _dense_statement(path: str, where: sa.ColumnElement[bool] | None, vector_type: Any) -> sa.Select[Any]:
+    """The dense query of ``path`` with bind parameters ``query_vector`` and ``k``."""
+    bound = sa.bindparam("query_vector", type_=vector_type)
+    limit = sa.bindparam("k", type_=sa.Integer)
+    if path in ("hnsw", "hnsw-iterative"):
+        distance = Passage.embedding.max_inner_product(bound).label("distance")
+        inner = sa.select(*_COLUMNS, distance).order_by(distance).limit(limit)
+        if path == "hnsw-iterative" and where is not None:
+            inner = inner.where(where)
+        ann = inner.subquery("ann")
+        # relaxed_order returns rows nearly in order: sort the k found exactly.
+        return sa.select(*(ann.c[c.key] for c in _COLUMNS), (-ann.c.distance).label("score")).order_by(
+            ann.c.distance, ann.c.id)
+    score = sa.func.inner_product(Passage.embedding, bound, type_=sa.Float).label("score")
+    stmt = sa.select(*_COLUMNS, score).order_by(score.desc(), Passage.id).limit(limit)
+    return stmt if where is None else stmt.where(where)
+
+
+@functools.lru_cache(maxsize=32)
+def _unfiltered_statement(path: str, vector_type: Any) -> sa.Select[Any]:
+    """Built once: constructing the Select costs more Python time than running the cached compile."""
+    return _dense_statement(path, None, vector_type)
 
 
 @contextmanager
@@ -256,39 +289,34 @@ def _hits(rows: Sequence[Any]) -> list[Hit]:
             for rank, r in enumerate(rows)]
 
 
-def _run(conn: Connection, stmt: sa.Select[Any], explain: bool) -> tuple[list[Any], str | None]:
+def _run(conn: Connection, stmt: sa.Select[Any], params: dict[str, Any],
+         explain: bool) -> tuple[list[Any], str | None]:
     text = None
     if explain:
-        text = "\n".join(row[0] for row in conn.execute(Explain(stmt, "COSTS OFF")))
+        text = "\n".join(row[0] for row in conn.execute(Explain(stmt, "COSTS OFF"), params))
         text = _LONG_VECTOR.sub("'[...]'", text)  # a 768-d literal would drown the plan
-    return list(conn.execute(stmt)), text
+    return list(conn.execute(stmt, params)), text
 
 
 def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] | None, k: int,
            plan: SearchPlan, explain: bool, restore: bool = True, vector_oid: int = 0) -> Hits:
-    bound = _vector_param(conn, vector, vector_oid)
+    value, vector_type = _vector_binding(conn, vector, vector_oid)
+    params = {"query_vector": value, "k": k}
     if plan.path in ("hnsw", "hnsw-iterative"):
-        distance = Passage.embedding.max_inner_product(bound).label("distance")
-        inner = sa.select(*_COLUMNS, distance).order_by(distance).limit(k)
-        if plan.path == "hnsw-iterative" and where is not None:
-            inner = inner.where(where)
-        ann = inner.subquery("ann")
-        # relaxed_order returns rows nearly in order: sort the k found exactly.
-        stmt = sa.select(*(ann.c[c.key] for c in _COLUMNS), (-ann.c.distance).label("score")).order_by(
-            ann.c.distance, ann.c.id)
+        filtered = plan.path == "hnsw-iterative" and where is not None
+        stmt = _dense_statement(plan.path, where, vector_type) if filtered else _unfiltered_statement(
+            plan.path, vector_type)
         with ann_settings(conn, ef_search=plan.ef_search or _planner.UNFILTERED_EF_SEARCH,
                           iterative=plan.path == "hnsw-iterative", restore=restore):
-            rows, text = _run(conn, stmt, explain)
+            rows, text = _run(conn, stmt, params, explain)
         if len(rows) >= k:
             return Hits(_hits(rows), plan.with_(explain=text))
         # The index ran out (max_scan_tuples) before k matches: answer exactly.
         plan = plan.with_(path="exact", fell_back=True,
                           reason=plan.reason + f"; the index scan found {len(rows)} < k rows, so exact scan")
-    score = sa.func.inner_product(Passage.embedding, bound, type_=sa.Float).label("score")
-    stmt = sa.select(*_COLUMNS, score).order_by(score.desc(), Passage.id).limit(k)
-    if where is not None:
-        stmt = stmt.where(where)
-    rows, text = _run(conn, stmt, explain)
+    stmt = _unfiltered_statement("exact", vector_type) if where is None else _dense_statement(
+        "exact", where, vector_type)
+    rows, text = _run(conn, stmt, params, explain)
     return Hits(_hits(rows), plan.with_(explain=text))
 
 
