@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dpr_pg.errors import IngestError
-from dpr_pg.ingest.chunking import chunk_document, chunk_text
+from dpr_pg.ingest.chunking import chunk_count, chunk_document, chunk_text
 from dpr_pg.ingest.mapping import FieldMapping, to_document
 from dpr_pg.ingest.readers import detect_format, read_csv, read_jsonl, read_parquet
 from dpr_pg.ingest.records import Document, SourceRecord
@@ -186,6 +186,21 @@ def test_chunking_covers_every_word_in_order(words: list[str], size: int, overla
     step = size - overlap
     rebuilt = [w for chunk in chunks[:-1] for w in chunk.split()[:step]] + chunks[-1].split()
     assert rebuilt == words
+
+
+@given(st.text(alphabet=st.sampled_from(["a", "ñ", " ", "\t", "\n", "\u3000", "\x0b", "\u00a0", "\u2028"]),
+               max_size=80), st.integers(0, 8), st.integers(0, 7))
+def test_chunker_matches_word_spans_and_chunk_count(text: str, size: int, overlap: int) -> None:
+    """The split-based chunker gives the slices between \\S+ word spans, and chunk_count their number."""
+    import re
+
+    overlap = min(overlap, max(size - 1, 0))
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    expected = [text] if size == 0 or len(spans) <= size else [
+        text[spans[start][0]:spans[min(start + size, len(spans)) - 1][1]]
+        for start in range(0, len(spans), size - overlap) if start == 0 or start + overlap < len(spans)]
+    assert chunk_text(text, words=size, overlap=overlap) == expected
+    assert chunk_count(text, words=size, overlap=overlap) == len(expected)
 
 
 @given(st.text())

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import IngestError
-from dpr_pg.ingest.chunking import chunk_document
+from dpr_pg.ingest.chunking import chunk_count, chunk_document
 from dpr_pg.ingest.loader import PassageWriter, StagedPassage
 from dpr_pg.ingest.mapping import FieldMapping, to_document
 from dpr_pg.ingest.records import Document, SourceRecord
@@ -204,6 +204,10 @@ def last_occurrences(records: Iterator[SourceRecord], mapping: FieldMapping, chu
         document = to_document(record, mapping)
         if isinstance(document, str):
             continue
-        for k, passage in enumerate(chunk_document(document, words=chunk_words, overlap=chunk_overlap)):
-            last[passage.external_id] = _occurrence(record.number, k)
+        count = chunk_count(document.text, words=chunk_words, overlap=chunk_overlap)  # ids only: no slicing here
+        if count == 1:
+            last[document.external_id] = _occurrence(record.number, 0)
+        else:
+            for k in range(count):
+                last[f"{document.external_id}#{k}"] = _occurrence(record.number, k)
     return last, total
