@@ -306,3 +306,25 @@ def test_search_statement_joins_an_application_table_in_a_session(corpus_engine:
 def test_search_statement_checks_the_vector_before_sql() -> None:
     with pytest.raises(DimensionError, match="expected a query vector of 768 dimensions, not 3"):
         search_statement([1.0, 2.0, 3.0], dim=768)
+
+
+def test_a_768d_row_keeps_metadata_and_text_inline_in_the_heap(engine: Engine) -> None:
+    # Migration 0006: with the default 2 KB TOAST target, a 3 KB PLAIN embedding pushed metadata and
+    # text out to the TOAST table, and every filter check read them back from there.
+    rng = np.random.default_rng(3)
+    vector = str(rng.normal(size=768).astype(np.float32).tolist())
+    metadata = {f"k{i}": uuid.UUID(int=int(rng.integers(2**62))).hex for i in range(20)}  # ~900 B, incompressible
+    with engine.begin() as conn:
+        encoder = conn.execute(sa.text(
+            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
+            "VALUES ('fp', 'q', 'p', 't', 768, 512) RETURNING id")).scalar_one()
+        conn.execute(sa.text(
+            "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
+            "encoder_id) VALUES ('c', 'e', 't', :x, CAST(:m AS jsonb), 'h', :v, :enc)"),
+            {"x": uuid.uuid4().hex * 20, "m": json.dumps(metadata), "v": vector, "enc": encoder})
+    with engine.connect() as conn:
+        options, toast_bytes = conn.execute(sa.text(
+            "SELECT reloptions, pg_relation_size(reltoastrelid) FROM pg_class "
+            "WHERE oid = 'dpr_pg.passages'::regclass")).one()
+    assert "toast_tuple_target=8160" in options
+    assert toast_bytes == 0
