@@ -1,5 +1,5 @@
 -- dpr_pg search functions: dpr_pg.search, dpr_pg.hybrid_search and the filter compiler they share.
--- Installed by migrations/versions/0003_search_functions.py, which replaces @VECTOR_SCHEMA@ with the
+-- Installed by migrations/versions/0004_search_functions.py (0007 re-runs the dpr_pg.search block), which replaces @VECTOR_SCHEMA@ with the
 -- (quoted) schema of the vector extension, so the pinned search_path resolves pgvector's operators.
 --
 -- The filter language is the one in dpr_pg/filters.py; tests/test_filters_sql.py proves they agree.
@@ -295,7 +295,8 @@ $$;
 -- when the estimate is under 20000) → exact over the filtered rows; otherwise an iterative HNSW
 -- scan (pgvector ≥ 0.8), falling back to exact when it returns fewer than k rows. pgvector < 0.8
 -- gets exact search whenever there is a filter.
-CREATE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
+-- BEGIN dpr_pg.search (migration 0007 re-runs this block: keep CREATE OR REPLACE and the signature)
+CREATE OR REPLACE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
 RETURNS SETOF dpr_pg.hit
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, dpr_pg, @VECTOR_SCHEMA@, pg_temp
@@ -356,7 +357,7 @@ BEGIN
     IF path IN ('hnsw', 'hnsw-iterative') THEN
         old_ef := current_setting('hnsw.ef_search');
         old_iterative := current_setting('hnsw.iterative_scan', true);
-        PERFORM set_config('hnsw.ef_search', greatest(k, CASE WHEN path = 'hnsw' THEN 200 ELSE 400 END)::text, true);
+        PERFORM set_config('hnsw.ef_search', greatest(k, CASE WHEN path = 'hnsw' THEN 250 ELSE 400 END)::text, true);
         IF path = 'hnsw-iterative' THEN
             PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
         END IF;
@@ -384,6 +385,7 @@ BEGIN
     RETURN QUERY SELECT * FROM unnest(hits);
 END
 $$;
+-- END dpr_pg.search
 
 -- Spanish full-text ('spanish' tsvector, websearch syntax) and dense search, fused by reciprocal
 -- rank fusion: score = dense_weight / (rrf_k + dense rank) + text_weight / (rrf_k + text rank),
