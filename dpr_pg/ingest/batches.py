@@ -76,27 +76,38 @@ class BatchRun:
     lookups: PassageWriter
     executor: ThreadPoolExecutor
     fingerprint_id: str = ""
-    pending: Future[tuple[int, int]] | None = None
-    pending_rows: int = 0
+    more_writers: list[PassageWriter] = field(default_factory=list)
+    pending: list[tuple[Future[tuple[int, int]], int]] = field(default_factory=list)
+    submitted: int = 0
 
     def __post_init__(self) -> None:
         self.fingerprint_id = self.fingerprint.id  # a sha256 over the fields: compute it once
 
     def submit(self, staged: list[StagedPassage], *, fresh: bool) -> None:
-        """Write a batch on the writer thread, so that reading and checking the next one overlaps it."""
-        self.drain()
-        self.pending = self.executor.submit(self.writer.write, staged, fresh=fresh)
-        self.pending_rows = len(staged)
+        """Write a batch on a writer thread, so that reading and checking the next one overlaps it.
 
-    def drain(self) -> None:
-        """Wait for the batch being written (re-raising its error) and count it."""
-        if self.pending is None:
-            return
-        future, self.pending = self.pending, None
+        With several writers (one connection each) batches go round-robin, at most one in flight
+        per writer: the server's per-row work (the Spanish tsvector) then runs on several cores.
+        Batches hold disjoint keys (duplicates are resolved beforehand), so their order is free.
+        """
+        writers = [self.writer, *self.more_writers]
+        while len(self.pending) >= len(writers):
+            self._drain_one()  # the oldest; it used the writer this batch gets
+        writer = writers[self.submitted % len(writers)]
+        self.submitted += 1
+        self.pending.append((self.executor.submit(writer.write, staged, fresh=fresh), len(staged)))
+
+    def _drain_one(self) -> None:
+        future, rows = self.pending.pop(0)
         inserted, updated = future.result()
         self.report.inserted += inserted
         self.report.updated += updated
-        self.report.unchanged += self.pending_rows - inserted - updated  # written meanwhile by a concurrent ingest
+        self.report.unchanged += rows - inserted - updated  # written meanwhile by a concurrent ingest
+
+    def drain(self) -> None:
+        """Wait for the batches being written (re-raising the first error) and count them."""
+        while self.pending:
+            self._drain_one()
 
     def reject(self, where: str, reason: str) -> None:
         self.report.reject(where, reason)

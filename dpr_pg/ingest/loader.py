@@ -28,6 +28,7 @@ APPLICATION_NAME = "dpr_pg ingest"
 _STAGING = "dpr_pg_ingest_staging"
 _KEEP = "dpr_pg_ingest_keep"
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('dpr_pg.ingest:' || %s, 0))"
+_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtextextended('dpr_pg.ingest:' || %s, 0))"
 _UPSERT = f"""
 WITH written AS (
     INSERT INTO dpr_pg.passages AS p
@@ -178,7 +179,9 @@ class PassageWriter:
 
     def _copy_new(self, conn: psycopg.Connection, rows: Sequence[StagedPassage]) -> tuple[int, int]:
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(_LOCK, (self.collection,))
+            # Shared: COPYs of new keys (key order, so no deadlock; a key stored meanwhile is a unique
+            # violation, retried as an upsert) run side by side; upserts take the lock exclusively.
+            cur.execute(_LOCK_SHARED, (self.collection,))
             self._copy_rows(cur, _COPY_NEW, rows, with_owner=True)
         return len(rows), 0
 
