@@ -292,7 +292,7 @@ $$;
 
 -- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short.
 -- Planner: no filter → HNSW; a narrow filter (≤ 2000 rows by the estimate, or by a bounded count
--- when the estimate is under 20000) → exact over the filtered rows; otherwise an iterative HNSW
+-- when the estimate is under 6000) → exact over the filtered rows; otherwise an iterative HNSW
 -- scan (pgvector ≥ 0.8), falling back to exact when it returns fewer than k rows. pgvector < 0.8
 -- gets exact search whenever there is a filter.
 -- BEGIN dpr_pg.search (migration 0007 re-runs this block: keep CREATE OR REPLACE and the signature)
@@ -345,7 +345,7 @@ BEGIN
         path := 'hnsw-iterative';
         IF est <= exact_threshold THEN
             path := 'exact';  -- right at any size; a bounded count would cost as much as the search
-        ELSIF est <= 10 * exact_threshold THEN
+        ELSIF est <= 3 * exact_threshold THEN  -- dpr_pg._planner.COUNT_BAND
             EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql || ' LIMIT $5) AS m'
                 INTO matches USING compiled.params, query, k, collection, exact_threshold + 1;
             IF matches <= exact_threshold THEN

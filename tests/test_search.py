@@ -131,8 +131,8 @@ def test_planner_picks_exact_for_narrow_and_iterative_for_broad_filters(corpus_e
     assert narrow.plan.path == "exact"
     assert broad.plan.path == "hnsw-iterative"
     assert broad.plan.ef_search == 400
-    counted = search(corpus_engine, QUERIES[0], k=10, filter={"tenth": True}, exact_threshold=100)
-    assert (counted.plan.path, counted.plan.matching_rows) == ("hnsw-iterative", 101)  # counted up to 101
+    counted = search(corpus_engine, QUERIES[0], k=10, filter={"tenth": True}, exact_threshold=150)
+    assert (counted.plan.path, counted.plan.matching_rows) == ("hnsw-iterative", 151)  # counted up to 151
 
 
 def test_pgvector_before_0_8_gets_exact_search_under_a_filter(corpus_engine: Engine) -> None:
@@ -330,7 +330,7 @@ def test_a_768d_row_keeps_metadata_and_text_inline_in_the_heap(engine: Engine) -
     assert toast_bytes == 0
 
 
-def test_sql_function_uses_the_python_planners_ef_search(corpus_engine: Engine) -> None:
+def test_sql_function_uses_the_python_planners_settings(corpus_engine: Engine) -> None:
     from dpr_pg import _planner
 
     with corpus_engine.connect() as conn:
@@ -338,3 +338,5 @@ def test_sql_function_uses_the_python_planners_ef_search(corpus_engine: Engine) 
             "SELECT pg_get_functiondef('dpr_pg.search(vector, integer, jsonb, text)'::regprocedure)")).scalar_one()
     assert (f"CASE WHEN path = 'hnsw' THEN {_planner.UNFILTERED_EF_SEARCH} "
             f"ELSE {_planner.FILTERED_EF_SEARCH} END") in body
+    assert f"est <= {_planner.COUNT_BAND} * exact_threshold" in body
+    assert f"exact_threshold CONSTANT integer := {_planner.EXACT_THRESHOLD};" in body
