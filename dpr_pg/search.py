@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-import struct
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -25,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import _planner
 from dpr_pg._planner import Explain, SearchPlan
+from dpr_pg._query_vector import vector_binding
 from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, parse, to_sql
 from dpr_pg.models import Passage
@@ -176,69 +176,6 @@ def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: 
                           "mode": saved[1] or _GUC_DEFAULTS["hnsw.iterative_scan"], "cache": saved[2]})
 
 
-class _QueryVector:
-    """A float32 query vector that psycopg sends in pgvector's binary format (see :func:`_vector_binding`)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: np.ndarray) -> None:
-        self.data = data
-
-
-class _BinaryVector(sa.types.UserDefinedType[Any]):
-    """Binds a :class:`_QueryVector` as is: the connection's psycopg dumper writes it in binary."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **kw: Any) -> str:
-        return "VECTOR"
-
-    def bind_processor(self, dialect: Any) -> None:
-        return None
-
-
-_DUMPERS: dict[int, type] = {}
-
-
-def _vector_binding(conn: Connection, vector: np.ndarray, oid: int) -> tuple[Any, sa.types.TypeEngine[Any]]:
-    """The query vector's value and bind type: pgvector's binary format on psycopg, its text otherwise.
-
-    The text form costs about 0.8 ms per 768-d query (Python formats 768 floats, the server parses
-    them); binary costs under 0.1 ms. The dumper is registered on our own connection only, for a
-    private class, so an application's own adapters are untouched.
-    """
-    raw = conn.connection.driver_connection
-    adapters = getattr(raw, "adapters", None)
-    if conn.dialect.driver != "psycopg" or adapters is None or not oid:
-        return vector, _text_vector(vector.size)
-    info = conn.connection.info
-    if info.get("dpr_pg.vector_oid") != oid:
-        dumper = _DUMPERS.get(oid)
-        if dumper is None:
-            from psycopg.adapt import Dumper
-            from psycopg.pq import Format
-
-            class VectorBinaryDumper(Dumper):
-                format = Format.BINARY
-
-                def dump(self, obj: _QueryVector) -> bytes:
-                    return struct.pack(">HH", obj.data.size, 0) + obj.data.astype(">f4").tobytes()
-
-            VectorBinaryDumper.oid = oid
-            dumper = _DUMPERS[oid] = VectorBinaryDumper
-        adapters.register_dumper(_QueryVector, dumper)
-        info["dpr_pg.vector_oid"] = oid
-    return _QueryVector(vector), _BINARY_VECTOR
-
-
-_BINARY_VECTOR = _BinaryVector()
-
-
-@functools.lru_cache(maxsize=8)
-def _text_vector(dim: int) -> Vector:
-    return Vector(dim)
-
-
 def _dense_statement(path: str, where: sa.ColumnElement[bool] | None, vector_type: Any) -> sa.Select[Any]:
     """The dense query of ``path`` with bind parameters ``query_vector`` and ``k``."""
     bound = sa.bindparam("query_vector", type_=vector_type)
@@ -300,7 +237,7 @@ def _run(conn: Connection, stmt: sa.Select[Any], params: dict[str, Any],
 
 def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] | None, k: int,
            plan: SearchPlan, explain: bool, restore: bool = True, vector_oid: int = 0) -> Hits:
-    value, vector_type = _vector_binding(conn, vector, vector_oid)
+    value, vector_type = vector_binding(conn, vector, vector_oid)
     params = {"query_vector": value, "k": k}
     if plan.path in ("hnsw", "hnsw-iterative"):
         filtered = plan.path == "hnsw-iterative" and where is not None
