@@ -58,6 +58,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (JSON has no NaN or Infinity)")
 
 
+# What json.loads(line, parse_constant=_reject_constant) builds per call, built once.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def read_jsonl(path: str | Path) -> Iterator[SourceRecord]:
     """Records of a JSON Lines file, one per non-blank line.
 
@@ -81,7 +85,7 @@ def read_jsonl(path: str | Path) -> Iterator[SourceRecord]:
                                    "re-encode the file as UTF-8")
                 continue
             try:
-                value = json.loads(line, parse_constant=_reject_constant)
+                value = _DECODER.decode(line)
             except ValueError as e:
                 if not raw.endswith(b"\n"):
                     problem = f"truncated last line (no closing newline, and not valid JSON: {e}); the file was cut short"
