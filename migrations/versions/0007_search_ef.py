@@ -13,10 +13,8 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
 
-from dpr_pg.schema import resource_dir
+from dpr_pg.schema import execute_script, resource_dir, vector_schema
 
 revision = "0007"
 down_revision = "0006"
@@ -25,15 +23,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    vector_schema = bind.execute(sa.text(
-        "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-        "WHERE e.extname = 'vector'")).scalar_one()
     text = (resource_dir("sql") / "search.sql").read_text(encoding="utf-8")
     start = text.index("-- BEGIN dpr_pg.search")
     block = text[start:text.index("-- END dpr_pg.search", start)]
-    # Raw driver call: the body holds % and $n that a parameter-aware layer would try to interpret.
-    bind.connection.driver_connection.execute(block.replace("@VECTOR_SCHEMA@", vector_schema))
+    execute_script(block.replace("@VECTOR_SCHEMA@", vector_schema()))
 
 
 def downgrade() -> None:
