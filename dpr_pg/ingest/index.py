@@ -12,13 +12,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_INDEX
+from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_DEFINITION, HNSW_INDEX
 
 _LOCK = "SELECT pg_advisory_lock(hashtextextended('dpr_pg.hnsw', 0))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('dpr_pg.hnsw', 0))"
-# The same index as migration 0002.
-_CREATE = (f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON dpr_pg.passages "
-           "USING hnsw (embedding vector_ip_ops) WITH (m = 16, ef_construction = 64)")
+_CREATE = f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} {HNSW_DEFINITION}"
 
 
 def hnsw_exists(engine: Engine) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_INDEX
+from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_DEFINITION, HNSW_INDEX
 
 revision = "0002"
 down_revision = "0001"
@@ -23,10 +23,7 @@ depends_on = None
 def upgrade() -> None:
     with op.get_context().autocommit_block():
         op.execute(DROP_INVALID_HNSW)
-        op.execute(
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {HNSW_INDEX} ON dpr_pg.passages "
-            "USING hnsw (embedding vector_ip_ops) WITH (m = 16, ef_construction = 64)"
-        )
+        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {HNSW_INDEX} {HNSW_DEFINITION}")
 
 
 def downgrade() -> None:
