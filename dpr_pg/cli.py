@@ -303,13 +303,15 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
               help="Use this query vector (.npy, or a JSON array) instead of encoding QUESTION.")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--ef-search", type=click.IntRange(1, 1000), metavar="N",
+              help="hnsw.ef_search for the index path (default: the planner's); `dpr-pg eval --audit` recommends one.")
 @click.option("--explain", is_flag=True, help="Print the path that ran and PostgreSQL's plan on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
 @pass_context
 @reports_errors
 def search_command(ctx: Context, question: str, k: int, collection: str | None, filter_doc: str | None, mode: str,
-                   vector_file: str | None, question_model: str | None, passage_model: str | None, explain: bool,
-                   as_json: bool) -> None:
+                   vector_file: str | None, question_model: str | None, passage_model: str | None,
+                   ef_search: int | None, explain: bool, as_json: bool) -> None:
     """Find the passages that best answer QUESTION (inner product of DPR vectors).
 
     \b
@@ -330,7 +332,7 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
         query = question
         pair = EncoderPair.load(question_model, passage_model)
     hits = search(engine, query, encoder=pair, k=k, filter=filter_doc, collection=collection, mode=mode,  # type: ignore[arg-type]
-                  query_text=question, explain=explain)
+                  query_text=question, ef_search=ef_search, explain=explain)
     if explain:
         err_console.print(f"path: {hits.plan.path} ({hits.plan.reason})", highlight=False, markup=False)
         if hits.plan.explain:

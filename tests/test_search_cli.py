@@ -98,3 +98,16 @@ def test_cli_search_reports_a_bad_filter_in_one_line(cli: Any, database_url: str
                  "--filter", '{"year": {"$regex": "20"}}')
     assert result.returncode == 1
     assert "unknown operator '$regex' on field 'year'; allowed operators: $eq" in result.stderr
+
+
+def test_cli_search_takes_the_audit_recommended_ef_search(cli: Any, database_url: str, engine: Engine,
+                                                          pair: EncoderPair, tmp_path: Path) -> None:
+    _store(engine, pair)
+    vector_file = tmp_path / "q.npy"
+    np.save(vector_file, pair.passage.encode(("Madrid", PASSAGES[0][2])))
+    common = ("--database-url", database_url, "search", "capital", "--vector", str(vector_file), "--json")
+    tuned = cli(*common, "--ef-search", "400", check=True)
+    default = cli(*common, check=True)
+    refused = cli(*common, "--ef-search", "0")
+    assert json.loads(tuned.stdout) == json.loads(default.stdout)
+    assert refused.returncode == 2 and "--ef-search" in refused.stderr
