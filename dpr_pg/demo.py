@@ -76,7 +76,10 @@ def load_demo_encoders(
         "so the demo runs on tiny random-weight models: the pipeline is real, the rankings are not. "
         "Point those variables at local copies of the IIC models for real answers."
     )
-    question_dir, passage_dir = make_tiny_models(home / "tiny-models", dim=768)
+    tiny = home / "tiny-models"
+    question_dir, passage_dir = tiny / "question", tiny / "passage"
+    if not (question_dir / "config.json").exists() or not (passage_dir / "config.json").exists():
+        make_tiny_models(tiny, dim=768)  # once: a new pair would re-encode the demo collection
     return EncoderPair.load(str(question_dir), str(passage_dir)), True
 
 
@@ -106,7 +109,8 @@ def run_demo(
         raise EncoderError(f"{e}\nThe schema step is done; the demo stops here.") from e
     say(f"Encoders: {pair.question.name} / {pair.passage.name}")
     say(f"Ingesting {sample_corpus().name} into collection {COLLECTION!r}...")
-    report = ingest(engine, pair, sample_corpus(), collection=COLLECTION, progress=False)
+    # prune: the demo collection mirrors the sample, even after the demo's encoder pair changed.
+    report = ingest(engine, pair, sample_corpus(), collection=COLLECTION, prune=True, progress=False)
     say(f"Ingested: {report.inserted} inserted, {report.updated} updated, "
         f"{report.unchanged} unchanged.")
     result = DemoResult(models=f"{pair.question.name} / {pair.passage.name}", tiny_models=tiny, ingest=report)

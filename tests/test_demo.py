@@ -42,3 +42,15 @@ def test_demo_without_models_or_hub_falls_back_to_tiny_models(cli, empty_url: st
     assert "Hugging Face Hub is unreachable" in result.stdout
     assert "Ingested: 47 inserted" in result.stdout
     assert "only the pipeline is real" in result.stdout
+
+
+def test_demo_after_the_encoder_pair_changed_replaces_its_collection(cli, empty_url: str, tmp_path: Path,
+                                                                     tiny_models: tuple[Path, Path]) -> None:
+    from dpr_pg.encoders import make_tiny_models
+
+    other_question, other_passage = make_tiny_models(tmp_path / "other", dim=768, seed=1)
+    first = {"DPR_PG_QUESTION_MODEL": str(tiny_models[0]), "DPR_PG_PASSAGE_MODEL": str(tiny_models[1])}
+    second = {"DPR_PG_QUESTION_MODEL": str(other_question), "DPR_PG_PASSAGE_MODEL": str(other_passage)}
+    cli("--database-url", empty_url, "demo", env=first, check=True)
+    result = cli("--database-url", empty_url, "demo", env=second, check=True)
+    assert "Ingested: 0 inserted, 47 updated, 0 unchanged" in result.stdout
