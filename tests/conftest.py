@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
@@ -24,6 +25,10 @@ from dpr_pg.database import embedded_server, normalize_url
 from dpr_pg.schema import init
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# No per-example deadline: on a loaded 2-core machine a slow example is not a failure.
+settings.register_profile("dpr_pg", deadline=None, print_blob=True)
+settings.load_profile("dpr_pg")
 
 
 class Server:
