@@ -211,6 +211,21 @@ def test_a_dropped_connection_is_retried_and_the_result_is_complete(engine: Engi
     assert report.inserted == 40 and len(stored(engine)) == 40
 
 
+def test_at_most_one_batch_is_ever_uncommitted_with_two_writers(engine: Engine, tmp_path: Path) -> None:
+    # What a kill -9 can lose: passages handed to the writers but not committed, at every batch boundary.
+    source = write_jsonl(tmp_path / "b.jsonl", corpus(300))
+    emb = tmp_path / "b.npy"
+    np.save(emb, vectors(300))
+    uncommitted = []
+
+    def look(report: IngestReport) -> None:
+        uncommitted.append(report.passages - len(stored(engine)))
+
+    report = run(engine, source, emb, batch_size=40, on_batch=look)
+    assert report.inserted == 300 and len(uncommitted) >= 7
+    assert max(uncommitted) == 40 and len(stored(engine)) == 300
+
+
 def test_progress_bar_only_when_asked_or_on_a_terminal(engine: Engine, files, capsys) -> None:
     source, emb = files
     run(engine, source, emb)  # progress=None: stderr is not a terminal under pytest
