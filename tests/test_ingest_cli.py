@@ -102,7 +102,7 @@ def test_kill_9_then_rerun_equals_one_clean_run(database_url: str, engine: Engin
         process.communicate()
     assert process.returncode == -signal.SIGKILL
     partial = count(engine, "c")
-    assert 0 < partial < 6000 and partial % 50 == 0  # whole half-batches only (two writers, 50 rows each)
+    assert 0 < partial < 6000 and partial % 50 == 0  # whole halves of batches (two writers, 50 rows each)
     assert not hnsw_exists(engine)
 
     rerun = popen(args)

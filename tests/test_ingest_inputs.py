@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dpr_pg.errors import IngestError
+from dpr_pg.ingest.batches import content_hash
 from dpr_pg.ingest.chunking import chunk_count, chunk_document, chunk_text
 from dpr_pg.ingest.mapping import FieldMapping, to_document
 from dpr_pg.ingest.readers import detect_format, read_csv, read_jsonl, read_parquet
@@ -208,3 +210,13 @@ def test_word_count_shortcut_agrees_with_the_chunker_words(text: str) -> None:
     import re
 
     assert len(text.split()) == len(re.findall(r"\S+", text))
+
+
+_ANY_CHAR = st.characters(exclude_categories=())  # surrogates and control characters too
+
+
+@given(st.lists(st.text(_ANY_CHAR, max_size=40), min_size=4, max_size=4))
+def test_content_hash_is_sha256_of_the_canonical_json_list(fields: list[str]) -> None:
+    # Stored hashes must never change meaning: the definition is sha256(json.dumps(list, ASCII, compact)).
+    canonical = json.dumps(fields, ensure_ascii=True, separators=(",", ":"))
+    assert content_hash(*fields) == hashlib.sha256(canonical.encode("ascii")).hexdigest()

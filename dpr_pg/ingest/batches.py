@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,12 +46,18 @@ def content_hash(title: str, text: str, metadata_json: str, fingerprint_id: str)
         >>> content_hash("T", "texto", "{}", "fp")[:12]
         'f6a48213f12e'
     """
-    canonical = json.dumps([title, text, metadata_json, fingerprint_id], ensure_ascii=True, separators=(",", ":"))
+    # The bytes of json.dumps([title, text, metadata_json, fingerprint_id], ensure_ascii=True,
+    # separators=(",", ":")), built from json's own C string encoder without a JSONEncoder per call.
+    canonical = "[" + ",".join(map(encode_basestring_ascii, (title, text, metadata_json, fingerprint_id))) + "]"
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+# Built once: json.dumps(..., sort_keys=True, ...) makes a new JSONEncoder on every call.
+_METADATA_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _metadata_json(metadata: dict[str, Any]) -> str:
-    return json.dumps(metadata, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _METADATA_ENCODER.encode(metadata)
 
 
 @dataclass
@@ -78,36 +85,33 @@ class BatchRun:
     fingerprint_id: str = ""
     more_writers: list[PassageWriter] = field(default_factory=list)
     pending: list[tuple[Future[tuple[int, int]], int]] = field(default_factory=list)
-    submitted: int = 0
 
     def __post_init__(self) -> None:
         self.fingerprint_id = self.fingerprint.id  # a sha256 over the fields: compute it once
 
     def submit(self, staged: list[StagedPassage], *, fresh: bool) -> None:
-        """Write a batch on a writer thread, so that reading and checking the next one overlaps it.
+        """Write a batch on the writer threads, so that reading and checking the next one overlaps it.
 
-        With several writers (one connection each) batches go round-robin, at most one in flight
-        per writer: the server's per-row work (the Spanish tsvector) then runs on several cores.
-        Batches hold disjoint keys (duplicates are resolved beforehand), so their order is free.
+        The batch is split among the writers (one connection each): the server's per-row work (the
+        Spanish tsvector) then runs on several cores. The previous batch is committed first, so at
+        most one batch is ever uncommitted: what a kill -9 can lose. Batches hold disjoint keys
+        (duplicates are resolved beforehand), so the parts' order is free.
         """
+        self.drain()
         writers = [self.writer, *self.more_writers]
-        while len(self.pending) >= len(writers):
-            self._drain_one()  # the oldest; it used the writer this batch gets
-        writer = writers[self.submitted % len(writers)]
-        self.submitted += 1
-        self.pending.append((self.executor.submit(writer.write, staged, fresh=fresh), len(staged)))
-
-    def _drain_one(self) -> None:
-        future, rows = self.pending.pop(0)
-        inserted, updated = future.result()
-        self.report.inserted += inserted
-        self.report.updated += updated
-        self.report.unchanged += rows - inserted - updated  # written meanwhile by a concurrent ingest
+        share = -(-len(staged) // len(writers))
+        for writer, start in zip(writers, range(0, len(staged), share)):
+            part = staged[start:start + share]
+            self.pending.append((self.executor.submit(writer.write, part, fresh=fresh), len(part)))
 
     def drain(self) -> None:
-        """Wait for the batches being written (re-raising the first error) and count them."""
+        """Wait for the parts being written (re-raising the first error) and count them."""
         while self.pending:
-            self._drain_one()
+            future, rows = self.pending.pop(0)
+            inserted, updated = future.result()
+            self.report.inserted += inserted
+            self.report.updated += updated
+            self.report.unchanged += rows - inserted - updated  # written meanwhile by a concurrent ingest
 
     def reject(self, where: str, reason: str) -> None:
         self.report.reject(where, reason)

@@ -132,9 +132,7 @@ def ingest(
             with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="dpr_pg-ingest-writer") as executor:
                 run = BatchRun(engine, encoder, fingerprint, writer, report, vectors, strict, dim, last, lookups, executor,
                                more_writers=[second] if writers > 1 else [])
-                # Each writer takes its share of a batch, so at most `size` passages are ever
-                # uncommitted: a kill -9 loses at most one batch, however many writers there are.
-                write_all(run, open_records(), mapping, size=-(-size // writers), chunk_words=chunk_words,
+                write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words,
                            chunk_overlap=chunk_overlap, bar=_progress_bar(progress, total), on_batch=on_batch)
             if prune and report.rejected:
                 report.prune_skipped = f"{report.rejected} record(s) were rejected; fix them and re-run with --prune"
