@@ -34,7 +34,7 @@ from dpr_pg.errors import (
 from dpr_pg.filters import compile_filter
 from dpr_pg.ingest import FieldMapping, IngestReport, RecordRejectedError, ingest
 from dpr_pg.models import Encoder, Passage
-from dpr_pg.schema import InitResult, downgrade, init, upgrade
+from dpr_pg.schema import InitResult, downgrade, init, init_sql, upgrade
 from dpr_pg.audit import AuditReport, audit_ann
 from dpr_pg.answers import has_answer
 from dpr_pg.evaluate import EvaluationReport, evaluate
@@ -73,6 +73,7 @@ __all__ = [
     "doctor",
     "downgrade",
     "init",
+    "init_sql",
     "upgrade",
     "Hit",
     "Hits",

@@ -83,17 +83,33 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 @main.command()
 @click.option("--dim", type=click.IntRange(1, 16000), default=config.DEFAULT_DIM, show_default=True,
               help="Embedding dimension of the passages table.")
+@click.option("--sql", "as_sql", is_flag=True,
+              help="Print the SQL script instead of running it; connects to no database.")
+@click.option("--vector-schema", metavar="NAME",
+              help="With --sql: the schema pgvector is installed in (default public).")
+@click.option("--from", "start", metavar="REV",
+              help="With --sql: only the steps after revision REV, for a database already at REV.")
 @pass_context
 @reports_errors
-def init(ctx: Context, dim: int) -> None:
+def init(ctx: Context, dim: int, as_sql: bool, vector_schema: str | None, start: str | None) -> None:
     """Create or upgrade the dpr_pg schema (pgvector, tables, indexes, SQL functions).
 
-    Running it again is a no-op.
+    Running it again is a no-op. With --sql, print the script for a DBA to review and apply.
 
     \b
     Example:
         dpr-pg init --dim 768
+        dpr-pg init --sql > dpr_pg.sql
+        psql -v ON_ERROR_STOP=1 -f dpr_pg.sql "$DATABASE_URL"
     """
+    if as_sql:
+        from dpr_pg.schema import init_sql
+
+        click.echo(init_sql(dim=dim, vector_schema=vector_schema or "public", start=start), nl=False)
+        return
+    for name, value in (("--vector-schema", vector_schema), ("--from", start)):
+        if value is not None:
+            raise click.UsageError(f"{name} only applies to the printed script: add --sql")
     from dpr_pg.schema import init as init_schema
 
     result = init_schema(ctx.engine, dim=dim)

@@ -6,6 +6,9 @@ to create it, dimension agrees) so that a refused init changes nothing, then upg
 
 from __future__ import annotations
 
+import argparse
+import io
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +17,12 @@ import sqlalchemy as sa
 from alembic import command, context
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.config import DEFAULT_DIM
-from dpr_pg.errors import DatabaseError, SchemaError
+from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
 from dpr_pg.models import SCHEMA
 
 HNSW_INDEX = "passages_embedding_hnsw"
@@ -26,6 +31,9 @@ HNSW_DEFINITION = "ON dpr_pg.passages USING hnsw (embedding vector_ip_ops) WITH 
 # Serialises concurrent `dpr-pg init` runs (a session-level advisory lock; any constant will do).
 _INIT_LOCK_KEY = 0x6470725F7067  # "dpr_pg"
 VERSION_TABLE = "alembic_version"
+MAX_DIM = 16000  # pgvector's limit for a vector column
+# An allow-list, not an escape: a name the offline script may carry into SQL text.
+_PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 # Runs in autocommit: an index left INVALID by a killed CREATE INDEX CONCURRENTLY is dropped.
 DROP_INVALID_HNSW = f"""
@@ -77,13 +85,28 @@ def migration_dim() -> int:
 def vector_schema() -> str:
     """From a migration: the quoted schema of the vector extension (``-x vector_schema=`` offline)."""
     if context.is_offline_mode():
-        return context.get_x_argument(as_dictionary=True).get("vector_schema", "public")
+        return quoted_schema_name(context.get_x_argument(as_dictionary=True).get("vector_schema", "public"))
     return context.get_bind().execute(
         sa.text(
             "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
             "WHERE e.extname = 'vector'"
         )
     ).scalar_one()
+
+
+def quoted_schema_name(name: str) -> str:
+    """``name`` as SQL text, quoted only where PostgreSQL needs it; refuses anything but a plain identifier.
+
+    >>> quoted_schema_name("extensions"), quoted_schema_name("Ext")
+    ('extensions', '"Ext"')
+    """
+    if not isinstance(name, str) or not _PLAIN_IDENTIFIER.fullmatch(name):
+        raise ConfigError(
+            f"expected --vector-schema to be a plain SQL identifier (letters, digits and _, not starting with a "
+            f"digit, at most 63 characters), not {name!r}; give the schema pgvector is installed in, as \\dx "
+            "in psql shows it"
+        )
+    return postgresql.dialect().identifier_preparer.quote(name)
 
 
 def execute_script(sql: str) -> None:
@@ -96,6 +119,55 @@ def execute_script(sql: str) -> None:
         context.get_context().impl.static_output(sql.rstrip() + "\n")
     else:
         context.get_bind().connection.driver_connection.execute(sql)
+
+
+def init_sql(
+    *, dim: int = DEFAULT_DIM, vector_schema: str = "public", revision: str = "head", start: str | None = None
+) -> str:
+    """The SQL script that ``init`` would run, for a DBA to review and apply; connects to nothing.
+
+    It is Alembic's offline output (``alembic upgrade head --sql``): the vector extension, the
+    dpr_pg schema and its version table, up to ``revision``. ``vector_schema`` names the schema
+    pgvector is (or will be) installed in; the SQL functions pin it in their search_path. With
+    ``start``, only the steps after that revision, for a database already at ``start``.
+
+    >>> print(init_sql(dim=384))  # doctest: +SKIP
+    CREATE SCHEMA IF NOT EXISTS dpr_pg;
+    ...
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+        raise ConfigError(f"expected --dim between 1 and {MAX_DIM} (pgvector's limit), not {dim!r}")
+    quoted_schema_name(vector_schema)
+    cfg = alembic_config(dim=dim)
+    target, start = _resolve_range(cfg, revision, start)
+    cfg.cmd_opts = argparse.Namespace(x=[f"vector_schema={vector_schema}"])
+    cfg.output_buffer = io.StringIO()
+    command.upgrade(cfg, f"{start}:{target}" if start else target, sql=True)
+    return cfg.output_buffer.getvalue()
+
+
+def _resolve_range(cfg: Config, revision: str, start: str | None) -> tuple[str, str | None]:
+    """(end, start) as revision ids; start None means from an empty database."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(cfg)
+    known = ", ".join(rev.revision for rev in reversed(list(scripts.walk_revisions())))
+    resolved = []
+    for name in (revision, start or "base"):
+        try:
+            script = scripts.get_revision(name)
+        except CommandError as e:
+            raise ConfigError(f"expected a dpr_pg revision ({known}, head or base), not {name!r}") from e
+        resolved.append(script.revision if script is not None else None)
+    target, first = resolved
+    if target is None:
+        raise ConfigError(f"expected a revision to upgrade to ({known} or head), not {revision!r}")
+    earlier = {rev.revision for rev in scripts.iterate_revisions(target, "base")} - {target}
+    if first is not None and first not in earlier:
+        raise ConfigError(
+            f"expected a start revision before {target}, not {start!r}; leave start out for the whole script"
+        )
+    return target, first
 
 
 def current_revision(conn: Connection) -> str | None:
@@ -171,8 +243,8 @@ def init(engine: Engine, *, dim: int = DEFAULT_DIM) -> InitResult:
     >>> init(engine, dim=768)  # doctest: +SKIP
     InitResult(previous_revision=None, revision='0002', dim=768)
     """
-    if not isinstance(dim, int) or not 1 <= dim <= 16000:
-        raise SchemaError(f"expected --dim between 1 and 16000 (pgvector's limit), not {dim!r}")
+    if not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+        raise SchemaError(f"expected --dim between 1 and {MAX_DIM} (pgvector's limit), not {dim!r}")
     with engine.connect() as conn:
         _wait_for_init_lock(conn)
         try:

