@@ -33,6 +33,7 @@ from dpr_pg.errors import (
 )
 from dpr_pg.filters import compile_filter
 from dpr_pg.ingest import FieldMapping, IngestReport, RecordRejectedError, ingest
+from dpr_pg.ingest.index import HnswParameters, IndexBuild, build_index
 from dpr_pg.models import Encoder, Passage
 from dpr_pg.schema import InitResult, downgrade, init, init_sql, upgrade
 from dpr_pg.audit import AuditReport, audit_ann
@@ -66,6 +67,9 @@ __all__ = [
     "IngestReport",
     "RecordRejectedError",
     "ingest",
+    "HnswParameters",
+    "IndexBuild",
+    "build_index",
     "InitResult",
     "Passage",
     "SchemaError",

@@ -152,6 +152,41 @@ def doctor(ctx: Context, as_json: bool) -> None:
         err_console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
+@main.command("index")
+@click.option("--m", type=click.IntRange(2, 100), default=16, show_default=True,
+              help="Links per node: more links, better recall on large corpora, a bigger index.")
+@click.option("--ef-construction", type=click.IntRange(4, 1000), default=64, show_default=True,
+              help="Candidate list while building (at least 2 x m): larger, a better graph and a slower build.")
+@click.option("--maintenance-work-mem", metavar="SIZE",
+              help="Memory for the build, e.g. 4GB (default: what the table's graph needs, at most 16GB).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_context
+@reports_errors
+def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_mem: str | None,
+                  as_json: bool) -> None:
+    """Rebuild the HNSW index with other parameters; searches and writes go on meanwhile.
+
+    The new index is built CONCURRENTLY beside the old one, then swapped in. On a million
+    passages, m 24 / ef-construction 128 gives clearly better recall than pgvector's
+    defaults (16 / 64) at a longer build: see the README's search benchmark.
+
+    \b
+    Example:
+        dpr-pg index --m 24 --ef-construction 128
+    """
+    from dpr_pg.ingest.index import build_index
+
+    build = build_index(ctx.engine, m=m, ef_construction=ef_construction, maintenance_work_mem=maintenance_work_mem)
+    if as_json:
+        print_json({"m": build.parameters.m, "ef_construction": build.parameters.ef_construction,
+                    "rows": build.rows, "seconds": round(build.seconds, 3),
+                    "maintenance_work_mem": build.maintenance_work_mem})
+        return
+    click.echo(f"HNSW index rebuilt with m = {build.parameters.m}, ef_construction = "
+               f"{build.parameters.ef_construction}: {build.rows} rows in {build.seconds:.1f} s "
+               f"(maintenance_work_mem {build.maintenance_work_mem})")
+
+
 @main.command()
 @pass_context
 @reports_errors

@@ -27,7 +27,9 @@ from dpr_pg.models import SCHEMA
 
 HNSW_INDEX = "passages_embedding_hnsw"
 # The index DPR's inner-product search runs on; migration 0002 and bulk-load rebuilds share it.
-HNSW_DEFINITION = "ON dpr_pg.passages USING hnsw (embedding vector_ip_ops) WITH (m = 16, ef_construction = 64)"
+HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64  # pgvector's defaults; `dpr-pg index` rebuilds with others
+HNSW_DEFINITION = ("ON dpr_pg.passages USING hnsw (embedding vector_ip_ops) "
+                   f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
 # Serialises concurrent `dpr-pg init` runs (a session-level advisory lock; any constant will do).
 _INIT_LOCK_KEY = 0x6470725F7067  # "dpr_pg"
 VERSION_TABLE = "alembic_version"

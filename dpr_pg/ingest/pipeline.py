@@ -120,8 +120,7 @@ def ingest(
         report.retries += 1
 
     size = batch_size or (PRECOMPUTED_BATCH if embeddings is not None else ENCODER_BATCH)
-    if defer_index:
-        drop_hnsw(engine)
+    dropped = drop_hnsw(engine) if defer_index else None
     options = {"collection": collection, "encoder_id": encoder_id, "dim": dim, "max_retries": max_retries,
                "on_retry": count_retry}
     try:
@@ -141,7 +140,7 @@ def ingest(
     finally:
         if defer_index:  # also after a failure: never leave the table without its index
             built = time.perf_counter()
-            if ensure_hnsw(engine):
+            if ensure_hnsw(engine, dropped):  # with the parameters it had
                 report.index_seconds = time.perf_counter() - built
     report.seconds = time.perf_counter() - started
     return report
