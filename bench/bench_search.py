@@ -2,8 +2,9 @@
 
 Synthetic clustered 768-d vectors (not normalised, like DPR's) are written to JSONL + .npy and
 loaded through dpr_pg's ingest path with precomputed vectors; the HNSW index (m=16,
-ef_construction=64, as migration 0002 makes it) is rebuilt after the load. Each row carries flags
-that select 50 / 10 / 1 / 0.1 / 0.01 % of the rows, independent of the clusters.
+ef_construction=64 as migration 0002 makes it, or --m / --ef-construction) is built after the
+load. Each row carries flags that select 50 / 10 / 1 / 0.1 / 0.01 % of the rows, independent of
+the clusters.
 
 In one run, for each selectivity and for no filter, it measures over the same queries:
 
@@ -37,7 +38,8 @@ import sqlalchemy as sa
 from dpr_pg._fingerprint import EncoderFingerprint
 from dpr_pg.database import embedded_url
 from dpr_pg.ingest import ingest
-from dpr_pg.schema import HNSW_INDEX, init
+from dpr_pg.ingest.index import HnswParameters, build_index, drop_hnsw, ensure_hnsw, hnsw_parameters
+from dpr_pg.schema import init
 from dpr_pg.search import search, search_statement
 
 DIM = 768
@@ -70,21 +72,16 @@ def write_input(folder: Path, vectors: np.ndarray, bucket: np.ndarray) -> tuple[
     return jsonl, npy
 
 
-def load(engine: sa.Engine, jsonl: Path, npy: Path) -> dict[str, float]:
+def load(engine: sa.Engine, jsonl: Path, npy: Path, parameters: HnswParameters) -> dict[str, float]:
     fingerprint = EncoderFingerprint("bench/question", None, "bench/passage", None, "bench", DIM, 512)
-    with engine.begin() as conn:
-        index_sql = conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
-                                 {"n": HNSW_INDEX}).scalar_one()
-        conn.execute(sa.text(f"DROP INDEX dpr_pg.{HNSW_INDEX}"))  # a bulk load then one build is faster
+    drop_hnsw(engine)  # a bulk load then one build is faster
     started = time.perf_counter()
     report = ingest(engine, None, jsonl, collection="bench", embeddings=npy, fingerprint=fingerprint, progress=False)
     ingest_s = time.perf_counter() - started
     assert report.inserted == report.read, report.as_dict()
     started = time.perf_counter()
+    ensure_hnsw(engine, parameters)  # maintenance_work_mem: what the graph needs
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("SET maintenance_work_mem = '2GB'"))
-        conn.execute(sa.text("SET max_parallel_maintenance_workers = 1"))
-        conn.execute(sa.text(index_sql))
         conn.execute(sa.text("VACUUM ANALYZE dpr_pg.passages"))
     return {"ingest_s": ingest_s, "ingest_rows_per_s": report.read / ingest_s, "index_s": time.perf_counter() - started}
 
@@ -135,6 +132,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="Keep the database of an earlier run with the same --rows and --seed (skip the load).")
     parser.add_argument("--only", nargs="*", help="Selectivities to measure, e.g. none 1%% (default: all).")
+    parser.add_argument("--m", type=int, default=16, help="HNSW m (with --reuse, a different one rebuilds the index).")
+    parser.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction (as --m).")
     parser.add_argument("--shared-buffers", default=None,
                         help="ALTER SYSTEM SET shared_buffers on the benchmark's own server, e.g. 1GB (the "
                              "embedded default, 128MB, holds a third of the 100k index); applies from the next run.")
@@ -158,8 +157,12 @@ def main() -> None:
                + rng.normal(scale=NOISE, size=(args.queries, DIM))).astype(np.float32)
     with admin.connect() as conn:
         exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar()
+    parameters = HnswParameters(m=args.m, ef_construction=args.ef_construction)
     if args.reuse and exists:
         print(f"rows {args.rows}, queries {args.queries}, k {K}: reusing database {name}")
+        if hnsw_parameters(engine) != parameters:
+            build = build_index(engine, m=args.m, ef_construction=args.ef_construction)
+            print(f"HNSW index rebuilt with {parameters.sql()}: {build.seconds:.1f} s")
     else:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -167,10 +170,11 @@ def main() -> None:
         init(engine, dim=DIM)
         with tempfile.TemporaryDirectory() as folder:
             jsonl, npy = write_input(Path(folder), vectors, bucket)
-            timings = load(engine, jsonl, npy)
+            timings = load(engine, jsonl, npy, parameters)
         print(f"rows {args.rows}, queries {args.queries}, k {K}: ingest {timings['ingest_s']:.1f} s "
               f"({timings['ingest_rows_per_s']:.0f} rows/s, precomputed vectors), "
               f"HNSW build {timings['index_s']:.1f} s")
+    print(f"HNSW index: {hnsw_parameters(engine).sql()}")
 
     conn = engine.connect()
     ids = np.zeros(args.rows, dtype=np.int64)
