@@ -3,8 +3,10 @@
 Plain HNSW with a WHERE clause comes back short or with poor recall when the filter is selective
 (pgvector #259, #480). The planner looks at the planner's row estimate first (cheap): at or below
 ``exact_threshold`` rows it picks exact search (right at any size, so a low estimate only costs
-time); up to ``COUNT_BAND`` times that it counts at most ``exact_threshold + 1`` matching rows to decide. Otherwise it runs pgvector 0.8's iterative index scan; if that still
-returns fewer than k rows, search.py answers exactly. sql/search.sql follows the same rules.
+time), and also up to ``EXACT_MAX_ROWS`` rows when they are at most ``exact_selectivity`` of the
+table (iterative scans lose recall that narrow); up to ``COUNT_BAND`` times ``exact_threshold`` it
+counts at most ``exact_threshold + 1`` matching rows to decide. Otherwise it runs pgvector 0.8's
+iterative index scan; if that still returns fewer than k rows, search.py answers exactly. sql/search.sql follows the same rules.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ EXACT_THRESHOLD = 2000  # filtered rows at or below which exact search is both f
 # Count only when the estimate is within this factor of the threshold: counting 2,001 of a 10% filter's
 # rows cost 6 ms on the 100k benchmark (was 10x); a worse estimate still gets iterative HNSW + the fallback.
 COUNT_BAND = 3
+# A filter this narrow a share of the table goes exact even above EXACT_THRESHOLD: iterative HNSW
+# must walk ~k / selectivity nodes and loses recall (1% of the 1M benchmark: recall@10 0.947 in
+# 20.6 ms; exact: 1.000 in 24 ms). Exact costs ~2.4 us a matching row there, so only up to EXACT_MAX_ROWS.
+EXACT_SELECTIVITY = 0.02
+EXACT_MAX_ROWS = 25_000
 UNFILTERED_EF_SEARCH = 250  # 200 left one query of 100 with recall 0 on the 100k benchmark
 FILTERED_EF_SEARCH = 400
 MAX_EF_SEARCH = 1000  # pgvector's limit
@@ -81,6 +88,7 @@ def plan(
     pgvector_version: tuple[int, ...],
     exact: bool = False,
     exact_threshold: int = EXACT_THRESHOLD,
+    exact_selectivity: float = EXACT_SELECTIVITY,
     ef_search: int | None = None,
 ) -> SearchPlan:
     """Choose the path for a top-``k`` dense search over the rows matching ``where`` (None: all rows).
@@ -102,12 +110,19 @@ def plan(
     probe = sa.select(sa.literal(1)).select_from(Passage).where(where)
     estimate = float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
     chosen_ef = max(k, ef_search or FILTERED_EF_SEARCH)
-    if estimate > COUNT_BAND * exact_threshold:
-        return SearchPlan("hnsw-iterative", f"the filter matches about {estimate:.0f} rows: iterative HNSW scan",
-                          estimated_rows=estimate, ef_search=chosen_ef)
     if estimate <= exact_threshold:  # exact is right at any size; a bounded count would cost as much
         return SearchPlan("exact", f"the filter matches about {estimate:.0f} rows (<= {exact_threshold}): exact scan",
                           estimated_rows=estimate)
+    if exact_selectivity > 0 and estimate <= EXACT_MAX_ROWS:
+        rows = float(conn.execute(sa.text(
+            "SELECT reltuples FROM pg_class WHERE oid = 'dpr_pg.passages'::regclass")).scalar_one())
+        if estimate <= exact_selectivity * rows:
+            return SearchPlan("exact", f"the filter matches about {estimate:.0f} rows, {estimate / rows:.2%} of the "
+                              f"table (<= {exact_selectivity:.0%}): too narrow for iterative HNSW: exact scan",
+                              estimated_rows=estimate)
+    if estimate > COUNT_BAND * exact_threshold:
+        return SearchPlan("hnsw-iterative", f"the filter matches about {estimate:.0f} rows: iterative HNSW scan",
+                          estimated_rows=estimate, ef_search=chosen_ef)
     bounded = sa.select(sa.func.count()).select_from(probe.limit(exact_threshold + 1).subquery())
     matches = int(conn.execute(bounded).scalar_one())
     if matches <= exact_threshold:

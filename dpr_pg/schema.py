@@ -172,6 +172,14 @@ def _resolve_range(cfg: Config, revision: str, start: str | None) -> tuple[str, 
     return target, first
 
 
+def replace_search_function() -> None:
+    """From a migration: CREATE OR REPLACE dpr_pg.search from its block in sql/search.sql (a planner tuning)."""
+    text = (resource_dir("sql") / "search.sql").read_text(encoding="utf-8")
+    start = text.index("-- BEGIN dpr_pg.search")
+    block = text[start:text.index("-- END dpr_pg.search", start)]
+    execute_script(block.replace("@VECTOR_SCHEMA@", vector_schema()))
+
+
 def current_revision(conn: Connection) -> str | None:
     """dpr_pg's schema revision in this database, or None before ``dpr-pg init``."""
     migration = MigrationContext.configure(

@@ -311,6 +311,7 @@ def search_many(
     query_texts: Sequence[str] | None = None,
     ef_search: int | None = None,
     exact_threshold: int = _planner.EXACT_THRESHOLD,
+    exact_selectivity: float = _planner.EXACT_SELECTIVITY,
     rrf_k: float = 60.0,
     dense_weight: float = 1.0,
     text_weight: float = 1.0,
@@ -354,7 +355,8 @@ def search_many(
         with pinned:
             plan = _planner.plan(conn, where_probe, k=max(k, candidates) if mode == "hybrid" else k,
                                  pgvector_version=pgvector_version or version, exact=mode == "exact",
-                                 exact_threshold=exact_threshold, ef_search=ef_search)
+                                 exact_threshold=exact_threshold, exact_selectivity=exact_selectivity,
+                                 ef_search=ef_search)
             if mode == "hybrid":
                 return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
                                 text_weight=text_weight, candidates=candidates, vector_oid=oid)
@@ -374,6 +376,7 @@ def search(
     query_text: str | None = None,
     ef_search: int | None = None,
     exact_threshold: int = _planner.EXACT_THRESHOLD,
+    exact_selectivity: float = _planner.EXACT_SELECTIVITY,
     rrf_k: float = 60.0,
     dense_weight: float = 1.0,
     text_weight: float = 1.0,
@@ -388,8 +391,10 @@ def search(
     ``"hybrid"`` (dense + Spanish full text of ``query_text`` or the question, fused by RRF with
     ``rrf_k``, ``dense_weight``, ``text_weight`` over ``candidates`` per side). ``hits.plan`` says
     which path ran; ``explain=True`` adds PostgreSQL's EXPLAIN of the query. With an Engine the search
-    runs in its own transaction; with a Connection, in the caller's. ``pgvector_version`` overrides
-    the detected version (to exercise the pre-0.8 path).
+    runs in its own transaction; with a Connection, in the caller's. ``exact_threshold`` and
+    ``exact_selectivity`` tune the planner (see :mod:`dpr_pg._planner`; 0 and 0 force the iterative
+    index scan under any filter). ``pgvector_version`` overrides the detected version (to exercise
+    the pre-0.8 path).
 
     >>> hits = search(engine, "¿Cuál es la capital de España?", encoder=pair, k=3, filter={"lang": "es"})
     >>> hits[0].title, hits.plan.path  # doctest: +SKIP
@@ -399,7 +404,8 @@ def search(
     if isinstance(query, np.ndarray) and query.ndim != 1:
         raise DimensionError(f"expected one query vector, not an array of shape {query.shape}; use search_many")
     return search_many(bind, [query], encoder=encoder, k=k, filter=filter, collection=collection, mode=mode,
-                       query_texts=texts, ef_search=ef_search, exact_threshold=exact_threshold, rrf_k=rrf_k,
+                       query_texts=texts, ef_search=ef_search, exact_threshold=exact_threshold,
+                       exact_selectivity=exact_selectivity, rrf_k=rrf_k,
                        dense_weight=dense_weight, text_weight=text_weight, candidates=candidates,
                        explain=explain, pgvector_version=pgvector_version)[0]
 

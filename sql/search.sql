@@ -291,11 +291,12 @@ END
 $$;
 
 -- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short.
--- Planner: no filter → HNSW; a narrow filter (≤ 2000 rows by the estimate, or by a bounded count
--- when the estimate is under 6000) → exact over the filtered rows; otherwise an iterative HNSW
+-- Planner: no filter → HNSW; a narrow filter (≤ 2000 rows by the estimate, ≤ 25000 rows that are
+-- ≤ 2% of the table, or ≤ 2000 by a bounded count when the estimate is under 6000) → exact over
+-- the filtered rows; otherwise an iterative HNSW
 -- scan (pgvector ≥ 0.8), falling back to exact when it returns fewer than k rows. pgvector < 0.8
 -- gets exact search whenever there is a filter.
--- BEGIN dpr_pg.search (migration 0007 re-runs this block: keep CREATE OR REPLACE and the signature)
+-- BEGIN dpr_pg.search (migrations 0007 and 0008 re-run this block: keep CREATE OR REPLACE and the signature)
 CREATE OR REPLACE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
 RETURNS SETOF dpr_pg.hit
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
@@ -303,6 +304,8 @@ SET search_path = pg_catalog, dpr_pg, @VECTOR_SCHEMA@, pg_temp
 AS $$
 DECLARE
     exact_threshold CONSTANT integer := 2000;
+    exact_selectivity CONSTANT double precision := 0.02;
+    exact_max_rows CONSTANT integer := 25000;
     compiled record;
     where_sql text;
     dim integer;
@@ -345,6 +348,9 @@ BEGIN
         path := 'hnsw-iterative';
         IF est <= exact_threshold THEN
             path := 'exact';  -- right at any size; a bounded count would cost as much as the search
+        ELSIF est <= exact_max_rows AND est <= exact_selectivity * (
+                SELECT c.reltuples FROM pg_class c WHERE c.oid = 'dpr_pg.passages'::regclass) THEN
+            path := 'exact';  -- this narrow a share of the table, iterative HNSW loses recall
         ELSIF est <= 3 * exact_threshold THEN  -- dpr_pg._planner.COUNT_BAND
             EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql || ' LIMIT $5) AS m'
                 INTO matches USING compiled.params, query, k, collection, exact_threshold + 1;

@@ -116,9 +116,9 @@ def test_selective_filters_return_min_k_matches_with_the_exact_ranking(corpus_en
 @pytest.mark.parametrize(("document", "count"), SELECTIVE, ids=[json.dumps(d) for d, _ in SELECTIVE])
 def test_iterative_index_path_never_comes_back_short(corpus_engine: Engine, document: dict[str, Any],
                                                      count: int) -> None:
-    # exact_threshold=0 forces the iterative HNSW scan, whatever the filter's width
+    # exact_threshold=0 and exact_selectivity=0 force the iterative HNSW scan, whatever the filter's width
     for query in QUERIES[:3]:
-        hits = search(corpus_engine, query, k=10, filter=document, exact_threshold=0)
+        hits = search(corpus_engine, query, k=10, filter=document, exact_threshold=0, exact_selectivity=0)
         assert hits.plan.path in ("hnsw-iterative", "exact")
         assert len(hits) == min(10, count)
         expected = truth(query, 10, document)
@@ -133,6 +133,16 @@ def test_planner_picks_exact_for_narrow_and_iterative_for_broad_filters(corpus_e
     assert broad.plan.ef_search == 400
     counted = search(corpus_engine, QUERIES[0], k=10, filter={"tenth": True}, exact_threshold=150)
     assert (counted.plan.path, counted.plan.matching_rows) == ("hnsw-iterative", 151)  # counted up to 151
+
+
+def test_a_filter_matching_a_small_share_of_a_large_table_goes_exact(corpus_engine: Engine) -> None:
+    # 30 of 3000 rows (1%): above this exact_threshold, but within 2% of the table.
+    hits = search(corpus_engine, QUERIES[0], k=10, filter={"one_pct": True}, exact_threshold=10)
+    assert hits.plan.path == "exact" and "too narrow for iterative HNSW" in hits.plan.reason
+    assert ids(hits) == truth(QUERIES[0], 10, {"one_pct": True})
+    wider = search(corpus_engine, QUERIES[0], k=10, filter={"one_pct": True}, exact_threshold=10,
+                   exact_selectivity=0.005)  # 1% is above 0.5%: a bounded count (11 > 10), then the index
+    assert (wider.plan.path, wider.plan.matching_rows) == ("hnsw-iterative", 11)
 
 
 def test_pgvector_before_0_8_gets_exact_search_under_a_filter(corpus_engine: Engine) -> None:
@@ -340,3 +350,5 @@ def test_sql_function_uses_the_python_planners_settings(corpus_engine: Engine) -
             f"ELSE {_planner.FILTERED_EF_SEARCH} END") in body
     assert f"est <= {_planner.COUNT_BAND} * exact_threshold" in body
     assert f"exact_threshold CONSTANT integer := {_planner.EXACT_THRESHOLD};" in body
+    assert f"exact_selectivity CONSTANT double precision := {_planner.EXACT_SELECTIVITY};" in body
+    assert f"exact_max_rows CONSTANT integer := {_planner.EXACT_MAX_ROWS};" in body

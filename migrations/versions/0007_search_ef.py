@@ -14,7 +14,7 @@ Create Date: 2026-11-28
 from __future__ import annotations
 
 
-from dpr_pg.schema import execute_script, resource_dir, vector_schema
+from dpr_pg.schema import replace_search_function
 
 revision = "0007"
 down_revision = "0006"
@@ -23,10 +23,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    text = (resource_dir("sql") / "search.sql").read_text(encoding="utf-8")
-    start = text.index("-- BEGIN dpr_pg.search")
-    block = text[start:text.index("-- END dpr_pg.search", start)]
-    execute_script(block.replace("@VECTOR_SCHEMA@", vector_schema()))
+    replace_search_function()
 
 
 def downgrade() -> None:
