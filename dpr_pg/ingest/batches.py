@@ -85,6 +85,7 @@ class BatchRun:
     fingerprint_id: str = ""
     more_writers: list[PassageWriter] = field(default_factory=list)
     pending: list[tuple[Future[tuple[int, int]], int]] = field(default_factory=list)
+    parts: int = 0
 
     def __post_init__(self) -> None:
         self.fingerprint_id = self.fingerprint.id  # a sha256 over the fields: compute it once
@@ -92,26 +93,32 @@ class BatchRun:
     def submit(self, staged: list[StagedPassage], *, fresh: bool) -> None:
         """Write a batch on the writer threads, so that reading and checking the next one overlaps it.
 
-        The batch is split among the writers (one connection each): the server's per-row work (the
-        Spanish tsvector) then runs on several cores. The previous batch is committed first, so at
-        most one batch is ever uncommitted: what a kill -9 can lose. Batches hold disjoint keys
-        (duplicates are resolved beforehand), so the parts' order is free.
+        The batch is split among the writers (one connection each), so the server's per-row work
+        (the Spanish tsvector) runs on several cores. Each part waits for the oldest part in
+        flight, so at most one batch is ever uncommitted: what a kill -9 can lose. Batches hold
+        disjoint keys (duplicates are resolved beforehand), so the parts' order is free.
         """
-        self.drain()
         writers = [self.writer, *self.more_writers]
         share = -(-len(staged) // len(writers))
-        for writer, start in zip(writers, range(0, len(staged), share)):
+        for start in range(0, len(staged), share):
+            if len(self.pending) >= len(writers):
+                self._drain_oldest()  # its writer is the one this part gets
             part = staged[start:start + share]
+            writer = writers[self.parts % len(writers)]
+            self.parts += 1
             self.pending.append((self.executor.submit(writer.write, part, fresh=fresh), len(part)))
+
+    def _drain_oldest(self) -> None:
+        future, rows = self.pending.pop(0)
+        inserted, updated = future.result()
+        self.report.inserted += inserted
+        self.report.updated += updated
+        self.report.unchanged += rows - inserted - updated  # written meanwhile by a concurrent ingest
 
     def drain(self) -> None:
         """Wait for the parts being written (re-raising the first error) and count them."""
         while self.pending:
-            future, rows = self.pending.pop(0)
-            inserted, updated = future.result()
-            self.report.inserted += inserted
-            self.report.updated += updated
-            self.report.unchanged += rows - inserted - updated  # written meanwhile by a concurrent ingest
+            self._drain_oldest()
 
     def reject(self, where: str, reason: str) -> None:
         self.report.reject(where, reason)
