@@ -143,6 +143,9 @@ def doctor(ctx: Context, as_json: bool) -> None:
     table.add_row("pgvector", report.pgvector_version or "not installed")
     table.add_row("schema", f"{report.schema_revision or 'none'} (head {report.head_revision})")
     table.add_row("dimension", str(report.dim) if report.dim else "-")
+    if report.dim:
+        table.add_row("hnsw index", "m {m}, ef_construction {ef_construction}".format(**report.hnsw)
+                      if report.hnsw else "missing")
     for collection, count in report.passages.items():
         table.add_row(f"collection {collection}", f"{count} passages")
     for encoder in report.encoders:

@@ -51,6 +51,7 @@ class DoctorReport:
     dim: int | None
     passages: dict[str, int] = field(default_factory=dict)
     encoders: list[dict[str, Any]] = field(default_factory=list)
+    hnsw: dict[str, int] | None = None  # the HNSW index's m and ef_construction; None when missing or INVALID
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,6 +88,16 @@ def doctor(engine: Engine) -> DoctorReport:
             ]
     head = head_revision()
     warnings = pgvector_warnings(pgvector)
+    hnsw = None
+    if dim is not None:
+        from dpr_pg.ingest.index import hnsw_exists, hnsw_parameters
+
+        parameters = hnsw_parameters(engine) if hnsw_exists(engine) else None
+        if parameters is None:
+            warnings.append("the HNSW index on dpr_pg.passages is missing or INVALID (an interrupted build): "
+                            "searches run as exact scans; run dpr-pg index to build it")
+        else:
+            hnsw = {"m": parameters.m, "ef_construction": parameters.ef_construction}
     if revision is None:
         warnings.append("no dpr_pg schema in this database; run dpr-pg init")
     elif revision != head:
@@ -100,5 +111,6 @@ def doctor(engine: Engine) -> DoctorReport:
         dim=dim,
         passages=passages,
         encoders=encoders,
+        hnsw=hnsw,
         warnings=warnings,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from dpr_pg import schema
@@ -54,7 +55,19 @@ def test_doctor_json_reports_versions_and_hides_the_password(cli, database_url: 
     assert report["schema_revision"] == schema.head_revision()
     assert report["dim"] == 768
     assert report["warnings"] == []
+    assert report["hnsw"] == {"m": 16, "ef_construction": 64}
     assert "s3cret" not in result.stdout and "***" in report["database_url"]
+
+
+def test_doctor_warns_when_the_hnsw_index_is_missing(cli, database_url: str) -> None:
+    from dpr_pg.ingest.index import drop_hnsw
+
+    engine = sa.create_engine(database_url)
+    drop_hnsw(engine)
+    engine.dispose()
+    result = cli("--database-url", database_url, "doctor", check=True)
+    assert "missing or INVALID" in result.stderr and "run dpr-pg index" in result.stderr
+    assert "hnsw index" in result.stdout and "missing" in result.stdout
 
 
 @pytest.mark.parametrize(
