@@ -6,7 +6,8 @@ Plain HNSW with a WHERE clause comes back short or with poor recall when the fil
 time), and also up to ``EXACT_MAX_ROWS`` rows when they are at most ``exact_selectivity`` of the
 table (iterative scans lose recall that narrow); up to ``COUNT_BAND`` times ``exact_threshold`` it
 counts at most ``exact_threshold + 1`` matching rows to decide. Otherwise it runs pgvector 0.8's
-iterative index scan; if that still returns fewer than k rows, search.py answers exactly. sql/search.sql follows the same rules.
+iterative index scan; if that still returns fewer than k rows, search.py answers exactly.
+sql/search.sql follows the same rules.
 """
 
 from __future__ import annotations

@@ -279,7 +279,9 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
 @click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
-@click.option("--batch-size", type=click.IntRange(1), help="Passages per batch, the most a kill -9 can lose (default 256; 2000 with --embeddings, written as two halves on two connections).")
+@click.option("--batch-size", type=click.IntRange(1),
+              help="Passages per batch, the most a kill -9 can lose (default 256; 2000 with --embeddings, "
+                   "written as two halves on two connections).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record; nothing of its batch is written.")
 @click.option("--prune", is_flag=True, help="Delete the collection's passages that are not in PATH.")
 @click.option("--defer-index", is_flag=True,
