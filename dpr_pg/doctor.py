@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dpr_pg.database import hide_password
-from dpr_pg.schema import current_revision, embedding_dim, head_revision
+from dpr_pg.schema import HNSW_INDEX, current_revision, embedding_dim, head_revision
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -37,6 +37,21 @@ def pgvector_warnings(version: str | None) -> list[str]:
             "upgrade to pgvector >= 0.8.2, or SET max_parallel_maintenance_workers = 0 before building indexes"
         )
     return warnings
+
+
+def index_memory_warning(index_bytes: int, shared_buffers_bytes: int) -> str | None:
+    """A warning when the HNSW index cannot stay in shared_buffers (every search then copies pages in).
+
+    >>> index_memory_warning(4 * 2**30, 128 * 2**20)[:53]
+    'the HNSW index (4096 MB) is larger than shared_buffer'
+    """
+    if index_bytes <= shared_buffers_bytes:
+        return None
+    wanted = -(-index_bytes * 5 // 4 // 2**30)  # GB, with a quarter to spare for the rows searches read
+    return (f"the HNSW index ({index_bytes // 2**20} MB) is larger than shared_buffers "
+            f"({shared_buffers_bytes // 2**20} MB): searches copy index pages in from the OS on every query; "
+            f"set shared_buffers to at least {wanted}GB (ALTER SYSTEM SET shared_buffers = '{wanted}GB', then "
+            "restart PostgreSQL) if the server has the memory")
 
 
 @dataclass
@@ -98,6 +113,13 @@ def doctor(engine: Engine) -> DoctorReport:
                             "searches run as exact scans; run dpr-pg index to build it")
         else:
             hnsw = {"m": parameters.m, "ef_construction": parameters.ef_construction}
+            with engine.connect() as conn:
+                sizes = conn.execute(sa.text(
+                    "SELECT pg_relation_size(to_regclass(:index)), pg_size_bytes(current_setting('shared_buffers'))"),
+                    {"index": f"dpr_pg.{HNSW_INDEX}"}).one()
+            memory = index_memory_warning(int(sizes[0]), int(sizes[1]))
+            if memory:
+                warnings.append(memory)
     if revision is None:
         warnings.append("no dpr_pg schema in this database; run dpr-pg init")
     elif revision != head:

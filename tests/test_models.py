@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from dpr_pg import Encoder, Passage
-from dpr_pg.doctor import pgvector_warnings
+from dpr_pg.doctor import index_memory_warning, pgvector_warnings
 
 
 def test_models_round_trip_through_an_application_session(engine: sa.Engine) -> None:
@@ -49,3 +49,11 @@ def test_doctor_warns_about_old_and_vulnerable_pgvector(version: str, expected: 
     assert len(warnings) == len(expected)
     for warning, fragment in zip(warnings, expected):
         assert fragment in warning
+
+
+def test_doctor_warns_when_the_hnsw_index_outgrows_shared_buffers() -> None:
+    # The 1M-row benchmark: a ~3.9 GB index against the embedded server's default 128 MB.
+    warning = index_memory_warning(int(3.9 * 2**30), 128 * 2**20)
+    assert warning is not None and "(3993 MB) is larger than shared_buffers (128 MB)" in warning
+    assert "shared_buffers to at least 5GB" in warning
+    assert index_memory_warning(100 * 2**20, 128 * 2**20) is None
