@@ -71,8 +71,8 @@ class IndexBuild:
 
 
 def _definition(name: str, parameters: HnswParameters, *, concurrently: bool = False) -> str:
-    how = "CONCURRENTLY " if concurrently else ""
-    return (f"CREATE INDEX {how}{name} ON dpr_pg.passages USING hnsw (embedding vector_ip_ops) "
+    how = "CONCURRENTLY" if concurrently else "IF NOT EXISTS"
+    return (f"CREATE INDEX {how} {name} ON dpr_pg.passages USING hnsw (embedding vector_ip_ops) "
             f"WITH ({parameters.sql()})")
 
 
@@ -140,7 +140,7 @@ def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
                 return False
             conn.execute(sa.text(DROP_INVALID_HNSW))
             _set_memory(conn, maintenance_work_mem, parameters)
-            conn.execute(sa.text(_definition(f"IF NOT EXISTS {HNSW_INDEX}", parameters)))
+            conn.execute(sa.text(_definition(HNSW_INDEX, parameters)))
             return True
         finally:
             conn.execute(sa.text(_UNLOCK))
