@@ -95,6 +95,12 @@ def encoder_id(engine) -> int:  # noqa: ANN001
         return register_encoder(conn, EncoderFingerprint(*FINGERPRINT_ARGS))
 
 
+def load_inputs(source: Path, emb: Path) -> tuple[list[dict], np.ndarray]:
+    """What the baselines load whole, as a user's script would: every record and every vector."""
+    with open(source, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle], np.load(emb)
+
+
 def method_orm(url: str, source: Path, emb: Path) -> int:
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
@@ -104,9 +110,7 @@ def method_orm(url: str, source: Path, emb: Path) -> int:
 
     engine = sa.create_engine(url)
     eid = encoder_id(engine)
-    vectors = np.load(emb)
-    with open(source, encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle]
+    records, vectors = load_inputs(source, emb)
     with Session(engine) as session:
         session.add_all([
             Passage(collection="bench", external_id=r["id"], title=r["title"], text=r["text"],
@@ -126,9 +130,7 @@ def method_executemany(url: str, source: Path, emb: Path) -> int:
 
     engine = sa.create_engine(url)
     eid = encoder_id(engine)
-    vectors = np.load(emb)
-    with open(source, encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle]
+    records, vectors = load_inputs(source, emb)
     raw = engine.raw_connection()
     conn = raw.driver_connection
     register_vector(conn)
