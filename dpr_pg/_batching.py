@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from dpr_pg import _onnx
 from dpr_pg._precision import apply_precision, forward_context, resolve_precision
 from dpr_pg.errors import EncoderError
 
@@ -42,8 +48,12 @@ class BatchingEncoder:
         precision: str | None = None,
         batch_size: int | None = None,
         max_length: int | None = None,
+        runtime: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         import torch
+
+        from dpr_pg import config
 
         self.name = name
         self.revision = revision
@@ -63,10 +73,14 @@ class BatchingEncoder:
         self.model = apply_precision(model.eval().to(self.device), self.precision, self.device)
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.last_truncated = 0
+        self.runtime = _onnx.resolve_runtime(runtime, kind=self.kind, device=self.device, precision=self.precision)
+        self._cache_dir = Path(config.cache_dir(cache_dir))
+        self._onnx: _onnx.OnnxRunner | None = None  # exported or read on first use: ingest never needs questions'
+        self._onnx_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, device={self.device.type!r}, "
-                f"precision={self.precision!r}, dim={self.dim})")
+                f"precision={self.precision!r}, runtime={self.runtime!r}, dim={self.dim})")
 
     # -- tokenization ---------------------------------------------------------------------------
 
@@ -90,13 +104,11 @@ class BatchingEncoder:
     # -- inference ------------------------------------------------------------------------------
 
     def _embed(self, ids: list[list[int]], types: list[list[int]]) -> np.ndarray:
-        import torch
-
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         if not ids:
             return out
         order = np.argsort([-len(row) for row in ids], kind="stable")  # longest first: OOM shows early
-        with torch.inference_mode(), forward_context(self.precision, self.device):
+        with self._forward_context():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 width = len(ids[batch[0]])
@@ -108,13 +120,43 @@ class BatchingEncoder:
                     input_ids[row, :length] = ids[index]
                     token_types[row, :length] = types[index]
                     mask[row, :length] = 1
-                pooled = self.model(
-                    input_ids=torch.from_numpy(input_ids).to(self.device),
-                    attention_mask=torch.from_numpy(mask).to(self.device),
-                    token_type_ids=torch.from_numpy(token_types).to(self.device),
-                ).pooler_output
-                out[batch] = pooled.float().cpu().numpy()
+                out[batch] = self._forward(input_ids, mask, token_types)
         return out
+
+    def onnx_runner(self) -> _onnx.OnnxRunner:
+        """The ONNX Runtime session of this encoder, exported (or read from the cache) on first use."""
+        with self._onnx_lock:
+            if self._onnx is None:
+                import torch
+
+                key = _onnx.cache_key(kind=self.kind, source=self.name, revision=self.revision,
+                                      max_length=self.max_length)
+                self._onnx = _onnx.load_runner(self.model, key=key, cache_dir=self._cache_dir,
+                                               threads=torch.get_num_threads())
+            return self._onnx
+
+    @contextmanager
+    def _forward_context(self) -> Iterator[None]:
+        if self.runtime == "onnx":
+            yield
+            return
+        import torch
+
+        with torch.inference_mode(), forward_context(self.precision, self.device):
+            yield
+
+    def _forward(self, input_ids: np.ndarray, mask: np.ndarray, token_types: np.ndarray) -> np.ndarray:
+        """``pooler_output`` of one padded batch, as float32 on the host."""
+        if self.runtime == "onnx":
+            return self.onnx_runner().run(input_ids, mask, token_types)
+        import torch
+
+        pooled = self.model(
+            input_ids=torch.from_numpy(input_ids).to(self.device),
+            attention_mask=torch.from_numpy(mask).to(self.device),
+            token_type_ids=torch.from_numpy(token_types).to(self.device),
+        ).pooler_output
+        return pooled.float().cpu().numpy()
 
     def _encode(self, first: list[str], second: list[str] | None) -> EncodeResult:
         if not first:

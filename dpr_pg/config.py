@@ -53,6 +53,12 @@ def passage_model(explicit: str | None = None) -> str:
     return explicit or os.environ.get("DPR_PG_PASSAGE_MODEL") or DEFAULT_PASSAGE_MODEL
 
 
+def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where exported encoder graphs are kept: argument > ``DPR_PG_CACHE_DIR`` > the per-user cache folder."""
+    chosen = explicit or os.environ.get("DPR_PG_CACHE_DIR")
+    return Path(chosen).expanduser().resolve() if chosen else platformdirs.user_cache_path("dpr_pg")
+
+
 def runtime_dir() -> Path:
     """A private 0700 folder for sockets and locks (platformdirs warns without XDG_RUNTIME_DIR)."""
     existing = os.environ.get("XDG_RUNTIME_DIR")

@@ -10,6 +10,7 @@ torch and transformers are imported lazily: ``import dpr_pg`` stays light.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -220,16 +221,22 @@ class EncoderPair:
         cache_size: int = DEFAULT_CACHE_SIZE,
         question_revision: str | None = None,
         passage_revision: str | None = None,
+        runtime: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> EncoderPair:
         """Load both encoders. Names: argument > ``DPR_PG_*_MODEL`` > the IIC Spanish defaults.
 
         ``precision`` is one of :data:`PRECISIONS`; None picks the default for the device
-        (see README, "Encoders").
+        (see README, "Encoders"). ``runtime`` is ``"torch"`` or ``"onnx"`` for both sides; None
+        runs the question encoder on ONNX Runtime on CPU in fp32 when onnxruntime is installed
+        (same vectors, 2.6x faster per question) and everything else on torch. The exported
+        graph is cached in ``cache_dir`` (default ``DPR_PG_CACHE_DIR``, else the per-user cache).
 
         Example:
             >>> pair = EncoderPair.load(precision="fp32", batch_size=16)  # doctest: +SKIP
         """
-        options = {"device": device, "precision": precision, "batch_size": batch_size}
+        options = {"device": device, "precision": precision, "batch_size": batch_size, "runtime": runtime,
+                   "cache_dir": cache_dir}
         question = QuestionEncoder.load(question_model, revision=question_revision, cache_size=cache_size, **options)
         passage = PassageEncoder.load(passage_model, revision=passage_revision, **options)
         return cls(question, passage)

@@ -89,6 +89,7 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     for name in ("DPR_PG_DATABASE_URL", "DATABASE_URL", "DPR_PG_QUESTION_MODEL", "DPR_PG_PASSAGE_MODEL"):
         os.environ.pop(name, None)
     os.environ["DPR_PG_HOME"] = str(tmp_path_factory.mktemp("dpr_pg_home"))
+    os.environ["DPR_PG_CACHE_DIR"] = str(tmp_path_factory.mktemp("dpr_pg_cache"))
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     yield

@@ -25,6 +25,7 @@ from dpr_pg import (
     make_tiny_models,
     register_encoder,
 )
+from dpr_pg import _onnx
 from dpr_pg._precision import cpu_has_vnni
 from dpr_pg._tiny import spanish_sentences
 
@@ -180,6 +181,61 @@ def test_torch_thread_count_is_respected(tiny_dirs: tuple[Path, Path]) -> None:
     encoder = PassageEncoder.load(str(tiny_dirs[1]), precision="int8")
     encoder.encode(corpus()[:5])
     assert torch.get_num_threads() == before
+
+
+def test_onnx_runtime_gives_the_torch_vectors(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    dirs = [str(d) for d in tiny_dirs]
+    on_torch = EncoderPair.load(*dirs, runtime="torch", batch_size=4)
+    on_onnx = EncoderPair.load(*dirs, runtime="onnx", batch_size=4)
+    questions = QUESTIONS + ["¿Y?", " ".join(spanish_sentences()[:40])]  # padded batches, one truncated
+    passages = corpus() + [("Largo", "palabra " * 900)]
+    assert (on_torch.question.runtime, on_onnx.question.runtime, on_onnx.passage.runtime) == ("torch", "onnx", "onnx")
+    np.testing.assert_allclose(on_onnx.question.encode(questions), on_torch.question.encode(questions), atol=1e-4)
+    np.testing.assert_allclose(on_onnx.passage.encode(passages), on_torch.passage.encode(passages), atol=1e-4)
+    assert on_onnx.passage.last_truncated == on_torch.passage.last_truncated == 1
+    assert on_onnx.fingerprint == on_torch.fingerprint
+
+
+def test_default_runtime_is_onnx_for_cpu_fp32_questions_only(tiny_dirs: tuple[Path, Path]) -> None:
+    dirs = [str(d) for d in tiny_dirs]
+    default = EncoderPair.load(*dirs)
+    assert (default.question.runtime, default.passage.runtime) == ("onnx", "torch")
+    assert "runtime='onnx'" in repr(default.question)
+    options = default.question.onnx_runner().session.get_session_options()
+    assert options.intra_op_num_threads == torch.get_num_threads()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # no busy idle threads
+    assert QuestionEncoder.load(dirs[0], precision="int8").runtime == "torch"
+    with pytest.raises(EncoderError, match="runtime must be one of torch, onnx"):
+        QuestionEncoder.load(dirs[0], runtime="tensorrt")
+    with pytest.raises(EncoderError, match="runtime 'onnx' runs fp32 on CPU only, not int8"):
+        QuestionEncoder.load(dirs[0], runtime="onnx", precision="int8")
+
+
+def test_exported_graph_is_cached_and_a_corrupt_one_is_exported_again(tiny_dirs: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    first = QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
+    assert not (tmp_path / "onnx").exists()  # nothing is exported before the first question
+    reference = first.encode(QUESTIONS)
+    (graph,) = (tmp_path / "onnx").glob("*/model.onnx")
+    written = graph.stat().st_mtime_ns
+    again = QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
+    again.onnx_runner()
+    assert graph.stat().st_mtime_ns == written  # read, not exported again
+    graph.write_bytes(b"half a file")  # a killed export, a full disk
+    repaired = QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
+    repaired.onnx_runner()
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == [graph.parent.name]  # no staging folders left
+    assert graph.stat().st_size > 1000
+    np.testing.assert_array_equal(again.encode(QUESTIONS), reference)
+    np.testing.assert_array_equal(repaired.encode(QUESTIONS), reference)
+
+
+def test_onnx_cache_key_follows_the_weights(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    other_question, _ = make_tiny_models(tmp_path / "other", dim=768, seed=1)
+    QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path / "cache").onnx_runner()
+    QuestionEncoder.load(str(other_question), runtime="onnx", cache_dir=tmp_path / "cache").onnx_runner()
+    assert len(list((tmp_path / "cache" / "onnx").glob("*/model.onnx"))) == 2  # other weights, other graph
+    assert _onnx.cache_key(kind="question", source="org/model", revision=None, max_length=512) is None
 
 
 def test_missing_model_error_names_model_reason_and_fix() -> None:
