@@ -232,6 +232,11 @@ def demo(ctx: Context) -> None:
 
 # ---- encoders (issue 3) ---------------------------------------------------------------------------
 
+RUNTIME_OPTION = click.option(
+    "--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
+    help="Inference runtime. auto: ONNX Runtime for the question encoder on CPU in fp32 (same vectors, "
+         "faster), torch for the rest.")
+
 
 @main.command("tiny-models")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=str))
@@ -256,6 +261,7 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
     click.echo(f"question encoder: {question_dir}")
     click.echo(f"passage encoder:  {passage_dir}")
 
+
 # ---- ingest (issue 4) -----------------------------------------------------------------------------
 
 
@@ -279,6 +285,7 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
 @click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
+@RUNTIME_OPTION
 @click.option("--batch-size", type=click.IntRange(1),
               help="Passages per batch, the most a kill -9 can lose (default 256; 2000 with --embeddings, "
                    "written as two halves on two connections).")
@@ -295,8 +302,8 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
 def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id_field: str, title_field: str,
                    text_field: str, metadata_fields: tuple[str, ...], chunk_words: int | None, chunk_overlap: int,
                    embeddings: str | None, embeddings_column: str, question_model: str | None,
-                   passage_model: str | None, precision: str | None, batch_size: int | None, strict: bool,
-                   prune: bool, defer_index: bool, questions_path: str | None, progress: bool | None,
+                   passage_model: str | None, precision: str | None, runtime: str, batch_size: int | None,
+                   strict: bool, prune: bool, defer_index: bool, questions_path: str | None, progress: bool | None,
                    as_json: bool) -> None:
     """Ingest a JSONL, CSV, Parquet or SQuAD JSON file into a collection; re-running it changes nothing.
 
@@ -314,7 +321,7 @@ def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id
 
     mapping = FieldMapping(id=id_field, title=title_field, text=text_field, metadata=metadata_fields or None)
     # Precomputed vectors still load the named pair: its fingerprint is recorded with them.
-    pair = EncoderPair.load(question_model, passage_model, precision=precision)
+    pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
     try:
         report = ingest(ctx.engine, pair, path, collection=collection, format=fmt, fields=mapping,
                         chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
@@ -359,6 +366,8 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
               help="Use this query vector (.npy, or a JSON array) instead of encoding QUESTION.")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--precision", help="Question encoder precision (fp32, bf16, int8; default: best for the device).")
+@RUNTIME_OPTION
 @click.option("--ef-search", type=click.IntRange(1, 1000), metavar="N",
               help="hnsw.ef_search for the index path (default: the planner's); `dpr-pg eval --audit` recommends one.")
 @click.option("--explain", is_flag=True, help="Print the path that ran and PostgreSQL's plan on stderr.")
@@ -367,7 +376,8 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
 @reports_errors
 def search_command(ctx: Context, question: str, k: int, collection: str | None, filter_doc: str | None, mode: str,
                    vector_file: str | None, question_model: str | None, passage_model: str | None,
-                   ef_search: int | None, explain: bool, as_json: bool) -> None:
+                   precision: str | None, runtime: str, ef_search: int | None, explain: bool,
+                   as_json: bool) -> None:
     """Find the passages that best answer QUESTION (inner product of DPR vectors).
 
     \b
@@ -386,7 +396,7 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
         from dpr_pg.encoders import EncoderPair
 
         query = question
-        pair = EncoderPair.load(question_model, passage_model)
+        pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
     hits = search(engine, query, encoder=pair, k=k, filter=filter_doc, collection=collection, mode=mode,  # type: ignore[arg-type]
                   query_text=question, ef_search=ef_search, explain=explain)
     if explain:
@@ -425,11 +435,12 @@ def _read_query_vector(path: str) -> Any:
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
 @click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
+@RUNTIME_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON object.")
 @pass_context
 @reports_errors
 def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, question_model: str | None,
-           passage_model: str | None, precision: str | None, as_json: bool) -> None:
+           passage_model: str | None, precision: str | None, runtime: str, as_json: bool) -> None:
     """Encode the rows that app tables enabled with op.enable_dpr have queued.
 
     Several workers may run at once: each claims its own items (FOR UPDATE SKIP LOCKED).
@@ -450,7 +461,7 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, ques
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    pair = EncoderPair.load(question_model, passage_model, precision=precision)
+    pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
     report = run_worker(ctx.engine, pair, once=once, batch_size=batch_size, poll_interval=poll_interval, stop=stop)
     if as_json:
         print_json(report.as_dict())
@@ -533,6 +544,7 @@ def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
 @click.option("--precision", help="Question encoder precision (fp32, bf16, int8; default: best for the device).")
+@RUNTIME_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_context
 @reports_errors
@@ -540,7 +552,7 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
                  ks: tuple[int, ...], depth: int | None, limit: int | None, gold: str, answer_style: str, ties: str,
                  hard_negatives: int, threshold: float | None, audit: bool, audit_k: int, sample: int,
                  target_recall: float, question_model: str | None, passage_model: str | None,
-                 precision: str | None, as_json: bool) -> None:
+                 precision: str | None, runtime: str, as_json: bool) -> None:
     """Measure retrieval on QA_FILE (SQuAD JSON, or JSONL of question + gold_ids and/or answers).
 
     Reports top-k accuracy, MRR, the mean/median 0-based rank of the first gold passage (missing
@@ -557,7 +569,7 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
     from dpr_pg.encoders import EncoderPair
 
     engine = ctx.engine  # connect first: a wrong URL fails before the models load
-    pair = EncoderPair.load(question_model, passage_model, precision=precision)
+    pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
     if audit:
         from dpr_pg.audit import audit_ann
 

@@ -111,3 +111,16 @@ def test_cli_search_takes_the_audit_recommended_ef_search(cli: Any, database_url
     refused = cli(*common, "--ef-search", "0")
     assert json.loads(tuned.stdout) == json.loads(default.stdout)
     assert refused.returncode == 2 and "--ef-search" in refused.stderr
+
+
+def test_cli_search_runtimes_give_the_same_hits(cli: Any, database_url: str, engine: Engine, pair: EncoderPair,
+                                                tiny_models: tuple[Path, Path]) -> None:
+    _store(engine, pair)
+    common = ("--database-url", database_url, "search", "¿Dónde está Sevilla?", "-k", "4", "--json")
+    runs = {runtime: json.loads(cli(*common, "--runtime", runtime, env=_cli_env(tiny_models), check=True).stdout)
+            for runtime in ("torch", "onnx", "auto")}
+    ranked = {runtime: [hit["external_id"] for hit in hits] for runtime, hits in runs.items()}
+    assert ranked["torch"] == ranked["onnx"] == ranked["auto"] and len(ranked["torch"]) == 4
+    np.testing.assert_allclose([h["score"] for h in runs["onnx"]], [h["score"] for h in runs["torch"]], rtol=1e-4)
+    refused = cli(*common, "--runtime", "onnx", "--precision", "int8", env=_cli_env(tiny_models))
+    assert refused.returncode == 1 and "runtime 'onnx' runs fp32 on CPU only" in refused.stderr
