@@ -4,10 +4,13 @@ A BERT-base-shaped DPR pair with random weights (the same compute as the IIC mod
 Spanish passages of 30 to 300 words. In one run it measures:
 
   (a) the naive loop from the model card: batches of 32 in input order, padded to the longest, fp32;
-  (b) dpr_pg's encoders (length-sorted dynamic batches) in each precision mode;
+  (b) dpr_pg's encoders (length-sorted dynamic batches) in each precision mode, on torch, and
+      in fp32 also on ONNX Runtime;
 
 and prints passages/s, question-encode p50, the ratios to (a), and the agreement of each mode
-with fp32 (cosine, and top-10 inner-product neighbours of the questions among the passages).
+with dpr_pg's fp32 on torch (cosine, and top-10 inner-product neighbours of the questions among
+the passages). On CPU dpr_pg's default pairs the fp32 torch passage path with the fp32 ONNX
+question path; the last line prints that pairing's ratios.
 
 Run it alone (other engineers' benchmarks take the same lock):
 
@@ -34,6 +37,7 @@ from transformers import (
 )
 
 from dpr_pg._loading import quiet_progress
+from dpr_pg._onnx import onnx_available
 from dpr_pg._precision import cpu_supports_bf16
 from dpr_pg._tiny import _train_vocab, spanish_sentences
 from dpr_pg.encoders import EncoderPair
@@ -137,7 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         question_dir, passage_dir = make_base_models(Path(tmp), seed=args.seed, init_std=args.init_std)
         reference = EncoderPair.load(question_dir, passage_dir, precision="fp32", cache_size=0,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, runtime="torch")
         lengths = [len(ids) for ids in reference.passage.tokenizer(
             [t for t, _ in passages], [x for _, x in passages])["input_ids"]]
         print(f"{len(passages)} passages, {min(lengths)}-{max(lengths)} tokens (median {int(np.median(lengths))}), "
@@ -148,10 +152,13 @@ def main() -> None:
             lambda ps: naive_passages(reference.passage.model, reference.passage.tokenizer, ps),
             lambda q: naive_question(reference.question.model, reference.question.tokenizer, q),
         )}
-        for precision in precisions:
-            pair = reference if precision == "fp32" else EncoderPair.load(
-                question_dir, passage_dir, precision=precision, cache_size=0, batch_size=args.batch_size)
-            contenders[f"dpr_pg {precision}"] = (pair.passage.encode, pair.question.encode)
+        variants = [("fp32", "torch")] + [("fp32", "onnx")] * onnx_available() + [
+            (precision, "torch") for precision in precisions if precision != "fp32"]
+        for precision, runtime in variants:
+            pair = reference if (precision, runtime) == ("fp32", "torch") else EncoderPair.load(
+                question_dir, passage_dir, precision=precision, cache_size=0, batch_size=args.batch_size,
+                runtime=runtime, cache_dir=tmp)
+            contenders[f"dpr_pg {precision} {runtime}"] = (pair.passage.encode, pair.question.encode)
         for encode_passages, encode_question in contenders.values():  # warm-up
             encode_passages(passages[:4])
             encode_question(questions[0])
@@ -174,7 +181,7 @@ def main() -> None:
                 question_ms[name].append(elapsed * 1000)
                 vectors_q[name].append(vector)
 
-    ref_p, ref_q = vectors_p["dpr_pg fp32"], np.stack(vectors_q["dpr_pg fp32"])
+    ref_p, ref_q = vectors_p["dpr_pg fp32 torch"], np.stack(vectors_q["dpr_pg fp32 torch"])
     unit = ref_p / np.linalg.norm(ref_p, axis=1, keepdims=True)
     print(f"mean pairwise cosine of the fp32 passage vectors: "
           f"{(unit @ unit.T)[np.triu_indices(len(unit), 1)].mean():.3f} (agreement is measured against dpr_pg fp32; "
@@ -182,7 +189,7 @@ def main() -> None:
     naive_rate = len(passages) / statistics.median(seconds["naive loop (fp32)"])
     naive_p50 = statistics.median(question_ms["naive loop (fp32)"])
     print()
-    print(f"{'contender':<20} {'passages/s':>10} {'x naive':>8} {'question p50 ms':>16} {'x naive':>8} "
+    print(f"{'contender':<22} {'passages/s':>10} {'x naive':>8} {'question p50 ms':>16} {'x naive':>8} "
           f"{'min cosine':>11} {'top-10 agree':>13}")
     for name in contenders:
         rate = len(passages) / statistics.median(seconds[name])
@@ -190,8 +197,13 @@ def main() -> None:
         got_p, got_q = vectors_p[name], np.stack(vectors_q[name])
         cos = min(cosine_rows(ref_p, got_p).min(), cosine_rows(ref_q, got_q).min())
         agree = top10_agreement(ref_p, ref_q, got_p, got_q)
-        print(f"{name:<20} {rate:>10.2f} {rate / naive_rate:>8.2f} {p50:>16.1f} {naive_p50 / p50:>8.2f} "
+        print(f"{name:<22} {rate:>10.2f} {rate / naive_rate:>8.2f} {p50:>16.1f} {naive_p50 / p50:>8.2f} "
               f"{cos:>11.5f} {agree:>13.3f}")
+    if "dpr_pg fp32 onnx" in contenders:
+        rate = len(passages) / statistics.median(seconds["dpr_pg fp32 torch"])
+        p50 = statistics.median(question_ms["dpr_pg fp32 onnx"])
+        print(f"\ndpr_pg's CPU default (fp32; passages on torch, questions on ONNX Runtime): {rate:.2f} passages/s "
+              f"({rate / naive_rate:.2f}x naive), question p50 {p50:.1f} ms ({naive_p50 / p50:.2f}x naive)")
 
 
 if __name__ == "__main__":
