@@ -217,14 +217,7 @@ def demo(ctx: Context) -> None:
         title = f"[bold]{answer.question}[/bold]"
         if answer.filter:
             title += f"  filter={json.dumps(answer.filter, ensure_ascii=False)}"
-        table = Table(title=title, title_justify="left", caption=f"path: {answer.path}", caption_justify="left")
-        table.add_column("rank", justify="right")
-        table.add_column("score", justify="right")
-        table.add_column("title", no_wrap=True)
-        table.add_column("text", no_wrap=True, overflow="ellipsis", max_width=60)
-        for hit in answer.hits:
-            table.add_row(str(hit.rank), f"{hit.score:.2f}", hit.title, hit.text)
-        console.print(table)
+        console.print(_hits_table(answer.hits, title=title, caption=f"path: {answer.path}", sources=False))
     if result.tiny_models:
         console.print("[yellow]These rankings come from tiny random-weight models: only the pipeline is real.[/yellow]")
     console.print("Next: dpr-pg search \"¿Quién pintó el Guernica?\" --collection demo")
@@ -409,11 +402,36 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
     if as_json:
         print_json([hit.as_dict() for hit in hits])
         return
-    table = Table("rank", "score", "collection", "external_id", "title", "text")
+    console.print(_hits_table(hits, sources=True))
+
+
+def _hits_table(hits: Any, *, title: str | None = None, caption: str | None = None, sources: bool) -> Table:
+    """One line per hit, cut to the terminal's width (``--json`` has every field whole).
+
+    Rank and score keep their width; the text gets what is left, at least two fifths of it, and the
+    other columns shrink to fit. Left to itself, rich squeezes rank and score to nothing on an
+    80-column terminal.
+    """
+    caps = {"rank": 4, "score": 8} | ({"collection": 12, "external_id": 16} if sources else {}) | {"title": 24}
+    widths = {name: cap if name in ("rank", "score") else
+              min(cap, max([len(name)] + [len(str(getattr(hit, name))) for hit in hits]))
+              for name, cap in caps.items()}
+    room = console.width - 3 * (len(widths) + 1) - 1  # what borders and padding leave for content
+    text = max(room - sum(widths.values()), room * 2 // 5)
+    shrinkable = [name for name in widths if name not in ("rank", "score")]
+    scale = min(1.0, max(0, room - text - 12) / sum(widths[name] for name in shrinkable))
+    for name in shrinkable:
+        widths[name] = max(3, int(widths[name] * scale))
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for name, width in widths.items():
+        table.add_column(name, justify="right" if name in ("rank", "score") else "left", no_wrap=True,
+                         overflow="ellipsis", min_width=width if name in ("rank", "score") else None,
+                         max_width=width)
+    table.add_column("text", no_wrap=True, overflow="ellipsis", max_width=max(10, text))
     for hit in hits:
-        text = hit.text if len(hit.text) <= 120 else hit.text[:117] + "..."
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.collection, hit.external_id, hit.title, text)
-    console.print(table)
+        source = [hit.collection, hit.external_id] if sources else []
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", *source, hit.title, hit.text)
+    return table
 
 
 def _read_query_vector(path: str) -> Any:

@@ -124,3 +124,17 @@ def test_cli_search_runtimes_give_the_same_hits(cli: Any, database_url: str, eng
     np.testing.assert_allclose([h["score"] for h in runs["onnx"]], [h["score"] for h in runs["torch"]], rtol=1e-4)
     refused = cli(*common, "--runtime", "onnx", "--precision", "int8", env=_cli_env(tiny_models))
     assert refused.returncode == 1 and "runtime 'onnx' runs fp32 on CPU only" in refused.stderr
+
+
+@pytest.mark.parametrize("columns", [60, 80, 160])
+def test_cli_search_table_fits_the_terminal_with_rank_and_score_whole(
+        cli: Any, database_url: str, engine: Engine, pair: EncoderPair, tiny_models: tuple[Path, Path],
+        columns: int) -> None:
+    _store(engine, pair)
+    result = cli("--database-url", database_url, "search", "¿Dónde está Sevilla?", "-k", "4",
+                 env={**_cli_env(tiny_models), "COLUMNS": str(columns)}, check=True)
+    lines = result.stdout.splitlines()
+    assert lines and max(len(line) for line in lines) <= columns
+    assert "rank" in lines[1] and "score" in lines[1]  # the header row, not squeezed to "r…"
+    scores = [float(line.split("│")[2]) for line in lines if line.startswith("│")]
+    assert len(scores) == 4 and scores == sorted(scores, reverse=True)
