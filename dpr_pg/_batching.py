@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,8 +75,9 @@ class BatchingEncoder:
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.last_truncated = 0
         self.runtime = _onnx.resolve_runtime(runtime, kind=self.kind, device=self.device, precision=self.precision)
+        self._runtime_asked = runtime not in (None, "auto")  # asked for by name: failing to build it is an error
         self._cache_dir = Path(config.cache_dir(cache_dir))
-        self._onnx: _onnx.OnnxRunner | None = None  # exported or read on first use: ingest never needs questions'
+        self._onnx: _onnx.OnnxRunner | None = None  # exported or read on first use: ingest never needs questions
         self._onnx_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -108,7 +110,8 @@ class BatchingEncoder:
         if not ids:
             return out
         order = np.argsort([-len(row) for row in ids], kind="stable")  # longest first: OOM shows early
-        with self._forward_context():
+        runner = self._runner_or_torch() if self.runtime == "onnx" else None
+        with self._forward_context(runner):
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 width = len(ids[batch[0]])
@@ -120,7 +123,7 @@ class BatchingEncoder:
                     input_ids[row, :length] = ids[index]
                     token_types[row, :length] = types[index]
                     mask[row, :length] = 1
-                out[batch] = self._forward(input_ids, mask, token_types)
+                out[batch] = self._forward(runner, input_ids, mask, token_types)
         return out
 
     def onnx_runner(self) -> _onnx.OnnxRunner:
@@ -135,9 +138,21 @@ class BatchingEncoder:
                                                threads=torch.get_num_threads())
             return self._onnx
 
+    def _runner_or_torch(self) -> _onnx.OnnxRunner | None:
+        """The ONNX runner; None once the default runtime fell back to torch because it could not be built."""
+        try:
+            return self.onnx_runner()
+        except EncoderError as e:
+            if self._runtime_asked:
+                raise
+            warnings.warn(f"{e}. Encoding on torch instead (the same vectors, slower per question).",
+                          RuntimeWarning, stacklevel=5)
+            self.runtime = "torch"
+            return None
+
     @contextmanager
-    def _forward_context(self) -> Iterator[None]:
-        if self.runtime == "onnx":
+    def _forward_context(self, runner: _onnx.OnnxRunner | None) -> Iterator[None]:
+        if runner is not None:
             yield
             return
         import torch
@@ -145,10 +160,11 @@ class BatchingEncoder:
         with torch.inference_mode(), forward_context(self.precision, self.device):
             yield
 
-    def _forward(self, input_ids: np.ndarray, mask: np.ndarray, token_types: np.ndarray) -> np.ndarray:
+    def _forward(self, runner: _onnx.OnnxRunner | None, input_ids: np.ndarray, mask: np.ndarray,
+                 token_types: np.ndarray) -> np.ndarray:
         """``pooler_output`` of one padded batch, as float32 on the host."""
-        if self.runtime == "onnx":
-            return self.onnx_runner().run(input_ids, mask, token_types)
+        if runner is not None:
+            return runner.run(input_ids, mask, token_types)
         import torch
 
         pooled = self.model(

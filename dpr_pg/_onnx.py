@@ -126,8 +126,12 @@ def load_runner(model: Any, *, key: str | None, cache_dir: Path, threads: int) -
             return OnnxRunner(target, threads)
         except Exception:  # truncated or corrupt (a killed export, a full disk): export it again
             shutil.rmtree(target.parent, ignore_errors=True)
-    target.parent.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent.parent))
+    try:
+        target.parent.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent.parent))
+    except OSError as e:
+        raise EncoderError(f"cannot write the ONNX cache folder {str(cache_dir)!r} ({e.strerror or e}); "
+                           "set DPR_PG_CACHE_DIR to a writable folder, or use runtime='torch'") from e
     try:
         _export_checked(model, staging / "model.onnx", threads)
         with contextlib.suppress(OSError):  # another process won the race: its copy is the same

@@ -230,6 +230,21 @@ def test_exported_graph_is_cached_and_a_corrupt_one_is_exported_again(tiny_dirs:
     np.testing.assert_array_equal(repaired.encode(QUESTIONS), reference)
 
 
+def test_default_runtime_falls_back_to_torch_when_the_cache_is_unwritable(tiny_dirs: tuple[Path, Path],
+                                                                            tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    default = QuestionEncoder.load(str(tiny_dirs[0]), cache_dir=not_a_folder, cache_size=0)
+    with pytest.warns(RuntimeWarning, match="cannot write the ONNX cache folder .* Encoding on torch instead"):
+        vectors = default.encode(QUESTIONS)
+    assert default.runtime == "torch"
+    on_torch = QuestionEncoder.load(str(tiny_dirs[0]), runtime="torch", cache_size=0)
+    np.testing.assert_allclose(vectors, on_torch.encode(QUESTIONS), atol=1e-6)
+    asked = QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=not_a_folder, cache_size=0)
+    with pytest.raises(EncoderError, match="set DPR_PG_CACHE_DIR to a writable folder"):
+        asked.encode(QUESTIONS)
+
+
 def test_onnx_cache_key_follows_the_weights(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     other_question, _ = make_tiny_models(tmp_path / "other", dim=768, seed=1)
     QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path / "cache").onnx_runner()
