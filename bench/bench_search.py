@@ -61,6 +61,13 @@ def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return vectors, bucket, centers
 
 
+def queries_near(centers: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` questions drawn near the clusters' centres (the same for every script at one seed)."""
+    rng = np.random.default_rng(seed + 1)
+    return (centers[rng.integers(0, len(centers), count)]
+            + rng.normal(scale=NOISE, size=(count, DIM))).astype(np.float32)
+
+
 def write_input(folder: Path, vectors: np.ndarray, bucket: np.ndarray) -> tuple[Path, Path]:
     jsonl, npy = folder / "passages.jsonl", folder / "passages.npy"
     with jsonl.open("w", encoding="utf-8") as out:
@@ -152,9 +159,7 @@ def main() -> None:
     name = f"bench_search_{args.rows}_{args.seed}"
     engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
     vectors, bucket, centers = synthetic(args.rows, args.seed)
-    rng = np.random.default_rng(args.seed + 1)
-    queries = (centers[rng.integers(0, len(centers), args.queries)]
-               + rng.normal(scale=NOISE, size=(args.queries, DIM))).astype(np.float32)
+    queries = queries_near(centers, args.queries, args.seed)
     with admin.connect() as conn:
         exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar()
     parameters = HnswParameters(m=args.m, ef_construction=args.ef_construction)

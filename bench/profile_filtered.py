@@ -28,7 +28,7 @@ import numpy as np
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import DIM, NOISE, synthetic, truth  # noqa: E402
+from bench_search import queries_near, synthetic, truth  # noqa: E402
 
 from dpr_pg.database import embedded_url  # noqa: E402
 
@@ -54,9 +54,7 @@ def main() -> None:
     url = embedded_url(home=Path(args.home))
     engine = sa.create_engine(sa.engine.make_url(url).set(database=f"bench_search_{args.rows}_{args.seed}"))
     vectors, bucket, centers = synthetic(args.rows, args.seed)
-    rng = np.random.default_rng(args.seed + 1)
-    queries = (centers[rng.integers(0, len(centers), args.queries)]
-               + rng.normal(scale=NOISE, size=(args.queries, DIM))).astype(np.float32)
+    queries = queries_near(centers, args.queries, args.seed)
     raw = engine.connect().connection.driver_connection
     raw.autocommit = True
     ids = np.zeros(args.rows, dtype=np.int64)
@@ -65,11 +63,15 @@ def main() -> None:
     expected = truth(vectors, bucket % args.every == 0, queries, ids)
     del vectors
     document = json.dumps({f"s{args.every}": True})
-    # Walk the heap pages and the index once with every query: a fresh server starts with cold buffers.
+    # Walk the heap pages and the index (as the widest iterative scan does) once with every query:
+    # a fresh server starts with cold buffers, which would weigh on whichever path ran first.
     for query in queries:
-        raw.execute(EXACT, {"f": document, "q": str(query.tolist())}).fetchall()
-        raw.execute("SELECT id FROM dpr_pg.passages ORDER BY embedding <#> %(q)s::vector LIMIT 10",
-                    {"q": str(query.tolist())}).fetchall()
+        params = {"f": document, "q": str(query.tolist())}
+        raw.execute(EXACT, params).fetchall()
+        with raw.transaction():
+            raw.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            raw.execute("SET LOCAL hnsw.ef_search = 400")
+            raw.execute(ITERATIVE.format(limit=40), params).fetchall()
 
     def run(label: str, sql: str, settings: list[str], with_recall: bool = True) -> None:
         latencies, recalls = [], []

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import DIM, K, NOISE, synthetic, truth  # noqa: E402
+from bench_search import DIM, K, queries_near, synthetic, truth  # noqa: E402
 
 from dpr_pg.database import embedded_url  # noqa: E402
 from dpr_pg.search import query_vector, search, search_statement  # noqa: E402
@@ -56,9 +56,7 @@ def main() -> None:
     url = embedded_url(home=Path(args.home))
     engine = sa.create_engine(sa.engine.make_url(url).set(database=f"bench_search_{args.rows}_{args.seed}"))
     vectors, bucket, centers = synthetic(args.rows, args.seed)
-    rng = np.random.default_rng(args.seed + 1)
-    queries = (centers[rng.integers(0, len(centers), args.queries)]
-               + rng.normal(scale=NOISE, size=(args.queries, DIM))).astype(np.float32)
+    queries = queries_near(centers, args.queries, args.seed)
     document = json.loads(args.filter) if args.filter else None
     conn = engine.connect()
     ids = np.zeros(args.rows, dtype=np.int64)
