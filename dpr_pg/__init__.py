@@ -14,6 +14,7 @@ from dpr_pg.encoders import (
     PassageEncoder,
     QuestionEncoder,
     check_encoder,
+    fingerprint_of,
     make_tiny_models,
     register_encoder,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "PassageEncoder",
     "QuestionEncoder",
     "check_encoder",
+    "fingerprint_of",
     "make_tiny_models",
     "register_encoder",
     "ConfigError",

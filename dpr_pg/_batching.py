@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dpr_pg import _onnx
+from dpr_pg._loading import output_dim, token_limit
 from dpr_pg._precision import apply_precision, forward_context, resolve_precision
 from dpr_pg.errors import EncoderError
 
@@ -64,12 +65,10 @@ class BatchingEncoder:
         if self.batch_size < 1:
             raise EncoderError(f"batch_size must be at least 1, not {self.batch_size}")
         model_limit = int(model.config.max_position_embeddings)
-        tokenizer_limit = int(min(tokenizer.model_max_length, model_limit))
-        self.max_length = int(max_length or tokenizer_limit)
+        self.max_length = int(max_length or token_limit(model.config, tokenizer))
         if not 2 < self.max_length <= model_limit:
             raise EncoderError(f"max_length must be between 3 and {model_limit}, not {self.max_length}")
-        projection = int(getattr(model.config, "projection_dim", 0) or 0)
-        self.dim = projection if projection > 0 else int(model.config.hidden_size)
+        self.dim = output_dim(model.config)
         self.tokenizer = tokenizer
         self.model = apply_precision(model.eval().to(self.device), self.precision, self.device)
         self.pad_id = int(tokenizer.pad_token_id or 0)

@@ -19,7 +19,28 @@ def load_parts(kind: str, name: str, revision: str | None) -> tuple[Any, Any, st
     ``source`` is the Hub id, or the absolute path of a local folder (so that ``./m`` and
     ``/abs/m`` give the same fingerprint).
     """
+    return _load(kind, name, revision, weights=True)
+
+
+def load_light(kind: str, name: str, revision: str | None) -> tuple[Any, Any, str, str | None]:
+    """(config, tokenizer, source, resolved revision): what a fingerprint needs, without the weights."""
+    return _load(kind, name, revision, weights=False)
+
+
+def output_dim(model_config: Any) -> int:
+    """The vector size: DPR's projection when it has one, else the hidden size."""
+    projection = int(getattr(model_config, "projection_dim", 0) or 0)
+    return projection if projection > 0 else int(model_config.hidden_size)
+
+
+def token_limit(model_config: Any, tokenizer: Any) -> int:
+    """The longest input, in tokens, that both the tokenizer and the position embeddings allow."""
+    return int(min(tokenizer.model_max_length, int(model_config.max_position_embeddings)))
+
+
+def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple[Any, Any, str, str | None]:
     from transformers import (
+        DPRConfig,
         DPRContextEncoder,
         DPRContextEncoderTokenizerFast,
         DPRQuestionEncoder,
@@ -54,16 +75,21 @@ def load_parts(kind: str, name: str, revision: str | None) -> tuple[Any, Any, st
             raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
         resolved = extract_commit_hash(config_path, None) or revision
         source = name
+    pinned = None if local.is_dir() else resolved
     try:
         with quiet_progress():
-            model, info = model_class.from_pretrained(
-                source, revision=None if local.is_dir() else resolved, output_loading_info=True
-            )
-            tokenizer = tokenizer_class.from_pretrained(source, revision=None if local.is_dir() else resolved)
+            if weights:
+                model, info = model_class.from_pretrained(source, revision=pinned, output_loading_info=True)
+                model_config = model.config
+            else:
+                model_config = DPRConfig.from_pretrained(source, revision=pinned)
+            tokenizer = tokenizer_class.from_pretrained(source, revision=pinned)
     except Exception as e:
         raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
-    if model.config.model_type != "dpr":
-        raise fail(f"its config is a {model.config.model_type!r} model, not 'dpr'")
+    if model_config.model_type != "dpr":
+        raise fail(f"its config is a {model_config.model_type!r} model, not 'dpr'")
+    if not weights:
+        return model_config, tokenizer, source, resolved
     if info.get("missing_keys"):
         # A question checkpoint loaded as a passage encoder (or a plain BERT) would run on random weights.
         missing = sorted(info["missing_keys"])

@@ -309,17 +309,20 @@ def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id
         dpr-pg ingest wiki.parquet --collection wiki --embeddings wiki.parquet --prune
         dpr-pg ingest squad_es_dev.json --collection squad --questions squad_questions.jsonl
     """
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders import EncoderPair, fingerprint_of
     from dpr_pg.ingest import FieldMapping, RecordRejectedError, ingest
 
     mapping = FieldMapping(id=id_field, title=title_field, text=text_field, metadata=metadata_fields or None)
-    # Precomputed vectors still load the named pair: its fingerprint is recorded with them.
-    pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
+    if embeddings:  # precomputed vectors: the named pair's fingerprint, from its configs and tokenizers alone
+        pair, fingerprint = None, fingerprint_of(question_model, passage_model)
+    else:
+        pair, fingerprint = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime), None
     try:
         report = ingest(ctx.engine, pair, path, collection=collection, format=fmt, fields=mapping,
                         chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
-                        embeddings_column=embeddings_column, batch_size=batch_size, strict=strict, prune=prune,
-                        questions_path=questions_path, progress=progress, defer_index=defer_index)
+                        embeddings_column=embeddings_column, fingerprint=fingerprint, batch_size=batch_size,
+                        strict=strict, prune=prune, questions_path=questions_path, progress=progress,
+                        defer_index=defer_index)
     except RecordRejectedError as e:
         _print_ingest_report(e.report, as_json)
         err_console.print(f"[red]error:[/red] {e}", highlight=False)

@@ -21,7 +21,7 @@ import numpy as np
 
 from dpr_pg import config
 from dpr_pg._fingerprint import POOLING, EncoderFingerprint, check_encoder, register_encoder, vocab_hash
-from dpr_pg._loading import load_parts
+from dpr_pg._loading import load_light, load_parts, output_dim, token_limit
 from dpr_pg._batching import EncodeResult, BatchingEncoder
 from dpr_pg._precision import PRECISIONS
 from dpr_pg._tiny import make_tiny_models
@@ -36,6 +36,7 @@ __all__ = [
     "PassageEncoder",
     "QuestionEncoder",
     "check_encoder",
+    "fingerprint_of",
     "make_tiny_models",
     "register_encoder",
 ]
@@ -202,12 +203,7 @@ class EncoderPair:
     passage: PassageEncoder
 
     def __post_init__(self) -> None:
-        if self.question.dim != self.passage.dim:
-            raise EncoderError(
-                f"the question encoder {self.question.name!r} outputs {self.question.dim} dimensions but the "
-                f"passage encoder {self.passage.name!r} outputs {self.passage.dim}; expected the same. "
-                "Load the question and passage models of one DPR pair."
-            )
+        _check_same_dim(self.question.name, self.question.dim, self.passage.name, self.passage.dim)
 
     @classmethod
     def load(
@@ -258,4 +254,46 @@ class EncoderPair:
             dim=self.dim,
             max_length=self.passage.max_length,
             pooling=POOLING,
+        )
+
+
+def fingerprint_of(
+    question_model: str | None = None,
+    passage_model: str | None = None,
+    *,
+    question_revision: str | None = None,
+    passage_revision: str | None = None,
+) -> EncoderFingerprint:
+    """The fingerprint ``EncoderPair.load(...)`` would have, from the configs and tokenizers alone.
+
+    For precomputed vectors, which only need the pair named: no weights are loaded (a local
+    folder's files are still hashed for its revision). Names resolve as in ``EncoderPair.load``.
+
+    Example:
+        >>> fingerprint_of("/tmp/tiny/question", "/tmp/tiny/passage").dim  # doctest: +SKIP
+        768
+    """
+    q_config, q_tokenizer, q_source, q_revision = load_light(
+        "question", config.question_model(question_model), question_revision)
+    p_config, p_tokenizer, p_source, p_revision = load_light(
+        "passage", config.passage_model(passage_model), passage_revision)
+    _check_same_dim(q_source, output_dim(q_config), p_source, output_dim(p_config))
+    return EncoderFingerprint(
+        question_model=q_source,
+        question_revision=q_revision,
+        passage_model=p_source,
+        passage_revision=p_revision,
+        tokenizer_hash=vocab_hash(q_tokenizer.get_vocab(), p_tokenizer.get_vocab()),
+        dim=output_dim(p_config),
+        max_length=token_limit(p_config, p_tokenizer),
+        pooling=POOLING,
+    )
+
+
+def _check_same_dim(question_name: str, question_dim: int, passage_name: str, passage_dim: int) -> None:
+    if question_dim != passage_dim:
+        raise EncoderError(
+            f"the question encoder {question_name!r} outputs {question_dim} dimensions but the "
+            f"passage encoder {passage_name!r} outputs {passage_dim}; expected the same. "
+            "Load the question and passage models of one DPR pair."
         )

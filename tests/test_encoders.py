@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from dpr_pg import (
     PassageEncoder,
     QuestionEncoder,
     check_encoder,
+    fingerprint_of,
     make_tiny_models,
     register_encoder,
 )
@@ -251,6 +253,25 @@ def test_onnx_cache_key_follows_the_weights(tiny_dirs: tuple[Path, Path], tmp_pa
     QuestionEncoder.load(str(other_question), runtime="onnx", cache_dir=tmp_path / "cache").onnx_runner()
     assert len(list((tmp_path / "cache" / "onnx").glob("*/model.onnx"))) == 2  # other weights, other graph
     assert _onnx.cache_key(kind="question", source="org/model", revision=None, max_length=512) is None
+
+
+def test_fingerprint_of_names_the_pair_without_loading_its_weights(tiny_dirs: tuple[Path, Path], pair: EncoderPair,
+                                                                    tmp_path: Path) -> None:
+    assert fingerprint_of(str(tiny_dirs[0]), str(tiny_dirs[1])) == pair.fingerprint
+    unreadable = []
+    for folder in tiny_dirs:
+        copy = tmp_path / folder.name
+        shutil.copytree(folder, copy)
+        (copy / "model.safetensors").write_bytes(b"not weights")  # loading them would fail
+        unreadable.append(str(copy))
+    with pytest.raises(EncoderError, match="cannot load the question encoder"):
+        EncoderPair.load(*unreadable)
+    light = fingerprint_of(*unreadable)
+    assert (light.question_model, light.dim, light.max_length) == (unreadable[0], 768, pair.fingerprint.max_length)
+    assert light.tokenizer_hash == pair.fingerprint.tokenizer_hash
+    assert light.passage_revision != pair.fingerprint.passage_revision  # the folder's files changed
+    with pytest.raises(EncoderError, match="outputs 768 dimensions but the passage encoder"):
+        fingerprint_of(str(tiny_dirs[0]), str(make_tiny_models(tmp_path / "small", dim=32)[1]))
 
 
 def test_missing_model_error_names_model_reason_and_fix() -> None:
