@@ -130,3 +130,39 @@ def test_two_concurrent_ingests_of_one_collection_converge(database_url: str, en
     assert not any("deadlock" in err or "duplicate key" in err for _, err in results)
     ingest(engine, pair, source, collection="clean", embeddings=emb)
     assert snapshot(engine, "c") == snapshot(engine, "clean")
+
+
+def _hub_cache_without_weights(root: Path, tiny_models: tuple[Path, Path]) -> tuple[Path, dict[str, str]]:
+    """A Hugging Face cache holding the IIC pair's configs and tokenizers (the tiny ones) but no weights."""
+    commits = {}
+    for folder, name in zip(tiny_models, ("IIC/dpr-spanish-question_encoder-allqa-base",
+                                          "IIC/dpr-spanish-passage_encoder-allqa-base"), strict=True):
+        commit = f"{len(commits) + 1:040x}"
+        repo = root / ("models--" + name.replace("/", "--"))
+        snapshot_dir = repo / "snapshots" / commit
+        snapshot_dir.mkdir(parents=True)
+        for file in folder.iterdir():
+            if file.suffix != ".safetensors":
+                (snapshot_dir / file.name).write_bytes(file.read_bytes())
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+        commits[name] = commit
+    return root, commits
+
+
+def test_precomputed_vectors_of_a_hub_pair_need_no_weights(cli, database_url: str, engine: Engine, tiny_models,
+                                                          tmp_path: Path) -> None:
+    cache, commits = _hub_cache_without_weights(tmp_path / "hub", tiny_models)
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}  # the default model names: the IIC pair
+    source, emb = make_input(tmp_path, 5)
+    ingested = cli("--database-url", database_url, "ingest", str(source), "--collection", "hub",
+                   "--embeddings", str(emb), "--json", env=env)
+    assert ingested.returncode == 0, ingested.stderr
+    assert json.loads(ingested.stdout)["inserted"] == 5
+    with engine.connect() as conn:
+        recorded = conn.execute(sa.text(
+            "SELECT e.question_model, e.question_revision, e.passage_model, e.passage_revision FROM dpr_pg.encoders e "
+            "JOIN dpr_pg.passages p ON p.encoder_id = e.id WHERE p.collection = 'hub' LIMIT 1")).one()
+    assert tuple(recorded) == tuple(item for pair in commits.items() for item in pair)
+    encoded = cli("--database-url", database_url, "ingest", str(source), "--collection", "hub2", env=env)
+    assert encoded.returncode == 1 and "cannot load the question encoder" in encoded.stderr  # weights needed here
