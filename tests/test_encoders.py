@@ -206,7 +206,10 @@ def test_default_runtime_is_onnx_for_cpu_fp32_questions_only(tiny_dirs: tuple[Pa
     options = default.question.onnx_runner().session.get_session_options()
     assert options.intra_op_num_threads == torch.get_num_threads()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # no busy idle threads
-    assert QuestionEncoder.load(dirs[0], precision="int8").runtime == "torch"
+    int8 = QuestionEncoder.load(dirs[0], precision="int8")
+    assert int8.runtime == "torch"
+    with pytest.raises(EncoderError, match="runs on torch, not onnx"):
+        int8.onnx_runner()
     with pytest.raises(EncoderError, match="runtime must be one of torch, onnx"):
         QuestionEncoder.load(dirs[0], runtime="tensorrt")
     with pytest.raises(EncoderError, match="runtime 'onnx' runs fp32 on CPU only, not int8"):
@@ -217,6 +220,8 @@ def test_exported_graph_is_cached_and_a_corrupt_one_is_exported_again(tiny_dirs:
                                                                        tmp_path: Path) -> None:
     first = QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
     assert not (tmp_path / "onnx").exists()  # nothing is exported before the first question
+    first.warm_up()  # what a server calls at start
+    assert len(list((tmp_path / "onnx").glob("*/model.onnx"))) == 1
     reference = first.encode(QUESTIONS)
     (graph,) = (tmp_path / "onnx").glob("*/model.onnx")
     written = graph.stat().st_mtime_ns
