@@ -144,9 +144,9 @@ class BatchingEncoder:
             if self._onnx is None:
                 import torch
 
-                key = _onnx.cache_key(kind=self.kind, source=self.name, revision=self.revision,
-                                      max_length=self.max_length)
-                self._onnx = _onnx.load_runner(self.model, key=key, cache_dir=self._cache_dir,
+                facts = _onnx.cache_facts(kind=self.kind, source=self.name, revision=self.revision,
+                                          max_length=self.max_length)
+                self._onnx = _onnx.load_runner(self.model, facts=facts, cache_dir=self._cache_dir,
                                                threads=torch.get_num_threads())
             return self._onnx
 

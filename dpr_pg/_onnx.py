@@ -77,15 +77,18 @@ def resolve_runtime(runtime: str | None, *, kind: str, device: Any, precision: s
     return runtime
 
 
-def cache_key(*, kind: str, source: str, revision: str | None, max_length: int) -> str | None:
-    """The cache folder name of one exported model, or None when the weights have no revision."""
+def cache_facts(*, kind: str, source: str, revision: str | None, max_length: int) -> dict[str, Any] | None:
+    """What identifies one exported graph, or None when the weights have no revision to name them by."""
     if not revision:
         return None
     import torch
     import transformers
 
-    facts = {"kind": kind, "source": source, "revision": revision, "max_length": max_length, "opset": OPSET,
-             "torch": torch.__version__, "transformers": transformers.__version__}
+    return {"kind": kind, "source": source, "revision": revision, "max_length": max_length, "opset": OPSET,
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _key(facts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
 
@@ -111,15 +114,20 @@ class OnnxRunner:
         return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
 
 
-def load_runner(model: Any, *, key: str | None, cache_dir: Path, threads: int) -> OnnxRunner:
-    """The runner for ``model``: from the cache when ``key`` is there, else exported (and cached)."""
-    if key is None:
+def load_runner(model: Any, *, facts: dict[str, Any] | None, cache_dir: Path, threads: int) -> OnnxRunner:
+    """The runner for ``model``: from the cache when its graph is there, else exported (and cached).
+
+    A new graph replaces the cached ones of the same model source (an older revision, or older
+    torch/transformers versions), so the cache holds one 440 MB graph per BERT-base model.
+    """
+    if facts is None:
         scratch = Path(tempfile.mkdtemp(prefix="dpr_pg_onnx_"))
         try:
             _export_checked(model, scratch / "model.onnx", threads)
             return OnnxRunner(scratch / "model.onnx", threads)  # the session holds the graph in memory
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    key = _key(facts)
     target = cache_dir / "onnx" / key / "model.onnx"
     if target.is_file():
         try:
@@ -134,11 +142,26 @@ def load_runner(model: Any, *, key: str | None, cache_dir: Path, threads: int) -
                            "set DPR_PG_CACHE_DIR to a writable folder, or use runtime='torch'") from e
     try:
         _export_checked(model, staging / "model.onnx", threads)
+        (staging / "facts.json").write_text(json.dumps(facts, sort_keys=True, indent=1), encoding="utf-8")
         with contextlib.suppress(OSError):  # another process won the race: its copy is the same
             os.replace(staging, target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _forget_older_graphs(target.parent.parent, facts, keep=key)
     return OnnxRunner(target, threads)
+
+
+def _forget_older_graphs(folder: Path, facts: dict[str, Any], *, keep: str) -> None:
+    """Delete the cached graphs of the same kind and source under other keys."""
+    for facts_file in folder.glob("*/facts.json"):
+        if facts_file.parent.name == keep:
+            continue
+        try:
+            other = json.loads(facts_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (other.get("kind"), other.get("source")) == (facts["kind"], facts["source"]):
+            shutil.rmtree(facts_file.parent, ignore_errors=True)
 
 
 def _export_checked(model: Any, path: Path, threads: int) -> None:

@@ -252,12 +252,17 @@ def test_default_runtime_falls_back_to_torch_when_the_cache_is_unwritable(tiny_d
         asked.encode(QUESTIONS)
 
 
-def test_onnx_cache_key_follows_the_weights(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_onnx_cache_keeps_one_graph_per_model(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
     other_question, _ = make_tiny_models(tmp_path / "other", dim=768, seed=1)
-    QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path / "cache").onnx_runner()
-    QuestionEncoder.load(str(other_question), runtime="onnx", cache_dir=tmp_path / "cache").onnx_runner()
-    assert len(list((tmp_path / "cache" / "onnx").glob("*/model.onnx"))) == 2  # other weights, other graph
-    assert _onnx.cache_key(kind="question", source="org/model", revision=None, max_length=512) is None
+    QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=cache).warm_up()
+    QuestionEncoder.load(str(other_question), runtime="onnx", cache_dir=cache).warm_up()
+    assert len(list((cache / "onnx").glob("*/model.onnx"))) == 2  # two models, two graphs
+    (other_question / "extra.txt").write_text("a new revision of the same folder")
+    QuestionEncoder.load(str(other_question), runtime="onnx", cache_dir=cache).warm_up()
+    sources = sorted(json.loads(f.read_text())["source"] for f in (cache / "onnx").glob("*/facts.json"))
+    assert sources == sorted([str(tiny_dirs[0]), str(other_question)])  # the older revision's graph is gone
+    assert _onnx.cache_facts(kind="question", source="org/model", revision=None, max_length=512) is None
 
 
 def test_fingerprint_of_names_the_pair_without_loading_its_weights(tiny_dirs: tuple[Path, Path], pair: EncoderPair,
