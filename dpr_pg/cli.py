@@ -411,26 +411,27 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
 def _hits_table(hits: Any, *, title: str | None = None, caption: str | None = None, sources: bool) -> Table:
     """One line per hit, cut to the terminal's width (``--json`` has every field whole).
 
-    Rank and score keep their width; the text gets what is left, at least two fifths of it, and the
-    other columns shrink to fit. Left to itself, rich squeezes rank and score to nothing on an
-    80-column terminal.
+    Rank and score keep their width. The text gets what the other columns leave, and at least two
+    fifths of the room: when that is short, collection, then external_id, then title give way.
+    Left to itself, rich squeezes rank and score to nothing on an 80-column terminal.
     """
-    caps = {"rank": 4, "score": 8} | ({"collection": 12, "external_id": 16} if sources else {}) | {"title": 24}
-    widths = {name: cap if name in ("rank", "score") else
-              min(cap, max([len(name)] + [len(str(getattr(hit, name))) for hit in hits]))
+    caps = ({"collection": 12, "external_id": 16} if sources else {}) | {"title": 24}
+    widths = {name: min(cap, max([len(name)] + [len(str(getattr(hit, name))) for hit in hits]))
               for name, cap in caps.items()}
-    room = console.width - 3 * (len(widths) + 1) - 1  # what borders and padding leave for content
-    text = max(room - sum(widths.values()), room * 2 // 5)
-    shrinkable = [name for name in widths if name not in ("rank", "score")]
-    scale = min(1.0, max(0, room - text - 12) / sum(widths[name] for name in shrinkable))
-    for name in shrinkable:
-        widths[name] = max(3, int(widths[name] * scale))
+    columns = len(widths) + 3  # with rank, score and text
+    room = console.width - (3 * columns + 1) - 4 - 8  # less borders, padding, rank and score
+    excess = sum(widths.values()) - (room - room * 2 // 5)
+    for name in ("collection", "external_id", "title"):  # the least telling gives way first
+        if name in widths and excess > 0:
+            cut = min(excess, widths[name] - 3)
+            widths[name] -= cut
+            excess -= cut
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    table.add_column("rank", justify="right", no_wrap=True, min_width=4, max_width=4)
+    table.add_column("score", justify="right", no_wrap=True, min_width=8, max_width=8)
     for name, width in widths.items():
-        table.add_column(name, justify="right" if name in ("rank", "score") else "left", no_wrap=True,
-                         overflow="ellipsis", min_width=width if name in ("rank", "score") else None,
-                         max_width=width)
-    table.add_column("text", no_wrap=True, overflow="ellipsis", max_width=max(10, text))
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=width)
+    table.add_column("text", no_wrap=True, overflow="ellipsis", max_width=max(4, room - sum(widths.values())))
     for hit in hits:
         source = [hit.collection, hit.external_id] if sources else []
         table.add_row(str(hit.rank), f"{hit.score:.4f}", *source, hit.title, hit.text)
