@@ -419,7 +419,7 @@ def _hits_table(hits: Any, *, title: str | None = None, caption: str | None = No
     widths = {name: min(cap, max([len(name)] + [len(str(getattr(hit, name))) for hit in hits]))
               for name, cap in caps.items()}
     columns = len(widths) + 3  # with rank, score and text
-    room = console.width - (3 * columns + 1) - 4 - 8  # less borders, padding, rank and score
+    room = console.width - (3 * columns + 1) - 4 - 9  # less borders, padding, rank and score
     excess = sum(widths.values()) - (room - room * 2 // 5)
     for name in ("collection", "external_id", "title"):  # the least telling gives way first
         if name in widths and excess > 0:
@@ -428,7 +428,7 @@ def _hits_table(hits: Any, *, title: str | None = None, caption: str | None = No
             excess -= cut
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("rank", justify="right", no_wrap=True, min_width=4, max_width=4)
-    table.add_column("score", justify="right", no_wrap=True, min_width=8, max_width=8)
+    table.add_column("score", justify="right", no_wrap=True, min_width=9, max_width=9)  # "-123.4567"
     for name, width in widths.items():
         table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=width)
     table.add_column("text", no_wrap=True, overflow="ellipsis", max_width=max(4, room - sum(widths.values())))
