@@ -2,7 +2,7 @@
 
 At batch 1 a BERT-base forward pass is bound by reading its 340 MB of fp32 weights. PyTorch's
 ``linear`` repacks every weight matrix on each call; onnxruntime packs them once when the session
-is built, so a question encodes 2.6x faster on this project's 2-core CPU (27 ms against 75 ms,
+is built, so a question encodes 2.4x faster on this project's 2-core CPU (30 ms against 73 ms,
 bench/bench_encoders.py) with the same fp32 arithmetic (cosine to torch 1.00000). For long
 padded passage batches torch stays faster, so by default only the question encoder runs here
 (see :func:`resolve_runtime`).
@@ -11,13 +11,15 @@ The exported graph is cached under ``cache_dir/onnx/<key>/model.onnx``, where th
 model's source and resolved revision (the Hub commit, or the sha256 of a local folder's files),
 the side, and the torch and transformers versions that traced it. A model without a revision is
 exported to a temporary folder instead. A new export is checked against torch before it is
-kept, and a cache file onnxruntime cannot read is exported again.
+kept and replaces the older graphs of the same model, and a cache file onnxruntime cannot read
+is exported again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -43,19 +45,14 @@ def onnx_available() -> bool:
         >>> isinstance(onnx_available(), bool)
         True
     """
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))  # no import
 
 
 def resolve_runtime(runtime: str | None, *, kind: str, device: Any, precision: str) -> str:
     """``"torch"`` or ``"onnx"``: ``runtime`` checked, or the default for this encoder.
 
     The default is ONNX Runtime for the question encoder on CPU in fp32 when onnxruntime is
-    installed (2.6x faster per question, same vectors), and torch otherwise: torch is faster on
+    installed (2.4x faster per question, same vectors), and torch otherwise: torch is faster on
     long padded passage batches, and the other precisions are torch's.
 
     Example:

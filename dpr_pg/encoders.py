@@ -225,7 +225,7 @@ class EncoderPair:
         ``precision`` is one of :data:`PRECISIONS`; None picks the default for the device
         (see README, "Encoders"). ``runtime`` is ``"torch"`` or ``"onnx"`` for both sides; None
         runs the question encoder on ONNX Runtime on CPU in fp32 when onnxruntime is installed
-        (same vectors, 2.6x faster per question) and everything else on torch. The exported
+        (same vectors, 2.4x faster per question) and everything else on torch. The exported
         graph is cached in ``cache_dir`` (default ``DPR_PG_CACHE_DIR``, else the per-user cache).
 
         Example:
