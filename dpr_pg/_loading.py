@@ -40,7 +40,7 @@ def token_limit(model_config: Any, tokenizer: Any) -> int:
 
 def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple[Any, Any, str, str | None]:
     from transformers import (
-        DPRConfig,
+        AutoConfig,
         DPRContextEncoder,
         DPRContextEncoderTokenizerFast,
         DPRQuestionEncoder,
@@ -82,7 +82,7 @@ def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple
                 model, info = model_class.from_pretrained(source, revision=pinned, output_loading_info=True)
                 model_config = model.config
             else:
-                model_config = DPRConfig.from_pretrained(source, revision=pinned)
+                model_config = AutoConfig.from_pretrained(source, revision=pinned)  # its own model_type
             tokenizer = tokenizer_class.from_pretrained(source, revision=pinned)
     except Exception as e:
         raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e

@@ -282,6 +282,10 @@ def test_fingerprint_of_names_the_pair_without_loading_its_weights(tiny_dirs: tu
     assert light.passage_revision != pair.fingerprint.passage_revision  # the folder's files changed
     with pytest.raises(EncoderError, match="outputs 768 dimensions but the passage encoder"):
         fingerprint_of(str(tiny_dirs[0]), str(make_tiny_models(tmp_path / "small", dim=32)[1]))
+    config_file = Path(unreadable[0]) / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "model_type": "bert"}))
+    with pytest.raises(EncoderError, match="its config is a 'bert' model, not 'dpr'"):
+        fingerprint_of(*unreadable)
 
 
 def test_missing_model_error_names_model_reason_and_fix() -> None:
