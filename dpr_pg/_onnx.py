@@ -103,7 +103,6 @@ class OnnxRunner:
         # next (the database, the passage encoder): torch work right after a question ran 73 ms
         # instead of 41 ms on 2 cores, and the question itself is no faster with spinning.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.path = path
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
@@ -120,8 +119,7 @@ def load_runner(model: Any, *, facts: dict[str, Any] | None, cache_dir: Path, th
     if facts is None:
         scratch = Path(tempfile.mkdtemp(prefix="dpr_pg_onnx_"))
         try:
-            _export_checked(model, scratch / "model.onnx", threads)
-            return OnnxRunner(scratch / "model.onnx", threads)  # the session holds the graph in memory
+            return _export_checked(model, scratch / "model.onnx", threads)  # the session holds the graph in memory
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     key = _key(facts)
@@ -138,14 +136,16 @@ def load_runner(model: Any, *, facts: dict[str, Any] | None, cache_dir: Path, th
         raise EncoderError(f"cannot write the ONNX cache folder {str(cache_dir)!r} ({e.strerror or e}); "
                            "set DPR_PG_CACHE_DIR to a writable folder, or use runtime='torch'") from e
     try:
-        _export_checked(model, staging / "model.onnx", threads)
+        # The session is built (and checked) from the staging copy: it no longer needs any file, so
+        # neither a process that wins the race below nor one that prunes this graph can pull it away.
+        runner = _export_checked(model, staging / "model.onnx", threads)
         (staging / "facts.json").write_text(json.dumps(facts, sort_keys=True, indent=1), encoding="utf-8")
         with contextlib.suppress(OSError):  # another process won the race: its copy is the same
             os.replace(staging, target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _forget_older_graphs(target.parent.parent, facts, keep=key)
-    return OnnxRunner(target, threads)
+    return runner
 
 
 def _forget_older_graphs(folder: Path, facts: dict[str, Any], *, keep: str) -> None:
@@ -161,8 +161,8 @@ def _forget_older_graphs(folder: Path, facts: dict[str, Any], *, keep: str) -> N
             shutil.rmtree(facts_file.parent, ignore_errors=True)
 
 
-def _export_checked(model: Any, path: Path, threads: int) -> None:
-    """Export ``model`` to ``path`` and check onnxruntime's output against torch's on a padded batch."""
+def _export_checked(model: Any, path: Path, threads: int) -> OnnxRunner:
+    """Export ``model`` to ``path``; its runner, once its output matches torch's on a padded batch."""
     import torch
 
     example = _example_batch(model)
@@ -174,11 +174,12 @@ def _export_checked(model: Any, path: Path, threads: int) -> None:
                            "use runtime='torch'") from e
     with torch.inference_mode():
         expected = model(**{name: torch.from_numpy(value) for name, value in example.items()}).pooler_output.numpy()
-    got = OnnxRunner(path, threads).run(*(example[name] for name in INPUTS))
-    error = float(np.max(np.abs(got - expected)))
+    runner = OnnxRunner(path, threads)
+    error = float(np.max(np.abs(runner.run(*(example[name] for name in INPUTS)) - expected)))
     if not error <= _TOLERANCE:
         raise EncoderError(f"the ONNX export of the encoder differs from torch by {error:.2g} (more than "
                            f"{_TOLERANCE}); use runtime='torch'")
+    return runner
 
 
 def _example_batch(model: Any) -> dict[str, np.ndarray]:
