@@ -162,16 +162,19 @@ def doctor(ctx: Context, as_json: bool) -> None:
               help="Candidate list while building (at least 2 x m): larger, a better graph and a slower build.")
 @click.option("--maintenance-work-mem", metavar="SIZE",
               help="Memory for the build, e.g. 4GB (default: what the table's graph needs, at most 16GB).")
+@click.option("--wait", type=click.FloatRange(0), default=3600, show_default=True, metavar="SECONDS",
+              help="How long to wait for another index build (or an ingest --defer-index) to finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_context
 @reports_errors
-def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_mem: str | None,
+def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_mem: str | None, wait: float,
                   as_json: bool) -> None:
     """Rebuild the HNSW index with other parameters; searches and writes go on meanwhile.
 
     The new index is built CONCURRENTLY beside the old one, then swapped in. On a million
     passages, m 24 / ef-construction 128 gives clearly better recall than pgvector's
-    defaults (16 / 64) at a longer build: see the README's search benchmark.
+    defaults (16 / 64) at a longer build: see the README's search benchmark. A build that
+    fails drops its new index and keeps the old one.
 
     \b
     Example:
@@ -179,7 +182,8 @@ def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_m
     """
     from dpr_pg.ingest.index import build_index
 
-    build = build_index(ctx.engine, m=m, ef_construction=ef_construction, maintenance_work_mem=maintenance_work_mem)
+    build = build_index(ctx.engine, m=m, ef_construction=ef_construction, maintenance_work_mem=maintenance_work_mem,
+                        wait=wait)
     if as_json:
         print_json({"m": build.parameters.m, "ef_construction": build.parameters.ef_construction,
                     "rows": build.rows, "seconds": round(build.seconds, 3),

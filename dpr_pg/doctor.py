@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.database import hide_password
 from dpr_pg.schema import HNSW_INDEX, current_revision, embedding_dim, head_revision
@@ -52,6 +52,43 @@ def index_memory_warning(index_bytes: int, shared_buffers_bytes: int) -> str | N
             f"({shared_buffers_bytes // 2**20} MB): searches copy index pages in from the OS on every query; "
             f"set shared_buffers to at least {wanted}GB (ALTER SYSTEM SET shared_buffers = '{wanted}GB', then "
             "restart PostgreSQL) if the server has the memory")
+
+
+_INVALID_INDEXES = """
+SELECT c.relname, i.indisready FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'dpr_pg' AND NOT i.indisvalid ORDER BY c.relname
+"""
+
+
+def invalid_index_warnings(conn: Connection) -> list[str]:
+    """One warning per INVALID index in the dpr_pg schema: searches ignore it, and a ready one slows every write.
+
+    An INVALID index is what a failed or killed CREATE INDEX CONCURRENTLY leaves. The HNSW index
+    being built right now (under the index lock) is INVALID too, and is said to be in progress.
+    """
+    from dpr_pg.ingest.index import index_lock_holder
+
+    rows = conn.execute(sa.text(_INVALID_INDEXES)).all()
+    holder = index_lock_holder(conn) if rows else None
+    warnings = []
+    for name, ready in rows:
+        hnsw = name in (HNSW_INDEX, f"{HNSW_INDEX}_new")
+        if hnsw and holder is not None:
+            warnings.append(f"index dpr_pg.{name} is INVALID while an HNSW index build runs ({holder}); "
+                            "run dpr-pg doctor again when it has finished")
+            continue
+        cost = ("; it is still updated on every write, which slows ingest and sync for nothing" if ready
+                else "")
+        if hnsw:
+            fix = (f"run dpr-pg index, which drops it and builds the HNSW index anew (or DROP INDEX CONCURRENTLY "
+                   f"dpr_pg.{name})")
+        else:
+            fix = (f"rebuild it with REINDEX INDEX CONCURRENTLY dpr_pg.{name}, or drop it with DROP INDEX "
+                   f"CONCURRENTLY dpr_pg.{name}")
+        warnings.append(f"index dpr_pg.{name} is INVALID (left by a failed or interrupted CREATE INDEX "
+                        f"CONCURRENTLY): searches do not use it{cost}; {fix}")
+    return warnings
 
 
 @dataclass
@@ -120,6 +157,8 @@ def doctor(engine: Engine) -> DoctorReport:
             memory = index_memory_warning(int(sizes[0]), int(sizes[1]))
             if memory:
                 warnings.append(memory)
+        with engine.connect() as conn:
+            warnings.extend(invalid_index_warnings(conn))
     if revision is None:
         warnings.append("no dpr_pg schema in this database; run dpr-pg init")
     elif revision != head:

@@ -52,3 +52,7 @@ class EvaluationError(DprPgError):
 
 class SyncError(DprPgError):
     """An app table cannot be enabled, disabled or synced for DPR search."""
+
+
+class IndexBuildError(DatabaseError):
+    """An HNSW index build failed or could not start (another build held the index lock too long)."""

@@ -9,26 +9,106 @@ still work (exact scans). A run killed in between leaves no index: re-running th
 :func:`build_index` (``dpr-pg index``) rebuilds it with other ``m`` / ``ef_construction``, the
 knobs of recall on large corpora, without stopping searches or writes: the new index is built
 CONCURRENTLY under another name and swapped in.
+
+Every change of the index (drop, build, rebuild) holds one advisory lock, taken with
+``pg_try_advisory_lock`` and retried from the client, never waited for inside the server: CREATE
+INDEX CONCURRENTLY waits for every transaction older than its snapshot, so a session blocked
+inside ``pg_advisory_lock`` behind it would be a deadlock. A failed rebuild drops its
+``_new`` index: an INVALID index that is ready is still updated on every write.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg.errors import ConfigError
+from dpr_pg.errors import ConfigError, IndexBuildError
 from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_EF_CONSTRUCTION, HNSW_INDEX, HNSW_M
 
-_LOCK = "SELECT pg_advisory_lock(hashtextextended('dpr_pg.hnsw', 0))"
-_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('dpr_pg.hnsw', 0))"
+log = logging.getLogger(__name__)
+
+INDEX_LOCK_WAIT = 3600.0  # seconds one index change waits for another (a 1M-row build takes ~1000 s)
+_KEY = "hashtextextended('dpr_pg.hnsw', 0)"
+_TRY_LOCK = f"SELECT pg_try_advisory_lock({_KEY})"
+_UNLOCK = f"SELECT pg_advisory_unlock({_KEY})"
+# Who holds the lock: a bigint advisory key is split into classid (high half) and objid (low half).
+_HOLDER = f"""
+SELECT a.pid, coalesce(nullif(a.application_name, ''), 'no application name'), coalesce(a.state, 'unknown'),
+       left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 60),
+       coalesce(round(extract(epoch FROM now() - a.query_start))::bigint, 0)
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid::bigint = ({_KEY} >> 32) & 4294967295 AND l.objid::bigint = {_KEY} & 4294967295
+LIMIT 1
+"""
 _NEW_INDEX = f"{HNSW_INDEX}_new"
+_SWAP_TRIES = 6
+_SWAP_LOCK_TIMEOUT = "5s"  # while the swap waits for its lock, new searches queue behind it: keep it short
 # pgvector keeps the graph in maintenance_work_mem while it builds; a build that outgrows it slows
 # sharply. Per row: the vector, 2m neighbour slots of the bottom layer and the element's overhead.
 _ROW_OVERHEAD = 96
 _MAX_AUTO_MEMORY = 16 * 2**30
+
+
+def index_lock_holder(conn: Connection) -> str | None:
+    """Who holds the index lock now (pid, application, what it runs), or None when it is free.
+
+    Example:
+        >>> index_lock_holder(conn)  # doctest: +SKIP
+        "pid 4711 (dpr_pg, active: 'CREATE INDEX CONCURRENTLY passages_embedding_hnsw_new ON …' for 12 s)"
+    """
+    row = conn.execute(sa.text(_HOLDER)).first()
+    if row is None:
+        return None
+    pid, application, state, query, seconds = row
+    return f"pid {pid} ({application}, {state}: {query!r} for {seconds} s)"
+
+
+@contextmanager
+def _index_lock(conn: Connection, *, wait: float) -> Iterator[None]:
+    """Hold the index lock on ``conn`` (autocommit), trying again and again for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    delay, told = 0.1, False
+    while not conn.execute(sa.text(_TRY_LOCK)).scalar():
+        holder = index_lock_holder(conn) or "another session"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise IndexBuildError(
+                f"expected the HNSW index to be free within {wait:g} s, but another index change holds its lock: "
+                f"{holder}; nothing was changed: wait for it to end and re-run (dpr-pg index --wait SECONDS "
+                "waits longer)")
+        if not told:
+            log.warning("waiting for the HNSW index: another index change holds its lock (%s); trying again "
+                        "until it ends, for at most %g s", holder, wait)
+            told = True
+        time.sleep(min(delay, left))  # outside any transaction: a concurrent build never waits for this one
+        delay = min(delay * 2, 2.0)
+    try:
+        yield
+    finally:
+        if not conn.invalidated:
+            try:
+                conn.execute(sa.text(_UNLOCK))
+            except sa.exc.DBAPIError:  # the connection is gone, and the lock with it
+                pass
+
+
+@contextmanager
+def _autocommit(engine: Engine) -> Iterator[Connection]:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
+
+
+def _reason(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -107,25 +187,28 @@ def hnsw_parameters(engine: Engine) -> HnswParameters | None:
                           ef_construction=int(values.get("ef_construction", HNSW_EF_CONSTRUCTION)))
 
 
-def drop_hnsw(engine: Engine) -> HnswParameters | None:
+def drop_hnsw(engine: Engine, *, wait: float = INDEX_LOCK_WAIT) -> HnswParameters | None:
     """Drop the HNSW index (if present) before a bulk load; returns its parameters, for :func:`ensure_hnsw`.
+
+    A rebuild's leftover ``_new`` index goes too: while it exists, every write updates it.
 
     Example:
         >>> drop_hnsw(engine)  # doctest: +SKIP
         HnswParameters(m=16, ef_construction=64)
     """
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text(_LOCK))
-        try:
+    try:
+        with _autocommit(engine) as conn, _index_lock(conn, wait=wait):
             parameters = hnsw_parameters(engine)
             conn.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{HNSW_INDEX}"))
-        finally:
-            conn.execute(sa.text(_UNLOCK))
+            conn.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{_NEW_INDEX}"))
+    except sa.exc.DBAPIError as e:
+        raise IndexBuildError(f"could not drop the HNSW index for a bulk load: {_reason(e)}; nothing was "
+                              "written: re-run the command") from e
     return parameters
 
 
 def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
-                maintenance_work_mem: str | None = None) -> bool:
+                maintenance_work_mem: str | None = None, wait: float = INDEX_LOCK_WAIT) -> bool:
     """Build the HNSW index if it is missing (or INVALID); returns True when it built one.
 
     Example:
@@ -133,49 +216,98 @@ def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
         True
     """
     parameters = parameters or HnswParameters()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text(_LOCK))
-        try:
+    try:
+        with _autocommit(engine) as conn, _index_lock(conn, wait=wait):
             if hnsw_exists(engine):
                 return False
             conn.execute(sa.text(DROP_INVALID_HNSW))
+            conn.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{_NEW_INDEX}"))  # no rebuild runs: we hold the lock
             _set_memory(conn, maintenance_work_mem, parameters)
             conn.execute(sa.text(_definition(HNSW_INDEX, parameters)))
             return True
-        finally:
-            conn.execute(sa.text(_UNLOCK))
+    except sa.exc.DBAPIError as e:
+        raise IndexBuildError(f"the HNSW index was not built: {_reason(e)}; searches run as exact scans "
+                              "meanwhile: run dpr-pg index to build it") from e
 
 
 def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION,
-                maintenance_work_mem: str | None = None) -> IndexBuild:
+                maintenance_work_mem: str | None = None, wait: float = INDEX_LOCK_WAIT) -> IndexBuild:
     """(Re)build the HNSW index with these parameters; searches and writes go on meanwhile.
 
     The new index is built with CREATE INDEX CONCURRENTLY under a temporary name, then swapped
     for the old one in a short transaction. ``maintenance_work_mem`` defaults to what the graph
     needs (estimated from the table, at most 16GB): a build that outgrows it slows sharply.
-    A killed build leaves an INVALID temporary index, which the next call drops.
+    Another index change in progress (a rebuild, an ingest with ``defer_index``) is waited for,
+    up to ``wait`` seconds. A failed build drops its temporary index and keeps the old one; a
+    killed one leaves it INVALID, and the next call drops it.
 
     Example:
         >>> build_index(engine, m=24, ef_construction=128).seconds  # doctest: +SKIP
         812.4
     """
     parameters = HnswParameters(m=m, ef_construction=ef_construction)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text(_LOCK))
-        try:
+    try:
+        with _autocommit(engine) as conn, _index_lock(conn, wait=wait):
             conn.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{_NEW_INDEX}"))  # a killed build's
             memory = _set_memory(conn, maintenance_work_mem, parameters)
-            started = time.perf_counter()
-            conn.execute(sa.text(_definition(_NEW_INDEX, parameters, concurrently=True)))
-            seconds = time.perf_counter() - started
-            with engine.begin() as swap:  # one short transaction: searches never see the table without an index
-                swap.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{HNSW_INDEX}"))
-                swap.execute(sa.text(f"ALTER INDEX dpr_pg.{_NEW_INDEX} RENAME TO {HNSW_INDEX}"))
+            try:
+                started = time.perf_counter()
+                conn.execute(sa.text(_definition(_NEW_INDEX, parameters, concurrently=True)))
+                seconds = time.perf_counter() - started
+                _swap(engine)
+            except BaseException:
+                _drop_new_index(engine, conn)
+                raise
             rows = int(conn.execute(sa.text(
                 "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'dpr_pg.passages'::regclass")).scalar())
-        finally:
-            conn.execute(sa.text(_UNLOCK))
+    except sa.exc.DBAPIError as e:
+        raise IndexBuildError(f"the HNSW index was not rebuilt: {_reason(e)}; the old index is kept and the "
+                              "new one was dropped: re-run dpr-pg index") from e
     return IndexBuild(parameters, rows, seconds, memory)
+
+
+def _swap(engine: Engine) -> None:
+    """Put the new index in the old one's place, in one short transaction (searches never lack an index).
+
+    The swap needs an exclusive lock on the table; a long transaction (or a deadlock with one)
+    makes it give up after a few seconds and try again, instead of stalling every search.
+    """
+    import psycopg
+
+    for attempt in range(_SWAP_TRIES):
+        try:
+            with engine.begin() as swap:
+                swap.execute(sa.text(f"SET LOCAL lock_timeout = '{_SWAP_LOCK_TIMEOUT}'"))
+                swap.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{HNSW_INDEX}"))
+                swap.execute(sa.text(f"ALTER INDEX dpr_pg.{_NEW_INDEX} RENAME TO {HNSW_INDEX}"))
+            return
+        except sa.exc.OperationalError as e:
+            busy = isinstance(e.orig, (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected))
+            if not busy or attempt == _SWAP_TRIES - 1:
+                raise
+            log.warning("swapping in the new HNSW index: %s; trying again", _reason(e))
+            time.sleep(min(2.0**attempt, 10.0))
+
+
+def _drop_new_index(engine: Engine, conn: Connection) -> None:
+    """Drop a failed rebuild's ``_new`` index, so that PostgreSQL stops maintaining it on every write."""
+    drop = sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{_NEW_INDEX}")
+    if not conn.invalidated:
+        try:
+            conn.execute(drop)  # still under the lock: it is this build's index
+            return
+        except sa.exc.DBAPIError:
+            pass
+    try:  # the connection broke, and its lock went with it: drop the index only if no other build runs now
+        with _autocommit(engine) as fresh:
+            if fresh.execute(sa.text(_TRY_LOCK)).scalar():
+                try:
+                    fresh.execute(drop)
+                finally:
+                    fresh.execute(sa.text(_UNLOCK))
+    except sa.exc.DBAPIError as e:
+        log.warning("could not drop the failed build's index dpr_pg.%s (%s); the next dpr-pg index drops it",
+                    _NEW_INDEX, _reason(e))
 
 
 def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters) -> str:
