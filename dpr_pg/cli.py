@@ -262,6 +262,25 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
 # ---- ingest (issue 4) -----------------------------------------------------------------------------
 
 
+class ByteSize(click.ParamType):
+    """A size in bytes: 1048576, 64kB, 8MB, 1GiB (k, M and G are powers of 1024, as in PostgreSQL)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        from dpr_pg.ingest.limits import parse_size
+
+        try:
+            size = parse_size(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        if size < 1:
+            self.fail(f"expected a size of at least 1 byte, not {value!r}", param, ctx)
+        return size
+
+
 @main.command("ingest")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--collection", required=True, help="Collection the passages belong to.")
@@ -290,6 +309,12 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
 @click.option("--prune", is_flag=True, help="Delete the collection's passages that are not in PATH.")
 @click.option("--defer-index", is_flag=True,
               help="Bulk load: drop the HNSW index first and build it once at the end (much faster).")
+@click.option("--max-text-bytes", type=ByteSize(), default="1MB", show_default=True,
+              help="A record whose text is larger (UTF-8, before chunking) is rejected.")
+@click.option("--max-title-bytes", type=ByteSize(), default="64kB", show_default=True,
+              help="A record whose title is larger is rejected.")
+@click.option("--max-record-bytes", type=ByteSize(), default="8MB", show_default=True,
+              help="A record larger as read (a JSONL line, CSV record, Parquet row) is rejected unread.")
 @click.option("--questions", "questions_path", type=click.Path(dir_okay=False, path_type=str),
               help="SQuAD input: where to write the questions (default ./<stem>.questions.jsonl).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
@@ -300,12 +325,12 @@ def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id
                    text_field: str, metadata_fields: tuple[str, ...], chunk_words: int | None, chunk_overlap: int,
                    embeddings: str | None, embeddings_column: str, question_model: str | None,
                    passage_model: str | None, precision: str | None, runtime: str, batch_size: int | None,
-                   strict: bool, prune: bool, defer_index: bool, questions_path: str | None, progress: bool | None,
-                   as_json: bool) -> None:
+                   strict: bool, prune: bool, defer_index: bool, max_text_bytes: int, max_title_bytes: int,
+                   max_record_bytes: int, questions_path: str | None, progress: bool | None, as_json: bool) -> None:
     """Ingest a JSONL, CSV, Parquet or SQuAD JSON file into a collection; re-running it changes nothing.
 
     Exit code: 0 when every record was ingested, 2 when some were rejected (listed in the
-    report), 1 on a fatal error.
+    report; a record over a size limit is one of them), 1 on a fatal error.
 
     \b
     Example:
@@ -314,7 +339,7 @@ def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id
         dpr-pg ingest squad_es_dev.json --collection squad --questions squad_questions.jsonl
     """
     from dpr_pg.encoders import EncoderPair, fingerprint_of
-    from dpr_pg.ingest import FieldMapping, RecordRejectedError, ingest
+    from dpr_pg.ingest import FieldMapping, RecordLimits, RecordRejectedError, ingest
 
     mapping = FieldMapping(id=id_field, title=title_field, text=text_field, metadata=metadata_fields or None)
     if embeddings:  # precomputed vectors: the named pair's fingerprint, from its configs and tokenizers alone
@@ -326,7 +351,9 @@ def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id
                         chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
                         embeddings_column=embeddings_column, fingerprint=fingerprint, batch_size=batch_size,
                         strict=strict, prune=prune, questions_path=questions_path, progress=progress,
-                        defer_index=defer_index)
+                        defer_index=defer_index,
+                        limits=RecordLimits(max_text_bytes=max_text_bytes, max_title_bytes=max_title_bytes,
+                                            max_record_bytes=max_record_bytes))
     except RecordRejectedError as e:
         _print_ingest_report(e.report, as_json)
         err_console.print(f"[red]error:[/red] {e}", highlight=False)

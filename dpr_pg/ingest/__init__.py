@@ -1,11 +1,12 @@
 """Ingest: files and precomputed vectors → passages → embeddings → PostgreSQL, idempotent and resumable.
 
 Modules: ``readers`` (JSONL, CSV, Parquet), ``squad`` (SQuAD JSON and its questions file),
-``mapping`` (fields), ``chunking``, ``validate``, ``vectors`` (precomputed embeddings),
+``mapping`` (fields), ``limits`` (record sizes), ``chunking``, ``validate``, ``vectors`` (precomputed embeddings),
 ``loader`` (COPY + upsert), ``index`` (bulk loads), ``batches``, ``report``, ``pipeline`` (:func:`ingest`).
 """
 
 from dpr_pg.ingest.chunking import chunk_text
+from dpr_pg.ingest.limits import RecordLimits
 from dpr_pg.ingest.mapping import FieldMapping
 from dpr_pg.ingest.pipeline import RecordRejectedError, content_hash, ingest
 from dpr_pg.ingest.records import Rejection
@@ -14,6 +15,7 @@ from dpr_pg.ingest.report import IngestReport
 __all__ = [
     "FieldMapping",
     "IngestReport",
+    "RecordLimits",
     "RecordRejectedError",
     "Rejection",
     "chunk_text",

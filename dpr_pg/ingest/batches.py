@@ -19,8 +19,10 @@ from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import IngestError
 from dpr_pg.ingest.chunking import chunk_count, chunk_document
+from dpr_pg.ingest.limits import TSVECTOR_SAFE_BYTES, RecordLimits, utf8_size
 from dpr_pg.ingest.loader import PassageWriter, StagedPassage
 from dpr_pg.ingest.mapping import FieldMapping, to_document
+from dpr_pg.ingest.readers import InputWatch
 from dpr_pg.ingest.records import Document, SourceRecord
 from dpr_pg.ingest.report import IngestReport
 from dpr_pg.ingest.validate import vector_problems
@@ -84,6 +86,8 @@ class BatchRun:
     executor: ThreadPoolExecutor
     fingerprint_id: str = ""
     more_writers: list[PassageWriter] = field(default_factory=list)
+    limits: RecordLimits = field(default_factory=RecordLimits)
+    watch: InputWatch | None = None  # the input files as they were at the first pass
     pending: list[tuple[Future[tuple[int, int]], int]] = field(default_factory=list)
     parts: int = 0
 
@@ -132,7 +136,8 @@ class BatchRun:
                 self.report)
 
     def flush(self, batch: Batch) -> None:
-        items = list(batch.passages.values())
+        self.check_input()  # before writing records read from a file that changed meanwhile
+        items = [item for item in batch.passages.values() if not self._tsvector_rejected(item[0])]
         rows = None
         if self.vectors is not None:
             rows = self.vectors.rows(batch.first_record - 1, batch.last_record)
@@ -172,6 +177,39 @@ class BatchRun:
         self.submit(staged, fresh=not stored)
 
 
+    def _tsvector_rejected(self, passage: Document) -> bool:
+        """Reject a passage whose Spanish tsvector PostgreSQL would refuse (over 1 MB), asking the server only
+        when the passage is large enough for that to be possible."""
+        if utf8_size(passage.title) + utf8_size(passage.text) < TSVECTOR_SAFE_BYTES:
+            return False
+        problem = self.lookups.tsvector_problem(passage.title, passage.text)
+        if problem:
+            self.reject(passage.where, f"its Spanish full-text vector (title + text) is over PostgreSQL's tsvector "
+                                       f"limit: {problem}; shorten the title or the text, or chunk the text "
+                                       f"(--chunk-words){_id_note(passage)}")
+        return problem is not None
+
+    def check_input(self, change: str | None = None) -> None:
+        """Stop, keeping what was committed, when an input file changed since the first pass."""
+        change = change or (self.watch.change() if self.watch is not None else None)
+        if change is None:
+            return
+        self.drain()
+        raise IngestError(f"{change}; the {self.report.inserted + self.report.updated} passages committed before "
+                          "are kept: re-run the same command once the file is complete (they will be skipped as "
+                          "unchanged)")
+
+    def unknown_key(self, record: SourceRecord, key: str) -> None:
+        """A key the first pass did not see: the input changed in between."""
+        change = self.watch.change() if self.watch is not None else None
+        self.check_input(change or f"{record.where} has the id {key!r}, which was not there when the input was "
+                                   "first read: the input changed while it was being ingested")
+
+
+def _id_note(passage: Document) -> str:
+    return f" (id {passage.external_id!r})" if "#" in passage.external_id else ""
+
+
 def write_all(run: BatchRun, records: Iterator[SourceRecord], mapping: FieldMapping, *, size: int, chunk_words: int,
                chunk_overlap: int, bar: Any, on_batch: Callable[[IngestReport], None] | None) -> None:
     batch = Batch(first_record=1)
@@ -197,12 +235,14 @@ def write_all(run: BatchRun, records: Iterator[SourceRecord], mapping: FieldMapp
 
 def _add_record(run: BatchRun, batch: Batch, record: SourceRecord, mapping: FieldMapping,
                 chunk_words: int, chunk_overlap: int) -> None:
-    document = to_document(record, mapping)
+    document = to_document(record, mapping, run.limits)
     if isinstance(document, str):
         run.reject(record.where, document)
         return
     for k, passage in enumerate(chunk_document(document, words=chunk_words, overlap=chunk_overlap)):
         key = passage.external_id
+        if key not in run.last:
+            run.unknown_key(record, key)
         if run.last[key] != _occurrence(record.number, k):
             run.report.duplicate(key, passage.where, winner=run.last[key] >> 32)
             continue
@@ -217,13 +257,13 @@ def _occurrence(record_number: int, chunk: int) -> int:
 
 
 def last_occurrences(records: Iterator[SourceRecord], mapping: FieldMapping, chunk_words: int,
-                      chunk_overlap: int) -> tuple[dict[str, int], int]:
+                      chunk_overlap: int, limits: RecordLimits | None = None) -> tuple[dict[str, int], int]:
     """``{external_id: record number << 32 | chunk number}`` of each key's last occurrence, and the record count."""
     last: dict[str, int] = {}
     total = 0
     for record in records:
         total += 1
-        document = to_document(record, mapping)
+        document = to_document(record, mapping, limits)
         if isinstance(document, str):
             continue
         count = chunk_count(document.text, words=chunk_words, overlap=chunk_overlap)  # ids only: no slicing here

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import DatabaseError
 from dpr_pg.ingest.copybin import copy_payload, int4_field, text_field
+from dpr_pg.models import TSV_EXPRESSION
 
 T = TypeVar("T")
 APPLICATION_NAME = "dpr_pg ingest"
@@ -45,6 +46,8 @@ WITH written AS (
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
+# The generated column's expression, on one passage's values (autocommit: a refusal leaves the session clean).
+_TSVECTOR_SIZE = f"SELECT pg_column_size({TSV_EXPRESSION}) FROM (SELECT %s::text AS title, %s::text AS text) AS passage"
 # The embedding goes last: copybin appends each row's fixed-size vector block after its other fields.
 _COPY_NEW = ("COPY dpr_pg.passages (external_id, title, text, metadata, content_hash, collection, encoder_id, "
              "embedding) FROM STDIN WITH (FORMAT BINARY)")
@@ -149,6 +152,19 @@ class PassageWriter:
                 (self.collection, list(external_ids)))
             return dict(rows.fetchall())
         return self._retrying(lookup) if external_ids else {}
+
+    def tsvector_problem(self, title: str, text: str) -> str | None:
+        """PostgreSQL's reason for refusing the passage's tsvector (over 1 MB), or None when it fits.
+
+        Runs the column's own expression on the values alone; nothing is written.
+        """
+        def check(conn: psycopg.Connection) -> str | None:
+            try:
+                conn.execute(_TSVECTOR_SIZE, (title, text))
+            except psycopg.errors.ProgramLimitExceeded as e:
+                return str(e).strip().splitlines()[0]
+            return None
+        return self._retrying(check)
 
     def write(self, rows: Sequence[StagedPassage], *, fresh: bool = False) -> tuple[int, int]:
         """Write ``rows`` in one transaction; returns (inserted, updated).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dpr_pg.ingest.limits import RecordLimits, size_problem
 from dpr_pg.ingest.records import Document, SourceRecord
 from dpr_pg.ingest.validate import metadata_problem, passage_text_problem, text_problem
 
@@ -29,8 +30,8 @@ class FieldMapping:
     metadata: Sequence[str] | None = None
 
 
-def to_document(record: SourceRecord, mapping: FieldMapping) -> Document | str:
-    """The record as a :class:`Document`, or the reason it is rejected.
+def to_document(record: SourceRecord, mapping: FieldMapping, limits: RecordLimits | None = None) -> Document | str:
+    """The record as a :class:`Document`, or the reason it is rejected (``limits``: the text and title sizes).
 
     Example:
         >>> to_document(SourceRecord(1, "a.jsonl:1", {"id": 7, "text": "Hola"}), FieldMapping()).external_id
@@ -41,7 +42,10 @@ def to_document(record: SourceRecord, mapping: FieldMapping) -> Document | str:
         return record.problem or "unreadable record"
     if mapping.text not in fields:
         return f"no {mapping.text!r} field (the passage text); fields present: {', '.join(map(repr, fields)) or 'none'}"
-    problem = passage_text_problem(fields[mapping.text], mapping.text)
+    limits = limits or RecordLimits()
+    text = fields[mapping.text]
+    problem = ((isinstance(text, str) and size_problem(text, mapping.text, limits.max_text_bytes, "--max-text-bytes"))
+               or passage_text_problem(text, mapping.text))
     if problem:
         return problem
     raw_id = fields.get(mapping.id, record.number)
@@ -58,7 +62,8 @@ def to_document(record: SourceRecord, mapping: FieldMapping) -> Document | str:
         title = ""
     if not isinstance(title, str):
         return f"{mapping.title} must be a string, not {type(title).__name__}"
-    problem = text_problem(external_id, mapping.id) or text_problem(title, mapping.title)
+    problem = (size_problem(title, mapping.title, limits.max_title_bytes, "--max-title-bytes")
+               or text_problem(external_id, mapping.id) or text_problem(title, mapping.title))
     if problem:
         return problem
     reserved = {mapping.id, mapping.title, mapping.text}

@@ -23,7 +23,8 @@ from dpr_pg.ingest.chunking import DEFAULT_CHUNK_WORDS, check_chunking
 from dpr_pg.ingest.index import drop_hnsw, ensure_hnsw
 from dpr_pg.ingest.loader import PassageWriter
 from dpr_pg.ingest.mapping import FieldMapping
-from dpr_pg.ingest.readers import detect_format, read_records
+from dpr_pg.ingest.limits import RecordLimits
+from dpr_pg.ingest.readers import InputWatch, detect_format, read_records
 from dpr_pg.ingest.records import SourceRecord
 from dpr_pg.ingest.report import IngestReport
 from dpr_pg.ingest.squad import read_squad, write_questions
@@ -64,6 +65,7 @@ def ingest(
     max_retries: int = 5,
     defer_index: bool = False,
     on_batch: Callable[[IngestReport], None] | None = None,
+    limits: RecordLimits | None = None,
 ) -> IngestReport:
     """Ingest a JSONL, CSV, Parquet or SQuAD file into ``collection``; re-running it is a no-op.
 
@@ -74,7 +76,10 @@ def ingest(
     ``prune`` deletes the collection's passages that are not in the source (skipped when any
     record was rejected). SQuAD questions go to ``questions_path`` (default ``<stem>.questions.jsonl``
     in the current folder). ``defer_index`` drops the HNSW index for a bulk load and builds it
-    once at the end (see :mod:`dpr_pg.ingest.index`).
+    once at the end (see :mod:`dpr_pg.ingest.index`). ``limits`` bounds each record's size (default:
+    1 MB of text, 64 kB of title, 8 MB read per record); a record over one is rejected, the run goes on.
+    An input file that changes during the run stops it with :class:`IngestError`; what was
+    committed before is kept.
 
     Example:
         >>> pair = EncoderPair.load("/tmp/tiny/question", "/tmp/tiny/passage")  # doctest: +SKIP
@@ -100,11 +105,14 @@ def ingest(
     dim = _check_database(engine, fingerprint, collection, prune=prune)
     report = IngestReport(collection=collection, source=str(source))
     mapping = fields or FieldMapping()
+    limits = limits or RecordLimits()
     exclude = [embeddings_column] if embeddings and Path(embeddings) == Path(source) else []
-    open_records = _record_source(fmt, Path(source), report, questions_path, exclude=exclude)
+    watched = ([] if fmt == "squad" else [source]) + ([embeddings] if embeddings is not None else [])
+    watch = InputWatch.of(*watched)  # before the first pass: the second one must read the same input
+    open_records = _record_source(fmt, Path(source), report, questions_path, exclude=exclude, limits=limits)
     # A first pass finds each key's last occurrence, so a duplicate is resolved before anything is
     # written (last wins) and a re-run writes nothing; it also gives the record count.
-    last, total = last_occurrences(open_records(), mapping, chunk_words, chunk_overlap)
+    last, total = last_occurrences(open_records(), mapping, chunk_words, chunk_overlap, limits)
     if total == 0:
         raise IngestError(f"{Path(source).name} has no records; expected at least one ({fmt}); nothing was written")
     vectors = None
@@ -130,7 +138,7 @@ def ingest(
             writers = PRECOMPUTED_WRITERS if embeddings is not None else 1  # encoding is the bottleneck otherwise
             with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="dpr_pg-ingest-writer") as executor:
                 run = BatchRun(engine, encoder, fingerprint, writer, report, vectors, strict, dim, last, lookups, executor,
-                               more_writers=[second] if writers > 1 else [])
+                               more_writers=[second] if writers > 1 else [], limits=limits, watch=watch)
                 write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words,
                            chunk_overlap=chunk_overlap, bar=_progress_bar(progress, total), on_batch=on_batch)
             if prune and report.rejected:
@@ -184,11 +192,11 @@ def _check_database(engine: Engine, fingerprint: EncoderFingerprint, collection:
 
 
 def _record_source(fmt: str, source: Path, report: IngestReport, questions_path: str | Path | None,
-                   *, exclude: list[str]) -> Callable[[], Iterator[SourceRecord]]:
+                   *, exclude: list[str], limits: RecordLimits) -> Callable[[], Iterator[SourceRecord]]:
     """A function that opens the records afresh (the input is read twice, streaming both times)."""
     if fmt != "squad":
-        read_records(source, fmt, exclude=exclude)  # fail early on a missing file
-        return lambda: read_records(source, fmt, exclude=exclude)
+        read_records(source, fmt, exclude=exclude, limits=limits)  # fail early on a missing file
+        return lambda: read_records(source, fmt, exclude=exclude, limits=limits)
     corpus = read_squad(source)
     target = Path(questions_path) if questions_path else Path.cwd() / f"{source.stem}.questions.jsonl"
     write_questions(corpus.questions, target)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dpr_pg.errors import IngestError
+from dpr_pg.ingest.readers import require_file
 from dpr_pg.ingest.records import SourceRecord
 
 
@@ -70,13 +71,11 @@ def read_squad(path: str | Path) -> SquadCorpus:
         >>> len(corpus.records), len(corpus.questions)  # doctest: +SKIP
         (2067, 10570)
     """
-    path = Path(path)
+    path = require_file(path)
     name = path.name
     try:
         with open(path, "rb") as handle:
             document = json.load(handle)
-    except FileNotFoundError as e:
-        raise IngestError(f"input file {str(path)!r} does not exist; check the path") from e
     except UnicodeDecodeError as e:
         raise IngestError(f"{name} is not valid UTF-8 (at byte {e.start}); re-encode the file as UTF-8") from e
     except ValueError as e:

@@ -32,9 +32,9 @@ class EmbeddingSource:
     @staticmethod
     def open(path: str | Path, *, column: str = DEFAULT_COLUMN) -> EmbeddingSource:
         """A ``.npy`` file (2-d float array), or a list column of a ``.parquet`` file."""
-        path = Path(path)
-        if not path.is_file():
-            raise IngestError(f"embeddings file {str(path)!r} does not exist; check --embeddings")
+        from dpr_pg.ingest.readers import require_file
+
+        path = require_file(path, "embeddings file", "check --embeddings")
         if path.suffix.lower() == ".npy":
             return _NpySource(path)
         if path.suffix.lower() in (".parquet", ".pq"):
