@@ -187,3 +187,17 @@ def test_a_build_that_cannot_get_the_lock_in_time_names_the_holder(engine: Engin
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert f"another index change holds its lock: pid {pid}" in refused.stderr and "--wait" in refused.stderr
     assert hnsw_parameters(engine) == HnswParameters(16, 64)
+
+
+def test_a_deferred_index_ingest_drops_a_killed_rebuilds_leftover(engine: Engine, tmp_path: Path) -> None:
+    load(engine, tmp_path, 20)
+    with engine.begin() as conn:  # what a rebuild killed with -9 leaves: an INVALID _new index
+        conn.execute(sa.text(f"CREATE INDEX {_NEW} ON dpr_pg.passages USING hnsw (embedding vector_ip_ops)"))
+        conn.execute(sa.text(f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'dpr_pg.{_NEW}'::regclass"))
+    source = tmp_path / "more.jsonl"
+    source.write_text("".join(json.dumps({"id": f"m{i}", "text": f"Otro {i}."}) + "\n" for i in range(10)))
+    np.save(tmp_path / "more.npy", np.random.default_rng(3).standard_normal((10, 768)).astype(np.float32))
+
+    ingest(engine, None, source, collection="c", embeddings=tmp_path / "more.npy", fingerprint=FP, defer_index=True)
+
+    assert index_names(engine) == {"passages_embedding_hnsw": True}
