@@ -176,7 +176,6 @@ class BatchRun:
                   for i, (doc, metadata_json, digest) in enumerate(changed)]
         self.submit(staged, fresh=not stored)
 
-
     def _tsvector_rejected(self, passage: Document) -> bool:
         """Reject a passage whose Spanish tsvector PostgreSQL would refuse (over 1 MB), asking the server only
         when the passage is large enough for that to be possible."""
