@@ -7,6 +7,7 @@
 
 from dpr_pg.database import create_engine
 from dpr_pg.doctor import DoctorReport, doctor
+from dpr_pg.embedded import ServerStatus, server_status, start_server, stop_server
 from dpr_pg.encoders import (
     EncodeResult,
     EncoderFingerprint,
@@ -79,6 +80,10 @@ __all__ = [
     "SchemaError",
     "create_engine",
     "doctor",
+    "ServerStatus",
+    "server_status",
+    "start_server",
+    "stop_server",
     "downgrade",
     "init",
     "init_sql",

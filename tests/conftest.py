@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from dpr_pg.database import embedded_server, normalize_url
+from dpr_pg.embedded import stop_server
 from dpr_pg.schema import init
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,9 +78,25 @@ def _embedded(version: int) -> Server:
     # server's data folder must outlive this one.
     home = Path(tempfile.mkdtemp(prefix=f"dpr_pg_test_pg{version}_"))
     handle = embedded_server(home=home, postgres_version=version)
-    srv = Server(handle.get_uri(driver="psycopg"))
-    srv.stop = lambda: (handle.cleanup(), shutil.rmtree(home, ignore_errors=True))
+    srv = Server(handle.url(driver="psycopg"))
+    srv.stop = lambda: (stop_server(home=home, postgres_version=version, force=True),
+                        shutil.rmtree(home, ignore_errors=True))
     return srv
+
+
+@pytest.fixture
+def lifecycle_home() -> Iterator[Path]:
+    """A DPR_PG_HOME of one's own, for a test that starts and stops embedded servers itself.
+
+    Not under pytest's basetemp: a concurrent pytest session resets that folder to 0700, which locks
+    the server's own user out of its data when the tests run as root. Whatever server a failing test
+    leaves running is stopped.
+    """
+    path = Path(tempfile.mkdtemp(prefix="dpr_pg_lifecycle_"))
+    yield path
+    for version in (16, 18):
+        stop_server(home=path, postgres_version=version, force=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -48,7 +48,7 @@ def test_init_with_a_conflicting_dim_exits_1_and_names_the_fix(cli, empty_url: s
 
 
 def test_doctor_json_reports_versions_and_hides_the_password(cli, database_url: str) -> None:
-    url_with_password = database_url.replace("postgres:@", "postgres:s3cret@")
+    url_with_password = sa.engine.make_url(database_url).set(password="s3cret").render_as_string(hide_password=False)
     result = cli("--database-url", url_with_password, "doctor", "--json", check=True)
     report = json.loads(result.stdout)
     assert report["pgvector_version"] == "0.8.5"
@@ -91,8 +91,8 @@ def test_database_url_comes_from_the_environment(cli, database_url: str) -> None
     assert json.loads(result.stdout)["dim"] == 768
 
 
-def test_two_cli_processes_share_one_embedded_server(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_two_cli_processes_share_one_embedded_server(lifecycle_home: Path) -> None:
+    home = lifecycle_home
     env = {**os.environ, "DPR_PG_HOME": str(home)}
     for name in ("DPR_PG_DATABASE_URL", "DATABASE_URL"):
         env.pop(name, None)

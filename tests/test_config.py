@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy.engine import URL
 
 from dpr_pg import config
-from dpr_pg.database import hide_password, normalize_url
+from dpr_pg.database import hide_password, normalize_url, psql_url
 from dpr_pg.errors import ConfigError
 
 
@@ -63,3 +67,30 @@ def test_non_postgres_urls_are_refused(bad: str) -> None:
 def test_passwords_are_hidden() -> None:
     assert hide_password("postgresql://user:p%40ss:w@host/db") == "postgresql://user:***@host/db"
     assert hide_password("postgresql://user@host/db") == "postgresql://user@host/db"
+
+
+_PARTS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=12)
+
+
+@given(user=_PARTS, password=_PARTS, database=_PARTS, socket_dir=_PARTS)
+def test_psql_url_reads_back_through_libpq_as_it_was(user: str, password: str, database: str,
+                                                     socket_dir: str) -> None:
+    url = URL.create("postgresql+psycopg", username=user, password=password, database=database,
+                     query={"host": f"/tmp/{socket_dir}"})
+    parsed = conninfo_to_dict(psql_url(url, show_password=True))  # libpq's own parser, as psql's
+    assert parsed == {"user": user, "password": password, "dbname": database, "host": f"/tmp/{socket_dir}"}
+    assert conninfo_to_dict(psql_url(url)) == {**parsed, "password": "***"}
+
+
+def test_psql_url_of_a_tcp_server_with_options() -> None:
+    url = "postgresql+psycopg://app:s3cret@db.example.com:6543/app?sslmode=require"
+    assert psql_url(url) == "postgresql://app:***@db.example.com:6543/app?sslmode=require"
+    assert psql_url(url, show_password=True) == "postgresql://app:s3cret@db.example.com:6543/app?sslmode=require"
+
+
+@pytest.mark.parametrize("raw", ["17", "abc", "15"])
+def test_an_unsupported_postgres_version_is_refused(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("DPR_PG_POSTGRES_VERSION", raw)
+    with pytest.raises(ConfigError, match=f"expected PostgreSQL 16 or 18 for the embedded server, not '{raw}'"):
+        config.postgres_version()
+    assert config.postgres_version(16) == 16
