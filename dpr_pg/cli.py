@@ -122,23 +122,30 @@ def init(ctx: Context, dim: int, as_sql: bool, vector_schema: str | None, start:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--show-password", is_flag=True, help="Print the database URL with its password, not ***.")
 @pass_context
 @reports_errors
-def doctor(ctx: Context, as_json: bool) -> None:
+def doctor(ctx: Context, as_json: bool, show_password: bool) -> None:
     """Show the server, pgvector and schema versions, and what is stored.
+
+    The database URL is printed as psql accepts it, with its password masked unless --show-password.
 
     \b
     Example:
         dpr-pg doctor --json
+        dpr-pg doctor --show-password
     """
     from dpr_pg.doctor import doctor as run_doctor
 
-    report = run_doctor(ctx.engine)
+    report = run_doctor(ctx.engine, show_password=show_password)
     if as_json:
         print_json(report.as_dict())
         return
     table = Table(show_header=False, box=None)
-    table.add_row("database", report.database_url)
+    table.add_column()
+    table.add_column(overflow="fold")
+    hint = " (--show-password prints it whole)" if ":***@" in report.database_url else ""
+    table.add_row("database", report.database_url + hint)
     table.add_row("postgres", report.postgres_version)
     table.add_row("pgvector", report.pgvector_version or "not installed")
     table.add_row("schema", f"{report.schema_revision or 'none'} (head {report.head_revision})")
@@ -153,6 +160,10 @@ def doctor(ctx: Context, as_json: bool) -> None:
     console.print(table)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {warning}")
+    if ctx.database_url is None:
+        err_console.print("note: this is the embedded server: dpr-pg server psql opens psql on it, and "
+                          "dpr-pg server start keeps it up for other clients (dpr-pg server url prints its URL)",
+                          highlight=False, soft_wrap=True)
 
 
 # ---- the embedded server --------------------------------------------------------------------------

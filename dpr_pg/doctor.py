@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg.database import hide_password
+from dpr_pg.database import psql_url
 from dpr_pg.schema import HNSW_INDEX, current_revision, embedding_dim, head_revision
 
 
@@ -95,7 +95,7 @@ def invalid_index_warnings(conn: Connection) -> list[str]:
 class DoctorReport:
     """The state of one database as dpr_pg sees it."""
 
-    database_url: str
+    database_url: str  # a libpq URL, as psql accepts it; the password masked unless asked for
     postgres_version: str
     pgvector_version: str | None
     schema_revision: str | None
@@ -110,8 +110,10 @@ class DoctorReport:
         return asdict(self)
 
 
-def doctor(engine: Engine) -> DoctorReport:
+def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
     """Inspect the database behind ``engine``; never writes.
+
+    The report's ``database_url`` is one psql accepts; its password is ``***`` unless ``show_password``.
 
     >>> doctor(engine).pgvector_version  # doctest: +SKIP
     '0.8.5'
@@ -164,7 +166,7 @@ def doctor(engine: Engine) -> DoctorReport:
     elif revision != head:
         warnings.append(f"schema revision {revision} is behind {head}; run dpr-pg init to upgrade")
     return DoctorReport(
-        database_url=hide_password(engine.url.render_as_string(hide_password=False)),
+        database_url=psql_url(engine.url, show_password=show_password),
         postgres_version=server_version,
         pgvector_version=pgvector,
         schema_revision=revision,

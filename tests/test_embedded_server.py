@@ -15,7 +15,9 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
+import sqlalchemy as sa
 
+from dpr_pg.database import libpq_url
 from dpr_pg.embedded import psql_path
 
 # A process that uses the embedded server through the Python API, as an application would: it holds
@@ -133,6 +135,8 @@ def test_server_start_keeps_it_up_for_psql_until_server_stop(home: Path, version
     assert subprocess.run(psql, capture_output=True, text=True, check=True).stdout.startswith(f"{version}.")
     # Other dpr-pg commands come and go; the server stays.
     dpr(home, "init", "--dim", "8", DPR_PG_POSTGRES_VERSION=str(version))
+    doctor = json.loads(dpr(home, "doctor", "--json", DPR_PG_POSTGRES_VERSION=str(version)).stdout)
+    assert doctor["database_url"] == url
     running = status(home, "--postgres-version", str(version))
     assert (running["running"], running["kept_running"], running["postgres_version"]) == (True, True, version)
     assert running["data_dir"] == str(home.resolve() / f"pg{version}")
@@ -201,3 +205,18 @@ def test_an_unsupported_postgres_version_is_one_clear_error(home: Path) -> None:
     assert result.returncode == 1
     assert "expected PostgreSQL 16 or 18 for the embedded server, not '17' (DPR_PG_POSTGRES_VERSION)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_doctor_prints_a_psql_ready_url_masked_unless_asked(database_url: str, home: Path) -> None:
+    with_password = sa.engine.make_url(database_url).set(password="s3cret").render_as_string(hide_password=False)
+    masked = json.loads(dpr(home, "--database-url", with_password, "doctor", "--json").stdout)["database_url"]
+    assert masked.startswith("postgresql://postgres:***@/") and "s3cret" not in masked
+    text = dpr(home, "--database-url", with_password, "doctor").stdout
+    assert "--show-password prints it whole" in text
+
+    whole = json.loads(dpr(home, "--database-url", with_password, "doctor", "--json", "--show-password").stdout)
+    assert whole["database_url"] == masked.replace("***", "s3cret")
+    psql = subprocess.run([str(psql_path()), whole["database_url"], "-Atc", "SELECT current_database()"],
+                          capture_output=True, text=True, check=True)
+    assert psql.stdout.strip() == sa.engine.make_url(database_url).database
+    assert libpq_url(database_url).startswith("postgresql://")
