@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ FROM pg_catalog.pg_stat_activity
 WHERE backend_type IN ('client backend', 'walsender')
   AND pid <> pg_catalog.pg_backend_pid()
   AND application_name IS DISTINCT FROM %s
+  AND pid <> ALL(%s::int[])
 ORDER BY backend_start
 """
 
@@ -141,14 +142,19 @@ def server_of(pgdata: Path, info: Any, version: int) -> EmbeddedServer:
                           host=info.hostname, port=info.port)
 
 
-def clients(url: str, *, ignore: str | None = None) -> tuple[list[Client], str] | None:
-    """The other clients connected to the server, and its version; None when it refuses connections."""
+def clients(url: str, *, ignore: str | None = None,
+            ignore_backends: Sequence[int] = ()) -> tuple[list[Client], str] | None:
+    """The clients connected to the server, and its version; None when it refuses connections.
+
+    Leaves out this query's own connection, the clients named ``ignore`` and the server processes
+    ``ignore_backends``.
+    """
     import psycopg
 
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=5,
                              application_name="dpr-pg server") as conn:
-            rows = conn.execute(_CLIENTS_SQL, (ignore,)).fetchall()
+            rows = conn.execute(_CLIENTS_SQL, (ignore, list(ignore_backends))).fetchall()
             version = conn.execute("SHOW server_version").fetchone()[0]
     except psycopg.OperationalError:
         return None

@@ -155,6 +155,23 @@ def own_engine(engine: Any) -> None:
     _engines.add(engine)
 
 
+def _own_backends(socket_dir: Path | None) -> list[int]:
+    """Server processes of the psycopg connections this process still holds to the server.
+
+    An application's own engine on :func:`dpr_pg.database.embedded_url` keeps its pool open until
+    the interpreter ends, after the exit handlers; those connections end with the process, so they
+    must not count as another client. Nothing records open connections, hence the walk over the heap,
+    done once, at exit.
+    """
+    import gc
+
+    import psycopg
+
+    return [conn.info.backend_pid for conn in gc.get_objects()
+            if isinstance(conn, psycopg.Connection) and not conn.closed
+            and socket_dir is not None and conn.info.host == str(socket_dir)]
+
+
 def _leave(pgdata: Path, version: int) -> None:
     """At exit: leave the handle list; stop the server if nobody else uses it and it is not kept running."""
     if _joined.get(pgdata) != os.getpid():
@@ -169,12 +186,14 @@ def _leave(pgdata: Path, version: int) -> None:
                 return
             for engine in list(_engines):
                 engine.dispose()
+            own = _own_backends(info.socket_dir)
             url = _pgserver.server_of(pgdata, info, version).url()
-            clients = _pgserver.clients(url, ignore=application_name())
+            clients = _pgserver.clients(url, ignore=application_name(), ignore_backends=own)
             if clients is None or clients[0]:
                 return
             _pgserver.pg_ctl_stop(pgdata, version, mode="smart", wait=False)
-            _pgserver.wait_until_stopped(pgdata, _pgserver.STOP_WAIT_S)
+            if not own:  # else the server stops once this process has exited and closed them
+                _pgserver.wait_until_stopped(pgdata, _pgserver.STOP_WAIT_S)
     except Exception as e:  # at exit: one line, never a traceback
         _log.warning("dpr-pg: left the embedded PostgreSQL in %s running: %s", pgdata, e)
 

@@ -5,6 +5,7 @@ Every test has its own DPR_PG_HOME (conftest's ``lifecycle_home``), so its serve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -220,3 +221,18 @@ def test_doctor_prints_a_psql_ready_url_masked_unless_asked(database_url: str, h
                           capture_output=True, text=True, check=True)
     assert psql.stdout.strip() == sa.engine.make_url(database_url).database
     assert libpq_url(database_url).startswith("postgresql://")
+
+
+def test_an_application_engine_on_the_embedded_url_does_not_keep_the_server_up(home: Path) -> None:
+    app = ("import sqlalchemy as sa\n"
+           "from dpr_pg.database import embedded_server\n"
+           "server = embedded_server()\n"
+           "engine = sa.create_engine(server.url(driver='psycopg'))\n"
+           "with engine.connect() as conn:\n"
+           "    conn.execute(sa.text('SELECT 1'))\n"  # the pool keeps the connection open until the very end
+           "print(server.pid)\n")
+    ran = subprocess.run([sys.executable, "-c", app], env=_env(home), capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(int(ran.stdout)).wait(timeout=120)  # the smart shutdown ends once the app's socket closes
+    assert status(home)["running"] is False
