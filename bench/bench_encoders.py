@@ -39,7 +39,7 @@ from transformers import (
 from dpr_pg._loading import quiet_progress
 from dpr_pg._onnx import onnx_available
 from dpr_pg._precision import cpu_supports_bf16
-from dpr_pg._tiny import _train_vocab, spanish_sentences
+from dpr_pg._tiny import spanish_sentences, tiny_vocab
 from dpr_pg.encoders import EncoderPair
 
 
@@ -50,8 +50,7 @@ def make_base_models(directory: Path, *, seed: int, init_std: float) -> tuple[st
     0.994), so any rounding reorders the neighbours; std 0.06 spreads them (about 0.93) as a
     trained encoder does. The compute is the same either way.
     """
-    sentences = spanish_sentences()
-    vocab = _train_vocab(sentences)
+    vocab = tiny_vocab()
     config = DPRConfig(vocab_size=len(vocab), pad_token_id=vocab["[PAD]"], initializer_range=init_std)
     torch.manual_seed(seed)
     paths = []

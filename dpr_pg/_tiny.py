@@ -29,19 +29,25 @@ def spanish_sentences() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _train_vocab(sentences: list[str]) -> dict[str, int]:
-    # tokenizers' trainer is the real WordPiece training that BERT tokenizers come from.
-    from tokenizers import BertWordPieceTokenizer
+def tiny_vocab() -> dict[str, int]:
+    """The tiny models' WordPiece vocabulary: token -> id, in the order of ``data/tiny_vocab.txt``.
 
-    trainer_tokenizer = BertWordPieceTokenizer(lowercase=True, strip_accents=False)
-    trainer_tokenizer.train_from_iterator(
-        sentences,
-        vocab_size=TINY_VOCAB,
-        min_frequency=1,
-        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-        show_progress=False,
-    )
-    return trainer_tokenizer.get_vocab()
+    The file is what tokenizers' WordPiece trainer (``BertWordPieceTokenizer``, lowercase, accents
+    kept, 1200 tokens, the five BERT special tokens first) made from :func:`spanish_sentences`. It is
+    shipped rather than trained on each call because that trainer breaks ties between equally
+    frequent merges in a different order in every process: the same seed would give other files.
+
+    Example:
+        >>> tiny_vocab()["[PAD]"], len(tiny_vocab())
+        (0, 1200)
+    """
+    text = resources.files("dpr_pg.data").joinpath("tiny_vocab.txt").read_text(encoding="utf-8")
+    tokens = text.splitlines()
+    vocab = {token: index for index, token in enumerate(tokens)}
+    if len(vocab) != TINY_VOCAB or len(tokens) != TINY_VOCAB:
+        raise ValueError(f"expected {TINY_VOCAB} distinct tokens in dpr_pg/data/tiny_vocab.txt, "
+                         f"found {len(vocab)} of {len(tokens)} lines; reinstall dpr-pg")
+    return vocab
 
 
 # Gains chosen so that passages spread (mean pairwise cosine ~0.9, like a trained encoder) while
@@ -90,7 +96,7 @@ def make_tiny_models(directory: str | os.PathLike[str], *, dim: int = 768, seed:
     from dpr_pg._loading import quiet_progress
 
     root = Path(directory)
-    vocab = _train_vocab(spanish_sentences())
+    vocab = tiny_vocab()
     config = DPRConfig(
         vocab_size=len(vocab),
         hidden_size=TINY_HIDDEN,
