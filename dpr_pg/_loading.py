@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +17,60 @@ from dpr_pg._fingerprint import folder_revision
 from dpr_pg.errors import EncoderError
 
 ENV_NAMES = {"question": "DPR_PG_QUESTION_MODEL", "passage": "DPR_PG_PASSAGE_MODEL"}
+# Long enough for a slow link's TCP handshake, short next to huggingface_hub's 30 s of retries.
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_endpoint() -> str:
+    """The Hub's base URL as huggingface_hub uses it (``HF_ENDPOINT``, default https://huggingface.co)."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def hub_offline() -> bool:
+    """Whether huggingface_hub is switched off (``HF_HUB_OFFLINE=1``, read when it was first imported)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_reachable(endpoint: str | None = None, *, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the Hub's host accepts a TCP connection within ``timeout`` seconds (name lookup included).
+
+    One probe per endpoint and process. Behind an HTTP(S) proxy a direct connection says nothing,
+    so the answer is True and huggingface_hub's own requests decide.
+
+    Example:
+        >>> hub_reachable("http://127.0.0.1:9")  # nothing listens on the discard port
+        False
+    """
+    return _probe(endpoint or hub_endpoint(), timeout)
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(endpoint: str, timeout: float) -> bool:
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname
+    if not host:
+        return True  # not a URL we can probe: leave it to huggingface_hub
+    if urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+        return True
+    port = url.port or (80 if url.scheme == "http" else 443)
+    answer: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    # A thread, because the socket timeout does not bound the name lookup.
+    worker = threading.Thread(target=connect, name="dpr-pg-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(answer and answer[0])
 
 
 def load_parts(kind: str, name: str, revision: str | None) -> tuple[Any, Any, str, str | None]:
@@ -54,12 +114,14 @@ def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple
     }[kind]
 
     def fail(reason: str) -> EncoderError:
+        reason = reason.rstrip(".")
         return EncoderError(
-            f"cannot load the {kind} encoder {name!r}: {reason.rstrip('.')}. Expected a DPR {model_class.__name__} "
+            f"cannot load the {kind} encoder {name!r}: {reason}. Expected a DPR {model_class.__name__} "
             "from the Hugging Face Hub or a local folder in from_pretrained format. To use a local copy, "
             f"set {ENV_NAMES[kind]}=/path/to/folder or pass {kind}_model='/path/to/folder' "
-            "(`dpr-pg tiny-models DIR` writes a tiny offline pair for tests). Without network, "
-            "HF_HUB_OFFLINE=1 skips the Hub's retries and uses the local cache only."
+            "(`dpr-pg trained-models DIR` writes a small trained offline pair). Without network, "
+            "HF_HUB_OFFLINE=1 uses the local Hugging Face cache only, without probing the Hub.",
+            reason=f"cannot load the {kind} encoder {name!r}: {reason}",
         )
 
     local = Path(name).expanduser()
@@ -69,21 +131,28 @@ def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise fail(f"the folder {str(local)!r} does not exist")
     else:
+        # Probe first: unreachable, huggingface_hub retries for about 30 s before it gives up.
+        cache_only = not hub_offline() and not hub_reachable()
         try:
-            config_path = cached_file(name, "config.json", revision=revision)
+            config_path = cached_file(name, "config.json", revision=revision, local_files_only=cache_only)
         except Exception as e:  # OSError, HTTP and offline errors all mean: not loadable from here
+            if cache_only:
+                raise fail(f"the Hugging Face Hub ({hub_endpoint()}) cannot be reached from here, "
+                           "and the model is not in the local Hugging Face cache") from e
             raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
         resolved = extract_commit_hash(config_path, None) or revision
         source = name
     pinned = None if local.is_dir() else resolved
+    cache_only = not local.is_dir() and not hub_offline() and not hub_reachable()
     try:
         with quiet_progress():
             if weights:
-                model, info = model_class.from_pretrained(source, revision=pinned, output_loading_info=True)
+                model, info = model_class.from_pretrained(source, revision=pinned, output_loading_info=True,
+                                                          local_files_only=cache_only)
                 model_config = model.config
-            else:
-                model_config = AutoConfig.from_pretrained(source, revision=pinned)  # its own model_type
-            tokenizer = tokenizer_class.from_pretrained(source, revision=pinned)
+            else:  # its own model_type
+                model_config = AutoConfig.from_pretrained(source, revision=pinned, local_files_only=cache_only)
+            tokenizer = tokenizer_class.from_pretrained(source, revision=pinned, local_files_only=cache_only)
     except Exception as e:
         raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
     if model_config.model_type != "dpr":

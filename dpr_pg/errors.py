@@ -27,11 +27,27 @@ class DimensionError(DprPgError):
 
 
 class EncoderError(DprPgError):
-    """A model cannot be loaded, or vectors come from another encoder pair."""
+    """A model cannot be loaded, or vectors come from another encoder pair.
+
+    ``reason`` is the short cause (for example "the Hugging Face Hub ... cannot be reached"),
+    without the advice the message adds; it is the whole message when none was given.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class EncoderMismatchError(EncoderError):
-    """Stored vectors were made by a different encoder pair than the one asked to query them."""
+    """Stored vectors were made by a different encoder pair than the one asked to query them.
+
+    ``stored`` and ``requested`` are the two pairs' fingerprints (``EncoderFingerprint``) when known.
+    """
+
+    def __init__(self, message: str, *, stored: object = None, requested: object = None) -> None:
+        super().__init__(message)
+        self.stored = stored
+        self.requested = requested
 
 
 class FilterError(DprPgError):
