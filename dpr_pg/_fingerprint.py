@@ -176,5 +176,6 @@ def check_encoder(
         f"but the question would be encoded by {fingerprint.describe()}. "
         "Expected the same encoder pair for both. Load the pair that made the collection "
         "(set DPR_PG_QUESTION_MODEL / DPR_PG_PASSAGE_MODEL, or pass question_model=/passage_model=), "
-        "or re-ingest the collection with the current pair."
+        "or re-ingest the collection with the current pair.",
+        stored=other, requested=fingerprint,
     )

@@ -185,8 +185,14 @@ def test_an_empty_file_is_an_error_and_prunes_nothing(engine: Engine, files, tmp
 def test_another_encoder_pair_is_refused_unless_the_collection_is_replaced(engine: Engine, files) -> None:
     source, emb = files
     run(engine, source, emb)
-    with pytest.raises(EncoderMismatchError, match="collection 'c' holds vectors of another encoder pair"):
+    with pytest.raises(EncoderMismatchError, match="collection 'c' holds vectors of another encoder pair") as caught:
         run(engine, source, emb, fingerprint=OTHER_FP)
+    message = str(caught.value)
+    # Both pairs, the stored one first, and the three ways on.
+    assert f"stored {FP.describe()}" in message
+    assert f"this ingest encodes with {OTHER_FP.describe()}" in message
+    assert "another collection" in message and "--prune" in message and "DPR_PG_QUESTION_MODEL" in message
+    assert (caught.value.stored, caught.value.requested) == (FP, OTHER_FP)
     report = run(engine, source, emb, fingerprint=OTHER_FP, prune=True)
     assert report.updated == 25
     with engine.connect() as conn:

@@ -184,10 +184,15 @@ def _check_database(engine: Engine, fingerprint: EncoderFingerprint, collection:
             try:
                 check_encoder(conn, fingerprint, collection=collection)
             except EncoderMismatchError as e:
+                stored = e.stored.describe() if e.stored is not None else "another encoder pair"
                 raise EncoderMismatchError(
-                    f"collection {collection!r} holds vectors of another encoder pair; expected "
-                    f"{fingerprint.describe()}. Mixing pairs in one collection makes scores meaningless: ingest "
-                    "into a new collection, or re-ingest the whole collection with --prune to replace them") from e
+                    f"collection {collection!r} holds vectors of another encoder pair: stored {stored}; "
+                    f"this ingest encodes with {fingerprint.describe()}. Expected one pair per collection, since "
+                    "scores across pairs mean nothing. To go on: ingest into another collection; or replace the "
+                    "collection's vectors with this pair (--prune / prune=True: every passage of the input is "
+                    "re-encoded, the others are deleted); or load the stored pair (DPR_PG_QUESTION_MODEL and "
+                    "DPR_PG_PASSAGE_MODEL, --question-model/--passage-model)",
+                    stored=e.stored, requested=fingerprint) from e
     return dim
 
 
