@@ -17,8 +17,10 @@ from dpr_pg.encoders import (
     check_encoder,
     fingerprint_of,
     make_tiny_models,
+    make_trained_models,
     register_encoder,
 )
+from dpr_pg.demo import sample_corpus, sample_questions
 from dpr_pg.errors import (
     ConfigError,
     DatabaseError,
@@ -56,6 +58,9 @@ __all__ = [
     "check_encoder",
     "fingerprint_of",
     "make_tiny_models",
+    "make_trained_models",
+    "sample_corpus",
+    "sample_questions",
     "register_encoder",
     "ConfigError",
     "DatabaseError",

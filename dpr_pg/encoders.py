@@ -25,6 +25,7 @@ from dpr_pg._loading import load_light, load_parts, output_dim, token_limit
 from dpr_pg._batching import EncodeResult, BatchingEncoder
 from dpr_pg._precision import PRECISIONS
 from dpr_pg._tiny import make_tiny_models
+from dpr_pg._trained import make_trained_models
 from dpr_pg.errors import EncoderError
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "check_encoder",
     "fingerprint_of",
     "make_tiny_models",
+    "make_trained_models",
     "register_encoder",
 ]
 

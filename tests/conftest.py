@@ -179,3 +179,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from dpr_pg.encoders import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny_models"), dim=768)
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(question_dir, passage_dir) of the trained 384-d offline pair (all-MiniLM-L6-v2), made once per session."""
+    from dpr_pg.encoders import make_trained_models
+
+    return make_trained_models(tmp_path_factory.mktemp("trained_models"))
