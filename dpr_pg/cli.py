@@ -24,8 +24,9 @@ err_console = Console(stderr=True)
 class Context:
     """Lazily opened engine, shared by the commands of one invocation."""
 
-    def __init__(self, database_url: str | None) -> None:
+    def __init__(self, database_url: str | None, *, explicit_url: str | None = None) -> None:
         self.database_url = database_url
+        self.explicit_url = explicit_url  # the one given with --database-url, if any
         self._engine = None
 
     @property
@@ -74,15 +75,16 @@ def main(ctx: click.Context, database_url: str | None) -> None:
         dpr-pg init
         dpr-pg doctor
     """
-    ctx.obj = Context(config.database_url(database_url))
+    ctx.obj = Context(config.database_url(database_url), explicit_url=database_url)
 
 
 # ---- schema -------------------------------------------------------------------------------------
 
 
 @main.command()
-@click.option("--dim", type=click.IntRange(1, 16000), default=config.DEFAULT_DIM, show_default=True,
-              help="Embedding dimension of the passages table.")
+@click.option("--dim", type=click.IntRange(1, 16000), default=None,
+              help="Embedding dimension of the passages table. Default: the one an existing schema stores, "
+                   f"else {config.DEFAULT_DIM} (the IIC models').")
 @click.option("--sql", "as_sql", is_flag=True,
               help="Print the SQL script instead of running it; connects to no database.")
 @click.option("--vector-schema", metavar="NAME",
@@ -91,7 +93,7 @@ def main(ctx: click.Context, database_url: str | None) -> None:
               help="With --sql: only the steps after revision REV, for a database already at REV.")
 @pass_context
 @reports_errors
-def init(ctx: Context, dim: int, as_sql: bool, vector_schema: str | None, start: str | None) -> None:
+def init(ctx: Context, dim: int | None, as_sql: bool, vector_schema: str | None, start: str | None) -> None:
     """Create or upgrade the dpr_pg schema (pgvector, tables, indexes, SQL functions).
 
     Running it again is a no-op. With --sql, print the script for a DBA to review and apply.
@@ -105,7 +107,8 @@ def init(ctx: Context, dim: int, as_sql: bool, vector_schema: str | None, start:
     if as_sql:
         from dpr_pg.schema import init_sql
 
-        click.echo(init_sql(dim=dim, vector_schema=vector_schema or "public", start=start), nl=False)
+        click.echo(init_sql(dim=dim or config.DEFAULT_DIM, vector_schema=vector_schema or "public", start=start),
+                   nl=False)
         return
     for name, value in (("--vector-schema", vector_schema), ("--from", start)):
         if value is not None:

@@ -247,13 +247,16 @@ def _check_vector_extension(conn: Connection) -> None:
         )
 
 
-def init(engine: Engine, *, dim: int = DEFAULT_DIM) -> InitResult:
+def init(engine: Engine, *, dim: int | None = None) -> InitResult:
     """Create or upgrade the dpr_pg schema; running it again is a no-op.
+
+    ``dim`` is the embedding dimension. None keeps the dimension an existing schema stores, and
+    gives 768 (the IIC models') to a new one; a number that differs from the stored one is refused.
 
     >>> init(engine, dim=768)  # doctest: +SKIP
     InitResult(previous_revision=None, revision='0002', dim=768)
     """
-    if not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM):
         raise SchemaError(f"expected --dim between 1 and {MAX_DIM} (pgvector's limit), not {dim!r}")
     with engine.connect() as conn:
         _wait_for_init_lock(conn)
@@ -279,9 +282,11 @@ def _wait_for_init_lock(conn: Connection, *, timeout: float = 600.0) -> None:
         time.sleep(0.2)
 
 
-def _init_locked(conn: Connection, dim: int) -> InitResult:
+def _init_locked(conn: Connection, dim: int | None) -> InitResult:
     _check_vector_extension(conn)
     existing = embedding_dim(conn)
+    if dim is None:
+        dim = existing or DEFAULT_DIM
     if existing is not None and existing != dim:
         raise SchemaError(
             f"the dpr_pg schema in this database stores vector({existing}), not vector({dim}); "

@@ -47,6 +47,19 @@ def test_init_with_a_conflicting_dim_exits_1_and_names_the_fix(cli, empty_url: s
     assert "dpr-pg init --dim 16" in result.stderr
 
 
+def test_init_without_dim_keeps_the_stored_dimension_and_gives_a_new_schema_768(cli, empty_url: str,
+                                                                                 server) -> None:
+    cli("--database-url", empty_url, "init", "--dim", "384", check=True)
+    again = cli("--database-url", empty_url, "init", check=True)
+    assert "already at" in again.stdout and "(vector(384))" in again.stdout
+    fresh = server.create_database()
+    try:
+        result = cli("--database-url", server.url_for(fresh), "init", check=True)
+    finally:
+        server.drop_database(fresh)
+    assert "(vector(768))" in result.stdout
+
+
 def test_doctor_json_reports_versions_and_hides_the_password(cli, database_url: str) -> None:
     url_with_password = sa.engine.make_url(database_url).set(password="s3cret").render_as_string(hide_password=False)
     result = cli("--database-url", url_with_password, "doctor", "--json", check=True)
