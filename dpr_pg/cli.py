@@ -392,22 +392,22 @@ def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_m
 def demo(ctx: Context) -> None:
     """Run the whole job on the bundled Spanish sample: schema, ingest, questions.
 
-    Uses the IIC models (or DPR_PG_QUESTION_MODEL/DPR_PG_PASSAGE_MODEL); without the Hub, tiny
-    offline models stand in. The passages go to collection 'demo'.
+    Uses the IIC models (or DPR_PG_QUESTION_MODEL/DPR_PG_PASSAGE_MODEL). Without the Hub, a small
+    trained pair built offline (all-MiniLM-L6-v2, 384-d) stands in, or tiny random models when its
+    package is missing. The passages go to collection 'demo'; the last lines are commands to go on.
 
     \b
     Example:
         dpr-pg demo
         DPR_PG_QUESTION_MODEL=./q DPR_PG_PASSAGE_MODEL=./p dpr-pg demo
     """
-    from dpr_pg.demo import run_demo
+    from dpr_pg.demo import next_commands, run_demo
 
     result = run_demo(
         ctx.engine,
         home=config.home(),
         models_configured=config.models_configured(),
-        hub_offline=config.hub_offline(),
-        say=lambda line: console.print(line, highlight=False),
+        say=lambda line: console.print(line, highlight=False, markup=False),
     )
     for answer in result.answers:
         title = f"[bold]{answer.question}[/bold]"
@@ -416,7 +416,57 @@ def demo(ctx: Context) -> None:
         console.print(_hits_table(answer.hits, title=title, caption=f"path: {answer.path}", sources=False))
     if result.tiny_models:
         console.print("[yellow]These rankings come from tiny random-weight models: only the pipeline is real.[/yellow]")
-    console.print("Next: dpr-pg search \"¿Quién pintó el Guernica?\" --collection demo")
+    command, activate = _own_command()
+    # Plain echo: rich would wrap a long path in the middle of a command.
+    click.echo("\nNext, ask your own question with the demo's encoder pair" +
+               (", from this folder:" if command.startswith(".") else ":"))
+    for line in next_commands(result, dpr_pg=command, database_url=ctx.explicit_url):
+        click.echo(f"  {line}")
+    if activate:
+        click.echo(f"(Or run `source {activate}` once, then type plain dpr-pg.)")
+
+
+def _own_command() -> tuple[str, str | None]:
+    """How a user's shell runs this dpr-pg, and the venv's activate script when it is not on PATH.
+
+    The console script beside this interpreter: plain ``dpr-pg`` when PATH finds that one,
+    else its path, relative when it is under the current folder (``.venv/bin/dpr-pg``).
+    """
+    import os
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "dpr-pg"
+    if not script.is_file():
+        return shlex.join([sys.executable, "-m", "dpr_pg.cli"]), None
+    found = shutil.which("dpr-pg")
+    if found and os.path.samefile(found, script):
+        return "dpr-pg", None
+    try:
+        shown = "./" + os.fspath(script.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        shown = os.fspath(script.absolute())
+    activate = script.parent / "activate"
+    return shlex.quote(shown), (shlex.quote(os.path.join(os.path.dirname(shown), "activate"))
+                                if activate.is_file() else None)
+
+
+@main.command("sample-path")
+@click.argument("which", type=click.Choice(["corpus", "questions"]), default="corpus")
+def sample_path(which: str) -> None:
+    """Print the path of the bundled Spanish sample: its 47 passages, or its 12 questions.
+
+    Works from any folder, wherever dpr-pg is installed.
+
+    \b
+    Example:
+        dpr-pg ingest "$(dpr-pg sample-path)" --collection sample
+        dpr-pg eval "$(dpr-pg sample-path questions)" --collection sample
+    """
+    from dpr_pg.demo import sample_corpus, sample_questions
+
+    click.echo(str(sample_corpus() if which == "corpus" else sample_questions()))
 
 
 # ---- encoders (issue 3) ---------------------------------------------------------------------------

@@ -86,7 +86,3 @@ def models_configured() -> bool:
     """Whether DPR_PG_QUESTION_MODEL or DPR_PG_PASSAGE_MODEL names a model explicitly."""
     return bool(os.environ.get("DPR_PG_QUESTION_MODEL") or os.environ.get("DPR_PG_PASSAGE_MODEL"))
 
-
-def hub_offline() -> bool:
-    """Whether the Hugging Face Hub is switched off (``HF_HUB_OFFLINE=1``, the Hub's own convention)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

@@ -32,6 +32,7 @@ def test_wheel_installed_in_a_clean_venv_runs_init(tmp_path: Path, empty_url: st
     assert "dpr_pg/_migrations/env.py" in names
     assert any(name.startswith("dpr_pg/_migrations/versions/0001") for name in names)
     assert "dpr_pg/_migrations/script.py.mako" in names
+    assert {"dpr_pg/data/sample_es.jsonl", "dpr_pg/data/tiny_vocab.txt"} <= set(names)
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
@@ -53,6 +54,13 @@ def test_wheel_installed_in_a_clean_venv_runs_init(tmp_path: Path, empty_url: st
     ).stdout.splitlines()
     assert located[0].startswith(str(target))
     assert located[1] == str(target / "dpr_pg" / "_migrations")
+
+    # The README's sample files, from a folder that is not the checkout.
+    for which, name in (("corpus", "sample_es.jsonl"), ("questions", "sample_questions_es.jsonl")):
+        printed = subprocess.run([str(python), "-m", "dpr_pg.cli", "sample-path", which], cwd=workdir,
+                                 capture_output=True, text=True, env=env, check=True).stdout.strip()
+        assert printed == str(target / "dpr_pg" / "data" / name)
+        assert Path(printed).stat().st_size > 0
 
     result = subprocess.run(
         [str(python), "-m", "dpr_pg.cli", "--database-url", empty_url, "init"],

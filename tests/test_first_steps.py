@@ -1,0 +1,110 @@
+"""A newcomer's first steps: the demo's printed next step, then the README's commands in order.
+
+Both run in fresh shells (no venv on PATH, none of the demo's variables), with the embedded server
+and an unreachable Hub, as on a machine without network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dpr_pg.database import embedded_server
+
+ROOT = Path(__file__).resolve().parent.parent
+UNREACHABLE_HUB = "http://127.0.0.1:9"
+# The README commands that read or write collections, encoder pairs or the schema's dimension, where
+# following the sections in order could collide. The others (doctor, index, status, worker,
+# tiny-models, trained-models, init --sql) have their own tests.
+WALKED = ("dpr-pg init", "dpr-pg ingest", "dpr-pg search", "dpr-pg eval")
+NOT_RUN = {
+    "--vector query.npy": "needs the reader's own query vector file",
+    "--sql": "prints a script; tests/test_schema.py applies it",
+}
+
+
+def _fresh_shell_env(root: Path) -> dict[str, str]:
+    """What a new login shell has: system PATH, HOME and XDG_RUNTIME_DIR, and the data folder the demo used."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(root / "user"), "LANG": "C.UTF-8",
+            "XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"],
+            "DPR_PG_HOME": str(root / "dpr_pg_home"), "DPR_PG_CACHE_DIR": str(root / "cache"),
+            "HF_ENDPOINT": UNREACHABLE_HUB, "HF_HOME": str(root / "hf")}
+
+
+@pytest.fixture(scope="module")
+def demo(server,
+         trained_models: tuple[Path, Path]) -> Iterator[tuple[Path, list[str]]]:
+    """`dpr-pg demo` run from the clone as `make demo` runs it; (its folder, the commands it printed)."""
+    # Not under pytest's basetemp, which a concurrent pytest may close to other users: as root, the
+    # embedded server runs as another user, who must reach its data folder.
+    root = Path(tempfile.mkdtemp(prefix="dpr_pg_first_steps_"))
+    env = _fresh_shell_env(root)  # the session's server has set XDG_RUNTIME_DIR
+    for folder in trained_models:  # built already by the session fixture: hard links, not a rebuild
+        shutil.copytree(folder, Path(env["DPR_PG_HOME"]) / "trained-models" / folder.name, copy_function=os.link)
+    # Held up meanwhile, so that each command joins it instead of starting and stopping its own.
+    held = embedded_server(home=Path(env["DPR_PG_HOME"]))
+    result = subprocess.run([sys.executable, "-m", "dpr_pg.cli", "demo"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Next, ask your own question"))
+    commands = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  "):
+            break
+        commands.append(line.strip())
+    yield root, commands
+    held.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_demos_next_step_works_pasted_into_a_fresh_shell_in_the_clone(demo: tuple[Path, list[str]]) -> None:
+    root, commands = demo
+    assert commands[0].startswith("export DPR_PG_QUESTION_MODEL=")
+    assert commands[-1].endswith("search '¿Quién pintó el Guernica?' --collection demo")
+    result = subprocess.run(["bash", "-c", "\n".join(commands)], cwd=ROOT, env=_fresh_shell_env(root),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    first_hit = next(line for line in result.stdout.splitlines() if re.match(r"│\s+0 │", line))
+    assert "Guernica" in first_hit
+
+
+def _readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```sh\n(.*?)^```", readme, flags=re.S | re.M)
+    return [line for block in blocks for line in block.splitlines() if line.startswith("dpr-pg ")]
+
+
+@pytest.mark.slow
+def test_the_readme_commands_run_in_order_after_the_demo_from_any_folder(demo: tuple[Path, list[str]],
+                                                                         tmp_path: Path) -> None:
+    root, printed = demo
+    env = _fresh_shell_env(root)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # as `source .venv/bin/activate`
+    for line in printed[:-1]:  # the demo's exports: its encoder pair
+        name, value = line.removeprefix("export ").split("=", 1)
+        env[name] = value.strip("'")
+    elsewhere = tmp_path / "elsewhere"  # not the clone: sample files must come from the package
+    elsewhere.mkdir()
+    commands = _readme_commands()
+    assert any(c.startswith("dpr-pg ingest") for c in commands) and any(c.startswith("dpr-pg eval") for c in commands)
+    ran = []
+    for command in commands:
+        if not command.startswith(WALKED) or any(marker in command for marker in NOT_RUN):
+            continue
+        result = subprocess.run(["bash", "-c", command], cwd=elsewhere, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        ran.append((command, result.stdout))
+    ingests = [json.loads(out) for command, out in ran if command.startswith("dpr-pg ingest") and "--json" in command]
+    assert ingests and ingests[0]["inserted"] == 47  # collection 'sample', new: no collision with 'demo'
+    assert len(ran) >= 10
