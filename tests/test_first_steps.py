@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dpr_pg.database import embedded_server
+from dpr_pg.embedded import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 UNREACHABLE_HUB = "http://127.0.0.1:9"
@@ -50,8 +50,8 @@ def demo(server,
     env = _fresh_shell_env(root)  # the session's server has set XDG_RUNTIME_DIR
     for folder in trained_models:  # built already by the session fixture: hard links, not a rebuild
         shutil.copytree(folder, Path(env["DPR_PG_HOME"]) / "trained-models" / folder.name, copy_function=os.link)
-    # Held up meanwhile, so that each command joins it instead of starting and stopping its own.
-    held = embedded_server(home=Path(env["DPR_PG_HOME"]))
+    # Kept up meanwhile, so that each command joins it instead of starting and stopping its own.
+    start_server(home=Path(env["DPR_PG_HOME"]))
     result = subprocess.run([sys.executable, "-m", "dpr_pg.cli", "demo"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
@@ -63,7 +63,7 @@ def demo(server,
             break
         commands.append(line.strip())
     yield root, commands
-    held.cleanup()
+    stop_server(home=Path(env["DPR_PG_HOME"]), force=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
