@@ -299,6 +299,24 @@ def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int]:
     return facts
 
 
+def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collection: str | None = None,
+                  rrf_k: float = 60.0) -> sa.ColumnElement[bool] | None:
+    """Check a search's options before anything is encoded or sent: k, mode, rrf_k and the filter.
+
+    Returns the compiled WHERE clause (None without filter and collection); raises SearchError or
+    FilterError. :func:`search_many` and :mod:`dpr_pg.aio` call it first.
+
+    >>> check_request(k=0)  # doctest: +SKIP
+    SearchError: expected k between 1 and 10000, not 0
+    """
+    _check_k(k)
+    if mode not in MODES:
+        raise SearchError(f"expected mode to be one of {', '.join(MODES)}, not {mode!r}")
+    if not isinstance(rrf_k, (int, float)) or rrf_k < 0 or not math.isfinite(rrf_k):
+        raise SearchError(f"expected rrf_k >= 0, not {rrf_k!r}")
+    return _where(filter, collection)  # validates the filter
+
+
 def search_many(
     bind: Engine | Connection,
     queries: Sequence[Query],
@@ -326,15 +344,10 @@ def search_many(
     >>> [len(h) for h in search_many(engine, ["¿Qué es el ADN?", "¿Dónde está Sevilla?"], encoder=pair, k=3)]
     [3, 3]
     """
-    _check_k(k)
-    if mode not in MODES:
-        raise SearchError(f"expected mode to be one of {', '.join(MODES)}, not {mode!r}")
-    if not isinstance(rrf_k, (int, float)) or rrf_k < 0 or not math.isfinite(rrf_k):
-        raise SearchError(f"expected rrf_k >= 0, not {rrf_k!r}")
+    where_probe = check_request(k=k, mode=mode, filter=filter, collection=collection, rrf_k=rrf_k)
     if isinstance(queries, (str, np.ndarray)) and not (isinstance(queries, np.ndarray) and queries.ndim == 2):
         queries = [queries]  # type: ignore[list-item]
     queries = list(queries)
-    where_probe = _where(filter, collection)  # validate the filter before touching the database
     questions = [q for q in queries if isinstance(q, str)]
     if questions and encoder is None:
         raise SearchError("a question needs an encoder: pass encoder=EncoderPair.load(...), or pass query vectors")

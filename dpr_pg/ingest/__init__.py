@@ -8,7 +8,7 @@ Modules: ``readers`` (JSONL, CSV, Parquet), ``squad`` (SQuAD JSON and its questi
 from dpr_pg.ingest.chunking import chunk_text
 from dpr_pg.ingest.limits import RecordLimits
 from dpr_pg.ingest.mapping import FieldMapping
-from dpr_pg.ingest.pipeline import RecordRejectedError, content_hash, ingest
+from dpr_pg.ingest.pipeline import RecordRejectedError, content_hash, ingest, ingest_records
 from dpr_pg.ingest.records import Rejection
 from dpr_pg.ingest.report import IngestReport
 
@@ -21,4 +21,5 @@ __all__ = [
     "chunk_text",
     "content_hash",
     "ingest",
+    "ingest_records",
 ]

@@ -29,6 +29,7 @@ APPLICATION_NAME = "dpr_pg ingest"
 _STAGING = "dpr_pg_ingest_staging"
 _KEEP = "dpr_pg_ingest_keep"
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('dpr_pg.ingest:' || %s, 0))"
+LOCK_SQL = _LOCK  # the collection's write lock, for other writers of passages (dpr_pg.ingest.delete)
 _LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtextextended('dpr_pg.ingest:' || %s, 0))"
 _UPSERT = f"""
 WITH written AS (

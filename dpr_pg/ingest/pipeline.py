@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from dpr_pg._fingerprint import EncoderFingerprint
     from dpr_pg.encoders import EncoderPair
 
-__all__ = ["ENCODER_BATCH", "PRECOMPUTED_BATCH", "RecordRejectedError", "content_hash", "ingest"]
+__all__ = ["ENCODER_BATCH", "PRECOMPUTED_BATCH", "RecordRejectedError", "content_hash", "ingest", "ingest_records"]
 
 ENCODER_BATCH = 256
 PRECOMPUTED_BATCH = 2000
@@ -87,10 +87,7 @@ def ingest(
         1000
     """
     started = time.perf_counter()
-    if (not isinstance(collection, str) or not collection.strip() or text_problem(collection, "collection")
-            or len(collection.encode("utf-8")) > 256):
-        raise ConfigError(f"expected a non-empty collection name of at most 256 bytes without NUL bytes, "
-                          f"not {collection[:60] if isinstance(collection, str) else collection!r}")
+    check_collection_name(collection)
     fmt = detect_format(source, format)
     if embeddings is not None:
         if chunk_words:
@@ -104,21 +101,94 @@ def ingest(
     fingerprint = _resolve_fingerprint(encoder, fingerprint, embeddings)
     dim = _check_database(engine, fingerprint, collection, prune=prune)
     report = IngestReport(collection=collection, source=str(source))
-    mapping = fields or FieldMapping()
     limits = limits or RecordLimits()
     exclude = [embeddings_column] if embeddings and Path(embeddings) == Path(source) else []
     watched = ([] if fmt == "squad" else [source]) + ([embeddings] if embeddings is not None else [])
     watch = InputWatch.of(*watched)  # before the first pass: the second one must read the same input
     open_records = _record_source(fmt, Path(source), report, questions_path, exclude=exclude, limits=limits)
+    vectors = (lambda: EmbeddingSource.open(embeddings, column=embeddings_column)) if embeddings is not None else None
+    empty = f"{Path(source).name} has no records; expected at least one ({fmt}); nothing was written"
+    return _write(engine, encoder, fingerprint, open_records, report, dim=dim, started=started, empty=empty,
+                  mapping=fields or FieldMapping(), chunk_words=chunk_words, chunk_overlap=chunk_overlap,
+                  vectors=vectors, batch_size=batch_size, strict=strict, prune=prune, progress=progress,
+                  max_retries=max_retries, defer_index=defer_index, on_batch=on_batch, limits=limits, watch=watch)
+
+
+def ingest_records(
+    engine: Engine,
+    encoder: EncoderPair,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    collection: str,
+    fields: FieldMapping | None = None,
+    chunk_words: int | None = None,
+    chunk_overlap: int = 0,
+    batch_size: int | None = None,
+    strict: bool = False,
+    max_retries: int = 5,
+    limits: RecordLimits | None = None,
+    source: str = "records",
+) -> IngestReport:
+    """Ingest records given as mappings (parsed JSON objects) into ``collection``, like :func:`ingest`.
+
+    The same field mapping, chunking, checks and limits, idempotency and report as a file: a bad
+    record is rejected and listed as ``records[i]`` (0-based; ``source`` names the list), the
+    others are written; re-sending the same records writes nothing.
+
+    Example:
+        >>> ingest_records(engine, pair, [{"id": "a", "text": "Hola"}], collection="demo").inserted  # doctest: +SKIP
+        1
+    """
+    started = time.perf_counter()
+    check_collection_name(collection)
+    chunk_words = DEFAULT_CHUNK_WORDS if chunk_words is None else chunk_words
+    check_chunking(chunk_words, chunk_overlap)
+    if encoder is None:
+        raise ConfigError("nothing would encode the passages: pass an encoder pair")
+    items = [_source_record(i, record, source) for i, record in enumerate(records)]
+    dim = _check_database(engine, encoder.fingerprint, collection, prune=False)
+    report = IngestReport(collection=collection, source=source)
+    return _write(engine, encoder, encoder.fingerprint, lambda: iter(items), report, dim=dim, started=started,
+                  empty=f"{source} is empty; expected at least one record; nothing was written",
+                  mapping=fields or FieldMapping(), chunk_words=chunk_words, chunk_overlap=chunk_overlap,
+                  vectors=None, batch_size=batch_size, strict=strict, prune=False, progress=False,
+                  max_retries=max_retries, defer_index=False, on_batch=None, limits=limits or RecordLimits(),
+                  watch=None)
+
+
+def check_collection_name(collection: Any) -> None:
+    """Refuse a collection name that is empty, over 256 bytes, or holds NUL or lone surrogates."""
+    if (not isinstance(collection, str) or not collection.strip() or text_problem(collection, "collection")
+            or len(collection.encode("utf-8")) > 256):
+        raise ConfigError(f"expected a non-empty collection name of at most 256 bytes without NUL bytes, "
+                          f"not {collection[:60] if isinstance(collection, str) else collection!r}")
+
+
+def _source_record(index: int, record: Any, source: str) -> SourceRecord:
+    where = f"{source}[{index}]"
+    if not isinstance(record, Mapping):
+        return SourceRecord(index + 1, where, None, f"expected a JSON object, not {type(record).__name__}")
+    return SourceRecord(index + 1, where, dict(record))
+
+
+def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFingerprint,
+           open_records: Callable[[], Iterator[SourceRecord]], report: IngestReport, *, dim: int, started: float,
+           empty: str, mapping: FieldMapping, chunk_words: int, chunk_overlap: int,
+           vectors: Callable[[], EmbeddingSource] | None, batch_size: int | None, strict: bool, prune: bool,
+           progress: bool | None, max_retries: int, defer_index: bool,
+           on_batch: Callable[[IngestReport], None] | None, limits: RecordLimits,
+           watch: InputWatch | None) -> IngestReport:
+    """What :func:`ingest` and :func:`ingest_records` share once the records can be opened."""
+    collection = report.collection
     # A first pass finds each key's last occurrence, so a duplicate is resolved before anything is
     # written (last wins) and a re-run writes nothing; it also gives the record count.
     last, total = last_occurrences(open_records(), mapping, chunk_words, chunk_overlap, limits)
     if total == 0:
-        raise IngestError(f"{Path(source).name} has no records; expected at least one ({fmt}); nothing was written")
-    vectors = None
-    if embeddings is not None:
-        vectors = EmbeddingSource.open(embeddings, column=embeddings_column)
-        vectors.check(records=total, dim=dim)
+        raise IngestError(empty)
+    source_vectors = None
+    if vectors is not None:  # opened after the first pass: an empty input is reported as such
+        source_vectors = vectors()
+        source_vectors.check(records=total, dim=dim)
     from dpr_pg._fingerprint import register_encoder
 
     with engine.begin() as conn:
@@ -127,7 +197,7 @@ def ingest(
     def count_retry(_: Exception) -> None:
         report.retries += 1
 
-    size = batch_size or (PRECOMPUTED_BATCH if embeddings is not None else ENCODER_BATCH)
+    size = batch_size or (PRECOMPUTED_BATCH if vectors is not None else ENCODER_BATCH)
     dropped = drop_hnsw(engine) if defer_index else None
     options = {"collection": collection, "encoder_id": encoder_id, "dim": dim, "max_retries": max_retries,
                "on_retry": count_retry}
@@ -135,10 +205,10 @@ def ingest(
         with (PassageWriter(engine, **options) as writer, PassageWriter(engine, **options) as lookups,
               PassageWriter(engine, **options) as second):
             # Leaving this block waits for the writes in flight before the connections close.
-            writers = PRECOMPUTED_WRITERS if embeddings is not None else 1  # encoding is the bottleneck otherwise
+            writers = PRECOMPUTED_WRITERS if vectors is not None else 1  # encoding is the bottleneck otherwise
             with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="dpr_pg-ingest-writer") as executor:
-                run = BatchRun(engine, encoder, fingerprint, writer, report, vectors, strict, dim, last, lookups, executor,
-                               more_writers=[second] if writers > 1 else [], limits=limits, watch=watch)
+                run = BatchRun(engine, encoder, fingerprint, writer, report, source_vectors, strict, dim, last, lookups,
+                               executor, more_writers=[second] if writers > 1 else [], limits=limits, watch=watch)
                 write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words,
                            chunk_overlap=chunk_overlap, bar=_progress_bar(progress, total), on_batch=on_batch)
             if prune and report.rejected:
