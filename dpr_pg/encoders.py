@@ -122,6 +122,24 @@ class QuestionEncoder(BatchingEncoder):
                     self._cache.popitem(last=False)
         return out[0] if single else out
 
+    def cached(self, question: str) -> np.ndarray | None:
+        """The cached vector of ``question`` (counted as a hit), or None without encoding anything.
+
+        A server answers cached questions at once instead of queueing them for an encoder batch.
+
+        Example:
+            >>> encoder.cached("¿Dónde está Sevilla?") is None  # doctest: +SKIP
+            True
+        """
+        if not self.cache_size or not isinstance(question, str):
+            return None
+        with self._lock:
+            vector = self._cache.get(question)
+            if vector is not None:
+                self._cache.move_to_end(question)
+                self._hits += 1
+            return vector
+
     def cache_info(self) -> CacheInfo:
         """Hits, misses, max size and current size of the question cache."""
         with self._lock:
