@@ -960,5 +960,190 @@ def _print_audit(report: Any, as_json: bool) -> None:
                    f"(smallest with recall@{report.k} >= {report.target_recall})")
 
 
+# ---- collections and the HTTP service ---------------------------------------------------------------
+
+
+@main.command("collections")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@pass_context
+@reports_errors
+def collections_command(ctx: Context, as_json: bool) -> None:
+    """List the collections: passages, last write, and the encoder pair of their vectors.
+
+    \b
+    Example:
+        dpr-pg collections --json
+    """
+    from dpr_pg.collections import list_collections
+
+    found = list_collections(ctx.engine)
+    if as_json:
+        print_json([c.as_dict() for c in found])
+        return
+    if not found:
+        click.echo("no collections yet; load one with dpr-pg ingest FILE --collection NAME")
+    for c in found:
+        pairs = "; ".join(f"{e['question_model']} + {e['passage_model']}" for e in c.encoders)
+        click.echo(f"{c.name}: {c.passages} passages, last write {c.updated_at:%Y-%m-%d %H:%M}, encoders {pairs}")
+
+
+@main.command("delete")
+@click.argument("external_ids", nargs=-1, required=True)
+@click.option("--collection", required=True, help="The collection the passages belong to.")
+@pass_context
+@reports_errors
+def delete_command(ctx: Context, external_ids: tuple[str, ...], collection: str) -> None:
+    """Delete passages by external id (a chunk of a long document is <id>#<n>).
+
+    \b
+    Example:
+        dpr-pg delete madrid sevilla --collection demo
+    """
+    from dpr_pg.ingest.delete import delete_passages
+
+    deleted = delete_passages(ctx.engine, collection, list(external_ids))
+    click.echo(f"{collection}: deleted {deleted} of {len(external_ids)} passage(s)")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Without a live API key only a loopback address is allowed.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes, each with its own encoders (memory: ~1 GB each for BERT-base).")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Serve a non-loopback address without any API key (anyone who reaches it can write).")
+@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
+@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
+@RUNTIME_OPTION
+@click.option("--max-body-bytes", type=click.IntRange(1024), default=1_000_000, show_default=True,
+              help="Largest request body; a larger one gets 413.")
+@click.option("--batch-max", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Most questions in one encoder call (concurrent requests are batched).")
+@click.option("--batch-wait-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
+              help="Longest wait for more questions before an encoder call, under concurrent load.")
+@pass_context
+@reports_errors
+def serve(ctx: Context, host: str, port: int, workers: int, insecure_no_auth: bool, question_model: str | None,
+          passage_model: str | None, precision: str | None, runtime: str, max_body_bytes: int, batch_max: int,
+          batch_wait_ms: float) -> None:
+    """Serve search over HTTP (FastAPI on uvicorn): OpenAPI at /openapi.json, docs at /docs.
+
+    Endpoints: POST /v1/search, /v1/search/batch, /v1/encode/questions, /v1/encode/passages;
+    PUT /v1/collections/{collection}/passages; DELETE /v1/collections/{collection}/passages/{id};
+    GET /v1/collections, /healthz, /readyz, /metrics. Needs the serve extra: pip install 'dpr-pg[serve]'.
+
+    \b
+    Example:
+        dpr-pg serve                                  # 127.0.0.1:8000, no key needed while none exists
+        dpr-pg keys create web --scope search
+        dpr-pg serve --host 0.0.0.0 --port 8080 --workers 2
+    """
+    import importlib.util
+    import os
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(f"dpr-pg serve needs {' and '.join(missing)}, from the serve extra: "
+                                   "pip install 'dpr-pg[serve]'")
+    from dpr_pg.service.server import check_binding, run
+    from dpr_pg.service.settings import ServiceSettings
+
+    engine = ctx.engine  # resolves the URL (starting the embedded server) once, for every worker
+    settings = ServiceSettings(
+        database_url=engine.url.render_as_string(hide_password=False), question_model=question_model,
+        passage_model=passage_model, precision=precision, runtime=None if runtime == "auto" else runtime,
+        host=host, port=port, insecure_no_auth=insecure_no_auth, max_body_bytes=max_body_bytes,
+        batch_max=batch_max, batch_wait_ms=batch_wait_ms)
+    err_console.print(check_binding(engine, settings), highlight=False, markup=False)
+    os.environ["DPR_PG_SERVICE"] = settings.to_json()  # read by each worker's app factory
+    run(settings, workers=workers, say=lambda line: err_console.print(line, highlight=False, markup=False))
+
+
+@main.group()
+def keys() -> None:
+    """Manage the HTTP service's API keys (stored hashed in dpr_pg.api_keys).
+
+    \b
+    Example:
+        dpr-pg keys create web --collection demo --scope search
+        dpr-pg keys list
+        dpr-pg keys revoke web
+    """
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--collection", "collections", multiple=True, help="A collection the key may reach (repeatable; "
+              "default: every collection).")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["search", "write"]),
+              help="search (search, encode, list) or write (upsert, delete); repeatable; default: search.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, with the key.")
+@pass_context
+@reports_errors
+def keys_create(ctx: Context, name: str, collections: tuple[str, ...], scopes: tuple[str, ...], as_json: bool) -> None:
+    """Create a key and print it once: only its hash is stored.
+
+    \b
+    Example:
+        dpr-pg keys create ingest-job --collection wiki --scope write --scope search
+    """
+    from dpr_pg.service.keys import create_key
+
+    key, secret = create_key(ctx.engine, name, collections=list(collections) or None, scopes=scopes or ("search",))
+    if as_json:
+        print_json({**key.as_dict(), "key": secret})
+        return
+    click.echo(secret)
+    err_console.print(f"key {key.name!r}: scopes {', '.join(key.scopes)}, collections "
+                      f"{', '.join(key.collections) if key.collections else 'all'}; store it now, it is not shown again",
+                      highlight=False, markup=False)
+
+
+@keys.command("list")
+@click.option("--revoked", is_flag=True, help="Include revoked keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@pass_context
+@reports_errors
+def keys_list(ctx: Context, revoked: bool, as_json: bool) -> None:
+    """List the keys (name, prefix, scopes, collections), never their secrets.
+
+    \b
+    Example:
+        dpr-pg keys list --json
+    """
+    from dpr_pg.service.keys import list_keys
+
+    found = list_keys(ctx.engine, revoked=revoked)
+    if as_json:
+        print_json([key.as_dict() for key in found])
+        return
+    if not found:
+        click.echo("no API keys; dpr-pg serve answers on localhost only, without authentication")
+    for key in found:
+        state = f", revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else ""
+        click.echo(f"{key.name}: {key.prefix}…  scopes {','.join(key.scopes)}  collections "
+                   f"{','.join(key.collections) if key.collections else 'all'}  created {key.created_at:%Y-%m-%d}"
+                   f"{state}")
+
+
+@keys.command("revoke")
+@click.argument("name")
+@pass_context
+@reports_errors
+def keys_revoke(ctx: Context, name: str) -> None:
+    """Revoke a key: requests with it get 401 at once.
+
+    \b
+    Example:
+        dpr-pg keys revoke web
+    """
+    from dpr_pg.service.keys import revoke_key
+
+    key = revoke_key(ctx.engine, name)
+    click.echo(f"revoked {key.name} ({key.prefix}…)")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -86,3 +86,7 @@ def models_configured() -> bool:
     """Whether DPR_PG_QUESTION_MODEL or DPR_PG_PASSAGE_MODEL names a model explicitly."""
     return bool(os.environ.get("DPR_PG_QUESTION_MODEL") or os.environ.get("DPR_PG_PASSAGE_MODEL"))
 
+
+def service_settings() -> str | None:
+    """The HTTP service's settings as JSON, handed by ``dpr-pg serve`` to its workers (``DPR_PG_SERVICE``)."""
+    return os.environ.get("DPR_PG_SERVICE") or None

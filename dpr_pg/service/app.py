@@ -1,0 +1,115 @@
+"""The FastAPI application: the encoders, warm, and an async engine, shared by every request.
+
+:func:`create_app` builds it from :class:`ServiceSettings`; :func:`app_from_environment` is the
+factory each uvicorn worker calls (``dpr-pg serve`` passes the settings as JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from dpr_pg import aio
+from dpr_pg.service import errors, routes
+from dpr_pg.service.batching import QuestionBatcher
+from dpr_pg.service.limits import BodyLimit, RequestMetrics
+from dpr_pg.service.metrics import ServiceMetrics
+from dpr_pg.service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from dpr_pg.encoders import EncoderPair
+
+T = TypeVar("T")
+log = logging.getLogger("dpr_pg.service")
+DESCRIPTION = """Dense Passage Retrieval inside PostgreSQL, over HTTP: questions in, passages out.
+
+Send an API key from `dpr-pg keys create` as `Authorization: Bearer <key>` (or `X-API-Key`).
+Every error is JSON: `{"error": ..., "message": ..., "details": ...}`.
+"""
+
+
+class Service:
+    """What the requests share: settings, encoders, the question batcher, the engine, the metrics."""
+
+    def __init__(self, settings: ServiceSettings, *, pair: EncoderPair | None = None) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.pair = pair
+        self.batcher: QuestionBatcher | None = None
+        self.engine: AsyncEngine | None = None
+        self.warm = False
+
+    async def start(self) -> None:
+        from dpr_pg.encoders import EncoderPair
+
+        s = self.settings
+        # The pool holds a connection per concurrent search; pre-ping replaces those a restart broke.
+        self.engine = await aio.create_async_engine(s.database_url, pool_size=max(8, s.batch_max),
+                                                    max_overflow=s.batch_max, pool_timeout=10)
+        if self.pair is None:
+            self.pair = await asyncio.to_thread(EncoderPair.load, s.question_model, s.passage_model,
+                                                precision=s.precision, runtime=s.runtime)
+        # One encoder call per micro-batch: the question side's batch holds a whole micro-batch.
+        self.pair.question.batch_size = max(self.pair.question.batch_size, s.batch_max)
+        self.batcher = QuestionBatcher(self.pair.question, max_batch=s.batch_max, max_wait=s.batch_wait_ms / 1000,
+                                       on_batch=self.metrics.encoder_batch)
+        await self.batcher.run(self.pair.question.warm_up)
+        await self.batcher.run(self.pair.passage.warm_up)
+        self.warm = True
+        log.info("encoders ready: %s", self.pair.fingerprint.describe())
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self.engine is not None:
+            await self.engine.dispose()
+
+    async def database(self, operation: str, function: Callable[[sa.Connection], T]) -> T:
+        """Run a sync function of a Connection on the async engine, in one transaction, timed."""
+        assert self.engine is not None
+        with self.metrics.database(operation):
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(function)
+
+
+def create_app(settings: ServiceSettings | None = None, *, pair: EncoderPair | None = None) -> FastAPI:
+    """The application for ``settings``; ``pair`` gives already loaded encoders (tests, embedding).
+
+    >>> app = create_app(ServiceSettings(database_url="postgresql://app@localhost/app"))  # doctest: +SKIP
+    """
+    service = Service(settings or ServiceSettings(), pair=pair)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    from importlib.metadata import version
+
+    app = FastAPI(title="dpr-pg", version=version("dpr-pg"), description=DESCRIPTION, lifespan=lifespan,
+                  responses={422: {"model": routes.ErrorBody, "description": "The request is invalid."}})
+    app.state.service = service
+    errors.install(app)
+    routes.install(app)
+    app.add_middleware(BodyLimit, max_bytes=service.settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=service.metrics)  # outermost: counts the 413s too
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The factory uvicorn's workers call: settings from ``dpr-pg serve`` (see :func:`dpr_pg.config.service_settings`)."""
+    from dpr_pg import config
+
+    raw = config.service_settings()
+    return create_app(ServiceSettings.from_json(raw) if raw else ServiceSettings())

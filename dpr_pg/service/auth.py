@@ -1,0 +1,62 @@
+"""Who may do what: the API key of a request, its scope and its collections.
+
+A key comes as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (never in the URL, which
+access logs record). While no key is live, a server on a loopback address (or started with
+``--insecure-no-auth``) serves everyone; once one is, every ``/v1`` request needs a valid key:
+401 without one, 403 outside its scopes or collections.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+from fastapi.security import APIKeyHeader, HTTPBearer
+
+from dpr_pg.service.errors import ApiError
+from dpr_pg.service.keys import ApiKey, authenticate
+
+if TYPE_CHECKING:
+    from dpr_pg.service.app import Service
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `dpr-pg keys create`.")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same key, in its own header.")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def _secret(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return request.headers.get("x-api-key") or None
+
+
+async def require(request: Request, scope: str, collection: str | None = None) -> ApiKey | None:
+    """The request's key, checked for ``scope`` and ``collection``; None when the server is open."""
+    service: Service = request.app.state.service
+    secret = _secret(request)
+    key, live = await service.database("auth", lambda conn: authenticate(conn, secret))
+    if key is None:
+        if live == 0 and secret is None and service.settings.open_without_keys:
+            return None
+        if live == 0 and secret is None:
+            raise ApiError(401, "unauthorized", "this server needs an API key and none is live: create one with "
+                           "dpr-pg keys create NAME, and send it as 'Authorization: Bearer <key>'", _CHALLENGE)
+        raise ApiError(401, "unauthorized", "missing or invalid API key: send a live key from dpr-pg keys create as "
+                       "'Authorization: Bearer <key>' or 'X-API-Key: <key>'", _CHALLENGE)
+    if not key.may(scope):
+        raise ApiError(403, "forbidden", f"the key {key.name!r} has the scopes {', '.join(key.scopes)}, not {scope!r}; "
+                       f"create a key with --scope {scope}")
+    if collection is not None and not key.reaches(collection):
+        raise ApiError(403, "forbidden", f"the key {key.name!r} may not reach collection {collection!r}; its "
+                       f"collections: {', '.join(key.collections or [])}")
+    return key
+
+
+def restrict_filter(key: ApiKey | None, filter: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The filter, limited to the key's collections when the request names none (the core's filter language)."""
+    if key is None or key.collections is None:
+        return filter
+    only = {"collection": {"$in": list(key.collections)}}
+    return {"$and": [filter, only]} if filter else only
