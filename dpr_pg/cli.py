@@ -1040,13 +1040,15 @@ def serve(ctx: Context, host: str, port: int, workers: int, insecure_no_auth: bo
         dpr-pg keys create web --scope search
         dpr-pg serve --host 0.0.0.0 --port 8080 --workers 2
     """
-    import importlib.util
     import os
 
-    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise click.ClickException(f"dpr-pg serve needs {' and '.join(missing)}, from the serve extra: "
-                                   "pip install 'dpr-pg[serve]'")
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise click.ClickException(f"dpr-pg serve needs {e.name or 'fastapi and uvicorn'}, from the serve extra: "
+                                   "pip install 'dpr-pg[serve]'") from e
     from dpr_pg.service.server import check_binding, run
     from dpr_pg.service.settings import ServiceSettings
 
@@ -1056,9 +1058,9 @@ def serve(ctx: Context, host: str, port: int, workers: int, insecure_no_auth: bo
         passage_model=passage_model, precision=precision, runtime=None if runtime == "auto" else runtime,
         host=host, port=port, insecure_no_auth=insecure_no_auth, max_body_bytes=max_body_bytes,
         batch_max=batch_max, batch_wait_ms=batch_wait_ms)
-    err_console.print(check_binding(engine, settings), highlight=False, markup=False)
+    click.echo(check_binding(engine, settings), err=True)
     os.environ["DPR_PG_SERVICE"] = settings.to_json()  # read by each worker's app factory
-    run(settings, workers=workers, say=lambda line: err_console.print(line, highlight=False, markup=False))
+    run(settings, workers=workers, say=lambda line: click.echo(line, err=True))
 
 
 @main.group()
