@@ -91,6 +91,11 @@ class QuestionBatcher:
                 await self._gather(time.monotonic() + self.max_wait)
             batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
             batch = [item for item in batch if not item.future.done()]  # a cancelled request
+            for item in batch:  # encoded by an earlier batch while this one waited
+                cached = self.encoder.cached(item.question)
+                if cached is not None:
+                    item.future.set_result(cached)
+            batch = [item for item in batch if not item.future.done()]
             if not batch:
                 continue
             self._last_size = len(batch)
