@@ -95,7 +95,8 @@ async def search_many(
     micro-batcher shared by concurrent requests. With an AsyncEngine the search runs in its own
     transaction; with an AsyncConnection, in yours.
 
-    >>> [len(h) for h in await search_many(engine, ["¿Qué es el ADN?", "¿Dónde está Sevilla?"], encoder=pair)]  # doctest: +SKIP
+    >>> found = await search_many(engine, ["¿Qué es el ADN?", "¿Dónde está Sevilla?"], encoder=pair)  # doctest: +SKIP
+    >>> [len(hits) for hits in found]  # doctest: +SKIP
     [10, 10]
     """
     if isinstance(queries, (str, np.ndarray)) and not (isinstance(queries, np.ndarray) and queries.ndim == 2):

@@ -108,7 +108,7 @@ def create_app(settings: ServiceSettings | None = None, *, pair: EncoderPair | N
 
 
 def app_from_environment() -> FastAPI:
-    """The factory uvicorn's workers call: settings from ``dpr-pg serve`` (see :func:`dpr_pg.config.service_settings`)."""
+    """The factory uvicorn's workers call, with the settings ``dpr-pg serve`` put in ``DPR_PG_SERVICE``."""
     from dpr_pg import config
 
     raw = config.service_settings()

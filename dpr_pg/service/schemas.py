@@ -49,6 +49,10 @@ class SearchOptions(_Strict):
 class SearchRequest(SearchOptions):
     """One question, or one precomputed query vector (``query_text`` gives hybrid mode its text)."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"question": "¿Cuál es la capital de España?", "k": 5, "collection": "demo",
+         "filter": {"topic": "geografía"}}]})
+
     question: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
     vector: list[float] | None = Field(None, min_length=1, max_length=MAX_DIM)
     query_text: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
@@ -67,6 +71,9 @@ class SearchRequest(SearchOptions):
 
 class BatchSearchRequest(SearchOptions):
     """Many questions, or many query vectors, with one set of options."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"questions": ["¿Cuál es la capital de España?", "¿Quién pintó el Guernica?"], "k": 3}]})
 
     questions: list[str] | None = Field(None, min_length=1, max_length=MAX_LIST)
     vectors: list[list[float]] | None = Field(None, min_length=1, max_length=MAX_LIST)
@@ -131,6 +138,9 @@ class FingerprintBody(BaseModel):
 
 
 class EncodeQuestionsRequest(_Strict):
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"examples": [{"questions": ["¿Dónde está Sevilla?"]}]})
+
     questions: list[str] = Field(min_length=1, max_length=MAX_LIST)
 
     @field_validator("questions")
@@ -154,6 +164,9 @@ class PassageBody(_Strict):
 
 
 class EncodePassagesRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"passages": [{"title": "Sevilla", "text": "Sevilla está a orillas del Guadalquivir."}]}]})
+
     passages: list[PassageBody] = Field(min_length=1, max_length=MAX_LIST)
 
 
@@ -166,6 +179,9 @@ class EncodeResponse(BaseModel):
 
 class UpsertRequest(_Strict):
     """Records as ``dpr-pg ingest`` reads them from JSONL: by default ``id``, ``title``, ``text``, the rest metadata."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"records": [
+        {"id": "madrid", "title": "Madrid", "text": "Madrid es la capital de España.", "region": "España"}]}]})
 
     records: list[dict[str, Any]] = Field(min_length=1, max_length=10_000)
     id_field: str = Field("id", min_length=1, max_length=256)
