@@ -8,7 +8,9 @@ uvicorn stops accepting connections and lets the requests in flight finish (up t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -17,6 +19,7 @@ from dpr_pg.service.settings import ServiceSettings
 
 APP_FACTORY = "dpr_pg.service.app:app_from_environment"
 GRACEFUL_SECONDS = 30
+WORKER_HEALTHCHECK_SECONDS = 120
 
 
 def check_binding(engine: Engine, settings: ServiceSettings) -> str:
@@ -52,5 +55,9 @@ def run(settings: ServiceSettings, *, workers: int = 1, say: Callable[[str], Non
         raise ConfigError(f"expected --workers of at least 1, not {workers}")
     say(f"dpr-pg serve: http://{settings.host}:{settings.port} (docs at /docs, OpenAPI at /openapi.json), "
         f"{workers} worker(s)")
+    options: dict[str, Any] = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # uvicorn kills a worker that misses a 5 s health ping; loading the encoders on a busy CPU can take longer.
+        options["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_SECONDS
     uvicorn.run(APP_FACTORY, factory=True, host=settings.host, port=settings.port, workers=workers,
-                timeout_graceful_shutdown=GRACEFUL_SECONDS, log_level="info", proxy_headers=False)
+                timeout_graceful_shutdown=GRACEFUL_SECONDS, log_level="info", proxy_headers=False, **options)
