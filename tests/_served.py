@@ -58,13 +58,17 @@ class Served:
         return self.process.wait(120)
 
 
-def start(database_url: str, models: tuple[Path, Path], *args: str, ready: bool = True) -> Served:
-    """``dpr-pg --database-url URL serve --port 0 ARGS`` with the given (question, passage) models."""
-    env = {**os.environ, "DPR_PG_QUESTION_MODEL": str(models[0]), "DPR_PG_PASSAGE_MODEL": str(models[1]),
-           "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "dpr_pg.cli", "--database-url", database_url, "serve",
-                                "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env)
+def start(database_url: str | None, models: tuple[Path, Path], *args: str, ready: bool = True,
+          env: dict[str, str] | None = None) -> Served:
+    """``dpr-pg --database-url URL serve --port 0 ARGS`` with the given (question, passage) models.
+
+    Without a URL the server uses the embedded PostgreSQL of ``DPR_PG_HOME`` (from ``env``).
+    """
+    variables = {**os.environ, "DPR_PG_QUESTION_MODEL": str(models[0]), "DPR_PG_PASSAGE_MODEL": str(models[1]),
+                 "PYTHONUNBUFFERED": "1", **(env or {})}
+    url = ["--database-url", database_url] if database_url else []
+    process = subprocess.Popen([sys.executable, "-m", "dpr_pg.cli", *url, "serve", "--port", "0", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=variables)
     served = Served(process)
     if ready:
         served.wait_ready()

@@ -334,6 +334,7 @@ def test_keys_scopes_and_collections(client: httpx.Client, engine: Engine, serve
     anonymous = client.post("/v1/search", json=ask)
     assert (anonymous.status_code, anonymous.headers["www-authenticate"]) == (401, "Bearer")
     assert client.post("/v1/search", json=ask, headers=as_("dprpg_not-a-key")).status_code == 401
+    assert client.post("/v1/search", json={"k": 0}).status_code == 401  # the key is checked before the body
     assert client.post("/v1/search", json={**ask, "collection": "demo"}, headers=as_(reader)).status_code == 200
     assert client.post("/v1/search", json={**ask, "collection": "other"}, headers=as_(reader)).status_code == 403
     everywhere = client.post("/v1/search", json={**ask, "k": 50}, headers=as_(reader)).json()
@@ -377,6 +378,21 @@ def test_serve_without_the_extra_says_what_to_install() -> None:
     code = "import sys; sys.modules['fastapi'] = None; from dpr_pg.cli import main; main(['serve'])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "pip install 'dpr-pg[serve]'" in result.stderr
+
+
+def test_serve_runs_on_the_embedded_server_without_a_url(cli, tiny_models: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    home = {"DPR_PG_HOME": str(tmp_path / "home")}
+    cli("init", env=home, check=True)
+    running = _served.start(None, tiny_models, env=home)
+    try:
+        put = httpx.put(f"{running.url}/v1/collections/local/passages", timeout=120,
+                        json={"records": [{"id": "a", "text": "Sevilla está en Andalucía."}]})
+        assert put.status_code == 200 and put.json()["inserted"] == 1
+        found = httpx.post(f"{running.url}/v1/search", json={"question": "¿Dónde está Sevilla?", "k": 1}, timeout=120)
+        assert [h["external_id"] for h in found.json()["hits"]] == ["a"]
+    finally:
+        assert running.stop() == -signal.SIGTERM
 
 
 # ---- shutdown ---------------------------------------------------------------------------------------

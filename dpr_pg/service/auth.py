@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Request
-from fastapi.security import APIKeyHeader, HTTPBearer
+from collections.abc import Awaitable, Callable
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from dpr_pg.service.errors import ApiError
 from dpr_pg.service.keys import ApiKey, authenticate
@@ -48,10 +50,26 @@ async def require(request: Request, scope: str, collection: str | None = None) -
     if not key.may(scope):
         raise ApiError(403, "forbidden", f"the key {key.name!r} has the scopes {', '.join(key.scopes)}, not {scope!r}; "
                        f"create a key with --scope {scope}")
-    if collection is not None and not key.reaches(collection):
+    check_collection(key, collection)
+    return key
+
+
+def needs(scope: str) -> Callable[..., Awaitable[ApiKey | None]]:
+    """A dependency that checks the key before the body is read: 401, or 403 outside ``scope`` or the
+    path's collection. (The security schemes it depends on document the key in OpenAPI.)"""
+
+    async def dependency(request: Request, _bearer: HTTPAuthorizationCredentials | None = Depends(bearer),
+                         _header: str | None = Depends(api_key_header)) -> ApiKey | None:
+        return await require(request, scope, request.path_params.get("collection"))
+
+    return dependency
+
+
+def check_collection(key: ApiKey | None, collection: str | None) -> None:
+    """403 when the request names a collection its key may not reach."""
+    if key is not None and collection is not None and not key.reaches(collection):
         raise ApiError(403, "forbidden", f"the key {key.name!r} may not reach collection {collection!r}; its "
                        f"collections: {', '.join(key.collections or [])}")
-    return key
 
 
 def restrict_filter(key: ApiKey | None, filter: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Path, Request, Response
 from dpr_pg import aio
 from dpr_pg.service import auth
 from dpr_pg.service.errors import ApiError
+from dpr_pg.service.keys import ApiKey
 from dpr_pg.service.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
@@ -45,7 +46,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
 
 
-_SECURED = [Depends(auth.bearer), Depends(auth.api_key_header)]  # documents the schemes; auth.require checks
+_SEARCH = Depends(auth.needs("search"))
+_WRITE = Depends(auth.needs("write"))
 _V1 = _errors(401, 403, 413, 422, 503)
 Collection = Path(min_length=1, max_length=256, description="The collection's name.")
 ExternalId = Path(min_length=1, max_length=1024, description="The passage's external id.")
@@ -100,20 +102,20 @@ def install(app: FastAPI) -> None:
     """Add the routes to ``app``."""
 
     @app.post("/v1/search", response_model=SearchResponse, responses=_V1 | _errors(409), tags=["search"],
-              dependencies=_SECURED, summary="Search with one question or query vector")
-    async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
+              summary="Search with one question or query vector")
+    async def search(body: SearchRequest, request: Request, key: ApiKey | None = _SEARCH) -> dict[str, Any]:
         """The top-k passages: hits (inner-product score) and the plan (path and reason)."""
-        key = await auth.require(request, "search", body.collection)
+        auth.check_collection(key, body.collection)
         query = body.question if body.question is not None else body.vector
         text = body.question if body.question is not None else body.query_text
         hits = await _search(_service(request), [query], [text], body, key)
         return _search_body(hits[0])
 
     @app.post("/v1/search/batch", response_model=BatchSearchResponse, responses=_V1 | _errors(409),
-              tags=["search"], dependencies=_SECURED, summary="Search with many questions or vectors")
-    async def search_batch(body: BatchSearchRequest, request: Request) -> dict[str, Any]:
+              tags=["search"], summary="Search with many questions or vectors")
+    async def search_batch(body: BatchSearchRequest, request: Request, key: ApiKey | None = _SEARCH) -> dict[str, Any]:
         """One result per question (or vector), in order, with the same options for all."""
-        key = await auth.require(request, "search", body.collection)
+        auth.check_collection(key, body.collection)
         queries: list[Any] = list(body.questions if body.questions is not None else body.vectors or [])
         if len(queries) > _service(request).settings.max_questions:
             raise ApiError(422, "invalid_request", f"expected at most {_service(request).settings.max_questions} "
@@ -127,20 +129,20 @@ def install(app: FastAPI) -> None:
         return {"results": [_search_body(hits) for hits in all_hits]}
 
     @app.post("/v1/encode/questions", response_model=EncodeResponse, responses=_V1, tags=["encode"],
-              dependencies=_SECURED, summary="Question vectors")
-    async def encode_questions(body: EncodeQuestionsRequest, request: Request) -> dict[str, Any]:
+              summary="Question vectors")
+    async def encode_questions(body: EncodeQuestionsRequest, request: Request,
+                               key: ApiKey | None = _SEARCH) -> dict[str, Any]:
         """The question encoder's vectors (micro-batched, cached), with the pair's fingerprint."""
-        await auth.require(request, "search")
         service = _service(request)
         assert service.batcher is not None and service.pair is not None
         vectors = await service.batcher.encode(list(body.questions))
         return {"vectors": vectors.tolist(), "dim": service.pair.dim, "fingerprint": _fingerprint(service)}
 
     @app.post("/v1/encode/passages", response_model=EncodeResponse, responses=_V1, tags=["encode"],
-              dependencies=_SECURED, summary="Passage vectors")
-    async def encode_passages(body: EncodePassagesRequest, request: Request) -> dict[str, Any]:
+              summary="Passage vectors")
+    async def encode_passages(body: EncodePassagesRequest, request: Request,
+                              key: ApiKey | None = _SEARCH) -> dict[str, Any]:
         """The passage encoder's vectors for (title, text) pairs; ``truncated`` lists those cut at max length."""
-        await auth.require(request, "search")
         service = _service(request)
         assert service.batcher is not None and service.pair is not None
         result = await service.batcher.run(service.pair.passage.encode_result,
@@ -149,12 +151,12 @@ def install(app: FastAPI) -> None:
                 "fingerprint": _fingerprint(service), "truncated": list(result.truncated)}
 
     @app.put("/v1/collections/{collection}/passages", response_model=IngestReportBody,
-             responses=_V1 | _errors(409), tags=["collections"], dependencies=_SECURED,
+             responses=_V1 | _errors(409), tags=["collections"],
              summary="Upsert passages")
-    async def upsert(body: UpsertRequest, request: Request, collection: str = Collection) -> dict[str, Any]:
+    async def upsert(body: UpsertRequest, request: Request, collection: str = Collection,
+                     key: ApiKey | None = _WRITE) -> dict[str, Any]:
         """Insert or update records, as `dpr-pg ingest` does with a JSONL file: the same checks, the same
         report and rejection list; sending the same records again writes nothing."""
-        await auth.require(request, "write", collection)
         service = _service(request)
         assert service.engine is not None and service.pair is not None
         if len(body.records) > service.settings.max_records:
@@ -171,11 +173,11 @@ def install(app: FastAPI) -> None:
         return report.as_dict()
 
     @app.delete("/v1/collections/{collection}/passages/{external_id}", response_model=DeleteResponse,
-                responses=_V1 | _errors(404), tags=["collections"], dependencies=_SECURED,
+                responses=_V1 | _errors(404), tags=["collections"],
                 summary="Delete one passage")
-    async def delete(request: Request, collection: str = Collection, external_id: str = ExternalId) -> dict[str, Any]:
+    async def delete(request: Request, collection: str = Collection, external_id: str = ExternalId,
+                     key: ApiKey | None = _WRITE) -> dict[str, Any]:
         """Delete the passage with this external id (a chunk is ``<id>#<n>``); 404 when there is none."""
-        await auth.require(request, "write", collection)
         service = _service(request)
         from dpr_pg.ingest.delete import delete_passages
 
@@ -187,10 +189,9 @@ def install(app: FastAPI) -> None:
         return {"collection": collection, "external_id": external_id, "deleted": deleted}
 
     @app.get("/v1/collections", response_model=CollectionsResponse, responses=_errors(401, 403, 503),
-             tags=["collections"], dependencies=_SECURED, summary="Collections, counts and encoders")
-    async def collections(request: Request) -> dict[str, Any]:
+             tags=["collections"], summary="Collections, counts and encoders")
+    async def collections(request: Request, key: ApiKey | None = _SEARCH) -> dict[str, Any]:
         """Each collection the key reaches: its passage count, last write and encoder pairs."""
-        key = await auth.require(request, "search")
         from dpr_pg.collections import list_collections
 
         names = key.collections if key is not None else None
