@@ -51,9 +51,9 @@ class Service:
         from dpr_pg.encoders import EncoderPair
 
         s = self.settings
-        # The pool holds a connection per concurrent search; pre-ping replaces those a restart broke.
-        self.engine = await aio.create_async_engine(s.database_url, pool_size=max(8, s.batch_max),
-                                                    max_overflow=s.batch_max, pool_timeout=10)
+        # At most 24 connections a worker (PostgreSQL allows 100 by default); a request that finds
+        # none free within 30 s gets 503. Pre-ping replaces the connections a restart broke.
+        self.engine = await aio.create_async_engine(s.database_url, pool_size=8, max_overflow=16, pool_timeout=30)
         if self.pair is None:
             self.pair = await asyncio.to_thread(EncoderPair.load, s.question_model, s.passage_model,
                                                 precision=s.precision, runtime=s.runtime)

@@ -3,8 +3,8 @@
 * 422: a request the core refuses (filter, dimension, k, mode, a bad record under ``strict``) or
   that breaks the schema; a value PostgreSQL cannot store (NUL, invalid Unicode);
 * 409: the collection was encoded by another encoder pair;
-* 503 (with ``Retry-After``): the database cannot be reached, or its schema is not ready; the
-  pool reconnects by itself once it is back;
+* 503 (with ``Retry-After``): the database cannot be reached, its schema is not ready, or every
+  connection of the pool is busy; the pool reconnects by itself once the database is back;
 * 500: anything else, with a plain message; the traceback goes to the server's log only.
 """
 
@@ -84,7 +84,7 @@ def _first_line(e: BaseException) -> str:
 
 def database_error(e: Exception) -> JSONResponse:
     """A driver error: the database is gone (503) or refused a value (422); else a plain 500."""
-    if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError)) \
+    if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) \
             or getattr(e, "connection_invalidated", False):
         log.warning("database unavailable: %s", _first_line(e))
         return error_response(503, "database_unavailable",
@@ -123,6 +123,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(sqlalchemy.exc.DBAPIError)
     async def _database(request: Request, e: sqlalchemy.exc.DBAPIError) -> JSONResponse:
         return database_error(e)
+
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    async def _busy(request: Request, e: sqlalchemy.exc.TimeoutError) -> JSONResponse:
+        return error_response(503, "busy", "every database connection of this server is in use; retry in a moment",
+                              headers=_retry(503))
 
     @app.exception_handler(UnicodeError)
     async def _unicode(request: Request, e: UnicodeError) -> JSONResponse:
