@@ -1,53 +1,42 @@
 """One batch of the sync worker: claim, read, encode, write back, settle the queue items.
 
-Everything happens in one transaction on a psycopg connection, so that a worker killed at any
-point leaves its items queued (its locks die with its session). Table and column names come from
-``dpr_pg.synced_tables`` and are composed with :class:`psycopg.sql.Identifier`.
+A batch is one transaction on a psycopg connection, so that a worker killed at any point leaves
+its items queued (its advisory locks die with its session). Each item is settled only if it is
+unchanged since the claim (see :mod:`dpr_pg._sync_queries`), on every path: encoded, unchanged,
+cleared and removed. A statement the database refuses for one table is retried item by item, each
+in its own savepoint, so that one bad item (a malformed key, a value of the wrong type) fails alone:
+it is retried with backoff and dead-lettered after ``max_attempts``, while the rest goes on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psycopg
 from psycopg import Connection as PgConnection
-from psycopg import sql
 from sqlalchemy.engine import Engine
 
+from dpr_pg import _sync_queries as q
 from dpr_pg.sync import SyncedTable, WorkerReport
 
 log = logging.getLogger("dpr_pg.sync")
 _REGISTERED: weakref.WeakSet[Any] = weakref.WeakSet()  # psycopg connections that know the vector type
 
-_CLAIM = """
-SELECT q.tbl::oid, q.row_key::text, q.attempts
-FROM dpr_pg.sync_queue q
-WHERE q.next_attempt_at <= clock_timestamp()
-ORDER BY q.next_attempt_at
-LIMIT %s
-FOR UPDATE SKIP LOCKED
-"""
-
-_TABLES = """
-SELECT s.tbl::oid, n.nspname, c.relname, s.key_columns, s.text_columns, s.title_column, s.embedding_column, s.dim
-FROM dpr_pg.synced_tables s
-JOIN pg_class c ON c.oid = s.tbl
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE s.tbl = ANY(%s::oid[])
-"""
-
-_DONE = "DELETE FROM dpr_pg.sync_queue WHERE tbl = %s::oid AND row_key = ANY(%s::text[]::jsonb[])"
-
-_FAILED = """
-UPDATE dpr_pg.sync_queue
-SET attempts = attempts + 1, last_error = %s, next_attempt_at = clock_timestamp() + make_interval(secs => %s)
-WHERE tbl = %s::oid AND row_key = %s::jsonb
-"""
-
 _BAD_VALUES = "the encoder returned NaN, infinite or all-zero values for this row; check the model and the text"
+_SHOWN = 200  # characters of a queued key quoted in an error
+
+
+@dataclass(frozen=True)
+class _Item:
+    key: str  # the row key as jsonb text
+    version: str
+    attempts: int
 
 
 @dataclass
@@ -61,55 +50,30 @@ class _Row:
     has_embedding: bool
 
 
-def _hash_expr(table: SyncedTable, alias: str) -> sql.Composable:
-    """SQL computing the hash of the embedded text of row ``alias``: the same at read and at write."""
-    columns = ([table.title_column] if table.title_column else []) + list(table.text_columns)
-    parts = sql.SQL(", ").join(sql.Identifier(alias, column) for column in columns)
-    return sql.SQL("encode(sha256(convert_to(jsonb_build_array({})::text, 'UTF8')), 'hex')").format(parts)
+def _shown(key: str) -> str:
+    return key if len(key) <= _SHOWN else key[:_SHOWN] + "…"
 
 
-def _key_join(table: SyncedTable, alias: str) -> sql.Composable:
-    return sql.SQL(" AND ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(alias, column), sql.Identifier("r", column))
-        for column in table.key_columns
-    )
+def _key_problem(key: str, table: SyncedTable) -> str | None:
+    """Why the queued ``key`` cannot name a row of ``table``, or None."""
+    value = json.loads(key)
+    if isinstance(value, dict) and sorted(value) == sorted(table.key_columns):
+        return None
+    return (f"the queued key {_shown(key)} is not a JSON object of the key columns "
+            f"({', '.join(table.key_columns)}) of {table.display_name}; the triggers never queue such a key: "
+            "discard it with dpr-pg sync discard")
 
 
-def _read_rows(pg: PgConnection[Any], table: SyncedTable, keys: list[str]) -> dict[str, _Row]:
-    title = sql.Identifier("t", table.title_column) if table.title_column else sql.SQL("NULL::text")
-    texts = sql.SQL(", ").join(sql.Identifier("t", column) for column in table.text_columns)
-    query = sql.SQL(
-        "SELECT k.key::text, {title}, ARRAY[{texts}]::text[], {hash}, t.dpr_content_hash, t.dpr_encoder_id, "
-        "t.{embedding} IS NOT NULL "
-        "FROM jsonb_array_elements(%s::jsonb) AS k(key) "
-        "CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, k.key) AS r "
-        "JOIN {table} AS t ON {join}"
-    ).format(
-        title=title, texts=texts, hash=_hash_expr(table, "t"), embedding=sql.Identifier(table.embedding_column),
-        table=table.identifier, join=_key_join(table, "t"),
-    )
-    rows = pg.execute(query, ["[" + ", ".join(keys) + "]"]).fetchall()
-    found = {}
-    for key, title_value, text_values, content_hash, stored_hash, stored_encoder, has_embedding in rows:
-        text = "\n".join(part.strip() for part in text_values if part and part.strip())
-        found[key] = _Row(key, (title_value or "").strip(), text, content_hash, stored_hash, stored_encoder,
-                          has_embedding)
-    return found
+def _database_reason(error: psycopg.Error) -> str:
+    diag = error.diag
+    return (diag.message_primary or str(error)).strip() if diag else str(error).strip()
 
 
-def _write_back(pg: PgConnection[Any], table: SyncedTable, row: _Row, embedding: Any, encoder_id: int | None) -> bool:
-    """Write one row's embedding if its text is unchanged and nobody holds it; True when written."""
-    query = sql.SQL(
-        "UPDATE {table} AS t SET {embedding} = %(embedding)s, dpr_encoder_id = %(encoder_id)s, "
-        "dpr_content_hash = %(hash)s "
-        "WHERE t.ctid = (SELECT u.ctid FROM jsonb_populate_record(NULL::{table}, %(key)s::jsonb) AS r "
-        "JOIN {table} AS u ON {join} WHERE {hash} = %(hash)s FOR UPDATE OF u SKIP LOCKED)"
-    ).format(
-        table=table.identifier, embedding=sql.Identifier(table.embedding_column), join=_key_join(table, "u"),
-        hash=_hash_expr(table, "u"),
-    )
-    params = {"embedding": embedding, "encoder_id": encoder_id, "hash": row.content_hash, "key": row.key}
-    return pg.execute(query, params).rowcount == 1
+def _execute(pg: PgConnection[Any], query: Any, params: Any = None) -> psycopg.Cursor[Any]:
+    """Run ``query`` with ``$n`` placeholders: its text is never scanned for ``%``."""
+    cursor = psycopg.RawCursor(pg)
+    cursor.execute(query, params)
+    return cursor
 
 
 def _usable(embeddings: np.ndarray) -> np.ndarray:
@@ -120,11 +84,14 @@ def _usable(embeddings: np.ndarray) -> np.ndarray:
 class Batcher:
     """Processes batches for one engine and encoder pair; the encoder is registered on first use."""
 
-    def __init__(self, engine: Engine, pair: Any, *, retry_base: float, retry_max: float) -> None:
+    def __init__(self, engine: Engine, pair: Any, *, retry_base: float, retry_max: float,
+                 max_attempts: int) -> None:
         self.engine = engine
         self.pair = pair
         self.retry_base = retry_base
         self.retry_max = retry_max
+        self.max_attempts = max_attempts
+        self.refused: dict[str, str] = {}  # table -> why this worker leaves its items alone
         self._encoder_id: int | None = None
 
     def _backoff(self, attempts: int) -> float:
@@ -160,72 +127,205 @@ class Batcher:
         finally:
             raw.close()
 
+    def _refuse(self, table: SyncedTable, reason: str) -> None:
+        if self.refused.get(table.display_name) != reason:
+            log.warning("leaving %s alone: %s", table.display_name, reason)
+        self.refused[table.display_name] = reason
+
+    def _servable(self, pg: PgConnection[Any], encoder_id: int
+                  ) -> tuple[dict[int, SyncedTable], dict[int, int | None], list[int]]:
+        """The enabled tables this worker may write and their bound encoders, and the ones it refuses."""
+        tables: dict[int, SyncedTable] = {}
+        bound: dict[int, int | None] = {}
+        refused: list[int] = []
+        for oid, nsp, rel, keys, texts, title, embedding, dim, table_encoder, problem in _execute(pg, q.TABLES):
+            table = SyncedTable(oid, nsp, rel, tuple(keys), tuple(texts), title, embedding, dim)
+            refused.append(oid)
+            if problem is not None:
+                self._refuse(table, problem)
+            elif dim != self.pair.dim:
+                self._refuse(table, f"the encoder outputs {self.pair.dim} dimensions but {table.display_name}."
+                                    f"{table.embedding_column} is vector({dim}); run a worker with a {dim}-d "
+                                    "encoder pair for it")
+            elif table_encoder is not None and table_encoder != encoder_id:
+                self._refuse(table, self._mismatch(pg, table, table_encoder))
+            else:
+                self.refused.pop(table.display_name, None)
+                tables[oid] = table
+                bound[oid] = table_encoder
+                refused.pop()
+        return tables, bound, refused
+
+    def _mismatch(self, pg: PgConnection[Any], table: SyncedTable, other: int) -> str:
+        question, passage, fingerprint = _execute(pg, q.ENCODER, [other]).fetchone() or ("?", "?", "?")
+        return (f"its embeddings were made by question={question} passage={passage} (fingerprint "
+                f"{fingerprint[:12]}), but this worker encodes with {self.pair.fingerprint.describe()}; expected "
+                "the same pair: run the worker with the pair that made the table, or re-embed it "
+                "(op.disable_dpr, op.enable_dpr)")
+
+    def _bind(self, pg: PgConnection[Any], table: SyncedTable, encoder_id: int) -> bool:
+        """Bind an unbound table to this worker's pair (its own short transaction); False if refused."""
+        raw = self.engine.raw_connection()
+        try:
+            bind: PgConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+            belongs_to = _execute(bind, q.BIND, [table.oid, encoder_id]).fetchone()[0]  # type: ignore[index]
+            bind.commit()
+        finally:
+            raw.close()
+        if belongs_to == encoder_id:
+            return True
+        self._refuse(table, self._mismatch(pg, table, belongs_to))
+        return False
+
     def _process(self, pg: PgConnection[Any], batch_size: int, encoder_id: int) -> WorkerReport:
         report = WorkerReport()
-        claimed = pg.execute(_CLAIM, [batch_size]).fetchall()
+        tables, bound, skip = self._servable(pg, encoder_id)
+        claimed = _execute(pg, q.CLAIM, [skip, batch_size * 8, q.LOCK_CLASS, batch_size]).fetchall()
+        report.refused = dict(self.refused)
         if not claimed:
             pg.rollback()
             return report
         report.batches = 1
-        by_table: dict[int, list[tuple[str, int]]] = {}
-        for oid, key, attempts in claimed:
-            by_table.setdefault(oid, []).append((key, attempts))
-        tables = {
-            row[0]: SyncedTable(row[0], row[1], row[2], tuple(row[3]), tuple(row[4]), row[5], row[6], row[7])
-            for row in pg.execute(_TABLES, [list(by_table)]).fetchall()
-        }
-        for oid, items in by_table.items():
-            if oid in tables:
-                self._process_table(pg, tables[oid], items, encoder_id, report)
-            else:  # the table was disabled after these items were queued
-                pg.execute(_DONE, [oid, [key for key, _ in items]])
-                report.removed += len(items)
+        items: dict[int, list[_Item]] = {}
+        oids, keys = [oid for oid, _ in claimed], [key for _, key in claimed]
+        for oid, key, version, attempts in _execute(pg, q.ITEMS, [oids, keys]):
+            items.setdefault(oid, []).append(_Item(key, version, attempts))
+        for oid, table_items in items.items():
+            table = tables.get(oid)
+            if table is None:  # no longer (or never) enabled: nothing to sync
+                settled = self._settle(pg, oid, table_items)
+                report.removed += len(settled)
+                report.deferred += len(table_items) - len(settled)
+            elif bound[oid] is not None or self._bind(pg, table, encoder_id):
+                bound[oid] = encoder_id
+                self._process_table(pg, table, table_items, encoder_id, report)
+        report.refused = dict(self.refused)
         return report
 
-    def _fail(self, pg: PgConnection[Any], table: SyncedTable, key: str, attempts: int, reason: str,
-              report: WorkerReport) -> None:
-        log.warning("%s %s: %s", table.display_name, key, reason)
-        pg.execute(_FAILED, [reason, self._backoff(attempts), table.oid, key])
-        report.failed += 1
+    def _settle(self, pg: PgConnection[Any], oid: int, items: list[_Item]) -> set[str]:
+        """Delete the items still at their claimed version and not held by the app; their keys."""
+        if not items:
+            return set()
+        params = [oid, [item.key for item in items], [item.version for item in items]]
+        return {key for (key,) in _execute(pg, q.SETTLE, params)}
 
-    def _process_table(self, pg: PgConnection[Any], table: SyncedTable, items: list[tuple[str, int]],
-                       encoder_id: int, report: WorkerReport) -> None:
-        attempts = dict(items)
-        rows = _read_rows(pg, table, list(attempts))
-        done = [key for key in attempts if key not in rows]  # deleted from the app table
-        report.removed += len(done)
-        to_encode: list[_Row] = []
-        for row in rows.values():
-            if row.stored_hash == row.content_hash and row.stored_encoder == encoder_id and row.has_embedding:
-                done.append(row.key)
-                report.unchanged += 1
-            elif not row.text and not row.title:
-                if _write_back(pg, table, row, None, None):
-                    done.append(row.key)
+    def _fail(self, pg: PgConnection[Any], table: SyncedTable, item: _Item, reason: str,
+              report: WorkerReport) -> None:
+        log.warning("%s %s: %s", table.display_name, _shown(item.key), reason)
+        dead = _execute(pg, q.FAIL, [table.oid, item.key, item.version, reason, self._backoff(item.attempts),
+                                     self.max_attempts]).fetchone()
+        report.failed += 1
+        if dead and dead[0]:
+            report.dead += 1
+
+    def _isolated(self, pg: PgConnection[Any], table: SyncedTable, items: list[_Item],
+                  run: Callable[[list[_Item]], dict[str, Any]], what: str, report: WorkerReport
+                  ) -> tuple[dict[str, Any], set[str]]:
+        """``run(items)`` in a savepoint; if the database refuses it, item by item, each in its own
+        savepoint, failing the refused ones. Returns the results and the keys that failed."""
+        if not items:
+            return {}, set()
+        try:
+            with pg.transaction():
+                return run(items), set()
+        except psycopg.OperationalError:
+            raise  # the connection, a deadlock or a cancel: the whole batch is retried
+        except psycopg.Error:
+            if pg.broken:
+                raise
+        results: dict[str, Any] = {}
+        failed: set[str] = set()
+        for item in items:
+            try:
+                with pg.transaction():
+                    results.update(run([item]))
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as e:
+                if pg.broken:
+                    raise
+                self._fail(pg, table, item, f"could not {what} {table.display_name} row {_shown(item.key)}: "
+                                            f"{_database_reason(e)}", report)
+                failed.add(item.key)
+        return results, failed
+
+    def _read(self, pg: PgConnection[Any], table: SyncedTable, items: list[_Item]) -> dict[str, _Row]:
+        query = q.read_rows(table)
+        found = {}
+        rows = _execute(pg, query, ["[" + ", ".join(item.key for item in items) + "]"]).fetchall()
+        for key, title_value, text_values, content_hash, stored_hash, stored_encoder, has_embedding in rows:
+            text = "\n".join(part.strip() for part in text_values if part and part.strip())
+            found[key] = _Row(key, (title_value or "").strip(), text, content_hash, stored_hash, stored_encoder,
+                              has_embedding)
+        return found
+
+    def _write(self, pg: PgConnection[Any], table: SyncedTable, written: list[tuple[_Item, _Row, Any]],
+               encoder_id: int, report: WorkerReport) -> list[_Item]:
+        """Write embeddings back (None clears); the items written, to settle."""
+        query = q.write_back(table)
+        by_key = {item.key: (item, row, embedding) for item, row, embedding in written}
+
+        def run(items: list[_Item]) -> dict[str, bool]:
+            done = {}
+            for item in items:
+                _, row, embedding = by_key[item.key]
+                params = [embedding, None if embedding is None else encoder_id, row.content_hash, row.key]
+                done[item.key] = _execute(pg, query, params).rowcount == 1
+            return done
+
+        results, failed = self._isolated(pg, table, [item for item, _, _ in written], run, "write back", report)
+        settled = []
+        for item, _, embedding in written:
+            if item.key in failed:
+                continue
+            if results[item.key]:
+                settled.append(item)
+                if embedding is None:
                     report.cleared += 1
                 else:
-                    report.deferred += 1
-            else:
-                to_encode.append(row)
-        if to_encode and self.pair.dim != table.dim:
-            reason = (f"the encoder outputs {self.pair.dim} dimensions but {table.display_name}."
-                      f"{table.embedding_column} is vector({table.dim}); run the worker with a "
-                      f"{table.dim}-d encoder pair")
-            for row in to_encode:
-                self._fail(pg, table, row.key, attempts[row.key], reason, report)
-            to_encode = []
-        for row, embedding, error in self._encode(to_encode):
-            if error is not None:
-                self._fail(pg, table, row.key, attempts[row.key], error, report)
-            elif _write_back(pg, table, row, embedding, encoder_id):
-                done.append(row.key)
-                report.embedded += 1
+                    report.embedded += 1
             else:
                 report.deferred += 1  # changed or locked by the app meanwhile: stays due
-        if done:
-            pg.execute(_DONE, [table.oid, done])
+        return settled
 
-    def _encode(self, rows: list[_Row]) -> list[tuple[_Row, np.ndarray | None, str | None]]:
+    def _process_table(self, pg: PgConnection[Any], table: SyncedTable, items: list[_Item],
+                       encoder_id: int, report: WorkerReport) -> None:
+        readable = []
+        for item in items:
+            problem = _key_problem(item.key, table)
+            if problem is None:
+                readable.append(item)
+            else:
+                self._fail(pg, table, item, problem, report)
+        rows, failed = self._isolated(pg, table, readable, lambda some: self._read(pg, table, some), "read", report)
+        removed = [item for item in readable if item.key not in rows and item.key not in failed]  # deleted rows
+        unchanged: list[_Item] = []
+        writes: list[tuple[_Item, _Row, Any]] = []
+        to_encode: list[tuple[_Item, _Row]] = []
+        for item in readable:
+            row = rows.get(item.key)
+            if row is None:
+                continue
+            if row.stored_hash == row.content_hash and row.stored_encoder == encoder_id and row.has_embedding:
+                unchanged.append(item)
+            elif not row.text and not row.title:
+                writes.append((item, row, None))
+            else:
+                to_encode.append((item, row))
+        for (item, row), (embedding, error) in zip(to_encode, self._encode([row for _, row in to_encode])):
+            if error is not None:
+                self._fail(pg, table, item, error, report)
+            else:
+                writes.append((item, row, embedding))
+        written = self._write(pg, table, writes, encoder_id, report)
+        settled = self._settle(pg, table.oid, removed + unchanged + written)
+        # An item not settled was written by the app after the claim (or is being written now): it
+        # stays queued, and the next round reads the row again.
+        report.removed += sum(item.key in settled for item in removed)
+        report.unchanged += sum(item.key in settled for item in unchanged)
+        report.deferred += sum(item.key not in settled for item in removed + unchanged)
+
+    def _encode(self, rows: list[_Row]) -> list[tuple[np.ndarray | None, str | None]]:
         """Encode the batch; if that fails, encode row by row so that one bad row fails alone."""
         if not rows:
             return []
@@ -233,16 +333,13 @@ class Batcher:
             embeddings = np.asarray(self.pair.passage.encode([(row.title, row.text) for row in rows]), np.float32)
         except Exception:  # retried row by row below, which records each row's own error
             return [self._encode_one(row) for row in rows]
-        return [
-            (row, embedding, None) if ok else (row, None, _BAD_VALUES)
-            for row, embedding, ok in zip(rows, embeddings, _usable(embeddings))
-        ]
+        return [(embedding, None) if ok else (None, _BAD_VALUES) for embedding, ok in zip(embeddings, _usable(embeddings))]
 
-    def _encode_one(self, row: _Row) -> tuple[_Row, np.ndarray | None, str | None]:
+    def _encode_one(self, row: _Row) -> tuple[np.ndarray | None, str | None]:
         try:
             embedding = np.asarray(self.pair.passage.encode([(row.title, row.text)]), np.float32)
         except Exception as e:  # any model failure is recorded on the item and retried
-            return row, None, f"encoding failed: {type(e).__name__}: {e}"
+            return None, f"encoding failed: {type(e).__name__}: {e}"
         if not _usable(embedding)[0]:
-            return row, None, _BAD_VALUES
-        return row, embedding[0], None
+            return None, _BAD_VALUES
+        return embedding[0], None

@@ -743,7 +743,7 @@ def _read_query_vector(path: str) -> Any:
     except (OSError, ValueError) as e:
         raise SearchError(f"expected {path} to hold one query vector (.npy or a JSON array): {e}") from e
 
-# ---- sync (issue 6) -------------------------------------------------------------------------------
+# ---- sync --------------------------------------------------------------------------------------
 
 
 @main.command()
@@ -752,6 +752,8 @@ def _read_query_vector(path: str) -> Any:
               help="Queue items claimed, encoded and written per transaction.")
 @click.option("--poll-interval", type=click.FloatRange(0.05), default=2.0, show_default=True,
               help="Seconds to wait when the queue has nothing due.")
+@click.option("--max-attempts", type=click.IntRange(1), default=5, show_default=True,
+              help="Failures after which an item is parked as dead (see dpr-pg sync retry|discard).")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
 @click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
@@ -759,12 +761,14 @@ def _read_query_vector(path: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON object.")
 @pass_context
 @reports_errors
-def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, question_model: str | None,
-           passage_model: str | None, precision: str | None, runtime: str, as_json: bool) -> None:
+def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, max_attempts: int,
+           question_model: str | None, passage_model: str | None, precision: str | None, runtime: str,
+           as_json: bool) -> None:
     """Encode the rows that app tables enabled with op.enable_dpr have queued.
 
-    Several workers may run at once: each claims its own items (FOR UPDATE SKIP LOCKED).
-    A failed item is retried with backoff; see dpr-pg status.
+    Several workers may run at once: each claims its own items. A failed item is retried with
+    backoff, and parked as dead after --max-attempts; see dpr-pg status. A table whose embeddings
+    come from another encoder pair or dimension is left alone (with --once, the exit code is 1).
 
     \b
     Example:
@@ -782,11 +786,15 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, ques
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
-    report = run_worker(ctx.engine, pair, once=once, batch_size=batch_size, poll_interval=poll_interval, stop=stop)
+    report = run_worker(ctx.engine, pair, once=once, batch_size=batch_size, poll_interval=poll_interval,
+                        max_attempts=max_attempts, stop=stop)
+    counts = {name: count for name, count in report.as_dict().items() if name != "refused"}
     if as_json:
         print_json(report.as_dict())
     else:
-        click.echo(", ".join(f"{name} {count}" for name, count in report.as_dict().items()))
+        click.echo(", ".join(f"{name} {count}" for name, count in counts.items()))
+    if once and report.refused:
+        raise click.ClickException("; ".join(f"left {table} alone: {why}" for table, why in report.refused.items()))
 
 
 @main.command()
@@ -794,12 +802,16 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, ques
 @pass_context
 @reports_errors
 def status(ctx: Context, as_json: bool) -> None:
-    """Show the pending and failed queue items of each table enabled for DPR search.
+    """Show the pending, failed and dead queue items of each table enabled for DPR search.
+
+    A table whose sync is paused (a text column renamed, say) says why under "problem".
 
     \b
     Example:
         dpr-pg status --json
     """
+    from rich.text import Text
+
     from dpr_pg.sync import sync_status
 
     tables = sync_status(ctx.engine)
@@ -809,10 +821,57 @@ def status(ctx: Context, as_json: bool) -> None:
     if not tables:
         click.echo("no table is enabled for DPR search (use op.enable_dpr in a migration)")
         return
-    table_view = Table("table", "pending", "failed", "last error", box=None)
+    table_view = Table("table", "pending", "failed", "dead", "problem / last error", box=None)
     for table in tables:
-        table_view.add_row(table.table, str(table.pending), str(table.failed), table.last_error or "")
+        # Text, not markup: names and errors are shown as they are, whatever brackets they hold.
+        note = " / ".join(part for part in (table.problem, table.last_error) if part)
+        table_view.add_row(Text(table.table), str(table.pending), str(table.failed), str(table.dead), Text(note))
     console.print(table_view)
+
+
+@main.group("sync")
+def sync_group() -> None:
+    """Act on the dead items of the sync queue (see dpr-pg status).
+
+    \b
+    Example:
+        dpr-pg sync retry articles
+        dpr-pg sync discard
+    """
+
+
+@sync_group.command("retry")
+@click.argument("table", required=False)
+@click.option("--schema", help="Schema of TABLE (default: the search_path's).")
+@pass_context
+@reports_errors
+def sync_retry(ctx: Context, table: str | None, schema: str | None) -> None:
+    """Make the dead and failing items of TABLE (default: every table) due now, attempts from 0.
+
+    \b
+    Example:
+        dpr-pg sync retry articles
+    """
+    from dpr_pg.sync import retry_items
+
+    click.echo(f"{retry_items(ctx.engine, table, schema=schema)} items due again")
+
+
+@sync_group.command("discard")
+@click.argument("table", required=False)
+@click.option("--schema", help="Schema of TABLE (default: the search_path's).")
+@pass_context
+@reports_errors
+def sync_discard(ctx: Context, table: str | None, schema: str | None) -> None:
+    """Delete the dead items of TABLE (default: every table); their rows sync again when next written.
+
+    \b
+    Example:
+        dpr-pg sync discard articles
+    """
+    from dpr_pg.sync import discard_items
+
+    click.echo(f"{discard_items(ctx.engine, table, schema=schema)} dead items discarded")
 
 
 # ---- evaluation (issue 7) -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, REGCLASS
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from dpr_pg.config import DEFAULT_DIM
@@ -118,22 +118,46 @@ def filter_target(model: Any) -> SimpleNamespace:
     return target
 
 
+def encoder_guard(model: Any, fingerprint: Any) -> sa.ColumnElement[bool]:
+    """A WHERE term that makes the statement fail unless ``model``'s embeddings come from ``fingerprint``'s pair.
+
+    It calls ``dpr_pg.check_table_encoder`` (sql/sync.sql) once per execution (a one-time filter),
+    which raises "the embeddings of ... were made by ..." on a mismatch; a table with no embedding
+    yet passes.
+
+    Example:
+        >>> select(Article).where(encoder_guard(Article, pair.fingerprint))  # doctest: +SKIP
+    """
+    from dpr_pg.sync import regclass_name
+
+    table = model.__table__
+    name = sa.cast(sa.literal(regclass_name(table.name, schema=table.schema), sa.Text), REGCLASS)
+    return sa.func.dpr_pg.check_table_encoder(name, sa.literal(fingerprint.id, sa.Text), type_=sa.Boolean)
+
+
 def model_search_statement(
-    model: Any, query: Any, *, k: int = 10, filter: Any = None, exact: bool = False
+    model: Any, query: Any, *, k: int = 10, filter: Any = None, exact: bool = False, encoder: Any = None
 ) -> sa.Select[Any]:
     """``SELECT model, score`` of the app's own rows, best first: the app adds joins and ``.where()``.
 
     ``filter`` is the filter language over the model's columns (see :func:`filter_target`).
-    ``exact=True`` orders by the exact inner product instead of the HNSW index.
+    ``exact=True`` orders by the exact inner product instead of the HNSW index. With ``encoder``
+    (the :class:`~dpr_pg.encoders.EncoderPair` that encodes the questions), ``query`` may be the
+    question itself, and the statement refuses to run if the table's embeddings come from another
+    pair (see :func:`encoder_guard`), as :func:`dpr_pg.search` refuses for passages.
 
     Example:
-        >>> stmt = model_search_statement(Article, q, k=5, filter={"published": True})  # doctest: +SKIP
+        >>> stmt = model_search_statement(Article, "¿Quién fue Lorca?", encoder=pair, k=5)  # doctest: +SKIP
         >>> session.execute(stmt.join(Article.author).where(Author.name == "Lorca")).all()  # doctest: +SKIP
     """
     from dpr_pg.filters import compile_filter
 
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10000:
         raise SearchError(f"expected k between 1 and 10000, not {k!r}")
+    if isinstance(query, str):
+        if encoder is None:
+            raise SearchError("a question needs an encoder: pass encoder=EncoderPair.load(...), or a query vector")
+        query = encoder.question.encode(query)
     vector = _query_vector(model, query)
     bound = sa.bindparam("query_vector", vector, type_=Vector(len(vector)))
     if exact:
@@ -143,6 +167,8 @@ def model_search_statement(
         distance = model.embedding.max_inner_product(bound)
         statement = sa.select(model, (-distance).label("score")).order_by(distance)
     statement = statement.where(model.embedding.is_not(None))
+    if encoder is not None:
+        statement = statement.where(encoder_guard(model, encoder.fingerprint))
     if filter:
         statement = statement.where(compile_filter(filter, filter_target(model)))
     return statement.limit(k)

@@ -115,11 +115,13 @@ def search_statement(
     exact: bool = False,
     dim: int | None = None,
     model: Any = None,
+    encoder: Any = None,
 ) -> sa.Select[Any]:
     """The search as a SQLAlchemy ``Select`` of (id, external_id, collection, title, text, metadata, score).
 
     With ``model`` (an app model with :class:`dpr_pg.mixin.DprSearchable`), it ranks the app's own
-    rows instead: ``SELECT model, score`` (see :func:`dpr_pg.mixin.model_search_statement`).
+    rows instead: ``SELECT model, score`` (see :func:`dpr_pg.mixin.model_search_statement`), and
+    ``encoder`` (the question's encoder pair) makes it refuse a table embedded by another pair.
 
     Join it to your own tables or add ``.where(...)``; run it in your own Session. For filtered ANN,
     call :func:`ann_settings` in the same transaction first. ``exact=True`` orders by the exact inner
@@ -128,10 +130,12 @@ def search_statement(
     >>> stmt = search_statement(vector, k=5, filter={"lang": "es"})  # doctest: +SKIP
     >>> session.execute(stmt.join(Article, Article.slug == Passage.external_id)).all()  # doctest: +SKIP
     """
-    if model is not None:  # issue 6: an app table enabled with op.enable_dpr
+    if model is not None:  # an app table enabled with op.enable_dpr
         from dpr_pg.mixin import model_search_statement
 
-        return model_search_statement(model, query, k=k, filter=filter, exact=exact)
+        return model_search_statement(model, query, k=k, filter=filter, exact=exact, encoder=encoder)
+    if encoder is not None:
+        raise SearchError("encoder= goes with model=; for dpr_pg.passages, search() checks the encoder pair")
     _check_k(k)
     if dim is None:  # without the schema's dimension the server checks it when the statement runs
         dim = len(query) if query is not None and hasattr(query, "__len__") else 0

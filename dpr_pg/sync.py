@@ -1,14 +1,17 @@
-"""Sync of an application's own table: enable it, drain its queue, report on it.
+"""Sync of an application's own table: enable it, drain its queue, report on it, fix stuck items.
 
 :func:`enable_table` runs ``dpr_pg.enable_table()`` (sql/sync.sql): the app table gets an
-embedding column, an HNSW index, and triggers that only enqueue the row's primary key in
-``dpr_pg.sync_queue``. :func:`run_worker` drains that queue: it claims a batch with
-``FOR UPDATE SKIP LOCKED`` (so several workers never take the same item), reads the rows,
-encodes them, and writes the embeddings back into the app's rows, all in one transaction.
-A worker that dies mid-batch loses nothing: its transaction rolls back, its row locks go, and
-the items are due again. A write-back never waits for the app: the row is locked with
-``SKIP LOCKED`` and only written if its text still hashes to what was encoded; otherwise the
-item stays queued and the next round encodes the new text.
+embedding column, an HNSW index, and triggers that only upsert the row's primary key into
+``dpr_pg.sync_queue`` with the writer's transaction id as the item's version. :func:`run_worker`
+drains that queue: it claims a batch with advisory locks (so several workers never take the same
+item, and the app never waits for one), reads the rows, encodes them, writes the embeddings back
+into the app's rows, and deletes the items whose version is still the claimed one, all in one
+transaction. A worker that dies mid-batch loses nothing: its transaction rolls back, its locks
+go, and the items are due again. A write-back never waits for the app: the row is locked with
+``SKIP LOCKED`` and only written if its text still hashes to what was encoded; an app write
+during the batch changes the item's version, so the item stays queued for the new text.
+An item that keeps failing is dead-lettered after ``max_attempts``: :func:`sync_status` counts
+it, :func:`retry_items` and :func:`discard_items` act on it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,12 +29,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.config import DEFAULT_DIM
-from dpr_pg.errors import DatabaseError, SchemaError, SyncError
+from dpr_pg.errors import DatabaseError, EncoderMismatchError, SchemaError, SyncError
 
 log = logging.getLogger(__name__)
-
-_PREPARER = postgresql.dialect().identifier_preparer
-
 
 def regclass_name(table: str, *, schema: str | None = None) -> str:
     """``table`` (and ``schema``) as a fully quoted name that ``regclass`` parses literally.
@@ -42,7 +42,9 @@ def regclass_name(table: str, *, schema: str | None = None) -> str:
     if not table:
         raise SyncError("expected a table name, not an empty string; pass the app table's name")
     parts = [schema, table] if schema else [table]
-    return ".".join(_PREPARER.quote_identifier(part) for part in parts)
+    # PostgreSQL's own rule, by hand: SQLAlchemy's preparer would also double a '%' (for its
+    # pyformat parameters), which then reaches the server as part of a bound name.
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
 
 
 def enable_statement(
@@ -157,12 +159,22 @@ class SyncedTable:
 
 @dataclass(frozen=True)
 class TableStatus:
-    """Queue counts of one enabled table: ``pending`` (never failed) and ``failed`` (will be retried)."""
+    """The sync state of one enabled table.
+
+    ``pending``: queue items never failed; ``failed``: failed, retried with backoff; ``dead``:
+    failed ``max_attempts`` times, parked until ``dpr-pg sync retry`` or ``discard``;
+    ``last_error``: the worker's latest error on one of its items; ``problem``: why its sync is
+    paused (a renamed text column, say), or None; ``encoder``: the passage model (and fingerprint)
+    its embeddings come from, once a worker has written one.
+    """
 
     table: str
     pending: int
     failed: int
+    dead: int
     last_error: str | None
+    problem: str | None
+    encoder: str | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,8 +186,10 @@ class WorkerReport:
 
     ``embedded``: rows encoded and written; ``unchanged``: the stored embedding already matched;
     ``removed``: the row is gone (deleted); ``cleared``: the row has no text, so no embedding;
-    ``deferred``: the row was locked or changed meanwhile, so it stays queued; ``failed``: encoding
-    failed, retried later with backoff (see ``dpr-pg status``).
+    ``deferred``: the row was locked or changed meanwhile, so it stays queued; ``failed``: an item
+    failed (bad key, encoding), retried later with backoff (see ``dpr-pg status``); ``dead``: of
+    those, the ones that reached ``max_attempts`` and were parked. ``refused``: the tables this
+    worker leaves alone, and why (another encoder pair or dimension, or a paused table).
     """
 
     batches: int = 0
@@ -185,42 +199,52 @@ class WorkerReport:
     cleared: int = 0
     deferred: int = 0
     failed: int = 0
+    dead: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def completed(self) -> int:
         return self.embedded + self.unchanged + self.removed + self.cleared
 
     def add(self, other: WorkerReport) -> None:
-        for field in fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        for counter in fields(self):
+            if counter.name != "refused":
+                setattr(self, counter.name, getattr(self, counter.name) + getattr(other, counter.name))
+        self.refused = dict(other.refused)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# last_error is only ever written by a worker: the queue's row-level security lets no other role
+# insert an item that carries one (migration 0009).
 _STATUS = sa.text(
     """
     SELECT n.nspname || '.' || c.relname AS table,
-           count(q.row_key) FILTER (WHERE q.last_error IS NULL) AS pending,
-           count(q.row_key) FILTER (WHERE q.last_error IS NOT NULL) AS failed,
+           count(q.row_key) FILTER (WHERE q.dead_at IS NULL AND q.last_error IS NULL) AS pending,
+           count(q.row_key) FILTER (WHERE q.dead_at IS NULL AND q.last_error IS NOT NULL) AS failed,
+           count(q.row_key) FILTER (WHERE q.dead_at IS NOT NULL) AS dead,
            (array_agg(q.last_error ORDER BY q.next_attempt_at DESC) FILTER (WHERE q.last_error IS NOT NULL))[1]
-               AS last_error
+               AS last_error,
+           dpr_pg.sync_table_problem(s.tbl) AS problem,
+           e.passage_model || ' (' || left(e.fingerprint, 12) || ')' AS encoder
     FROM dpr_pg.synced_tables s
     JOIN pg_class c ON c.oid = s.tbl
     JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN dpr_pg.encoders e ON e.id = s.encoder_id
     LEFT JOIN dpr_pg.sync_queue q ON q.tbl = s.tbl
-    GROUP BY n.nspname, c.relname
+    GROUP BY s.tbl, n.nspname, c.relname, e.passage_model, e.fingerprint
     ORDER BY n.nspname, c.relname
     """
 )
 
 
 def sync_status(engine: Engine) -> list[TableStatus]:
-    """Pending and failed queue items of each enabled table; never writes.
+    """Pending, failed and dead queue items of each enabled table, and why its sync is paused; never writes.
 
     Example:
         >>> sync_status(engine)  # doctest: +SKIP
-        [TableStatus(table='public.articles', pending=3, failed=0, last_error=None)]
+        [TableStatus(table='public.articles', pending=3, failed=0, dead=0, last_error=None, problem=None, encoder=None)]
     """
     _require_queue(engine)
     with engine.connect() as conn:
@@ -229,8 +253,86 @@ def sync_status(engine: Engine) -> list[TableStatus]:
 
 def _require_queue(engine: Engine) -> None:
     with engine.connect() as conn:
-        if conn.execute(sa.text("SELECT to_regclass('dpr_pg.sync_queue') IS NULL")).scalar():
-            raise SchemaError("this database has no dpr_pg sync queue; run dpr-pg init first")
+        queue, current = conn.execute(sa.text(
+            "SELECT to_regclass('dpr_pg.sync_queue') IS NOT NULL, "
+            "to_regprocedure('dpr_pg.sync_table_problem(regclass)') IS NOT NULL"
+        )).one()
+    if not queue:
+        raise SchemaError("this database has no dpr_pg sync queue; run dpr-pg init first")
+    if not current:
+        raise SchemaError("this database's dpr_pg sync queue predates dead-lettering and item versions; "
+                          "run dpr-pg init to upgrade it")
+
+
+def _table_argument(conn: Connection, table: str | None, schema: str | None) -> int | None:
+    if table is None:
+        return None
+    name = regclass_name(table, schema=schema)
+    oid = conn.execute(sa.text("SELECT to_regclass(:name)::oid"), {"name": name}).scalar()
+    if oid is None:
+        raise SyncError(f"expected an existing table, not {name}; dpr-pg status lists the enabled tables")
+    return int(oid)
+
+
+def retry_items(engine: Engine, table: str | None = None, *, schema: str | None = None) -> int:
+    """Make the dead and failing queue items of ``table`` (or of every table) due now; returns how many.
+
+    Their attempts start again from 0. Runs ``dpr_pg.sync_retry`` (sql/sync.sql).
+
+    Example:
+        >>> retry_items(engine, "articles")  # doctest: +SKIP
+        2
+    """
+    _require_queue(engine)
+    with engine.begin() as conn:
+        oid = _table_argument(conn, table, schema)
+        return int(conn.execute(sa.text("SELECT dpr_pg.sync_retry(CAST(CAST(:oid AS oid) AS regclass))"),
+                                {"oid": oid}).scalar_one())
+
+
+def discard_items(engine: Engine, table: str | None = None, *, schema: str | None = None) -> int:
+    """Delete the dead queue items of ``table`` (or of every table); returns how many.
+
+    A discarded row keeps the embedding it had (or none) until the app writes it again. Runs
+    ``dpr_pg.sync_discard`` (sql/sync.sql).
+
+    Example:
+        >>> discard_items(engine)  # doctest: +SKIP
+        1
+    """
+    _require_queue(engine)
+    with engine.begin() as conn:
+        oid = _table_argument(conn, table, schema)
+        return int(conn.execute(sa.text("SELECT dpr_pg.sync_discard(CAST(CAST(:oid AS oid) AS regclass))"),
+                                {"oid": oid}).scalar_one())
+
+
+def check_table_encoder(conn: Connection | Engine, table: str, fingerprint: Any, *, schema: str | None = None) -> None:
+    """Raise :class:`EncoderMismatchError` unless ``table``'s embeddings come from the pair ``fingerprint``.
+
+    ``fingerprint`` is an :class:`~dpr_pg.encoders.EncoderFingerprint` (``pair.fingerprint``). A table
+    with no embedding yet passes. Runs ``dpr_pg.check_table_encoder`` (sql/sync.sql), which
+    :func:`dpr_pg.mixin.model_search_statement` also puts in its statement.
+
+    Example:
+        >>> check_table_encoder(engine, "articles", pair.fingerprint)  # doctest: +SKIP
+    """
+    if isinstance(conn, Engine):
+        with conn.connect() as connection:
+            check_table_encoder(connection, table, fingerprint, schema=schema)
+        return
+    statement = sa.select(sa.func.dpr_pg.check_table_encoder(
+        sa.cast(sa.literal(regclass_name(table, schema=schema), sa.Text), postgresql.REGCLASS),
+        sa.literal(fingerprint.id, sa.Text)))
+    try:
+        with conn.begin_nested():
+            conn.execute(statement)
+    except sa.exc.DBAPIError as e:
+        diag = getattr(e.orig, "diag", None)
+        reason = (diag.message_primary if diag else None) or str(e.orig or e).strip()
+        if diag is not None and diag.sqlstate == "22000":
+            raise EncoderMismatchError(f"{reason}; {diag.message_hint}") from e
+        raise SyncError(f"could not check the encoder of {regclass_name(table, schema=schema)}: {reason}") from e
 
 
 def run_worker(
@@ -242,6 +344,7 @@ def run_worker(
     poll_interval: float = 2.0,
     retry_base: float = 5.0,
     retry_max: float = 3600.0,
+    max_attempts: int = 5,
     reconnects: int = 10,
     stop: threading.Event | None = None,
 ) -> WorkerReport:
@@ -249,7 +352,10 @@ def run_worker(
 
     With ``once``, return when no due item is left (or a batch could complete none: its rows are
     locked by the app right now); otherwise poll every ``poll_interval`` seconds until ``stop`` is set.
-    A failed item is retried after ``retry_base * 2**attempts`` seconds, at most ``retry_max``.
+    A failed item is retried after ``retry_base * 2**attempts`` seconds, at most ``retry_max``; its
+    ``max_attempts``-th failure parks it as dead (see :func:`retry_items`, :func:`discard_items`).
+    Tables bound to another encoder pair or dimension, and paused tables (see :func:`sync_status`),
+    are left alone and named in ``report.refused``.
     A dropped connection is retried ``reconnects`` times in a row (waiting 1, 2, 4 ... 60 s) before
     :class:`DatabaseError`; the batch it interrupted stays queued.
 
@@ -261,8 +367,10 @@ def run_worker(
 
     if batch_size < 1:
         raise SyncError(f"expected a batch size of at least 1, not {batch_size}")
+    if max_attempts < 1:
+        raise SyncError(f"expected max_attempts of at least 1, not {max_attempts}")
     stop = stop or threading.Event()
-    batcher = Batcher(engine, pair, retry_base=retry_base, retry_max=retry_max)
+    batcher = Batcher(engine, pair, retry_base=retry_base, retry_max=retry_max, max_attempts=max_attempts)
     total = WorkerReport()
     lost = 0  # consecutive batches lost to a dropped connection
     checked = False

@@ -1,58 +1,72 @@
 -- dpr_pg sync: an application's own table, embedded in place and kept in sync by a queue.
 --
 -- enable_table() adds three columns to the app table (the embedding, the encoder that made it,
--- and the hash of the text it was made from), an HNSW index, and three triggers that only
--- INSERT INTO dpr_pg.sync_queue ... ON CONFLICT DO NOTHING. The app's writes therefore never
--- wait for, nor fail because of, encoding: `dpr-pg worker` drains the queue later.
--- Identifiers are always formatted with %I (quote_ident) or as regclass, never concatenated.
--- Installed by migration 0003 (CREATE OR REPLACE, so re-running the file is harmless).
+-- and the hash of the text it was made from), an HNSW index, and three triggers that only upsert
+-- the row's key into dpr_pg.sync_queue. The app's writes therefore never wait for, nor fail
+-- because of, encoding: `dpr-pg worker` drains the queue later.
+-- Identifiers are always formatted with %I (quote_ident) or as regclass, never concatenated, and
+-- never used as a format string.
+-- Every function is CREATE OR REPLACE, so re-running the file is harmless. The queue's columns
+-- (version, dead_at) and synced_tables.encoder_id come from migration 0009.
+
+-- The queue upsert of both triggers. A key already queued gets the writer's transaction id as its
+-- new version, and is due again with its failures forgotten: the worker deletes an item only if
+-- its version is still the one it claimed, so a write that lands while a worker encodes the row is
+-- never swallowed (see dpr_pg/_sync_worker.py). Workers hold no row lock on queue items while they
+-- encode (they hold advisory locks), so this upsert never waits for encoding.
+--
+-- The trigger functions run SECURITY DEFINER, as the owner of dpr_pg's schema, so that the app's
+-- role needs no privilege on the queue at all (and so cannot forge items). That is safe because a
+-- trigger function cannot be called directly, EXECUTE on it is revoked from PUBLIC (nobody else can
+-- attach it to a table), and all it does is upsert the firing table's own keys. search_path is
+-- pinned and every operator is schema-qualified as well, so nothing on the writer's search_path
+-- (a planted operator or function) can run with the owner's rights or the writer's.
+-- Measured with bench/bench_sync.py: see the README's "What sync costs".
 
 -- Row trigger for UPDATE (its WHEN clause fires it only when a watched column really changed).
 -- TG_ARGV holds the primary-key column names. Only enqueues; never encodes.
--- It runs once per written row, so it has no SET search_path clause (that alone costs ~25 µs a
--- row): every name and operator in it is schema-qualified instead, which leaves nothing for a
--- caller's search_path to redirect.
 CREATE OR REPLACE FUNCTION dpr_pg.enqueue_sync()
 RETURNS trigger
-LANGUAGE plpgsql SECURITY INVOKER
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    doc jsonb;
+    doc jsonb := pg_catalog.to_jsonb(NEW);
     key jsonb := '{}';
     i integer;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        doc := pg_catalog.to_jsonb(OLD);
-    ELSE
-        doc := pg_catalog.to_jsonb(NEW);
-    END IF;
-    FOR i IN 0 .. TG_NARGS - 1 LOOP
+    FOR i IN 0 .. TG_NARGS OPERATOR(pg_catalog.-) 1 LOOP
         key := key OPERATOR(pg_catalog.||)
                pg_catalog.jsonb_build_object(TG_ARGV[i], doc OPERATOR(pg_catalog.->) TG_ARGV[i]);
     END LOOP;
-    INSERT INTO dpr_pg.sync_queue (tbl, row_key) VALUES (TG_RELID, key) ON CONFLICT DO NOTHING;
+    INSERT INTO dpr_pg.sync_queue AS q (tbl, row_key) VALUES (TG_RELID, key)
+    ON CONFLICT (tbl, row_key) DO UPDATE
+    SET version = EXCLUDED.version, attempts = 0, last_error = NULL, dead_at = NULL,
+        next_attempt_at = LEAST(q.next_attempt_at, EXCLUDED.next_attempt_at);
     RETURN NULL;
 END
 $$;
 
 -- Statement trigger for INSERT and DELETE: one INSERT ... SELECT over the transition table, so a
--- bulk write pays once per statement rather than once per row. Same qualification rule as above.
+-- bulk write pays once per statement rather than once per row. DISTINCT: a deferrable primary key
+-- may hold a key twice within one statement, and ON CONFLICT DO UPDATE may not touch a row twice.
 CREATE OR REPLACE FUNCTION dpr_pg.enqueue_sync_rows()
 RETURNS trigger
-LANGUAGE plpgsql SECURITY INVOKER
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    key_expr text := '';
-    i integer;
+    key_expr text;
 BEGIN
-    FOR i IN 0 .. TG_NARGS - 1 LOOP
-        key_expr := key_expr OPERATOR(pg_catalog.||) CASE WHEN i > 0 THEN ', ' ELSE '' END
-                    OPERATOR(pg_catalog.||) pg_catalog.format('%L, t.%I', TG_ARGV[i], TG_ARGV[i]);
-    END LOOP;
+    SELECT pg_catalog.string_agg(pg_catalog.format('%L, t.%I', c, c), ', ') INTO key_expr
+    FROM pg_catalog.unnest(TG_ARGV) AS c;
     EXECUTE pg_catalog.format(
-        'INSERT INTO dpr_pg.sync_queue (tbl, row_key) '
-        'SELECT $1, pg_catalog.jsonb_build_object(%s) FROM %I AS t ON CONFLICT DO NOTHING',
-        key_expr, CASE WHEN TG_OP = 'DELETE' THEN 'dpr_old_rows' ELSE 'dpr_new_rows' END)
+        'INSERT INTO dpr_pg.sync_queue AS q (tbl, row_key) '
+        'SELECT DISTINCT $1, pg_catalog.jsonb_build_object(%s) FROM %I AS t '
+        'ON CONFLICT (tbl, row_key) DO UPDATE '
+        'SET version = EXCLUDED.version, attempts = 0, last_error = NULL, dead_at = NULL, '
+        'next_attempt_at = LEAST(q.next_attempt_at, EXCLUDED.next_attempt_at)',
+        key_expr, CASE WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN 'dpr_old_rows' ELSE 'dpr_new_rows' END)
     USING TG_RELID;
     RETURN NULL;
 END
@@ -172,8 +186,9 @@ BEGIN
 
     -- Rows that exist already are queued too.
     SELECT string_agg(format('%L, t.%I', c, c), ', ') INTO key_expr FROM unnest(key_columns) AS c;
-    EXECUTE format('INSERT INTO dpr_pg.sync_queue (tbl, row_key) '
-                   'SELECT $1, jsonb_build_object(%s) FROM %s AS t ON CONFLICT DO NOTHING', key_expr, tbl)
+    DELETE FROM dpr_pg.sync_queue q WHERE q.tbl = enable_table.tbl;  -- left by a dropped table of this oid
+    EXECUTE format('INSERT INTO dpr_pg.sync_queue (tbl, row_key) SELECT $1, jsonb_build_object(%s) FROM %s AS t',
+                   key_expr, tbl)
     USING tbl;
 END
 $$;
@@ -204,7 +219,164 @@ BEGIN
 END
 $$;
 
+-- Why an enabled table cannot be synced right now, or NULL when it can: a key, text or title
+-- column renamed or dropped (or no longer text), an embedding column gone, a queue trigger dropped
+-- or disabled. The worker leaves such a table's items queued and untouched, `dpr-pg status` shows
+-- the reason, and syncing resumes by itself once the table is fixed.
+CREATE OR REPLACE FUNCTION dpr_pg.sync_table_problem(tbl regclass)
+RETURNS text
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    settings dpr_pg.synced_tables%ROWTYPE;
+    col text;
+    kind regtype;
+    fix constant text := 'rename it back, or run op.disable_dpr and op.enable_dpr with the new settings';
+BEGIN
+    SELECT * INTO settings FROM dpr_pg.synced_tables s WHERE s.tbl = sync_table_problem.tbl;
+    IF NOT FOUND THEN
+        RETURN format('%s is not enabled for DPR search', tbl);
+    END IF;
+    FOREACH col IN ARRAY settings.key_columns
+                         || settings.text_columns
+                         || CASE WHEN settings.title_column IS NULL THEN '{}'::text[]
+                                 ELSE ARRAY[settings.title_column] END
+                         || ARRAY[settings.embedding_column, 'dpr_encoder_id', 'dpr_content_hash'] LOOP
+        SELECT a.atttypid::regtype INTO kind FROM pg_attribute a
+        WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RETURN format('sync is paused: column %s of %s is gone (renamed or dropped); %s',
+                          quote_ident(col), tbl, fix);
+        END IF;
+        IF (col = ANY (settings.text_columns) OR col = settings.title_column)
+           AND kind NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype) THEN
+            RETURN format('sync is paused: column %s of %s is %s, not text; %s', quote_ident(col), tbl, kind, fix);
+        END IF;
+    END LOOP;
+    FOREACH col IN ARRAY ARRAY['dpr_sync_insert', 'dpr_sync_update', 'dpr_sync_delete'] LOOP
+        PERFORM 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = col AND t.tgenabled <> 'D';
+        IF NOT FOUND THEN
+            RETURN format('sync is paused: trigger %s on %s is gone or disabled, so writes are not queued; '
+                          'run op.disable_dpr and op.enable_dpr to recreate it', col, tbl);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- The encoder pair an enabled table's embeddings belong to, binding it to encoder_id on first use.
+-- Returns encoder_id when the table is (now) bound to it; otherwise the pair the table belongs to
+-- (bound before, or found in its rows), which the caller must refuse to mix with. Never raises.
+CREATE OR REPLACE FUNCTION dpr_pg.bind_table_encoder(tbl regclass, encoder_id integer)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bound integer;
+    found_id integer;
+BEGIN
+    SELECT s.encoder_id INTO bound FROM dpr_pg.synced_tables s WHERE s.tbl = bind_table_encoder.tbl;
+    IF bound IS NOT NULL THEN
+        RETURN bound;
+    END IF;
+    EXECUTE format('SELECT t.dpr_encoder_id FROM %s AS t WHERE t.dpr_encoder_id <> $1 LIMIT 1', tbl)
+        INTO found_id USING encoder_id;
+    IF found_id IS NOT NULL THEN
+        RETURN found_id;
+    END IF;
+    -- Two workers binding at once: the second waits here for the first to commit, then binds nothing
+    -- and returns what the first bound.
+    UPDATE dpr_pg.synced_tables s SET encoder_id = bind_table_encoder.encoder_id
+    WHERE s.tbl = bind_table_encoder.tbl AND s.encoder_id IS NULL
+    RETURNING s.encoder_id INTO bound;
+    IF bound IS NULL THEN
+        SELECT s.encoder_id INTO bound FROM dpr_pg.synced_tables s WHERE s.tbl = bind_table_encoder.tbl;
+    END IF;
+    RETURN bound;
+END
+$$;
+
+-- Raise unless the embeddings of tbl come from the encoder pair with this fingerprint (or there are
+-- none yet): a question encoded by one pair scores meaninglessly against another pair's passages.
+-- Returns true, so that a query can carry it as a one-time filter (dpr_pg/mixin.py does).
+CREATE OR REPLACE FUNCTION dpr_pg.check_table_encoder(tbl regclass, fingerprint text)
+RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    settings dpr_pg.synced_tables%ROWTYPE;
+    wanted integer;
+    stored dpr_pg.encoders%ROWTYPE;
+BEGIN
+    SELECT * INTO settings FROM dpr_pg.synced_tables s WHERE s.tbl = check_table_encoder.tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('dpr_pg.check_table_encoder: table %s is not enabled for DPR search', tbl),
+            HINT = 'enable it with op.enable_dpr in a migration, or SELECT dpr_pg.enable_table(...)';
+    END IF;
+    SELECT e.id INTO wanted FROM dpr_pg.encoders e WHERE e.fingerprint = check_table_encoder.fingerprint;
+    IF settings.encoder_id IS NOT NULL THEN
+        SELECT * INTO stored FROM dpr_pg.encoders e WHERE e.id = settings.encoder_id;
+    ELSE
+        EXECUTE format('SELECT e.* FROM dpr_pg.encoders e WHERE e.id = (SELECT t.dpr_encoder_id FROM %s AS t '
+                       'WHERE t.dpr_encoder_id IS DISTINCT FROM $1 AND t.dpr_encoder_id IS NOT NULL LIMIT 1)', tbl)
+            INTO stored USING wanted;
+    END IF;
+    IF stored.id IS NULL OR stored.id = wanted THEN
+        RETURN true;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '22000',
+        MESSAGE = format('dpr_pg: the embeddings of %s were made by question=%s passage=%s (dim %s, fingerprint %s), '
+                         'but the query vector comes from the pair with fingerprint %s; expected the same pair '
+                         'for both', tbl, stored.question_model, stored.passage_model, stored.dim,
+                         left(stored.fingerprint, 12), left(check_table_encoder.fingerprint, 12)),
+        HINT = 'load the pair that made the table, or re-embed it: op.disable_dpr, op.enable_dpr, then dpr-pg worker';
+END
+$$;
+
+-- Make the dead (and failing) queue items of tbl, or of every table, due again with their
+-- attempts forgotten; returns how many. `dpr-pg sync retry` and dpr_pg.sync.retry_items run it.
+CREATE OR REPLACE FUNCTION dpr_pg.sync_retry(tbl regclass DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE dpr_pg.sync_queue q
+    SET attempts = 0, last_error = NULL, dead_at = NULL, next_attempt_at = clock_timestamp()
+    WHERE (q.dead_at IS NOT NULL OR q.last_error IS NOT NULL)
+      AND (sync_retry.tbl IS NULL OR q.tbl = sync_retry.tbl);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Delete the dead queue items of tbl, or of every table; returns how many. Their rows keep the
+-- embedding they had (or none) until the app writes them again. `dpr-pg sync discard` runs it.
+CREATE OR REPLACE FUNCTION dpr_pg.sync_discard(tbl regclass DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    DELETE FROM dpr_pg.sync_queue q
+    WHERE q.dead_at IS NOT NULL AND (sync_discard.tbl IS NULL OR q.tbl = sync_discard.tbl);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
 REVOKE EXECUTE ON FUNCTION dpr_pg.enable_table(regclass, text[], text, integer, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dpr_pg.disable_table(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dpr_pg.enqueue_sync() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION dpr_pg.enqueue_sync_rows() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dpr_pg.bind_table_encoder(regclass, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dpr_pg.sync_retry(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dpr_pg.sync_discard(regclass) FROM PUBLIC;

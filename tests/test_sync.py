@@ -161,7 +161,9 @@ def test_failed_item_records_last_error_backs_off_and_others_complete(engine: En
     assert sync_status(engine)[0].failed == 0
 
 
-def test_worker_with_another_dimension_fails_the_items_with_a_clear_error(engine: Engine, pair: EncoderPair) -> None:
+def test_worker_with_another_dimension_leaves_the_table_to_another_worker_and_says_why(
+    engine: Engine, pair: EncoderPair
+) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE notes (id bigint PRIMARY KEY, body text)"))
         conn.execute(sa.text("INSERT INTO notes VALUES (1, 'hola')"))
@@ -169,16 +171,22 @@ def test_worker_with_another_dimension_fails_the_items_with_a_clear_error(engine
 
     report = run_worker(engine, pair, once=True)
 
-    assert report.failed == 1
+    assert (report.batches, report.failed) == (0, 0)
+    assert "outputs 768 dimensions but public.notes.embedding is vector(8)" in report.refused["public.notes"]
     [status] = sync_status(engine)
-    assert "outputs 768 dimensions but public.notes.embedding is vector(8)" in (status.last_error or "")
+    assert (status.pending, status.failed, status.dead) == (1, 0, 0)  # untouched, for an 8-d worker
 
 
 def test_app_write_does_not_wait_for_a_worker_holding_its_item(engine: Engine) -> None:
+    from psycopg import RawCursor
+
+    from dpr_pg._sync_queries import CLAIM, LOCK_CLASS
+
     create_articles(engine)
     with engine.connect() as worker_conn, engine.connect() as app_conn:
-        # What a worker holds while it encodes: the queue items, locked FOR UPDATE.
-        held = worker_conn.execute(sa.text("SELECT row_key FROM dpr_pg.sync_queue FOR UPDATE SKIP LOCKED")).all()
+        # What a worker holds while it encodes: its claim (advisory locks), in an open transaction.
+        cursor = RawCursor(worker_conn.connection.driver_connection)
+        held = cursor.execute(CLAIM, [[], 100, LOCK_CLASS, 32]).fetchall()
         assert len(held) == 4
         app_conn.execute(sa.text("SET lock_timeout = '2s'"))  # waiting would raise LockNotAvailable
         app_conn.execute(sa.text("UPDATE articles SET body = 'Texto nuevo.' WHERE id = 1"))

@@ -49,11 +49,15 @@ def _waiting_on_articles(engine: Engine) -> list[int]:
         )).scalars())
 
 
-def _unlocked_items(engine: Engine) -> int:
+def _claimed_items(engine: Engine) -> int:
+    """Queue items that some worker holds (its claim's advisory locks)."""
+    from dpr_pg._sync_queries import LOCK_CLASS
+
     with engine.connect() as conn:
         return conn.execute(sa.text(
-            "SELECT count(*) FROM (SELECT 1 FROM dpr_pg.sync_queue FOR UPDATE SKIP LOCKED) AS free"
-        )).scalar_one()
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 "
+            "AND classid = CAST(:c AS oid) AND granted"
+        ), {"c": LOCK_CLASS}).scalar_one()
 
 
 @pytest.fixture
@@ -81,7 +85,7 @@ def test_two_concurrent_workers_process_each_item_exactly_once(
     articles_lock.execute(sa.text("LOCK TABLE articles IN ACCESS EXCLUSIVE MODE"))
     workers = [_start_worker(database_url, model_env, "--batch-size", "4") for _ in range(2)]
     _wait_for(lambda: len(_waiting_on_articles(engine)) == 2, "both workers to claim a batch")
-    assert _unlocked_items(engine) == 40 - 8  # two disjoint batches of 4 are held
+    assert _claimed_items(engine) == 8  # two disjoint batches of 4 are held
     articles_lock.commit()
 
     reports = []
@@ -109,7 +113,7 @@ def test_worker_killed_mid_batch_leaves_its_items_to_be_retried(
     worker = _start_worker(database_url, model_env)
     _wait_for(lambda: len(_waiting_on_articles(engine)) == 1, "the worker to claim its batch")
     [backend] = _waiting_on_articles(engine)
-    assert _unlocked_items(engine) == 0  # the whole batch is claimed by the worker
+    assert _claimed_items(engine) == 4  # the whole batch is claimed by the worker
 
     worker.kill()  # SIGKILL: no cleanup of any kind
     worker.wait(timeout=60)
@@ -121,7 +125,7 @@ def test_worker_killed_mid_batch_leaves_its_items_to_be_retried(
 
     _wait_for(backend_gone, "the dead worker's session to end")
     assert queued(engine) == [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}]
-    assert _unlocked_items(engine) == 4
+    assert _claimed_items(engine) == 0
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM articles WHERE embedding IS NOT NULL")).scalar() == 0
 
@@ -142,7 +146,8 @@ def test_cli_flow_insert_update_delete_worker_once_status(
         conn.execute(sa.text("DELETE FROM articles WHERE id = 2"))
 
     before = cli("--database-url", database_url, "status", "--json", check=True)
-    assert json.loads(before.stdout) == [{"table": "public.articles", "pending": 5, "failed": 0, "last_error": None}]
+    assert json.loads(before.stdout) == [{"table": "public.articles", "pending": 5, "failed": 0, "dead": 0,
+                                          "last_error": None, "problem": None, "encoder": None}]
 
     result = cli("--database-url", database_url, "worker", "--once", env=model_env, check=True)
     assert "embedded 4" in result.stdout and "removed 1" in result.stdout
