@@ -5,10 +5,13 @@ In one run, on the embedded PostgreSQL, with 768-d tables:
   writes   the same statements on a plain ``articles`` table (baseline) and on one enabled with
            dpr_pg.enable_table (contender): a 10k-row INSERT, an UPDATE of an unrelated column, an
            UPDATE of the embedded text, and 500 single-row INSERT transactions (p50 latency).
+  pinning  the same statements on two enabled tables whose triggers differ only in the trigger
+           functions' settings: SECURITY INVOKER with no SET clause (baseline) vs what
+           sql/sync.sql installs, SECURITY DEFINER with SET search_path (contender).
   worker   writing 10k precomputed embeddings back: one executemany UPDATE by primary key
            (baseline: what hand-written sync code would do) vs run_worker draining the queue
-           (claim SKIP LOCKED, read, hash check, write-back, delete), with an encoder stub that
-           returns precomputed vectors, so that only the queue's overhead is measured.
+           (claim with advisory locks, read, hash check, write-back, versioned delete), with an
+           encoder stub that returns precomputed vectors, so that only the queue's overhead is measured.
 
 Each figure is the median of ``--repeat`` runs; ratios are contender / baseline.
 
@@ -71,16 +74,36 @@ def _reset(engine: sa.Engine, table: str, rows: int) -> None:
         conn.execute(sa.text("DELETE FROM dpr_pg.sync_queue"))
 
 
-def bench_writes(engine: sa.Engine, rows: int, repeat: int) -> None:
+def _unpinned_copy(engine: sa.Engine, table: str) -> None:
+    """Point ``table``'s sync triggers at copies of the trigger functions without their settings."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS bench_unpinned"))
+        for name in ("enqueue_sync", "enqueue_sync_rows"):
+            definition = conn.execute(sa.text(f"SELECT pg_get_functiondef('dpr_pg.{name}'::regproc)")).scalar_one()
+            definition = (definition.replace(f"dpr_pg.{name}()", f"bench_unpinned.{name}()")
+                          .replace("SECURITY DEFINER", "SECURITY INVOKER")
+                          .replace(" SET search_path TO 'pg_catalog', 'pg_temp'\n", ""))
+            assert "search_path TO" not in definition, definition[:400]
+            conn.execute(sa.text("CREATE OR REPLACE " + definition.removeprefix("CREATE OR REPLACE ")))
+        triggers = conn.execute(sa.text(
+            "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) "
+            "AND tgname LIKE 'dpr_sync_%'"), {"t": table}).all()
+        for name, definition in triggers:
+            conn.execute(sa.text(f"DROP TRIGGER {name} ON {table}"))
+            conn.execute(sa.text(definition.replace("dpr_pg.enqueue_sync", "bench_unpinned.enqueue_sync")))
+
+
+def bench_writes(engine: sa.Engine, rows: int, repeat: int, tables: tuple[str, str] = ("plain", "synced")) -> None:
     cases = {
         f"INSERT {rows} rows (ms)": ("TRUNCATE {t}", "INSERT INTO {t} (id, title, body) SELECT i, 'Título ' || i, "
                                      ":b || i FROM generate_series(1, :n) AS i"),
         f"UPDATE unrelated column, {rows} rows (ms)": (None, "UPDATE {t} SET views = views + 1"),
         f"UPDATE embedded text, {rows} rows (ms)": (None, "UPDATE {t} SET body = body || '.'"),
     }
+    baseline, contender = tables
     for label, (prepare, statement) in cases.items():
         figures = {}
-        for table in ("plain", "synced"):
+        for table in tables:
             runs = []
             for _ in range(repeat):
                 _reset(engine, table, rows)
@@ -89,11 +112,11 @@ def bench_writes(engine: sa.Engine, rows: int, repeat: int) -> None:
                         conn.execute(sa.text(prepare.format(t=table)))
                 runs.append(_timed(engine, statement.format(t=table), b=BODY, n=rows) * 1000)
             figures[table] = statistics.median(runs)
-        print(f"{label:45s} plain {figures['plain']:9.1f}   synced {figures['synced']:9.1f}   "
-              f"ratio {figures['synced'] / figures['plain']:.2f}")
+        print(f"{label:45s} {baseline} {figures[baseline]:9.1f}   {contender} {figures[contender]:9.1f}   "
+              f"ratio {figures[contender] / figures[baseline]:.2f}")
 
     figures = {}
-    for table in ("plain", "synced"):
+    for table in tables:
         _reset(engine, table, 0)
         latencies = []
         with engine.connect() as conn:
@@ -104,8 +127,8 @@ def bench_writes(engine: sa.Engine, rows: int, repeat: int) -> None:
                 conn.commit()
                 latencies.append((time.perf_counter() - start) * 1000)
         figures[table] = statistics.median(latencies)
-    print(f"{'single-row INSERT + COMMIT, p50 (ms)':45s} plain {figures['plain']:9.3f}   synced "
-          f"{figures['synced']:9.3f}   ratio {figures['synced'] / figures['plain']:.2f}")
+    print(f"{'single-row INSERT + COMMIT, p50 (ms)':45s} {baseline} {figures[baseline]:9.3f}   {contender} "
+          f"{figures[contender]:9.3f}   ratio {figures[contender] / figures[baseline]:.2f}")
 
 
 def bench_worker(engine: sa.Engine, rows: int, repeat: int) -> None:
@@ -141,13 +164,17 @@ def main() -> None:
         engine = sa.create_engine(embedded_url(home=Path(home)))
         init(engine, dim=DIM)
         with engine.begin() as conn:
-            for table in ("plain", "synced"):
+            for table in ("plain", "synced", "unpinned"):
                 conn.execute(sa.text(f"CREATE TABLE {table} (id integer PRIMARY KEY, title text NOT NULL, "
                                      "body text NOT NULL, views integer NOT NULL DEFAULT 0)"))
-            enable_table(conn, "synced", text_columns=["body"], title_column="title", dim=DIM)
+            for table in ("synced", "unpinned"):
+                enable_table(conn, table, text_columns=["body"], title_column="title", dim=DIM)
+        _unpinned_copy(engine, "unpinned")
         print(f"PostgreSQL {engine.connect().execute(sa.text('SHOW server_version')).scalar()}, "
               f"{args.rows} rows, median of {args.repeat}")
         bench_writes(engine, args.rows, args.repeat)
+        print("trigger functions: no settings (unpinned) vs SECURITY DEFINER + SET search_path (synced)")
+        bench_writes(engine, args.rows, args.repeat, tables=("unpinned", "synced"))
         bench_worker(engine, args.rows, args.repeat)
         engine.dispose()
 

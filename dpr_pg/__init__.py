@@ -15,6 +15,7 @@ from dpr_pg.encoders import (
     PassageEncoder,
     QuestionEncoder,
     check_encoder,
+    check_table_encoder,
     fingerprint_of,
     make_tiny_models,
     make_trained_models,
@@ -46,8 +47,17 @@ from dpr_pg.answers import has_answer
 from dpr_pg.evaluate import EvaluationReport, evaluate
 from dpr_pg.qa import QAItem
 from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
-from dpr_pg.mixin import DprSearchable, model_search_statement
-from dpr_pg.sync import TableStatus, WorkerReport, disable_table, enable_table, run_worker, sync_status
+from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
+from dpr_pg.sync import (
+    TableStatus,
+    WorkerReport,
+    disable_table,
+    discard_items,
+    enable_table,
+    retry_items,
+    run_worker,
+    sync_status,
+)
 
 __all__ = [
     "EncodeResult",
@@ -56,6 +66,7 @@ __all__ = [
     "PassageEncoder",
     "QuestionEncoder",
     "check_encoder",
+    "check_table_encoder",
     "fingerprint_of",
     "make_tiny_models",
     "make_trained_models",
@@ -114,8 +125,11 @@ __all__ = [
     "TableStatus",
     "WorkerReport",
     "disable_table",
+    "discard_items",
     "enable_table",
+    "encoder_guard",
     "model_search_statement",
+    "retry_items",
     "run_worker",
     "sync_status",
 ]

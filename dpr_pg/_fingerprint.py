@@ -179,3 +179,38 @@ def check_encoder(
         "or re-ingest the collection with the current pair.",
         stored=other, requested=fingerprint,
     )
+
+
+def check_table_encoder(
+    conn: Connection | Engine, table: str, fingerprint: EncoderFingerprint, *, schema: str | None = None
+) -> None:
+    """Raise :class:`EncoderMismatchError` unless ``table``'s embeddings come from the pair ``fingerprint``.
+
+    ``fingerprint`` is an :class:`~dpr_pg.encoders.EncoderFingerprint` (``pair.fingerprint``). A table
+    with no embedding yet passes. Runs ``dpr_pg.check_table_encoder`` (sql/sync.sql), which
+    :func:`dpr_pg.mixin.model_search_statement` also puts in its statement (``encoder=``).
+
+    Example:
+        >>> check_table_encoder(engine, "articles", pair.fingerprint)  # doctest: +SKIP
+    """
+    if isinstance(conn, Engine):
+        with conn.connect() as connection:
+            check_table_encoder(connection, table, fingerprint, schema=schema)
+        return
+    from sqlalchemy.dialects import postgresql
+
+    from dpr_pg.errors import SyncError
+    from dpr_pg.sync import regclass_name
+
+    statement = sa.select(sa.func.dpr_pg.check_table_encoder(
+        sa.cast(sa.literal(regclass_name(table, schema=schema), sa.Text), postgresql.REGCLASS),
+        sa.literal(fingerprint.id, sa.Text)))
+    try:
+        with conn.begin_nested():
+            conn.execute(statement)
+    except sa.exc.DBAPIError as e:
+        diag = getattr(e.orig, "diag", None)
+        reason = (diag.message_primary if diag else None) or str(e.orig or e).strip()
+        if diag is not None and diag.sqlstate == "22000":
+            raise EncoderMismatchError(f"{reason}; {diag.message_hint}") from e
+        raise SyncError(f"could not check the encoder of {regclass_name(table, schema=schema)}: {reason}") from e

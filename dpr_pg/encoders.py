@@ -20,7 +20,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dpr_pg import config
-from dpr_pg._fingerprint import POOLING, EncoderFingerprint, check_encoder, register_encoder, vocab_hash
+from dpr_pg._fingerprint import (
+    POOLING,
+    EncoderFingerprint,
+    check_encoder,
+    check_table_encoder,
+    register_encoder,
+    vocab_hash,
+)
 from dpr_pg._loading import load_light, load_parts, output_dim, token_limit
 from dpr_pg._batching import EncodeResult, BatchingEncoder
 from dpr_pg._precision import PRECISIONS
@@ -37,6 +44,7 @@ __all__ = [
     "PassageEncoder",
     "QuestionEncoder",
     "check_encoder",
+    "check_table_encoder",
     "fingerprint_of",
     "make_tiny_models",
     "make_trained_models",

@@ -11,7 +11,7 @@ go, and the items are due again. A write-back never waits for the app: the row i
 ``SKIP LOCKED`` and only written if its text still hashes to what was encoded; an app write
 during the batch changes the item's version, so the item stays queued for the new text.
 An item that keeps failing is dead-lettered after ``max_attempts``: :func:`sync_status` counts
-it, :func:`retry_items` and :func:`discard_items` act on it.
+it, :func:`retry_items` and :func:`discard_items` act on it (see :mod:`dpr_pg.sync_queue`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.config import DEFAULT_DIM
-from dpr_pg.errors import DatabaseError, EncoderMismatchError, SchemaError, SyncError
+from dpr_pg.errors import DatabaseError, SchemaError, SyncError
+from dpr_pg.sync_queue import TableStatus, discard_items, require_queue, retry_items, sync_status
 
 log = logging.getLogger(__name__)
 
@@ -157,29 +158,6 @@ class SyncedTable:
         return f"{self.schema}.{self.name}"
 
 
-@dataclass(frozen=True)
-class TableStatus:
-    """The sync state of one enabled table.
-
-    ``pending``: queue items never failed; ``failed``: failed, retried with backoff; ``dead``:
-    failed ``max_attempts`` times, parked until ``dpr-pg sync retry`` or ``discard``;
-    ``last_error``: the worker's latest error on one of its items; ``problem``: why its sync is
-    paused (a renamed text column, say), or None; ``encoder``: the passage model (and fingerprint)
-    its embeddings come from, once a worker has written one.
-    """
-
-    table: str
-    pending: int
-    failed: int
-    dead: int
-    last_error: str | None
-    problem: str | None
-    encoder: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass
 class WorkerReport:
     """What a worker run did, item by item.
@@ -214,125 +192,6 @@ class WorkerReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# last_error is only ever written by a worker: the queue's row-level security lets no other role
-# insert an item that carries one (migration 0009).
-_STATUS = sa.text(
-    """
-    SELECT n.nspname || '.' || c.relname AS table,
-           count(q.row_key) FILTER (WHERE q.dead_at IS NULL AND q.last_error IS NULL) AS pending,
-           count(q.row_key) FILTER (WHERE q.dead_at IS NULL AND q.last_error IS NOT NULL) AS failed,
-           count(q.row_key) FILTER (WHERE q.dead_at IS NOT NULL) AS dead,
-           (array_agg(q.last_error ORDER BY q.next_attempt_at DESC) FILTER (WHERE q.last_error IS NOT NULL))[1]
-               AS last_error,
-           dpr_pg.sync_table_problem(s.tbl) AS problem,
-           e.passage_model || ' (' || left(e.fingerprint, 12) || ')' AS encoder
-    FROM dpr_pg.synced_tables s
-    JOIN pg_class c ON c.oid = s.tbl
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    LEFT JOIN dpr_pg.encoders e ON e.id = s.encoder_id
-    LEFT JOIN dpr_pg.sync_queue q ON q.tbl = s.tbl
-    GROUP BY s.tbl, n.nspname, c.relname, e.passage_model, e.fingerprint
-    ORDER BY n.nspname, c.relname
-    """
-)
-
-
-def sync_status(engine: Engine) -> list[TableStatus]:
-    """Pending, failed and dead queue items of each enabled table, and why its sync is paused; never writes.
-
-    Example:
-        >>> sync_status(engine)  # doctest: +SKIP
-        [TableStatus(table='public.articles', pending=3, failed=0, dead=0, last_error=None, problem=None, encoder=None)]
-    """
-    _require_queue(engine)
-    with engine.connect() as conn:
-        return [TableStatus(**row) for row in conn.execute(_STATUS).mappings()]
-
-
-def _require_queue(engine: Engine) -> None:
-    with engine.connect() as conn:
-        queue, current = conn.execute(sa.text(
-            "SELECT to_regclass('dpr_pg.sync_queue') IS NOT NULL, "
-            "to_regprocedure('dpr_pg.sync_table_problem(regclass)') IS NOT NULL"
-        )).one()
-    if not queue:
-        raise SchemaError("this database has no dpr_pg sync queue; run dpr-pg init first")
-    if not current:
-        raise SchemaError("this database's dpr_pg sync queue predates dead-lettering and item versions; "
-                          "run dpr-pg init to upgrade it")
-
-
-def _table_argument(conn: Connection, table: str | None, schema: str | None) -> int | None:
-    if table is None:
-        return None
-    name = regclass_name(table, schema=schema)
-    oid = conn.execute(sa.text("SELECT to_regclass(:name)::oid"), {"name": name}).scalar()
-    if oid is None:
-        raise SyncError(f"expected an existing table, not {name}; dpr-pg status lists the enabled tables")
-    return int(oid)
-
-
-def retry_items(engine: Engine, table: str | None = None, *, schema: str | None = None) -> int:
-    """Make the dead and failing queue items of ``table`` (or of every table) due now; returns how many.
-
-    Their attempts start again from 0. Runs ``dpr_pg.sync_retry`` (sql/sync.sql).
-
-    Example:
-        >>> retry_items(engine, "articles")  # doctest: +SKIP
-        2
-    """
-    _require_queue(engine)
-    with engine.begin() as conn:
-        oid = _table_argument(conn, table, schema)
-        return int(conn.execute(sa.text("SELECT dpr_pg.sync_retry(CAST(CAST(:oid AS oid) AS regclass))"),
-                                {"oid": oid}).scalar_one())
-
-
-def discard_items(engine: Engine, table: str | None = None, *, schema: str | None = None) -> int:
-    """Delete the dead queue items of ``table`` (or of every table); returns how many.
-
-    A discarded row keeps the embedding it had (or none) until the app writes it again. Runs
-    ``dpr_pg.sync_discard`` (sql/sync.sql).
-
-    Example:
-        >>> discard_items(engine)  # doctest: +SKIP
-        1
-    """
-    _require_queue(engine)
-    with engine.begin() as conn:
-        oid = _table_argument(conn, table, schema)
-        return int(conn.execute(sa.text("SELECT dpr_pg.sync_discard(CAST(CAST(:oid AS oid) AS regclass))"),
-                                {"oid": oid}).scalar_one())
-
-
-def check_table_encoder(conn: Connection | Engine, table: str, fingerprint: Any, *, schema: str | None = None) -> None:
-    """Raise :class:`EncoderMismatchError` unless ``table``'s embeddings come from the pair ``fingerprint``.
-
-    ``fingerprint`` is an :class:`~dpr_pg.encoders.EncoderFingerprint` (``pair.fingerprint``). A table
-    with no embedding yet passes. Runs ``dpr_pg.check_table_encoder`` (sql/sync.sql), which
-    :func:`dpr_pg.mixin.model_search_statement` also puts in its statement.
-
-    Example:
-        >>> check_table_encoder(engine, "articles", pair.fingerprint)  # doctest: +SKIP
-    """
-    if isinstance(conn, Engine):
-        with conn.connect() as connection:
-            check_table_encoder(connection, table, fingerprint, schema=schema)
-        return
-    statement = sa.select(sa.func.dpr_pg.check_table_encoder(
-        sa.cast(sa.literal(regclass_name(table, schema=schema), sa.Text), postgresql.REGCLASS),
-        sa.literal(fingerprint.id, sa.Text)))
-    try:
-        with conn.begin_nested():
-            conn.execute(statement)
-    except sa.exc.DBAPIError as e:
-        diag = getattr(e.orig, "diag", None)
-        reason = (diag.message_primary if diag else None) or str(e.orig or e).strip()
-        if diag is not None and diag.sqlstate == "22000":
-            raise EncoderMismatchError(f"{reason}; {diag.message_hint}") from e
-        raise SyncError(f"could not check the encoder of {regclass_name(table, schema=schema)}: {reason}") from e
 
 
 def run_worker(
@@ -377,7 +236,7 @@ def run_worker(
     while not stop.is_set():
         try:
             if not checked:
-                _require_queue(engine)
+                require_queue(engine)
                 checked = True
             report = batcher.process_batch(batch_size)
         except (sa.exc.OperationalError, psycopg.OperationalError) as e:
@@ -401,3 +260,7 @@ def run_worker(
                 break
             stop.wait(poll_interval)
     return total
+
+
+__all__ = ["SyncedTable", "TableStatus", "WorkerReport", "disable_statement", "disable_table", "discard_items",
+           "enable_statement", "enable_table", "regclass_name", "retry_items", "run_worker", "sync_status"]

@@ -13,7 +13,8 @@ from dpr_pg import schema
 from dpr_pg.errors import EncoderMismatchError, SearchError
 from dpr_pg.mixin import DprSearchable, model_search_statement
 from dpr_pg.search import search_statement
-from dpr_pg.sync import check_table_encoder, enable_table, run_worker, sync_status
+from dpr_pg.encoders import check_table_encoder
+from dpr_pg.sync import enable_table, run_worker, sync_status
 
 
 class Base(DeclarativeBase):
