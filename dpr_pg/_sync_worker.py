@@ -127,34 +127,34 @@ class Batcher:
         finally:
             raw.close()
 
-    def _refuse(self, table: SyncedTable, reason: str) -> None:
-        if self.refused.get(table.display_name) != reason:
+    def _refuse(self, table: SyncedTable, reason: str, before: dict[str, str]) -> None:
+        if before.get(table.display_name) != reason:  # said once, not on every batch
             log.warning("leaving %s alone: %s", table.display_name, reason)
         self.refused[table.display_name] = reason
 
     def _servable(self, pg: PgConnection[Any], encoder_id: int
                   ) -> tuple[dict[int, SyncedTable], dict[int, int | None], list[int]]:
-        """The enabled tables this worker may write and their bound encoders, and the ones it refuses."""
+        """The enabled tables this worker may write and their bound encoders, and those it leaves alone."""
         tables: dict[int, SyncedTable] = {}
         bound: dict[int, int | None] = {}
-        refused: list[int] = []
+        left: list[int] = []
+        before, self.refused = self.refused, {}
         for oid, nsp, rel, keys, texts, title, embedding, dim, table_encoder, problem in _execute(pg, q.TABLES):
             table = SyncedTable(oid, nsp, rel, tuple(keys), tuple(texts), title, embedding, dim)
-            refused.append(oid)
             if problem is not None:
-                self._refuse(table, problem)
+                self._refuse(table, problem, before)
             elif dim != self.pair.dim:
                 self._refuse(table, f"the encoder outputs {self.pair.dim} dimensions but {table.display_name}."
                                     f"{table.embedding_column} is vector({dim}); run a worker with a {dim}-d "
-                                    "encoder pair for it")
+                                    "encoder pair for it", before)
             elif table_encoder is not None and table_encoder != encoder_id:
-                self._refuse(table, self._mismatch(pg, table, table_encoder))
+                self._refuse(table, self._mismatch(pg, table, table_encoder), before)
             else:
-                self.refused.pop(table.display_name, None)
                 tables[oid] = table
                 bound[oid] = table_encoder
-                refused.pop()
-        return tables, bound, refused
+                continue
+            left.append(oid)
+        return tables, bound, left
 
     def _mismatch(self, pg: PgConnection[Any], table: SyncedTable, other: int) -> str:
         question, passage, fingerprint = _execute(pg, q.ENCODER, [other]).fetchone() or ("?", "?", "?")
@@ -174,7 +174,7 @@ class Batcher:
             raw.close()
         if belongs_to == encoder_id:
             return True
-        self._refuse(table, self._mismatch(pg, table, belongs_to))
+        self._refuse(table, self._mismatch(pg, table, belongs_to), {})
         return False
 
     def _process(self, pg: PgConnection[Any], batch_size: int, encoder_id: int) -> WorkerReport:

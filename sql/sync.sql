@@ -265,9 +265,10 @@ BEGIN
 END
 $$;
 
--- The encoder pair an enabled table's embeddings belong to, binding it to encoder_id on first use.
--- Returns encoder_id when the table is (now) bound to it; otherwise the pair the table belongs to
--- (bound before, or found in its rows), which the caller must refuse to mix with. Never raises.
+-- The encoder pair an enabled table's embeddings belong to: the pair it is bound to; else the pair
+-- its rows hold (a table enabled before tables remembered their pair), which it is then bound to;
+-- else encoder_id, the pair of the worker about to write its first embedding. A caller whose pair
+-- is not the one returned must not write. Never raises.
 CREATE OR REPLACE FUNCTION dpr_pg.bind_table_encoder(tbl regclass, encoder_id integer)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
@@ -281,14 +282,11 @@ BEGIN
     IF bound IS NOT NULL THEN
         RETURN bound;
     END IF;
-    EXECUTE format('SELECT t.dpr_encoder_id FROM %s AS t WHERE t.dpr_encoder_id <> $1 LIMIT 1', tbl)
-        INTO found_id USING encoder_id;
-    IF found_id IS NOT NULL THEN
-        RETURN found_id;
-    END IF;
+    EXECUTE format('SELECT t.dpr_encoder_id FROM %s AS t WHERE t.dpr_encoder_id IS NOT NULL LIMIT 1', tbl)
+        INTO found_id;
     -- Two workers binding at once: the second waits here for the first to commit, then binds nothing
     -- and returns what the first bound.
-    UPDATE dpr_pg.synced_tables s SET encoder_id = bind_table_encoder.encoder_id
+    UPDATE dpr_pg.synced_tables s SET encoder_id = coalesce(found_id, bind_table_encoder.encoder_id)
     WHERE s.tbl = bind_table_encoder.tbl AND s.encoder_id IS NULL
     RETURNING s.encoder_id INTO bound;
     IF bound IS NULL THEN

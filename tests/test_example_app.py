@@ -90,7 +90,8 @@ def test_app_inserts_edits_deletes_and_searches_its_own_rows(
 
     with Session(app_engine) as session:
         second = [article.title for article, _ in app.search(session, question, k=10)]
-        only_lorca = [article.title for article, _ in app.search(session, question, k=10, author="Lorca")]
+        only_lorca = [article.title for article, _ in app.search(session, question, k=10, author="Lorca",
+                                                                 encoder=pair)]
     assert second == _expected_ranking(app_engine, pair, question)
     assert "Bodas de sangre" not in second and "La Galatea" in second
     assert only_lorca == ["Romancero gitano"]

@@ -62,7 +62,7 @@ def test_a_worker_with_another_pair_of_the_same_dimension_writes_nothing(engine:
     assert wrong_rows(engine, "articles", first) == []
 
 
-def test_a_table_holding_another_pairs_rows_is_refused_before_it_is_bound(engine: Engine) -> None:
+def test_an_unbound_table_is_bound_to_the_pair_its_rows_hold(engine: Engine) -> None:
     create_articles(engine)
     first, other = HashPair(name="first"), HashPair(name="other")
     run_worker(engine, first, once=True)

@@ -134,3 +134,37 @@ def test_forged_fresh_items_neither_stop_the_worker_nor_speak_for_it(engine: Eng
     with engine.connect() as conn:  # the item of a table that is not enabled was dropped as removed
         assert conn.execute(sa.text("SELECT count(*) FROM dpr_pg.sync_queue WHERE tbl = 'pg_class'::regclass")
                             ).scalar() == 0
+
+
+# The README's grants for the worker's role (section "Existing applications"), for an app table `articles`.
+WORKER_GRANTS = """
+GRANT USAGE ON SCHEMA dpr_pg TO {role};
+GRANT SELECT, UPDATE, DELETE ON dpr_pg.sync_queue TO {role};
+GRANT SELECT, UPDATE (encoder_id) ON dpr_pg.synced_tables TO {role};
+GRANT SELECT, INSERT ON dpr_pg.encoders TO {role};
+GRANT USAGE ON SEQUENCE dpr_pg.encoders_id_seq TO {role};
+GRANT EXECUTE ON FUNCTION dpr_pg.bind_table_encoder(regclass, integer) TO {role};
+GRANT SELECT, UPDATE (embedding, dpr_encoder_id, dpr_content_hash) ON articles TO {role};
+"""
+
+
+def test_a_worker_role_with_the_readmes_grants_drains_the_queue(engine: Engine, database_url: str, new_role) -> None:
+    create_articles(engine)
+    worker = new_role("worker")
+    with engine.begin() as conn:
+        for grant in WORKER_GRANTS.format(role=worker).strip().splitlines():
+            conn.execute(sa.text(grant))
+        conn.execute(sa.text("UPDATE articles SET body = 'texto nuevo' WHERE id = 1"))
+        conn.execute(sa.text("INSERT INTO dpr_pg.sync_queue (tbl, row_key) VALUES ('articles', '\"poison\"')"))
+    as_worker = sa.create_engine(database_url, connect_args={"options": f"-c role={worker}"})
+    try:
+        with as_worker.connect() as conn:
+            assert conn.execute(sa.text("SELECT current_user")).scalar() == worker
+        pair = HashPair()
+
+        report = run_worker(as_worker, pair, once=True)
+    finally:
+        as_worker.dispose()
+
+    assert (report.embedded, report.failed) == (4, 1)
+    assert wrong_rows(engine, "articles", pair) == []

@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 from models import Article, Author  # noqa: E402
 
 import dpr_pg  # noqa: E402
-from dpr_pg.mixin import dpr_order, dpr_score  # noqa: E402
+from dpr_pg.mixin import dpr_order, dpr_score, encoder_guard  # noqa: E402
 
 
 def migrate(engine: sa.Engine, revision: str = "head") -> None:
@@ -45,8 +45,13 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     return config
 
 
-def search(session: Session, question_vector: Any, *, k: int = 5, author: str | None = None) -> list[tuple[Article, float]]:
-    """The app's articles that best answer the question, best first, with their DPR score."""
+def search(session: Session, question_vector: Any, *, k: int = 5, author: str | None = None,
+           encoder: Any = None) -> list[tuple[Article, float]]:
+    """The app's articles that best answer the question, best first, with their DPR score.
+
+    With ``encoder`` (the pair that encoded the question), the statement refuses to run if the
+    articles were embedded by another pair.
+    """
     statement = (
         sa.select(Article, dpr_score(Article, question_vector))
         .join(Article.author)
@@ -56,6 +61,8 @@ def search(session: Session, question_vector: Any, *, k: int = 5, author: str | 
     )
     if author is not None:
         statement = statement.where(Author.name == author)
+    if encoder is not None:
+        statement = statement.where(encoder_guard(Article, encoder.fingerprint))
     return [(article, float(score)) for article, score in session.execute(statement).all()]
 
 
@@ -74,7 +81,8 @@ def main() -> None:
         ])
     run_worker(engine, pair, once=True)
     with Session(engine) as session:
-        for article, score in search(session, pair.question.encode("¿Quién es el hidalgo de La Mancha?")):
+        question = pair.question.encode("¿Quién es el hidalgo de La Mancha?")
+        for article, score in search(session, question, encoder=pair):
             print(f"{score:8.3f}  {article.title}")
 
 
