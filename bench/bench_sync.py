@@ -5,15 +5,18 @@ In one run, on the embedded PostgreSQL, with 768-d tables:
   writes   the same statements on a plain ``articles`` table (baseline) and on one enabled with
            dpr_pg.enable_table (contender): a 10k-row INSERT, an UPDATE of an unrelated column, an
            UPDATE of the embedded text, and 500 single-row INSERT transactions (p50 latency).
-  pinning  the same statements on two enabled tables whose triggers differ only in the trigger
-           functions' settings: SECURITY INVOKER with no SET clause (baseline) vs what
-           sql/sync.sql installs, SECURITY DEFINER with SET search_path (contender).
+  triggers the same statements on enabled tables whose triggers differ only in their functions:
+           the previous ones (revision 0008: ON CONFLICT DO NOTHING, SECURITY INVOKER, no SET
+           clause; frozen in migration 0009) or today's bodies without their settings (unpinned)
+           as baselines, vs what sql/sync.sql installs (a versioned upsert, SECURITY DEFINER,
+           SET search_path) as the contender.
   worker   writing 10k precomputed embeddings back: one executemany UPDATE by primary key
            (baseline: what hand-written sync code would do) vs run_worker draining the queue
            (claim with advisory locks, read, hash check, write-back, versioned delete), with an
            encoder stub that returns precomputed vectors, so that only the queue's overhead is measured.
 
-Each figure is the median of ``--repeat`` runs; ratios are contender / baseline.
+Each figure is the median of ``--repeat`` runs, baseline and contender taking turns; ratios are
+contender / baseline.
 
     flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_sync.py
 """
@@ -21,6 +24,7 @@ Each figure is the median of ``--repeat`` runs; ratios are contender / baseline.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -74,23 +78,40 @@ def _reset(engine: sa.Engine, table: str, rows: int) -> None:
         conn.execute(sa.text("DELETE FROM dpr_pg.sync_queue"))
 
 
-def _unpinned_copy(engine: sa.Engine, table: str) -> None:
-    """Point ``table``'s sync triggers at copies of the trigger functions without their settings."""
+def _retarget_triggers(engine: sa.Engine, table: str, schema: str, definitions: list[str]) -> None:
+    """Create the trigger functions ``definitions`` (for dpr_pg.*) in ``schema``; point ``table``'s triggers there."""
     with engine.begin() as conn:
-        conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS bench_unpinned"))
-        for name in ("enqueue_sync", "enqueue_sync_rows"):
-            definition = conn.execute(sa.text(f"SELECT pg_get_functiondef('dpr_pg.{name}'::regproc)")).scalar_one()
-            definition = (definition.replace(f"dpr_pg.{name}()", f"bench_unpinned.{name}()")
-                          .replace("SECURITY DEFINER", "SECURITY INVOKER")
-                          .replace(" SET search_path TO 'pg_catalog', 'pg_temp'\n", ""))
-            assert "search_path TO" not in definition, definition[:400]
-            conn.execute(sa.text("CREATE OR REPLACE " + definition.removeprefix("CREATE OR REPLACE ")))
+        raw = conn.connection.driver_connection  # function bodies hold % and :name: no parameter parsing
+        raw.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        for definition in definitions:
+            raw.execute(definition.replace("dpr_pg.enqueue_sync", f"{schema}.enqueue_sync"))
         triggers = conn.execute(sa.text(
             "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) "
             "AND tgname LIKE 'dpr_sync_%'"), {"t": table}).all()
         for name, definition in triggers:
-            conn.execute(sa.text(f"DROP TRIGGER {name} ON {table}"))
-            conn.execute(sa.text(definition.replace("dpr_pg.enqueue_sync", "bench_unpinned.enqueue_sync")))
+            raw.execute(f"DROP TRIGGER {name} ON {table}")
+            raw.execute(definition.replace("dpr_pg.enqueue_sync", f"{schema}.enqueue_sync"))
+
+
+def _unpinned(engine: sa.Engine) -> list[str]:
+    """Today's trigger functions without SECURITY DEFINER and SET search_path."""
+    with engine.connect() as conn:
+        definitions = [conn.execute(sa.text(f"SELECT pg_get_functiondef('dpr_pg.{name}'::regproc)")).scalar_one()
+                       for name in ("enqueue_sync", "enqueue_sync_rows")]
+    stripped = [d.replace("SECURITY DEFINER", "SECURITY INVOKER").replace(" SET search_path TO 'pg_catalog', "
+                                                                          "'pg_temp'\n", "") for d in definitions]
+    assert not any("search_path TO" in d for d in stripped), stripped
+    return stripped
+
+
+def _previous() -> list[str]:
+    """The trigger functions of revision 0008, as migration 0009 keeps them for its downgrade."""
+    path = Path(__file__).resolve().parent.parent / "migrations" / "versions" / "0009_sync_versions_dead_letters.py"
+    spec = importlib.util.spec_from_file_location("migration_0009", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    blocks = module.DOWNGRADE.split("CREATE OR REPLACE FUNCTION")[1:3]
+    return ["CREATE OR REPLACE FUNCTION" + block.split("$fn$;")[0] + "$fn$;" for block in blocks]
 
 
 def bench_writes(engine: sa.Engine, rows: int, repeat: int, tables: tuple[str, str] = ("plain", "synced")) -> None:
@@ -102,31 +123,30 @@ def bench_writes(engine: sa.Engine, rows: int, repeat: int, tables: tuple[str, s
     }
     baseline, contender = tables
     for label, (prepare, statement) in cases.items():
-        figures = {}
-        for table in tables:
-            runs = []
-            for _ in range(repeat):
+        runs: dict[str, list[float]] = {table: [] for table in tables}
+        for _ in range(repeat):
+            for table in tables:  # taking turns, so that a busy moment of the machine hits both
                 _reset(engine, table, rows)
                 if prepare:
                     with engine.begin() as conn:
                         conn.execute(sa.text(prepare.format(t=table)))
-                runs.append(_timed(engine, statement.format(t=table), b=BODY, n=rows) * 1000)
-            figures[table] = statistics.median(runs)
+                runs[table].append(_timed(engine, statement.format(t=table), b=BODY, n=rows) * 1000)
+        figures = {table: statistics.median(times) for table, times in runs.items()}
         print(f"{label:45s} {baseline} {figures[baseline]:9.1f}   {contender} {figures[contender]:9.1f}   "
               f"ratio {figures[contender] / figures[baseline]:.2f}")
 
-    figures = {}
+    latencies: dict[str, list[float]] = {table: [] for table in tables}
     for table in tables:
         _reset(engine, table, 0)
-        latencies = []
-        with engine.connect() as conn:
-            for i in range(500):
+    with engine.connect() as conn:
+        for i in range(500):
+            for table in tables:
                 start = time.perf_counter()
                 conn.execute(sa.text(f"INSERT INTO {table} (id, title, body) VALUES (:i, 'T', :b)"),
                              {"i": i + 1, "b": BODY})
                 conn.commit()
-                latencies.append((time.perf_counter() - start) * 1000)
-        figures[table] = statistics.median(latencies)
+                latencies[table].append((time.perf_counter() - start) * 1000)
+    figures = {table: statistics.median(times) for table, times in latencies.items()}
     print(f"{'single-row INSERT + COMMIT, p50 (ms)':45s} {baseline} {figures[baseline]:9.3f}   {contender} "
           f"{figures[contender]:9.3f}   ratio {figures[contender] / figures[baseline]:.2f}")
 
@@ -164,16 +184,19 @@ def main() -> None:
         engine = sa.create_engine(embedded_url(home=Path(home)))
         init(engine, dim=DIM)
         with engine.begin() as conn:
-            for table in ("plain", "synced", "unpinned"):
+            for table in ("plain", "synced", "previous", "unpinned"):
                 conn.execute(sa.text(f"CREATE TABLE {table} (id integer PRIMARY KEY, title text NOT NULL, "
                                      "body text NOT NULL, views integer NOT NULL DEFAULT 0)"))
-            for table in ("synced", "unpinned"):
+            for table in ("synced", "previous", "unpinned"):
                 enable_table(conn, table, text_columns=["body"], title_column="title", dim=DIM)
-        _unpinned_copy(engine, "unpinned")
+        _retarget_triggers(engine, "previous", "bench_previous", _previous())
+        _retarget_triggers(engine, "unpinned", "bench_unpinned", _unpinned(engine))
         print(f"PostgreSQL {engine.connect().execute(sa.text('SHOW server_version')).scalar()}, "
               f"{args.rows} rows, median of {args.repeat}")
         bench_writes(engine, args.rows, args.repeat)
-        print("trigger functions: no settings (unpinned) vs SECURITY DEFINER + SET search_path (synced)")
+        print("trigger functions of revision 0008 (previous) vs today's (synced)")
+        bench_writes(engine, args.rows, args.repeat, tables=("previous", "synced"))
+        print("today's trigger functions without SECURITY DEFINER and SET search_path (unpinned) vs with (synced)")
         bench_writes(engine, args.rows, args.repeat, tables=("unpinned", "synced"))
         bench_worker(engine, args.rows, args.repeat)
         engine.dispose()
