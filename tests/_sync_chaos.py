@@ -117,8 +117,12 @@ def _mid_batch(engine: sa.Engine) -> int:
 
 
 def run(url: str, *, seconds: float, keys: int = 300, workers: int = 2, app_threads: int = 2,
-        delay: float = 0.05, seed: int = 0) -> Figures:
-    """One chaos run against the database at ``url`` (dpr_pg initialised, no ``articles`` table)."""
+        delay: float = 0.05, seed: int = 0, min_kills: int = 0) -> Figures:
+    """One chaos run against the database at ``url`` (dpr_pg initialised, no ``articles`` table).
+
+    It lasts ``seconds``, or longer (up to four times as long) until ``min_kills`` workers were
+    killed: on a loaded machine a worker takes longer to start.
+    """
     rng = random.Random(seed)
     figures, lock, stop = Figures(keys=keys), threading.Lock(), threading.Event()
     engine = sa.create_engine(url)
@@ -130,7 +134,8 @@ def run(url: str, *, seconds: float, keys: int = 300, workers: int = 2, app_thre
         thread.start()
     slots: dict[str, tuple[subprocess.Popen[bytes], float | None]] = {}  # name -> (process, when to kill it)
     try:
-        while time.monotonic() - started < seconds:
+        while (elapsed := time.monotonic() - started) < seconds or (
+                figures.kills < min_kills and elapsed < 4 * seconds):
             while len(slots) < workers:
                 figures.worker_starts += 1
                 name = f"chaos-worker-{figures.worker_starts}"
