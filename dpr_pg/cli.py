@@ -767,8 +767,9 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, max_
     """Encode the rows that app tables enabled with op.enable_dpr have queued.
 
     Several workers may run at once: each claims its own items. A failed item is retried with
-    backoff, and parked as dead after --max-attempts; see dpr-pg status. A table whose embeddings
-    come from another encoder pair or dimension is left alone (with --once, the exit code is 1).
+    backoff, and parked as dead after --max-attempts; see dpr-pg status. A table the worker cannot
+    serve (its embeddings come from another encoder pair or dimension, or its sync is paused) is
+    left alone, and with --once the exit code is then 1.
 
     \b
     Example:

@@ -34,6 +34,7 @@ from dpr_pg.sync_queue import TableStatus, discard_items, require_queue, retry_i
 
 log = logging.getLogger(__name__)
 
+
 def regclass_name(table: str, *, schema: str | None = None) -> str:
     """``table`` (and ``schema``) as a fully quoted name that ``regclass`` parses literally.
 
