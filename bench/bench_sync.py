@@ -36,6 +36,7 @@ import sqlalchemy as sa
 
 from dpr_pg._fingerprint import EncoderFingerprint
 from dpr_pg.database import embedded_url
+from dpr_pg.embedded import stop_server
 from dpr_pg.schema import init
 from dpr_pg.sync import enable_table, run_worker
 
@@ -182,24 +183,32 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         engine = sa.create_engine(embedded_url(home=Path(home)))
-        init(engine, dim=DIM)
-        with engine.begin() as conn:
-            for table in ("plain", "synced", "previous", "unpinned"):
-                conn.execute(sa.text(f"CREATE TABLE {table} (id integer PRIMARY KEY, title text NOT NULL, "
-                                     "body text NOT NULL, views integer NOT NULL DEFAULT 0)"))
-            for table in ("synced", "previous", "unpinned"):
-                enable_table(conn, table, text_columns=["body"], title_column="title", dim=DIM)
-        _retarget_triggers(engine, "previous", "bench_previous", _previous())
-        _retarget_triggers(engine, "unpinned", "bench_unpinned", _unpinned(engine))
-        print(f"PostgreSQL {engine.connect().execute(sa.text('SHOW server_version')).scalar()}, "
-              f"{args.rows} rows, median of {args.repeat}")
-        bench_writes(engine, args.rows, args.repeat)
-        print("trigger functions of revision 0008 (previous) vs today's (synced)")
-        bench_writes(engine, args.rows, args.repeat, tables=("previous", "synced"))
-        print("today's trigger functions without SECURITY DEFINER and SET search_path (unpinned) vs with (synced)")
-        bench_writes(engine, args.rows, args.repeat, tables=("unpinned", "synced"))
-        bench_worker(engine, args.rows, args.repeat)
-        engine.dispose()
+        try:
+            _run(engine, args.rows, args.repeat)
+        finally:
+            engine.dispose()
+            # Before the folder goes: the server would outlive it, as nothing could stop it later.
+            stop_server(home=Path(home), force=True)
+
+
+def _run(engine: sa.Engine, rows: int, repeat: int) -> None:
+    init(engine, dim=DIM)
+    with engine.begin() as conn:
+        for table in ("plain", "synced", "previous", "unpinned"):
+            conn.execute(sa.text(f"CREATE TABLE {table} (id integer PRIMARY KEY, title text NOT NULL, "
+                                 "body text NOT NULL, views integer NOT NULL DEFAULT 0)"))
+        for table in ("synced", "previous", "unpinned"):
+            enable_table(conn, table, text_columns=["body"], title_column="title", dim=DIM)
+    _retarget_triggers(engine, "previous", "bench_previous", _previous())
+    _retarget_triggers(engine, "unpinned", "bench_unpinned", _unpinned(engine))
+    print(f"PostgreSQL {engine.connect().execute(sa.text('SHOW server_version')).scalar()}, "
+          f"{rows} rows, median of {repeat}")
+    bench_writes(engine, rows, repeat)
+    print("trigger functions of revision 0008 (previous) vs today's (synced)")
+    bench_writes(engine, rows, repeat, tables=("previous", "synced"))
+    print("today's trigger functions without SECURITY DEFINER and SET search_path (unpinned) vs with (synced)")
+    bench_writes(engine, rows, repeat, tables=("unpinned", "synced"))
+    bench_worker(engine, rows, repeat)
 
 
 if __name__ == "__main__":

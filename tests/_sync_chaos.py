@@ -190,16 +190,16 @@ def main() -> None:
         _serve(args.worker, args.name, args.delay)
         return
     from dpr_pg.database import embedded_server
+    from dpr_pg.embedded import stop_server
     from dpr_pg.schema import init
 
     with tempfile.TemporaryDirectory() as home:
-        server = embedded_server(home=Path(home))
-        url = server.get_uri(driver="psycopg")
+        url = embedded_server(home=Path(home)).url(driver="psycopg")
         try:
             init(sa.create_engine(url, poolclass=sa.NullPool))
             figures = run(url, seconds=args.seconds, keys=args.keys, workers=args.workers, seed=args.seed)
         finally:
-            server.cleanup()
+            stop_server(home=Path(home), force=True)
     print(json.dumps(asdict(figures), ensure_ascii=False))
     sys.exit(1 if figures.wrong_rows or figures.queued_left else 0)
 
