@@ -6,8 +6,8 @@ In one run, on the embedded PostgreSQL, with 768-d tables:
            dpr_pg.enable_table (contender): a 10k-row INSERT, an UPDATE of an unrelated column, an
            UPDATE of the embedded text, and 500 single-row INSERT transactions (p50 latency).
   triggers the same statements on enabled tables whose triggers differ only in their functions:
-           the previous ones (revision 0008: ON CONFLICT DO NOTHING, SECURITY INVOKER, no SET
-           clause; frozen in migration 0009) or today's bodies without their settings (unpinned)
+           the previous ones (revision 0011 and before: ON CONFLICT DO NOTHING, SECURITY INVOKER, no SET
+           clause; frozen in migration 0012) or today's bodies without their settings (unpinned)
            as baselines, vs what sql/sync.sql installs (a versioned upsert, SECURITY DEFINER,
            SET search_path) as the contender.
   worker   writing 10k precomputed embeddings back: one executemany UPDATE by primary key
@@ -106,9 +106,9 @@ def _unpinned(engine: sa.Engine) -> list[str]:
 
 
 def _previous() -> list[str]:
-    """The trigger functions of revision 0008, as migration 0009 keeps them for its downgrade."""
-    path = Path(__file__).resolve().parent.parent / "migrations" / "versions" / "0009_sync_versions_dead_letters.py"
-    spec = importlib.util.spec_from_file_location("migration_0009", path)
+    """The trigger functions before revision 0012, as migration 0012 keeps them for its downgrade."""
+    path = Path(__file__).resolve().parent.parent / "migrations" / "versions" / "0012_sync_versions_dead_letters.py"
+    spec = importlib.util.spec_from_file_location("migration_0012", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     blocks = module.DOWNGRADE.split("CREATE OR REPLACE FUNCTION")[1:3]
@@ -204,7 +204,7 @@ def _run(engine: sa.Engine, rows: int, repeat: int) -> None:
     print(f"PostgreSQL {engine.connect().execute(sa.text('SHOW server_version')).scalar()}, "
           f"{rows} rows, median of {repeat}")
     bench_writes(engine, rows, repeat)
-    print("trigger functions of revision 0008 (previous) vs today's (synced)")
+    print("trigger functions before revision 0012 (previous) vs today's (synced)")
     bench_writes(engine, rows, repeat, tables=("previous", "synced"))
     print("today's trigger functions without SECURITY DEFINER and SET search_path (unpinned) vs with (synced)")
     bench_writes(engine, rows, repeat, tables=("unpinned", "synced"))

@@ -40,7 +40,7 @@ class TableStatus:
 
 
 # last_error is only ever written by a worker: the queue's row-level security lets no other role
-# insert an item that carries one (migration 0009).
+# insert an item that carries one (migration 0012).
 _STATUS = sa.text(
     """
     SELECT n.nspname || '.' || c.relname AS table,

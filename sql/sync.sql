@@ -7,7 +7,7 @@
 -- Identifiers are always formatted with %I (quote_ident) or as regclass, never concatenated, and
 -- never used as a format string.
 -- Every function is CREATE OR REPLACE, so re-running the file is harmless. The queue's columns
--- (version, dead_at) and synced_tables.encoder_id come from migration 0009.
+-- (version, dead_at) and synced_tables.encoder_id come from migration 0012.
 
 -- The queue upsert of both triggers. A key already queued gets the writer's transaction id as its
 -- new version, and is due again with its failures forgotten: the worker deletes an item only if

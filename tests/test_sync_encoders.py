@@ -109,7 +109,7 @@ def test_upgrading_binds_tables_enabled_before_to_the_pair_their_rows_hold(empty
     engine = sa.create_engine(empty_url)
     try:
         schema.init(engine)
-        schema.downgrade(engine, "0008")
+        schema.downgrade(engine, "0011")
         create_articles(engine)
         with engine.begin() as conn:  # what a worker of that revision wrote
             conn.execute(sa.text(

@@ -11,11 +11,12 @@
   that) can only add fresh items, never ones that carry attempts, errors or a dead state. The
   owner (and so the triggers, which run as the owner) is not subject to it.
 
-The functions that use these columns are in sql/sync.sql, re-applied here. Downgrade drops the
-columns and puts back the trigger functions of revision 0003 (their text is frozen below).
+The functions that use these columns are in sql/sync.sql; until init applies sql/ by itself after
+the migrations, this revision re-applies that file. Downgrade drops the columns and puts back the
+trigger functions of revision 0003 (their text is frozen below).
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-01
 """
 
@@ -23,8 +24,8 @@ from __future__ import annotations
 
 from dpr_pg.schema import execute_script, resource_dir
 
-revision = "0009"
-down_revision = "0008"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
@@ -110,16 +111,16 @@ $fn$;
 
 ALTER FUNCTION dpr_pg.enqueue_sync() RESET search_path;
 ALTER FUNCTION dpr_pg.enqueue_sync_rows() RESET search_path;
-DROP FUNCTION dpr_pg.sync_table_problem(regclass);
-DROP FUNCTION dpr_pg.bind_table_encoder(regclass, integer);
-DROP FUNCTION dpr_pg.check_table_encoder(regclass, text);
-DROP FUNCTION dpr_pg.sync_retry(regclass);
-DROP FUNCTION dpr_pg.sync_discard(regclass);
+DROP FUNCTION IF EXISTS dpr_pg.sync_table_problem(regclass);
+DROP FUNCTION IF EXISTS dpr_pg.bind_table_encoder(regclass, integer);
+DROP FUNCTION IF EXISTS dpr_pg.check_table_encoder(regclass, text);
+DROP FUNCTION IF EXISTS dpr_pg.sync_retry(regclass);
+DROP FUNCTION IF EXISTS dpr_pg.sync_discard(regclass);
 
-DROP POLICY sync_queue_read ON dpr_pg.sync_queue;
-DROP POLICY sync_queue_settle ON dpr_pg.sync_queue;
-DROP POLICY sync_queue_remove ON dpr_pg.sync_queue;
-DROP POLICY sync_queue_fresh_items ON dpr_pg.sync_queue;
+DROP POLICY IF EXISTS sync_queue_read ON dpr_pg.sync_queue;
+DROP POLICY IF EXISTS sync_queue_settle ON dpr_pg.sync_queue;
+DROP POLICY IF EXISTS sync_queue_remove ON dpr_pg.sync_queue;
+DROP POLICY IF EXISTS sync_queue_fresh_items ON dpr_pg.sync_queue;
 ALTER TABLE dpr_pg.sync_queue DISABLE ROW LEVEL SECURITY;
 ALTER TABLE dpr_pg.synced_tables DROP COLUMN encoder_id;
 DROP INDEX dpr_pg.sync_queue_due_idx;
