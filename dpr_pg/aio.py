@@ -103,9 +103,11 @@ async def search_many(
         queries = [queries]  # type: ignore[list-item]
     items = list(queries)
     # Cheap checks first: a bad k, mode or filter fails before anything is encoded.
-    check_request(k=options.get("k", 10), mode=options.get("mode", "dense"), filter=options.get("filter"),
-                          collection=options.get("collection"), rrf_k=options.get("rrf_k", 60.0))
     texts = list(query_texts) if query_texts is not None else [q if isinstance(q, str) else None for q in items]
+    check_request(k=options.get("k", 10), mode=options.get("mode", "dense"), filter=options.get("filter"),
+                  collection=options.get("collection"), rrf_k=options.get("rrf_k", 60.0),
+                  dense_weight=options.get("dense_weight", 1.0), text_weight=options.get("text_weight", 1.0),
+                  candidates=options.get("candidates", 100), texts=[*items, *texts])
     questions = [q for q in items if isinstance(q, str)]
     if questions and encoder is not None:
         vectors = await (encode(questions) if encode is not None else _encode_in_thread(encoder, questions))

@@ -27,6 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Union
 
 import sqlalchemy as sa
@@ -41,9 +42,16 @@ LOGICAL_OPERATORS = ("$and", "$or", "$not")
 TEXT_COLUMNS = ("collection", "external_id", "title")
 TIME_COLUMNS = ("created_at", "updated_at")
 COLUMNS = TEXT_COLUMNS + TIME_COLUMNS
+# The limits below are also those of dpr_pg.compile_filter (sql/search.sql); tests/test_filters.py holds
+# both to the same documents at each boundary.
 MAX_DEPTH = 32  # key/index steps from the root of the document to its deepest value
 MAX_NODES = 2000  # JSON values in the whole document
+MAX_CHARS = 100_000  # characters of the document's JSON text as PostgreSQL prints jsonb ({"a": [1, 2]})
+MAX_NUMBER_CHARS = 400  # characters of one number as PostgreSQL prints it (any float64 fits in 327)
 MAX_KEY_LENGTH = 256
+# A filter given as JSON text is refused unread above this many characters: its jsonb form could
+# only be that long with whitespace that PostgreSQL drops (parsing is the cost this bounds).
+MAX_TEXT_INPUT_CHARS = 16 * MAX_CHARS
 # The same pattern guards timestamps in sql/search.sql.
 _ISO_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?")
 
@@ -84,32 +92,83 @@ def _fail(message: str) -> FilterError:
     return FilterError(f"{message}; {_allowed()}")
 
 
-def _measure(document: Any) -> None:
-    """Reject values that JSON cannot carry, and documents over the depth/size limits (no recursion)."""
+def _too_large(what: str) -> FilterError:
+    return FilterError(f"filter too large: {what}; the limits are {MAX_CHARS} characters of JSON, {MAX_DEPTH} levels, "
+                       f"{MAX_NODES} values and numbers of {MAX_NUMBER_CHARS} characters: split the search, "
+                       "or use $in with fewer values")
+
+
+def _number_chars(value: int | float) -> int:
+    """The length of ``value`` as PostgreSQL prints it in jsonb: plain decimal notation, no exponent.
+
+    >>> _number_chars(1e-05), _number_chars(-0.0), _number_chars(10 ** 20)
+    (7, 3, 21)
+    """
+    if isinstance(value, int):
+        if value.bit_length() > 4 * MAX_NUMBER_CHARS:  # surely too long; str() would refuse 4300+ digits
+            return MAX_NUMBER_CHARS + 1
+        return len(str(value))
+    number = Decimal(repr(value))  # the JSON text sent is repr(value); jsonb keeps its digits and scale
+    return len(format(abs(number) if number == 0 else number, "f"))  # numeric has no negative zero
+
+
+def _string_chars(value: str) -> int:
+    """The length of ``value`` as a JSON string in jsonb's output: quotes and escapes included."""
+    if len(value) > MAX_CHARS:
+        return len(value)  # over the limit whatever its escapes; skip encoding a huge string
+    return len(json.dumps(value, ensure_ascii=False))
+
+
+def _measure(document: Any) -> int:
+    """Reject values that JSON cannot carry, and documents over the size limits (no recursion).
+
+    The size counted is that of the document's JSON text as PostgreSQL prints it (``", "`` and
+    ``": "`` between items), so that this check and the SQL function's agree to the character.
+    Returns that size.
+    """
     nodes = 0
+    chars = 0
     stack: list[tuple[Any, int]] = [(document, 0)]
     while stack:
         value, depth = stack.pop()
         nodes += 1
-        if depth > MAX_DEPTH or nodes > MAX_NODES:
-            raise FilterError(f"filter too large: at most {MAX_DEPTH} levels deep and {MAX_NODES} values; "
-                              "split it, or use $in with fewer values")
+        if depth > MAX_DEPTH:
+            raise _too_large(f"more than {MAX_DEPTH} levels deep")
+        if nodes > MAX_NODES:
+            raise _too_large(f"more than {MAX_NODES} values")
         if isinstance(value, Mapping):
+            chars += 2 + 2 * max(len(value) - 1, 0)  # {} and ", " between members
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise FilterError(f"filter keys must be strings, not {key!r}; write the document as JSON")
                 if "\x00" in key:
                     raise FilterError("filter keys must not contain NUL (\\u0000); remove it")
+                chars += _string_chars(key) + 2  # the key and ": "
                 stack.append((item, depth + 1))
         elif isinstance(value, (list, tuple)):
+            chars += 2 + 2 * max(len(value) - 1, 0)
             stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, bool):
+            chars += 4 if value else 5
         elif isinstance(value, float) and not math.isfinite(value):
             raise FilterError(f"filter values must be finite numbers, not {value!r}")
-        elif isinstance(value, str) and "\x00" in value:
-            raise FilterError("filter values must not contain NUL (\\u0000); remove it")
-        elif value is not None and not isinstance(value, (bool, int, float, str)):
+        elif isinstance(value, (int, float)):
+            length = _number_chars(value)
+            if length > MAX_NUMBER_CHARS:
+                raise _too_large(f"a number of {length} characters")
+            chars += length
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise FilterError("filter values must not contain NUL (\\u0000); remove it")
+            chars += _string_chars(value)
+        elif value is None:
+            chars += 4
+        else:
             raise FilterError(f"filter values must be JSON (null, boolean, number, string, array, object), "
                               f"not {type(value).__name__}")
+        if chars > MAX_CHARS:
+            raise _too_large(f"more than {MAX_CHARS} characters of JSON")
+    return chars
 
 
 def parse(document: Filter) -> Node | None:
@@ -121,6 +180,9 @@ def parse(document: Filter) -> Node | None:
     if document is None:
         return None
     if isinstance(document, (str, bytes)):
+        if len(document) > MAX_TEXT_INPUT_CHARS:
+            raise _too_large(f"{len(document)} characters of JSON text, over {MAX_TEXT_INPUT_CHARS} even before "
+                             "parsing")
         try:
             document = json.loads(document)
         except (ValueError, RecursionError) as e:

@@ -36,6 +36,9 @@ Mode = Literal["dense", "hybrid", "exact"]
 MODES = ("dense", "hybrid", "exact")
 Query = Union[str, Sequence[float], np.ndarray]
 MAX_K = 10000
+# A question, or hybrid mode's text, is at most this long; sql/search.sql's hybrid_search has the same limit.
+# The encoders read 512 tokens at most, and full-text search of a whole document is not a question.
+MAX_QUERY_TEXT_CHARS = 10000
 _LONG_VECTOR = re.compile(r"'\[[-+0-9.,eE]{60,}\]'")
 _GUC_DEFAULTS = {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off"}
 
@@ -94,6 +97,21 @@ def query_vector(value: Any, dim: int) -> np.ndarray:
 def _check_k(k: int) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise SearchError(f"expected k between 1 and {MAX_K}, not {k!r}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_text(text: Any) -> None:
+    """A question or query text: at most MAX_QUERY_TEXT_CHARS, and no NUL (PostgreSQL text cannot hold it)."""
+    if not isinstance(text, str):
+        return
+    if len(text) > MAX_QUERY_TEXT_CHARS:
+        raise SearchError(f"expected a question of at most {MAX_QUERY_TEXT_CHARS} characters, not {len(text)}; "
+                          "ask with the question, not a document")
+    if "\x00" in text:
+        raise SearchError("the question holds a NUL character (\\x00); remove it")
 
 
 def _where(filter: Filter, collection: str | None, table: Any = Passage) -> sa.ColumnElement[bool] | None:
@@ -304,8 +322,10 @@ def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int]:
 
 
 def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collection: str | None = None,
-                  rrf_k: float = 60.0) -> sa.ColumnElement[bool] | None:
-    """Check a search's options before anything is encoded or sent: k, mode, rrf_k and the filter.
+                  rrf_k: float = 60.0, dense_weight: float = 1.0, text_weight: float = 1.0, candidates: int = 100,
+                  texts: Sequence[Any] = ()) -> sa.ColumnElement[bool] | None:
+    """Check a search's options before anything is encoded or sent: k, mode, hybrid mode's rrf_k,
+    weights and candidates, the questions or query texts (``texts``), and the filter.
 
     Returns the compiled WHERE clause (None without filter and collection); raises SearchError or
     FilterError. :func:`search_many` and :mod:`dpr_pg.aio` call it first.
@@ -316,8 +336,15 @@ def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collect
     _check_k(k)
     if mode not in MODES:
         raise SearchError(f"expected mode to be one of {', '.join(MODES)}, not {mode!r}")
-    if not isinstance(rrf_k, (int, float)) or rrf_k < 0 or not math.isfinite(rrf_k):
+    if not _is_real(rrf_k) or rrf_k < 0 or not math.isfinite(rrf_k):
         raise SearchError(f"expected rrf_k >= 0, not {rrf_k!r}")
+    if not (_is_real(dense_weight) and _is_real(text_weight)
+            and math.isfinite(dense_weight) and math.isfinite(text_weight)):
+        raise SearchError(f"expected finite weights, not dense_weight {dense_weight!r} and text_weight {text_weight!r}")
+    if not isinstance(candidates, int) or isinstance(candidates, bool) or not 1 <= candidates <= MAX_K:
+        raise SearchError(f"expected candidates between 1 and {MAX_K}, not {candidates!r}")
+    for text in texts:
+        _check_text(text)
     return _where(filter, collection)  # validates the filter
 
 
@@ -348,7 +375,8 @@ def search_many(
     >>> [len(h) for h in search_many(engine, ["¿Qué es el ADN?", "¿Dónde está Sevilla?"], encoder=pair, k=3)]
     [3, 3]
     """
-    where_probe = check_request(k=k, mode=mode, filter=filter, collection=collection, rrf_k=rrf_k)
+    where_probe = check_request(k=k, mode=mode, filter=filter, collection=collection, rrf_k=rrf_k,
+                                dense_weight=dense_weight, text_weight=text_weight, candidates=candidates)
     if isinstance(queries, (str, np.ndarray)) and not (isinstance(queries, np.ndarray) and queries.ndim == 2):
         queries = [queries]  # type: ignore[list-item]
     queries = list(queries)
@@ -356,6 +384,8 @@ def search_many(
     if questions and encoder is None:
         raise SearchError("a question needs an encoder: pass encoder=EncoderPair.load(...), or pass query vectors")
     texts = list(query_texts) if query_texts is not None else [q if isinstance(q, str) else None for q in queries]
+    for text in [*questions, *texts]:
+        _check_text(text)
     if mode == "hybrid" and (len(texts) != len(queries) or any(not isinstance(t, str) for t in texts)):
         raise SearchError("hybrid mode needs the text of every query: pass questions, or query_texts= with vectors")
     with _transaction(bind) as conn:

@@ -6,17 +6,23 @@
 -- Keys and values never become SQL text: the compiler emits references $1[i] into a jsonb[] that is
 -- bound with EXECUTE ... USING; only operators from the allow-list below are spelled out.
 
-CREATE TYPE dpr_pg.hit AS (
-    id          bigint,
-    external_id text,
-    collection  text,
-    title       text,
-    text        text,
-    metadata    jsonb,
-    score       double precision
-);
+DO $$
+BEGIN
+    IF to_regtype('dpr_pg.hit') IS NULL THEN
+        CREATE TYPE dpr_pg.hit AS (
+            id          bigint,
+            external_id text,
+            collection  text,
+            title       text,
+            text        text,
+            metadata    jsonb,
+            score       double precision
+        );
+    END IF;
+END
+$$;
 
-CREATE FUNCTION dpr_pg._filter_error(message text) RETURNS void
+CREATE OR REPLACE FUNCTION dpr_pg._filter_error(message text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -30,7 +36,7 @@ END
 $$;
 
 -- One condition on one field. Returns the clause; appends the values it references to params.
-CREATE FUNCTION dpr_pg._filter_leaf(field text, op text, val jsonb, INOUT params jsonb[], OUT clause text)
+CREATE OR REPLACE FUNCTION dpr_pg._filter_leaf(field text, op text, val jsonb, INOUT params jsonb[], OUT clause text)
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -195,7 +201,7 @@ END
 $$;
 
 -- A field's condition: {"$gt": 1, "$lt": 5}, {"$not": {...}} or a plain value ($eq).
-CREATE FUNCTION dpr_pg._filter_field(field text, val jsonb, INOUT params jsonb[], OUT clause text)
+CREATE OR REPLACE FUNCTION dpr_pg._filter_field(field text, val jsonb, INOUT params jsonb[], OUT clause text)
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -230,7 +236,7 @@ END
 $$;
 
 -- A filter document: fields ANDed, and $and / $or / $not.
-CREATE FUNCTION dpr_pg._filter_document(doc jsonb, INOUT params jsonb[], OUT clause text)
+CREATE OR REPLACE FUNCTION dpr_pg._filter_document(doc jsonb, INOUT params jsonb[], OUT clause text)
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -272,19 +278,56 @@ END
 $$;
 
 -- The WHERE clause of a filter document, and the jsonb[] to bind as $1 when it runs.
-CREATE FUNCTION dpr_pg.compile_filter(filter jsonb, OUT clause text, OUT params jsonb[])
+-- The size limits are those of dpr_pg/filters.py (MAX_CHARS, MAX_NUMBER_CHARS, MAX_DEPTH, MAX_NODES),
+-- checked in linear time before the document is walked: its size from the datum's header, its
+-- depth by a jsonpath that stops at level 33, its values and numbers on its text with the strings
+-- blanked out.
+CREATE OR REPLACE FUNCTION dpr_pg.compile_filter(filter jsonb, OUT clause text, OUT params jsonb[])
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    max_chars CONSTANT integer := 100000;
+    max_number_chars CONSTANT integer := 400;
+    max_nodes CONSTANT integer := 2000;
+    doc text;
+    shape text;
+    nodes bigint;
+    too_large CONSTANT text := 'filter too large: %s; the limits are 100000 characters of JSON, 32 levels, '
+        '2000 values and numbers of 400 characters: split the search, or use $in with fewer values';
 BEGIN
     filter := COALESCE(filter, '{}');
     IF jsonb_typeof(filter) <> 'object' THEN
         PERFORM dpr_pg._filter_error('expected the filter as a JSON object like {"lang": "es"}, not a '
                                      || jsonb_typeof(filter));
     END IF;
-    IF jsonb_path_exists(filter, 'strict $.**{33}')
-            OR (SELECT count(*) FROM jsonb_path_query(filter, 'strict $.**')) > 2000 THEN
-        PERFORM dpr_pg._filter_error('filter too large: at most 32 levels deep and 2000 values');
+    -- jsonb's binary form is at most about 4x its text (an array of one-digit numbers): a larger one is
+    -- refused from its header alone, without reading it.
+    IF pg_column_size(filter) > 8 * max_chars THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg ' || format(too_large,
+            format('%s bytes of jsonb, more than %s characters of JSON', pg_column_size(filter), max_chars));
+    END IF;
+    doc := filter::text;
+    IF length(doc) > max_chars THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg ' || format(too_large,
+            format('more than %s characters of JSON', max_chars));
+    END IF;
+    IF jsonb_path_exists(filter, 'strict $.**{33}') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg ' || format(too_large, 'more than 32 levels deep');
+    END IF;
+    -- Strings (keys and values) become s: what is left is punctuation, numbers, true, false and null.
+    shape := regexp_replace(doc, '"(?:[^"\\]|\\.)*"', 's', 'g');
+    IF shape ~ format('[-.0-9]{200}[-.0-9]{%s}', max_number_chars + 1 - 200) THEN  -- a count is at most 255
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg ' || format(too_large,
+            format('a number of more than %s characters', max_number_chars));
+    END IF;
+    -- values: the root, one per item after a comma, one per first item of a non-empty container
+    nodes := 1 + (length(shape) - length(replace(shape, ',', '')))
+           + (length(shape) - length(translate(shape, '[{', '')))
+           - (length(shape) - length(replace(replace(shape, '[]', ''), '{}', ''))) / 2;
+    IF nodes > max_nodes THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg ' || format(too_large,
+            format('more than %s values', max_nodes));
     END IF;
     SELECT d.params, d.clause INTO params, clause FROM dpr_pg._filter_document(filter, '{}'::jsonb[]) AS d;
 END
@@ -396,7 +439,7 @@ $$;
 -- Spanish full-text ('spanish' tsvector, websearch syntax) and dense search, fused by reciprocal
 -- rank fusion: score = dense_weight / (rrf_k + dense rank) + text_weight / (rrf_k + text rank),
 -- ranks 1-based over each side's top max(k, candidates) rows.
-CREATE FUNCTION dpr_pg.hybrid_search(query vector, query_text text, k integer, filter jsonb DEFAULT '{}',
+CREATE OR REPLACE FUNCTION dpr_pg.hybrid_search(query vector, query_text text, k integer, filter jsonb DEFAULT '{}',
                                      collection text DEFAULT NULL, dense_weight double precision DEFAULT 1.0,
                                      text_weight double precision DEFAULT 1.0, rrf_k integer DEFAULT 60,
                                      candidates integer DEFAULT 100)
@@ -405,14 +448,34 @@ LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, dpr_pg, @VECTOR_SCHEMA@, pg_temp
 AS $$
 DECLARE
+    max_text_chars CONSTANT integer := 10000;  -- dpr_pg.search.MAX_QUERY_TEXT_CHARS
     compiled record;
     n integer;
 BEGIN
     IF k IS NULL OR k < 1 OR k > 10000 THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.hybrid_search: expected k between 1 and 10000, not %s', k);
     END IF;
-    IF rrf_k IS NULL OR rrf_k < 0 OR dense_weight IS NULL OR text_weight IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg.hybrid_search: rrf_k must be >= 0 and the weights not NULL';
+    IF rrf_k IS NULL OR rrf_k < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('dpr_pg.hybrid_search: expected rrf_k >= 0, not %s', COALESCE(rrf_k::text, 'NULL'));
+    END IF;
+    -- NaN compares above every number in PostgreSQL, so this refuses NaN, both infinities and NULL.
+    IF NOT (dense_weight > '-Infinity' AND dense_weight < 'Infinity' AND text_weight > '-Infinity'
+            AND text_weight < 'Infinity') OR dense_weight IS NULL OR text_weight IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('dpr_pg.hybrid_search: expected finite weights, not dense_weight %s and text_weight %s',
+                             COALESCE(dense_weight::text, 'NULL'), COALESCE(text_weight::text, 'NULL'));
+    END IF;
+    IF candidates IS NOT NULL AND (candidates < 1 OR candidates > 10000) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('dpr_pg.hybrid_search: expected candidates between 1 and 10000, not %s', candidates);
+    END IF;
+    -- octet_length reads the header only: a text far over the limit is refused without being read.
+    IF octet_length(query_text) > 4 * max_text_chars OR length(query_text) > max_text_chars THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('dpr_pg.hybrid_search: expected a query text of at most %s characters, not %s',
+                             max_text_chars, length(query_text)),
+            HINT = 'full-text search needs the question, not a document: shorten the text';
     END IF;
     n := greatest(k, COALESCE(candidates, 100));
     compiled := dpr_pg.compile_filter(filter);

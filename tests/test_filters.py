@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import FilterError
-from dpr_pg.filters import MAX_DEPTH, MAX_NODES, compile_filter, parse
+from dpr_pg.filters import (MAX_CHARS, MAX_DEPTH, MAX_NODES, MAX_NUMBER_CHARS, MAX_TEXT_INPUT_CHARS, _measure,
+                            compile_filter, parse)
 from dpr_pg.models import Passage
 
 UNIVERSE: list[Any] = [0, 1, 1.0, 2.5, -3, "a", "b", "ab", "B", "", "é", "A", True, False, None,
@@ -266,7 +267,7 @@ def test_deep_and_huge_filters_hit_the_limits_not_recursion_error(filter_engine:
     deep: dict[str, Any] = {"a": 1}
     for _ in range(10_000):
         deep = {"$not": deep}
-    with pytest.raises(FilterError, match=f"at most {MAX_DEPTH} levels"):
+    with pytest.raises(FilterError, match=f"more than {MAX_DEPTH} levels deep"):
         parse(deep)
     with pytest.raises(FilterError, match="expected the filter as one JSON object"):
         parse("[" * 100_000 + "]" * 100_000)
@@ -282,6 +283,114 @@ def test_deep_and_huge_filters_hit_the_limits_not_recursion_error(filter_engine:
     with pytest.raises(sa.exc.DataError, match="filter too large"):
         sql_ids(filter_engine, deep_sql)
     assert python_ids(filter_engine, nested) == sql_ids(filter_engine, nested) == set(range(1, len(ROWS) + 1))
+
+
+# ---- size limits: one set, measured alike in Python and SQL -----------------------------------------
+
+
+def sql_accepts(engine: Engine, document: Any) -> bool:
+    """Whether dpr_pg.compile_filter's size check passes the document (its grammar may still be refused)."""
+    with engine.connect() as conn:
+        try:
+            conn.execute(sa.text("SELECT dpr_pg.compile_filter(CAST(:f AS jsonb))"), {"f": json.dumps(document)})
+            return True
+        except sa.exc.DataError as e:
+            return "filter too large" not in str(e)
+
+
+def python_accepts(document: Any) -> bool:
+    """Whether filters.py's size check passes the document."""
+    try:
+        _measure(document)
+        return True
+    except FilterError as e:
+        assert "filter too large" in str(e)
+        return False
+
+
+def printed_length(engine: Engine, document: Any) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT length(CAST(:f AS jsonb)::text)"), {"f": json.dumps(document)}).scalar_one()
+
+
+# Strings with what jsonb escapes (quotes, backslashes, control characters) and what it does not
+# (non-ASCII, astral characters); numbers as Python sends them (repr) and PostgreSQL prints them (no exponent).
+json_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+json_numbers = st.one_of(st.integers(-10 ** 40, 10 ** 40), st.floats(allow_nan=False, allow_infinity=False),
+                         st.sampled_from([0.0, -0.0, 1e16, 1e-05, 5e-324, -1.7976931348623157e308, 1e21, 2.5]))
+json_documents = st.recursive(
+    st.one_of(st.none(), st.booleans(), json_numbers, json_text),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(json_text, children, max_size=4)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.dictionaries(json_text, json_documents, max_size=4))
+def test_python_measures_a_filter_as_postgresql_prints_it(filter_engine: Engine, document: dict[str, Any]) -> None:
+    assert _measure(document) == printed_length(filter_engine, document)
+
+
+def _padded(length: int) -> dict[str, Any]:
+    """{"a": "xx...x"}: exactly ``length`` characters as PostgreSQL prints it."""
+    return {"a": "x" * (length - len('{"a": ""}'))}
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    document: Any = 1
+    for _ in range(levels - 1):
+        document = [document]
+    return {"a": document}  # the 1 sits ``levels`` steps below the root
+
+
+BOUNDARIES = [
+    (_padded(MAX_CHARS), True), (_padded(MAX_CHARS + 1), False),
+    ({"a": {"$in": ["é\n\"" * 21_000]}}, False),  # 63k characters, 105k once escaped
+    ({"a": int("9" * MAX_NUMBER_CHARS)}, True), ({"a": int("9" * (MAX_NUMBER_CHARS + 1))}, False),
+    ({"a": -int("9" * (MAX_NUMBER_CHARS - 1))}, True), ({"a": -int("9" * MAX_NUMBER_CHARS)}, False),
+    ({"a": 5e-324}, True), ({"a": -1.7976931348623157e308}, True),
+    ({"a": {"$in": list(range(MAX_NODES - 3))}}, True), ({"a": {"$in": list(range(MAX_NODES - 2))}}, False),
+    ({"a": {"$in": [[]] * (MAX_NODES - 3)}}, True), ({"a": [{}] * (MAX_NODES - 1)}, False),
+    (_deep(MAX_DEPTH), True), (_deep(MAX_DEPTH + 1), False),
+]
+
+
+@pytest.mark.parametrize(("document", "accepted"), BOUNDARIES, ids=[f"{i}-{'ok' if a else 'refused'}"
+                                                                     for i, (_, a) in enumerate(BOUNDARIES)])
+def test_python_and_sql_share_each_size_limit_to_the_unit(filter_engine: Engine, document: dict[str, Any],
+                                                           accepted: bool) -> None:
+    assert python_accepts(document) is accepted
+    assert sql_accepts(filter_engine, document) is accepted
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.dictionaries(json_text, json_documents, max_size=3), slack=st.integers(-3, 3))
+def test_python_and_sql_agree_on_documents_at_the_size_limit(filter_engine: Engine, document: dict[str, Any],
+                                                             slack: int) -> None:
+    # pad a random document with a string so that it lands within 3 characters of the limit
+    document.pop("pad", None)
+    base = _measure({**document, "pad": ""})
+    document["pad"] = "x" * max(MAX_CHARS + slack - base, 0)
+    assert python_accepts(document) == sql_accepts(filter_engine, document) == (_measure_or_none(document) is not None)
+
+
+def _measure_or_none(document: Any) -> int | None:
+    try:
+        return _measure(document)
+    except FilterError:
+        return None
+
+
+def test_sql_refuses_huge_filters_and_values_before_walking_them(filter_engine: Engine) -> None:
+    many = {"a": {"$in": [f"value-{i:08d}" for i in range(3_700_000)]}}  # 52 MB of JSON
+    one_value = {"a": "x" * 50_000_000}
+    for document, reason in ((many, "bytes of jsonb"), (one_value, "bytes of jsonb")):
+        with pytest.raises(sa.exc.DataError, match=f"dpr_pg filter too large: .*{reason}"):
+            sql_ids(filter_engine, document)
+        with pytest.raises(FilterError, match="filter too large"):
+            parse(document)
+    with pytest.raises(FilterError, match="even before parsing"):
+        parse(" " * (MAX_TEXT_INPUT_CHARS + 1))
 
 
 def test_timestamp_columns_compare_as_timestamps(filter_engine: Engine) -> None:

@@ -268,10 +268,40 @@ def test_bad_query_vectors_fail_before_sql(corpus_engine: Engine, query: Any, er
 
 
 @pytest.mark.parametrize("options", [{"k": 0}, {"k": True}, {"k": 10001}, {"mode": "fuzzy"}, {"rrf_k": -1},
-                                     {"mode": "hybrid"}])
+                                     {"mode": "hybrid"}, {"dense_weight": float("nan")},
+                                     {"text_weight": float("inf")}, {"dense_weight": "1"}, {"candidates": 0},
+                                     {"candidates": 10001}, {"mode": "hybrid", "query_text": "x" * 10001},
+                                     {"mode": "hybrid", "query_text": "capital\x00"}])
 def test_bad_options_raise_search_error(corpus_engine: Engine, options: dict[str, Any]) -> None:
     with pytest.raises(SearchError):
         search(corpus_engine, QUERIES[0], **options)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ("dense_weight => 'NaN'", "expected finite weights, not dense_weight NaN"),
+    ("text_weight => '-Infinity'", "expected finite weights"),
+    ("dense_weight => NULL", "expected finite weights"),
+    ("rrf_k => -1", "expected rrf_k >= 0, not -1"),
+    ("candidates => 20000", "expected candidates between 1 and 10000, not 20000"),
+])
+def test_sql_hybrid_search_refuses_bad_weights_and_options(corpus_engine: Engine, arguments: str, message: str) -> None:
+    with corpus_engine.connect() as conn, pytest.raises(sa.exc.DataError, match=message):
+        conn.execute(sa.text(f"SELECT * FROM dpr_pg.hybrid_search(CAST(:q AS vector), 'insulina', 5, {arguments})"),
+                     {"q": str(QUERIES[0].tolist())})
+
+
+def test_an_oversize_hybrid_text_is_a_clear_error_in_python_and_sql(corpus_engine: Engine) -> None:
+    huge = "insulina " * 1_800_000  # 16 MB
+    with corpus_engine.connect() as conn:
+        for text in (huge, "x" * 10_001):
+            with pytest.raises(sa.exc.DataError, match="expected a query text of at most 10000 characters"):
+                conn.execute(sa.text("SELECT * FROM dpr_pg.hybrid_search(CAST(:q AS vector), :t, 5)"),
+                             {"q": str(QUERIES[0].tolist()), "t": text})
+            conn.rollback()
+        assert len(conn.execute(sa.text("SELECT * FROM dpr_pg.hybrid_search(CAST(:q AS vector), :t, 5)"),
+                                {"q": str(QUERIES[0].tolist()), "t": "insulina " * 1111}).all()) == 5
+    with pytest.raises(SearchError, match="at most 10000 characters, not 16200000"):
+        search(corpus_engine, QUERIES[0], k=5, mode="hybrid", query_text=huge)
 
 
 def test_bad_filter_fails_before_sql(corpus_engine: Engine) -> None:
