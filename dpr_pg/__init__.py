@@ -33,6 +33,7 @@ from dpr_pg.errors import (
     FilterError,
     IndexBuildError,
     IngestError,
+    PrivilegeError,
     SchemaError,
     SearchError,
     SyncError,
@@ -58,6 +59,7 @@ from dpr_pg.sync import (
     run_worker,
     sync_status,
 )
+from dpr_pg.tenancy import CollectionGrant, Tenancy, grant, revoke, set_tenancy, tenancy_status
 
 __all__ = [
     "EncodeResult",
@@ -132,4 +134,11 @@ __all__ = [
     "retry_items",
     "run_worker",
     "sync_status",
+    "CollectionGrant",
+    "PrivilegeError",
+    "Tenancy",
+    "grant",
+    "revoke",
+    "set_tenancy",
+    "tenancy_status",
 ]

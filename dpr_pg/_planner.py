@@ -91,14 +91,23 @@ def plan(
     exact_threshold: int = EXACT_THRESHOLD,
     exact_selectivity: float = EXACT_SELECTIVITY,
     ef_search: int | None = None,
+    row_security: bool = False,
 ) -> SearchPlan:
     """Choose the path for a top-``k`` dense search over the rows matching ``where`` (None: all rows).
+
+    ``row_security``: row-level security hides rows from this role (see :mod:`dpr_pg.tenancy`).
+    PostgreSQL then estimates non-leakproof conditions (a metadata filter's ``@>``) without its
+    statistics, and every search is filtered by the policy: the planner counts the visible matches
+    instead, bounded at ``exact_threshold + 1``.
 
     >>> plan(conn, None, k=10, pgvector_version=(0, 8, 5)).path  # doctest: +SKIP
     'hnsw'
     """
     if exact:
         return SearchPlan("exact", "mode='exact' asks for an exact scan")
+    if row_security:
+        return _plan_under_row_security(conn, where, k=k, pgvector_version=pgvector_version,
+                                        exact_threshold=exact_threshold, ef_search=ef_search)
     if where is None:
         if k > MAX_EF_SEARCH:
             return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}")
@@ -131,3 +140,25 @@ def plan(
                           estimated_rows=estimate, matching_rows=matches)
     return SearchPlan("hnsw-iterative", f"the filter matches more than {exact_threshold} rows: iterative HNSW scan",
                       estimated_rows=estimate, matching_rows=matches, ef_search=chosen_ef)
+
+
+def _plan_under_row_security(conn: Connection, where: sa.ColumnElement[bool] | None, *, k: int,
+                             pgvector_version: tuple[int, ...], exact_threshold: int,
+                             ef_search: int | None) -> SearchPlan:
+    if k > MAX_EF_SEARCH:
+        return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}")
+    probe = sa.select(sa.literal(1)).select_from(Passage)
+    if where is not None:
+        probe = probe.where(where)
+    bounded = sa.select(sa.func.count()).select_from(probe.limit(exact_threshold + 1).subquery())
+    matches = int(conn.execute(bounded).scalar_one())
+    visible = "the rows this role may read" + ("" if where is None else " that match the filter")
+    if matches <= exact_threshold:
+        return SearchPlan("exact", f"row-level security: {visible} are {matches} (<= {exact_threshold}): exact scan",
+                          matching_rows=matches)
+    if pgvector_version < ITERATIVE_SCAN_VERSION:
+        shown = ".".join(map(str, pgvector_version))
+        return SearchPlan("exact", f"row-level security: pgvector {shown} has no iterative index scans: exact scan",
+                          matching_rows=matches)
+    return SearchPlan("hnsw-iterative", f"row-level security: {visible} are more than {exact_threshold}: "
+                      "iterative HNSW scan", matching_rows=matches, ef_search=max(k, ef_search or FILTERED_EF_SEARCH))

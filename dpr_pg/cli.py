@@ -42,7 +42,7 @@ pass_context = click.make_pass_decorator(Context)
 
 
 def reports_errors(func: F) -> F:
-    """Turn library errors into one clear line on stderr and exit code 1."""
+    """Turn library errors, and the server's refusals of a privilege, into one clear line on stderr and exit code 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -50,8 +50,24 @@ def reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except DprPgError as e:
             raise click.ClickException(str(e)) from e
+        except Exception as e:
+            refused = _privilege_refusal(e)
+            if refused is None:
+                raise
+            raise click.ClickException(refused) from e
 
     return wrapper  # type: ignore[return-value]
+
+
+def _privilege_refusal(error: Exception) -> str | None:
+    """The message of a server error 42501 (insufficient privilege, or a row-level security policy), else None."""
+    orig = getattr(error, "orig", error)  # SQLAlchemy wraps the driver's error
+    if getattr(orig, "sqlstate", None) != "42501":
+        return None
+    diag = getattr(orig, "diag", None)
+    message = getattr(diag, "message_primary", None) or str(orig).strip().splitlines()[0]
+    return (f"the database refused: {message}; the owner of the dpr_pg tables grants what each role may do "
+            "(dpr-pg grant ROLE [--collections A,B] [--write])")
 
 
 def print_json(value: Any) -> None:
@@ -873,6 +889,103 @@ def sync_discard(ctx: Context, table: str | None, schema: str | None) -> None:
     from dpr_pg.sync import discard_items
 
     click.echo(f"{discard_items(ctx.engine, table, schema=schema)} dead items discarded")
+
+
+# ---- tenancy --------------------------------------------------------------------------------------
+
+
+def _collection_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",")]
+    if not names or any(not name for name in names):
+        raise click.BadParameter(f"expected comma-separated collection names like wiki,news, not {value!r}")
+    return names
+
+
+@main.command("grant")
+@click.argument("role")
+@click.option("--collections", callback=_collection_list, metavar="A,B,...",
+              help="Only these collections; turns row-level security on (default: every collection, tenancy as is).")
+@click.option("--write", is_flag=True, help="Also let the role ingest (insert, update, delete passages).")
+@pass_context
+@reports_errors
+def grant_command(ctx: Context, role: str, collections: list[str] | None, write: bool) -> None:
+    """Let ROLE search (the least a search-only app role needs), and with --write, ingest.
+
+    With --collections, ROLE sees only those collections through every face: row-level security on
+    dpr_pg.passages. Run it as the role that ran dpr-pg init.
+
+    \b
+    Example:
+        dpr-pg grant app_search
+        dpr-pg grant tenant_a --collections wiki,news
+        dpr-pg grant tenant_a_loader --collections wiki --write
+    """
+    from dpr_pg.tenancy import grant
+
+    grant(ctx.engine, role, collections=collections, write=write)
+    what = "search and ingest" if write else "search"
+    where = f"collections {', '.join(collections)}" if collections else "every collection it may read"
+    click.echo(f"{role} may {what} {where}")
+
+
+@main.command("revoke")
+@click.argument("role")
+@click.option("--collections", callback=_collection_list, metavar="A,B,...",
+              help="Only these collections (default: all of them, and every privilege dpr-pg grant gave).")
+@click.option("--write", is_flag=True, help="Take only the right to write.")
+@pass_context
+@reports_errors
+def revoke_command(ctx: Context, role: str, collections: list[str] | None, write: bool) -> None:
+    """Take collections, or everything dpr-pg grant gave, from ROLE.
+
+    Tenancy stays on: a role without grants then sees no collection.
+
+    \b
+    Example:
+        dpr-pg revoke tenant_a --collections news
+        dpr-pg revoke tenant_a
+    """
+    from dpr_pg.tenancy import revoke
+
+    revoke(ctx.engine, role, collections=collections, write=write)
+    what = "writing" if write else "access to"
+    click.echo(f"{role}: revoked {what} {'collections ' + ', '.join(collections) if collections else 'every collection'}")
+
+
+@main.command("tenancy")
+@click.argument("switch", required=False, type=click.Choice(["on", "off"]))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_context
+@reports_errors
+def tenancy_command(ctx: Context, switch: str | None, as_json: bool) -> None:
+    """Show whether roles are limited to their collections, and the grants; or turn it on or off.
+
+    Off, every role with SELECT on dpr_pg.passages reads every collection.
+
+    \b
+    Example:
+        dpr-pg tenancy
+        dpr-pg tenancy off
+    """
+    from dpr_pg.tenancy import set_tenancy, tenancy_status
+
+    if switch is not None:
+        set_tenancy(ctx.engine, switch == "on")
+    status = tenancy_status(ctx.engine)
+    if as_json:
+        print_json(status.as_dict())
+        return
+    click.echo(f"tenancy {'on' if status.enabled else 'off'}: "
+               + ("each role reads only the collections granted to it (the owner reads all)" if status.enabled
+                  else "every role with SELECT on dpr_pg.passages reads every collection"))
+    if status.grants:
+        view = Table("role", "collection", "access", "granted", box=None)
+        for row in status.grants:
+            view.add_row(row.role, row.collection, "read, write" if row.write else "read",
+                         row.granted_at.strftime("%Y-%m-%d %H:%M"))
+        console.print(view)
 
 
 # ---- evaluation (issue 7) -------------------------------------------------------------------------

@@ -22,6 +22,10 @@ class SchemaError(DatabaseError):
     """The dpr_pg schema is missing, outdated, or disagrees with the request."""
 
 
+class PrivilegeError(DatabaseError):
+    """The connected role lacks a privilege the request needs (see ``dpr-pg grant``)."""
+
+
 class DimensionError(DprPgError):
     """A vector has the wrong number of dimensions."""
 

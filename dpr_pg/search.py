@@ -223,12 +223,16 @@ def _unfiltered_statement(path: str, vector_type: Any) -> sa.Select[Any]:
 
 
 @contextmanager
-def _custom_plans(conn: Connection, restore: bool) -> Iterator[None]:
-    """plan_cache_mode = force_custom_plan for the planner's probes and the exact query (see above)."""
-    saved = conn.execute(sa.text("SELECT current_setting('plan_cache_mode'), "
-                                 "set_config('plan_cache_mode', 'force_custom_plan', true)")).scalar_one()
+def _custom_plans(conn: Connection, restore: bool) -> Iterator[bool]:
+    """plan_cache_mode = force_custom_plan for the planner's probes and the exact query (see above).
+
+    Yields whether row-level security hides rows of dpr_pg.passages from this role (same round trip).
+    """
+    saved, row_security = conn.execute(sa.text(
+        "SELECT current_setting('plan_cache_mode'), row_security_active('dpr_pg.passages'), "
+        "set_config('plan_cache_mode', 'force_custom_plan', true)")).one()[:2]
     try:
-        yield
+        yield bool(row_security)
     finally:
         if restore:
             conn.execute(sa.text("SELECT set_config('plan_cache_mode', :v, true)"), {"v": saved})
@@ -302,22 +306,30 @@ def _hybrid(conn: Connection, vector: np.ndarray, query_text: str, where: sa.Col
     return Hits(hits, plan)
 
 
-_FACTS: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[int, ...], int]] = weakref.WeakKeyDictionary()
+_FACTS: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[int, ...], int, bool]] = weakref.WeakKeyDictionary()
 
 
-def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int]:
-    """The embedding dimension, pgvector's version and the vector type's OID, read once per Engine."""
+def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
+    """The embedding dimension, pgvector's version, the vector type's OID, and whether row-level
+    security hid rows from the Engine's role then, read once per Engine.
+
+    Filtered and hybrid searches read the last one afresh for free (see _custom_plans); an
+    unfiltered dense search trusts this copy, so a role that tenancy starts to limit after its
+    first search plans as before until a new Engine: its hits are the rows it may read all the
+    same (PostgreSQL applies the policy), found by HNSW with an exact fallback.
+    """
     cached = _FACTS.get(conn.engine)
     if cached is not None:
         return cached
-    dim, oid, version = conn.execute(sa.text(
-        "SELECT a.atttypmod, a.atttypid::integer, (SELECT extversion FROM pg_extension WHERE extname = 'vector') "
+    dim, oid, version, row_security = conn.execute(sa.text(
+        "SELECT a.atttypmod, a.atttypid::integer, (SELECT extversion FROM pg_extension WHERE extname = 'vector'), "
+        "COALESCE(row_security_active(to_regclass('dpr_pg.passages')), false) "
         "FROM (SELECT 1) AS one LEFT JOIN pg_attribute a "
         "ON a.attrelid = to_regclass('dpr_pg.passages') AND a.attname = 'embedding'"
     )).one()
     if dim is None:
         raise SchemaError("this database has no dpr_pg schema yet; run dpr-pg init first")
-    facts = _FACTS[conn.engine] = (int(dim), _planner.version_tuple(version), int(oid))
+    facts = _FACTS[conn.engine] = (int(dim), _planner.version_tuple(version), int(oid), bool(row_security))
     return facts
 
 
@@ -389,7 +401,7 @@ def search_many(
     if mode == "hybrid" and (len(texts) != len(queries) or any(not isinstance(t, str) for t in texts)):
         raise SearchError("hybrid mode needs the text of every query: pass questions, or query_texts= with vectors")
     with _transaction(bind) as conn:
-        dim, version, oid = _database_facts(conn)
+        dim, version, oid, row_security = _database_facts(conn)
         if encoder is not None:
             from dpr_pg.encoders import check_encoder
 
@@ -398,12 +410,13 @@ def search_many(
         vectors = [query_vector(next(encoded) if isinstance(q, str) else q, dim) for q in queries]
         restore = not isinstance(bind, Engine)  # our own transaction ends right after: nothing to restore
         # Unfiltered ANN sets the plan mode with its other settings: one round trip fewer.
-        pinned = _custom_plans(conn, restore) if where_probe is not None or mode != "dense" else nullcontext()
-        with pinned:
+        probes = where_probe is not None or mode != "dense" or row_security
+        pinned = _custom_plans(conn, restore) if probes else nullcontext(False)
+        with pinned as row_security:
             plan = _planner.plan(conn, where_probe, k=max(k, candidates) if mode == "hybrid" else k,
                                  pgvector_version=pgvector_version or version, exact=mode == "exact",
                                  exact_threshold=exact_threshold, exact_selectivity=exact_selectivity,
-                                 ef_search=ef_search)
+                                 ef_search=ef_search, row_security=row_security)
             if mode == "hybrid":
                 return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
                                 text_weight=text_weight, candidates=candidates, vector_oid=oid)

@@ -338,7 +338,8 @@ $$;
 -- ≤ 2% of the table, or ≤ 2000 by a bounded count when the estimate is under 6000) → exact over
 -- the filtered rows; otherwise an iterative HNSW
 -- scan (pgvector ≥ 0.8), falling back to exact when it returns fewer than k rows. pgvector < 0.8
--- gets exact search whenever there is a filter.
+-- gets exact search whenever there is a filter. Under row-level security (a tenant role), a
+-- bounded count of the rows it sees decides between exact and iterative HNSW, filter or not.
 -- BEGIN dpr_pg.search (migrations 0007 and 0008 re-run this block: keep CREATE OR REPLACE and the signature)
 CREATE OR REPLACE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
 RETURNS SETOF dpr_pg.hit
@@ -379,8 +380,16 @@ BEGIN
     SELECT string_to_array(split_part(extversion, '-', 1), '.')::integer[] INTO pgv
     FROM pg_extension WHERE extname = 'vector';
 
-    IF where_sql = 'true' THEN
-        path := CASE WHEN k <= 1000 THEN 'hnsw' ELSE 'exact' END;
+    IF k > 1000 THEN
+        path := 'exact';  -- above hnsw.ef_search's limit
+    ELSIF row_security_active('dpr_pg.passages') THEN
+        -- Row-level security hides rows from the caller, and from its statistics too (PostgreSQL
+        -- estimates non-leakproof operators such as @> blindly): count the visible matches, bounded.
+        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql || ' LIMIT $5) AS m'
+            INTO matches USING compiled.params, query, k, collection, exact_threshold + 1;
+        path := CASE WHEN matches <= exact_threshold OR pgv < ARRAY[0, 8, 0] THEN 'exact' ELSE 'hnsw-iterative' END;
+    ELSIF where_sql = 'true' THEN
+        path := 'hnsw';
     ELSIF pgv < ARRAY[0, 8, 0] THEN
         path := 'exact';
     ELSE

@@ -8,13 +8,19 @@
 -- pgvector's schema is found at run time and named in the dynamic SQL, so search_path stays pinned.
 -- Installed by migration 0005.
 
-CREATE TYPE dpr_pg.table_hit AS (
-    row_key  jsonb,             -- the primary key, e.g. {"id": 42}
-    score    double precision,  -- inner product of the row's embedding and the query
-    row_data jsonb              -- the row without its embedding columns
-);
+DO $$
+BEGIN
+    IF to_regtype('dpr_pg.table_hit') IS NULL THEN
+        CREATE TYPE dpr_pg.table_hit AS (
+            row_key  jsonb,             -- the primary key, e.g. {"id": 42}
+            score    double precision,  -- inner product of the row's embedding and the query
+            row_data jsonb              -- the row without its embedding columns
+        );
+    END IF;
+END
+$$;
 
-CREATE FUNCTION dpr_pg.search_table(tbl regclass, query vector, k integer, filter jsonb DEFAULT '{}')
+CREATE OR REPLACE FUNCTION dpr_pg.search_table(tbl regclass, query vector, k integer, filter jsonb DEFAULT '{}')
 RETURNS SETOF dpr_pg.table_hit
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
@@ -32,6 +38,14 @@ DECLARE
     old_ef text;
     old_iterative text;
 BEGIN
+    -- Checked before anything is read or run: a query that failed on the table would print, in
+    -- its error's context, the column list of a table the caller may not read.
+    IF NOT (has_table_privilege(tbl, 'SELECT') AND has_schema_privilege(
+            (SELECT c.relnamespace FROM pg_class c WHERE c.oid = tbl), 'USAGE')) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('dpr_pg.search_table: permission denied for table %s: the search reads its rows', tbl),
+            HINT = 'ask the table''s owner to GRANT SELECT on it (and USAGE on its schema) to this role';
+    END IF;
     SELECT * INTO settings FROM dpr_pg.synced_tables s WHERE s.tbl = search_table.tbl;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '42704',

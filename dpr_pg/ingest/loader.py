@@ -92,6 +92,7 @@ class PassageWriter:
         self.on_retry = on_retry
         self._raw: Any = None
         self._conn: psycopg.Connection | None = None
+        self._copy_direct = True
 
     def __enter__(self) -> PassageWriter:
         return self
@@ -125,6 +126,9 @@ class PassageWriter:
                 f"text text NOT NULL, metadata jsonb NOT NULL, content_hash text NOT NULL, "
                 f"embedding vector({int(self.dim)}) NOT NULL) ON COMMIT DELETE ROWS")
             conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_KEEP} (external_id text NOT NULL) ON COMMIT DELETE ROWS")
+            # PostgreSQL refuses COPY FROM into a table whose row-level security applies to the role
+            # (a tenant, see dpr_pg.tenancy): such a writer always goes through staging + upsert.
+            self._copy_direct = not conn.execute("SELECT row_security_active('dpr_pg.passages')").fetchone()[0]
             self._conn = conn
         return self._conn
 
@@ -176,7 +180,7 @@ class PassageWriter:
         """
         if not rows:
             return 0, 0
-        if fresh:
+        if fresh and self._retrying(lambda conn: self._copy_direct):
             try:
                 return self._retrying(lambda conn: self._copy_new(conn, rows))
             except psycopg.errors.UniqueViolation:

@@ -244,8 +244,11 @@ def _check_database(engine: Engine, fingerprint: EncoderFingerprint, collection:
     from dpr_pg._fingerprint import check_encoder
     from dpr_pg.schema import require_schema
 
+    from dpr_pg.tenancy import check_write_access
+
     with engine.connect() as conn:
         dim = require_schema(conn)
+        check_write_access(conn, collection, prune=prune)
         if fingerprint.dim != dim:
             raise DimensionError(f"the encoder pair makes {fingerprint.dim}-d vectors but dpr_pg.passages stores "
                                  f"vector({dim}); expected {dim} dimensions, not {fingerprint.dim}: use a {dim}-d "
