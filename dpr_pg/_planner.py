@@ -45,6 +45,7 @@ class SearchPlan:
     ``"hybrid"``. ``estimated_rows`` is PostgreSQL's estimate of the matching rows and
     ``matching_rows`` a count bounded at the threshold + 1 (None when not needed).
     ``explain`` holds PostgreSQL's EXPLAIN of the query that ran when ``explain=True``.
+    ``row_security``: row-level security limited the rows this role sees (see :mod:`dpr_pg.tenancy`).
     """
 
     path: str
@@ -54,6 +55,7 @@ class SearchPlan:
     ef_search: int | None = None
     fell_back: bool = False
     explain: str | None = None
+    row_security: bool = False
 
     def with_(self, **changes: Any) -> SearchPlan:
         return replace(self, **changes)
@@ -146,7 +148,7 @@ def _plan_under_row_security(conn: Connection, where: sa.ColumnElement[bool] | N
                              pgvector_version: tuple[int, ...], exact_threshold: int,
                              ef_search: int | None) -> SearchPlan:
     if k > MAX_EF_SEARCH:
-        return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}")
+        return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}", row_security=True)
     probe = sa.select(sa.literal(1)).select_from(Passage)
     if where is not None:
         probe = probe.where(where)
@@ -155,10 +157,11 @@ def _plan_under_row_security(conn: Connection, where: sa.ColumnElement[bool] | N
     visible = "the rows this role may read" + ("" if where is None else " that match the filter")
     if matches <= exact_threshold:
         return SearchPlan("exact", f"row-level security: {visible} are {matches} (<= {exact_threshold}): exact scan",
-                          matching_rows=matches)
+                          matching_rows=matches, row_security=True)
     if pgvector_version < ITERATIVE_SCAN_VERSION:
         shown = ".".join(map(str, pgvector_version))
         return SearchPlan("exact", f"row-level security: pgvector {shown} has no iterative index scans: exact scan",
-                          matching_rows=matches)
+                          matching_rows=matches, row_security=True)
     return SearchPlan("hnsw-iterative", f"row-level security: {visible} are more than {exact_threshold}: "
-                      "iterative HNSW scan", matching_rows=matches, ef_search=max(k, ef_search or FILTERED_EF_SEARCH))
+                      "iterative HNSW scan", matching_rows=matches, ef_search=max(k, ef_search or FILTERED_EF_SEARCH),
+                      row_security=True)

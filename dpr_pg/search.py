@@ -172,10 +172,14 @@ def search_statement(
 
 
 @contextmanager
-def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: bool = True) -> Iterator[None]:
+def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: bool = True,
+                 index_order: bool = False) -> Iterator[None]:
     """Set hnsw.ef_search and hnsw.iterative_scan (relaxed_order or off) for this transaction.
 
     The previous values come back afterwards (``restore=False`` leaves that to the transaction's end).
+    ``index_order=True`` also sets enable_sort off, so that PostgreSQL reads the HNSW index in order
+    rather than sorting the rows another index finds: under row-level security it cannot see how many
+    rows the policy keeps (see :mod:`dpr_pg.tenancy`) and guesses few.
 
     >>> with ann_settings(conn, ef_search=200, iterative=True):  # doctest: +SKIP
     ...     conn.execute(search_statement(vector, filter={"lang": "es"}))
@@ -184,18 +188,21 @@ def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: 
     # a generic plan of a prepared statement knows neither the vector nor k, and may sort the table.
     saved = conn.execute(sa.text(
         "SELECT current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true), "
-        "current_setting('plan_cache_mode'), set_config('hnsw.ef_search', :ef, true), "
-        "set_config('hnsw.iterative_scan', :mode, true), set_config('plan_cache_mode', 'force_custom_plan', true)"),
-        {"ef": str(ef_search), "mode": "relaxed_order" if iterative else "off"}).one()
+        "current_setting('plan_cache_mode'), current_setting('enable_sort'), set_config('hnsw.ef_search', :ef, true), "
+        "set_config('hnsw.iterative_scan', :mode, true), set_config('plan_cache_mode', 'force_custom_plan', true), "
+        "set_config('enable_sort', :sort, true)"),
+        {"ef": str(ef_search), "mode": "relaxed_order" if iterative else "off",
+         "sort": "off" if index_order else "on"}).one()
     try:
         yield
     finally:
         if restore:  # None: pgvector was not loaded yet, so it had its default
             conn.execute(sa.text("SELECT set_config('hnsw.ef_search', :ef, true), "
                                  "set_config('hnsw.iterative_scan', :mode, true), "
-                                 "set_config('plan_cache_mode', :cache, true)"),
+                                 "set_config('plan_cache_mode', :cache, true), set_config('enable_sort', :sort, true)"),
                          {"ef": saved[0] or _GUC_DEFAULTS["hnsw.ef_search"],
-                          "mode": saved[1] or _GUC_DEFAULTS["hnsw.iterative_scan"], "cache": saved[2]})
+                          "mode": saved[1] or _GUC_DEFAULTS["hnsw.iterative_scan"], "cache": saved[2],
+                          "sort": saved[3]})
 
 
 def _dense_statement(path: str, where: sa.ColumnElement[bool] | None, vector_type: Any) -> sa.Select[Any]:
@@ -270,7 +277,7 @@ def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] |
         stmt = _dense_statement(plan.path, where, vector_type) if filtered else _unfiltered_statement(
             plan.path, vector_type)
         with ann_settings(conn, ef_search=plan.ef_search or _planner.UNFILTERED_EF_SEARCH,
-                          iterative=plan.path == "hnsw-iterative", restore=restore):
+                          iterative=plan.path == "hnsw-iterative", restore=restore, index_order=plan.row_security):
             rows, text = _run(conn, stmt, params, explain)
         if len(rows) >= k:
             return Hits(_hits(rows), plan.with_(explain=text))

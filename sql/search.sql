@@ -361,6 +361,8 @@ DECLARE
     hits dpr_pg.hit[];
     old_ef text;
     old_iterative text;
+    old_sort text;
+    rls boolean;
     select_list CONSTANT text := 'id, external_id, collection, title, text, metadata';
 BEGIN
     IF query IS NULL THEN
@@ -377,12 +379,13 @@ BEGIN
     END IF;
     compiled := dpr_pg.compile_filter(filter);
     where_sql := compiled.clause || CASE WHEN collection IS NULL THEN '' ELSE ' AND collection = $4' END;
+    rls := row_security_active('dpr_pg.passages');
     SELECT string_to_array(split_part(extversion, '-', 1), '.')::integer[] INTO pgv
     FROM pg_extension WHERE extname = 'vector';
 
     IF k > 1000 THEN
         path := 'exact';  -- above hnsw.ef_search's limit
-    ELSIF row_security_active('dpr_pg.passages') THEN
+    ELSIF rls THEN
         -- Row-level security hides rows from the caller, and from its statistics too (PostgreSQL
         -- estimates non-leakproof operators such as @> blindly): count the visible matches, bounded.
         EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql || ' LIMIT $5) AS m'
@@ -419,6 +422,12 @@ BEGIN
         IF path = 'hnsw-iterative' THEN
             PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
         END IF;
+        -- Under row-level security PostgreSQL cannot see how many rows the policy keeps and guesses
+        -- few: without this it sorts what the collection index finds instead of reading HNSW in order.
+        old_sort := current_setting('enable_sort');
+        IF rls THEN
+            PERFORM set_config('enable_sort', 'off', true);
+        END IF;
         EXECUTE format(
             'SELECT array_agg(ROW(%1$s, -d)::dpr_pg.hit ORDER BY d, id) FROM ('
             '  SELECT %1$s, embedding <#> $2 AS d FROM dpr_pg.passages WHERE %2$s'
@@ -426,6 +435,7 @@ BEGIN
             CASE WHEN path = 'hnsw' THEN 'true' ELSE where_sql END)
             INTO hits USING compiled.params, query, k, collection;
         PERFORM set_config('hnsw.ef_search', old_ef, true);
+        PERFORM set_config('enable_sort', old_sort, true);
         IF old_iterative IS NOT NULL THEN
             PERFORM set_config('hnsw.iterative_scan', old_iterative, true);
         END IF;
