@@ -190,9 +190,8 @@ def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: 
         "SELECT current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true), "
         "current_setting('plan_cache_mode'), current_setting('enable_sort'), set_config('hnsw.ef_search', :ef, true), "
         "set_config('hnsw.iterative_scan', :mode, true), set_config('plan_cache_mode', 'force_custom_plan', true), "
-        "set_config('enable_sort', :sort, true)"),
-        {"ef": str(ef_search), "mode": "relaxed_order" if iterative else "off",
-         "sort": "off" if index_order else "on"}).one()
+        "set_config('enable_sort', CASE WHEN :index_order THEN 'off' ELSE current_setting('enable_sort') END, true)"),
+        {"ef": str(ef_search), "mode": "relaxed_order" if iterative else "off", "index_order": index_order}).one()
     try:
         yield
     finally:
