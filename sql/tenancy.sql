@@ -14,7 +14,7 @@ LANGUAGE sql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT ARRAY['search', 'hybrid_search', 'search_table', 'compile_filter', '_filter_document', '_filter_field',
-                 '_filter_leaf', '_filter_error', 'allowed_collections']
+                 '_filter_leaf', '_filter_error', 'allowed_collections', 'check_table_encoder']
 $$;
 
 CREATE OR REPLACE FUNCTION dpr_pg._set_privileges(role_name name, grant_them boolean, can_write boolean)

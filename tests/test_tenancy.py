@@ -17,16 +17,30 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from dpr_pg import (ConfigError, PrivilegeError, grant, ingest, make_tiny_models, revoke, search, search_statement,
                     set_tenancy, tenancy_status)
 from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
 from dpr_pg.sync import enable_table
 
 DIM = 8
 COLLECTIONS = {"wiki": 30, "news": 30, "secret": 2500}  # secret: more rows than the exact threshold
 FINGERPRINT = EncoderFingerprint("tenancy/question", None, "tenancy/passage", None, "tok", DIM, 512)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Doc(DprSearchable, Base):
+    __tablename__ = "docs"
+    __dpr_dim__ = DIM
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(sa.Text)
+    body: Mapped[str] = mapped_column(sa.Text)
 
 
 def _vectors() -> dict[str, np.ndarray]:
@@ -385,6 +399,8 @@ def test_the_least_privilege_role_searches_through_every_face_and_writes_nothing
         assert search(engine, QUERY, k=5, mode="hybrid", query_text="texto")
         with Session(engine) as session:
             assert len(session.execute(search_statement(QUERY, k=5)).all()) == 5
+            docs = model_search_statement(Doc, QUERY, k=3, filter={"title": {"$ne": "t1"}})
+            assert len(session.execute(docs.where(encoder_guard(Doc, FINGERPRINT))).all()) == 3
         vector = tmp_path / "q.npy"
         np.save(vector, QUERY)
         app_url = make_url(url).set(username=app).render_as_string(hide_password=False)
