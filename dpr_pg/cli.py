@@ -14,6 +14,7 @@ from rich.table import Table
 
 from dpr_pg import config
 from dpr_pg.errors import DprPgError
+from dpr_pg.tuning import MAX_DIM, MAX_K
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,7 +83,7 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 
 
 @main.command()
-@click.option("--dim", type=click.IntRange(1, 16000), default=None,
+@click.option("--dim", type=click.IntRange(1, MAX_DIM), default=None,
               help="Embedding dimension of the passages table. Default: the one an existing schema stores, "
                    f"else {config.DEFAULT_DIM} (the IIC models').")
 @click.option("--sql", "as_sql", is_flag=True,
@@ -479,7 +480,7 @@ RUNTIME_OPTION = click.option(
 
 @main.command("tiny-models")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=str))
-@click.option("--dim", type=click.IntRange(1, 16000), default=config.DEFAULT_DIM, show_default=True,
+@click.option("--dim", type=click.IntRange(1, MAX_DIM), default=config.DEFAULT_DIM, show_default=True,
               help="Output dimension of both encoders (the pooler_output projection).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @pass_context
@@ -648,7 +649,7 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
 
 @main.command("search")
 @click.argument("question")
-@click.option("-k", "k", type=click.IntRange(1, 10000), default=10, show_default=True, help="Number of hits.")
+@click.option("-k", "k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="Number of hits.")
 @click.option("--collection", help="Search this collection only (default: every collection).")
 @click.option("--filter", "filter_doc", metavar="JSON", help='Metadata filter document, e.g. \'{"lang": "es"}\'.')
 @click.option("--mode", type=click.Choice(["dense", "hybrid", "exact"]), default="dense", show_default=True,
@@ -905,7 +906,7 @@ def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Search mode, as in dpr-pg search.")
 @click.option("--k", "ks", callback=_int_list, default="1,5,10,20,100", show_default=True, metavar="K,K,...",
               help="Cut-offs for top-k accuracy and recall@k.")
-@click.option("--depth", type=click.IntRange(1, 10000), help="Hits retrieved per question (default: the largest k).")
+@click.option("--depth", type=click.IntRange(1, MAX_K), help="Hits retrieved per question (default: the largest k).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N questions.")
 @click.option("--gold", type=click.Choice(["auto", "ids", "answers"]), default="auto", show_default=True,
               help="Judge hits by gold ids, by answers (DPR's has_answer), or ids when stored else answers.")

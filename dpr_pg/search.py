@@ -28,6 +28,7 @@ from dpr_pg._query_vector import vector_binding
 from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, parse, to_sql
 from dpr_pg.models import Passage
+from dpr_pg.tuning import MAX_K
 
 if TYPE_CHECKING:
     from dpr_pg.encoders import EncoderPair
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 Mode = Literal["dense", "hybrid", "exact"]
 MODES = ("dense", "hybrid", "exact")
 Query = Union[str, Sequence[float], np.ndarray]
-MAX_K = 10000
 _LONG_VECTOR = re.compile(r"'\[[-+0-9.,eE]{60,}\]'")
 _GUC_DEFAULTS = {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off"}
 
