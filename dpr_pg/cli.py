@@ -117,9 +117,11 @@ def init(ctx: Context, dim: int | None, as_sql: bool, vector_schema: str | None,
     from dpr_pg.schema import init as init_schema
 
     result = init_schema(ctx.engine, dim=dim)
-    if result.changed:
+    if result.previous_revision != result.revision:
         before = result.previous_revision or "empty"
         click.echo(f"dpr_pg schema: {before} -> {result.revision} (vector({result.dim}))")
+    elif result.definitions_changed:
+        click.echo(f"dpr_pg schema at {result.revision} (vector({result.dim})); SQL functions updated")
     else:
         click.echo(f"dpr_pg schema already at {result.revision} (vector({result.dim})); nothing to do")
 

@@ -1,22 +1,16 @@
--- dpr_pg search functions: dpr_pg.search, dpr_pg.hybrid_search and the filter compiler they share.
--- Installed by migrations/versions/0004_search_functions.py (0007 re-runs the dpr_pg.search block), which replaces @VECTOR_SCHEMA@ with the
--- (quoted) schema of the vector extension, so the pinned search_path resolves pgvector's operators.
+-- dpr_pg search functions: dpr_pg.search, dpr_pg.hybrid_search, the planner and the filter compiler they share.
 --
--- The filter language is the one in dpr_pg/filters.py; tests/test_filters_sql.py proves they agree.
+-- Idempotent (CREATE OR REPLACE): `dpr-pg init` applies this file after the last migration, every
+-- time, so a change here needs no migration (see migrations/README.md). It fills in the placeholders
+-- (a name between two @ signs): VECTOR_SCHEMA with the (quoted) schema of the vector extension, so
+-- the pinned search_path resolves pgvector's operators, and every other name with the number of that
+-- name in dpr_pg/tuning.py. The result type dpr_pg.hit comes from migration 0004.
+--
+-- The filter language is the one in dpr_pg/filters.py; tests/test_filters.py proves they agree.
 -- Keys and values never become SQL text: the compiler emits references $1[i] into a jsonb[] that is
 -- bound with EXECUTE ... USING; only operators from the allow-list below are spelled out.
 
-CREATE TYPE dpr_pg.hit AS (
-    id          bigint,
-    external_id text,
-    collection  text,
-    title       text,
-    text        text,
-    metadata    jsonb,
-    score       double precision
-);
-
-CREATE FUNCTION dpr_pg._filter_error(message text) RETURNS void
+CREATE OR REPLACE FUNCTION dpr_pg._filter_error(message text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -30,7 +24,7 @@ END
 $$;
 
 -- One condition on one field. Returns the clause; appends the values it references to params.
-CREATE FUNCTION dpr_pg._filter_leaf(field text, op text, val jsonb, INOUT params jsonb[], OUT clause text)
+CREATE OR REPLACE FUNCTION dpr_pg._filter_leaf(field text, op text, val jsonb, INOUT params jsonb[], OUT clause text)
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -195,7 +189,7 @@ END
 $$;
 
 -- A field's condition: {"$gt": 1, "$lt": 5}, {"$not": {...}} or a plain value ($eq).
-CREATE FUNCTION dpr_pg._filter_field(field text, val jsonb, INOUT params jsonb[], OUT clause text)
+CREATE OR REPLACE FUNCTION dpr_pg._filter_field(field text, val jsonb, INOUT params jsonb[], OUT clause text)
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -230,7 +224,7 @@ END
 $$;
 
 -- A filter document: fields ANDed, and $and / $or / $not.
-CREATE FUNCTION dpr_pg._filter_document(doc jsonb, INOUT params jsonb[], OUT clause text)
+CREATE OR REPLACE FUNCTION dpr_pg._filter_document(doc jsonb, INOUT params jsonb[], OUT clause text)
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -272,7 +266,7 @@ END
 $$;
 
 -- The WHERE clause of a filter document, and the jsonb[] to bind as $1 when it runs.
-CREATE FUNCTION dpr_pg.compile_filter(filter jsonb, OUT clause text, OUT params jsonb[])
+CREATE OR REPLACE FUNCTION dpr_pg.compile_filter(filter jsonb, OUT clause text, OUT params jsonb[])
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -290,30 +284,85 @@ BEGIN
 END
 $$;
 
--- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short.
--- Planner: no filter → HNSW; a narrow filter (≤ 2000 rows by the estimate, ≤ 25000 rows that are
--- ≤ 2% of the table, or ≤ 2000 by a bounded count when the estimate is under 6000) → exact over
--- the filtered rows; otherwise an iterative HNSW
--- scan (pgvector ≥ 0.8), falling back to exact when it returns fewer than k rows. pgvector < 0.8
--- gets exact search whenever there is a filter.
--- BEGIN dpr_pg.search (migrations 0007 and 0008 re-run this block: keep CREATE OR REPLACE and the signature)
+-- The path of a dense top-k search over the rows of `source` (a FROM item: dpr_pg.passages, or an
+-- app table's subquery) that match `where_sql`, which may refer to $1 (params) and $4 (collection).
+-- The rules of dpr_pg/_planner.py with the numbers of dpr_pg/tuning.py:
+-- no filter → HNSW (exact above k = @MAX_EF_SEARCH@); a filter on pgvector < 0.8, or k above
+-- @MAX_EF_SEARCH@ → exact; a narrow filter (≤ exact_threshold rows by the estimate, ≤ @EXACT_MAX_ROWS@
+-- rows that are ≤ exact_selectivity of `relation`, or ≤ exact_threshold by a count bounded at
+-- exact_threshold + 1 when the estimate is within @COUNT_BAND@ times it) → exact over the filtered
+-- rows; otherwise an iterative HNSW scan. The caller falls back to exact when the index scan
+-- returns fewer than k rows. The two thresholds are arguments so that tests can reach every rule.
+CREATE OR REPLACE FUNCTION dpr_pg._search_plan(
+    relation regclass, source text, where_sql text, params jsonb[], k integer, collection text DEFAULT NULL,
+    exact_threshold integer DEFAULT @EXACT_THRESHOLD@, exact_selectivity double precision DEFAULT @EXACT_SELECTIVITY@,
+    OUT path text, OUT estimated_rows double precision, OUT matching_rows bigint, OUT ef_search integer)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pgv integer[];
+    plan json;
+    table_rows double precision;
+BEGIN
+    IF where_sql = 'true' THEN
+        IF k > @MAX_EF_SEARCH@ THEN
+            path := 'exact';  -- above hnsw.ef_search's limit
+        ELSE
+            path := 'hnsw';
+            ef_search := greatest(k, @UNFILTERED_EF_SEARCH@);
+        END IF;
+        RETURN;
+    END IF;
+    SELECT string_to_array(split_part(extversion, '-', 1), '.')::integer[] INTO pgv
+    FROM pg_extension WHERE extname = 'vector';
+    IF pgv < ARRAY[@ITERATIVE_SCAN_VERSION@] OR k > @MAX_EF_SEARCH@ THEN
+        path := 'exact';  -- no iterative index scans, or k above hnsw.ef_search's limit
+        RETURN;
+    END IF;
+    -- statistics first; a bounded count only when they say the filter may be narrow
+    EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM ' || source || ' WHERE ' || where_sql
+        INTO plan USING params, NULL::text, k, collection;
+    estimated_rows := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+    IF estimated_rows <= exact_threshold THEN
+        path := 'exact';  -- right at any size; a bounded count would cost as much as the search
+        RETURN;
+    END IF;
+    IF exact_selectivity > 0 AND estimated_rows <= @EXACT_MAX_ROWS@ THEN
+        SELECT c.reltuples INTO table_rows FROM pg_class c WHERE c.oid = relation;
+        IF estimated_rows <= exact_selectivity * table_rows THEN
+            path := 'exact';  -- this narrow a share of the table, iterative HNSW loses recall
+            RETURN;
+        END IF;
+    END IF;
+    IF estimated_rows <= @COUNT_BAND@ * exact_threshold THEN
+        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM ' || source || ' WHERE ' || where_sql || ' LIMIT $5) AS m'
+            INTO matching_rows USING params, NULL::text, k, collection, exact_threshold + 1;
+        IF matching_rows <= exact_threshold THEN
+            path := 'exact';
+            RETURN;
+        END IF;
+    END IF;
+    path := 'hnsw-iterative';
+    ef_search := greatest(k, @FILTERED_EF_SEARCH@);
+END
+$$;
+
+-- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short:
+-- the path is dpr_pg._search_plan's, and an index scan that finds fewer than k rows is answered
+-- exactly. `SET client_min_messages = debug1` shows the plan as a DEBUG message.
 CREATE OR REPLACE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
 RETURNS SETOF dpr_pg.hit
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, dpr_pg, @VECTOR_SCHEMA@, pg_temp
 AS $$
 DECLARE
-    exact_threshold CONSTANT integer := 2000;
-    exact_selectivity CONSTANT double precision := 0.02;
-    exact_max_rows CONSTANT integer := 25000;
     compiled record;
     where_sql text;
     dim integer;
-    pgv integer[];
-    est double precision;
-    plan json;
-    matches bigint;
+    chosen record;
     path text;
+    fell_back boolean := false;
     hits dpr_pg.hit[];
     old_ef text;
     old_iterative text;
@@ -322,8 +371,8 @@ BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'dpr_pg.search: the query vector is NULL; pass a vector';
     END IF;
-    IF k IS NULL OR k < 1 OR k > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.search: expected k between 1 and 10000, not %s', k);
+    IF k IS NULL OR k < 1 OR k > @MAX_K@ THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.search: expected k between 1 and @MAX_K@, not %s', k);
     END IF;
     SELECT a.atttypmod INTO dim FROM pg_attribute a
     WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding';
@@ -333,37 +382,14 @@ BEGIN
     END IF;
     compiled := dpr_pg.compile_filter(filter);
     where_sql := compiled.clause || CASE WHEN collection IS NULL THEN '' ELSE ' AND collection = $4' END;
-    SELECT string_to_array(split_part(extversion, '-', 1), '.')::integer[] INTO pgv
-    FROM pg_extension WHERE extname = 'vector';
-
-    IF where_sql = 'true' THEN
-        path := CASE WHEN k <= 1000 THEN 'hnsw' ELSE 'exact' END;
-    ELSIF pgv < ARRAY[0, 8, 0] THEN
-        path := 'exact';
-    ELSE
-        -- statistics first; a bounded count only when they say the filter may be narrow
-        EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql
-            INTO plan USING compiled.params, query, k, collection;
-        est := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
-        path := 'hnsw-iterative';
-        IF est <= exact_threshold THEN
-            path := 'exact';  -- right at any size; a bounded count would cost as much as the search
-        ELSIF est <= exact_max_rows AND est <= exact_selectivity * (
-                SELECT c.reltuples FROM pg_class c WHERE c.oid = 'dpr_pg.passages'::regclass) THEN
-            path := 'exact';  -- this narrow a share of the table, iterative HNSW loses recall
-        ELSIF est <= 3 * exact_threshold THEN  -- dpr_pg._planner.COUNT_BAND
-            EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql || ' LIMIT $5) AS m'
-                INTO matches USING compiled.params, query, k, collection, exact_threshold + 1;
-            IF matches <= exact_threshold THEN
-                path := 'exact';
-            END IF;
-        END IF;
-    END IF;
+    SELECT * INTO chosen FROM dpr_pg._search_plan('dpr_pg.passages', 'dpr_pg.passages', where_sql, compiled.params,
+                                                  k, collection);
+    path := chosen.path;
 
     IF path IN ('hnsw', 'hnsw-iterative') THEN
         old_ef := current_setting('hnsw.ef_search');
         old_iterative := current_setting('hnsw.iterative_scan', true);
-        PERFORM set_config('hnsw.ef_search', greatest(k, CASE WHEN path = 'hnsw' THEN 250 ELSE 400 END)::text, true);
+        PERFORM set_config('hnsw.ef_search', chosen.ef_search::text, true);
         IF path = 'hnsw-iterative' THEN
             PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
         END IF;
@@ -379,6 +405,7 @@ BEGIN
         END IF;
         IF COALESCE(cardinality(hits), 0) < k THEN
             path := 'exact';  -- the index scan ran out before k matches: answer exactly
+            fell_back := true;
         END IF;
     END IF;
     IF path = 'exact' THEN
@@ -388,15 +415,17 @@ BEGIN
             '  ORDER BY s DESC, id LIMIT $3) AS exact', select_list, where_sql)
             INTO hits USING compiled.params, query, k, collection;
     END IF;
+    RAISE DEBUG 'dpr_pg.search plan: %', json_build_object(
+        'path', path, 'estimated_rows', chosen.estimated_rows, 'matching_rows', chosen.matching_rows,
+        'ef_search', chosen.ef_search, 'fell_back', fell_back);
     RETURN QUERY SELECT * FROM unnest(hits);
 END
 $$;
--- END dpr_pg.search
 
 -- Spanish full-text ('spanish' tsvector, websearch syntax) and dense search, fused by reciprocal
 -- rank fusion: score = dense_weight / (rrf_k + dense rank) + text_weight / (rrf_k + text rank),
 -- ranks 1-based over each side's top max(k, candidates) rows.
-CREATE FUNCTION dpr_pg.hybrid_search(query vector, query_text text, k integer, filter jsonb DEFAULT '{}',
+CREATE OR REPLACE FUNCTION dpr_pg.hybrid_search(query vector, query_text text, k integer, filter jsonb DEFAULT '{}',
                                      collection text DEFAULT NULL, dense_weight double precision DEFAULT 1.0,
                                      text_weight double precision DEFAULT 1.0, rrf_k integer DEFAULT 60,
                                      candidates integer DEFAULT 100)
@@ -408,8 +437,8 @@ DECLARE
     compiled record;
     n integer;
 BEGIN
-    IF k IS NULL OR k < 1 OR k > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.hybrid_search: expected k between 1 and 10000, not %s', k);
+    IF k IS NULL OR k < 1 OR k > @MAX_K@ THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.hybrid_search: expected k between 1 and @MAX_K@, not %s', k);
     END IF;
     IF rrf_k IS NULL OR rrf_k < 0 OR dense_weight IS NULL OR text_weight IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg.hybrid_search: rrf_k must be >= 0 and the weights not NULL';

@@ -6,15 +6,10 @@
 -- table's columns of those names when it has them with a text/timestamp type.
 -- tests/test_sync_search_table.py proves the results agree with filters.py on the same rows.
 -- pgvector's schema is found at run time and named in the dynamic SQL, so search_path stays pinned.
--- Installed by migration 0005.
+-- Idempotent (CREATE OR REPLACE): `dpr-pg init` applies it after the last migration, every time; the
+-- result type dpr_pg.table_hit comes from migration 0005.
 
-CREATE TYPE dpr_pg.table_hit AS (
-    row_key  jsonb,             -- the primary key, e.g. {"id": 42}
-    score    double precision,  -- inner product of the row's embedding and the query
-    row_data jsonb              -- the row without its embedding columns
-);
-
-CREATE FUNCTION dpr_pg.search_table(tbl regclass, query vector, k integer, filter jsonb DEFAULT '{}')
+CREATE OR REPLACE FUNCTION dpr_pg.search_table(tbl regclass, query vector, k integer, filter jsonb DEFAULT '{}')
 RETURNS SETOF dpr_pg.table_hit
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
@@ -41,9 +36,9 @@ BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'dpr_pg.search_table: the query vector is NULL; pass a vector';
     END IF;
-    IF k IS NULL OR k < 1 OR k > 10000 THEN
+    IF k IS NULL OR k < 1 OR k > @MAX_K@ THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('dpr_pg.search_table: expected k between 1 and 10000, not %s', k);
+            MESSAGE = format('dpr_pg.search_table: expected k between 1 and @MAX_K@, not %s', k);
     END IF;
     SELECT e.extnamespace::regnamespace::name INTO vs FROM pg_extension e WHERE e.extname = 'vector';
     EXECUTE format('SELECT %I.vector_dims($1)', vs) INTO dims USING query;
@@ -81,7 +76,7 @@ BEGIN
         'FROM %5$s AS t WHERE t.%2$I IS NOT NULL',
         key_expr, settings.embedding_column, doc_expr, columns, tbl);
 
-    IF k <= 1000 THEN
+    IF k <= @MAX_EF_SEARCH@ THEN
         old_ef := current_setting('hnsw.ef_search', true);
         old_iterative := current_setting('hnsw.iterative_scan', true);
         PERFORM set_config('hnsw.ef_search', greatest(k, CASE WHEN compiled.clause = 'true' THEN 100 ELSE 200 END)::text, true);

@@ -337,12 +337,19 @@ def _assert_same_schema_as_init(server, url: str, dim: int) -> None:
 
 
 def test_offline_sql_script_builds_the_same_schema_as_init(server, empty_url: str, tmp_path: Path) -> None:
+    script = schema.init_sql(dim=768)
+    assert script.index(f"-> {schema.head_revision()}") < script.index("-- sql/search.sql")
+    _apply_with_psql(script, empty_url, tmp_path)
+    _assert_same_schema_as_init(server, empty_url, 768)
+
+
+def test_alembic_alone_stops_at_the_migrations_and_init_sql_adds_the_definitions(tmp_path: Path) -> None:
     buffer = io.StringIO()
     cfg = schema.alembic_config(None, dim=768)
     cfg.output_buffer = buffer
     command.upgrade(cfg, "head", sql=True)
-    _apply_with_psql(buffer.getvalue(), empty_url, tmp_path)
-    _assert_same_schema_as_init(server, empty_url, 768)
+    assert "dpr_pg._search_plan" not in buffer.getvalue()
+    assert schema.init_sql(dim=768).startswith(buffer.getvalue())
 
 
 def test_cli_init_sql_needs_no_database_and_psql_builds_what_init_builds(
@@ -366,6 +373,56 @@ def test_cli_init_sql_from_a_revision_upgrades_an_older_schema(
     assert "CREATE TABLE dpr_pg.encoders" not in result.stdout
     _apply_with_psql(result.stdout, empty_url, tmp_path)
     _assert_same_schema_as_init(server, empty_url, 384)
+
+
+def _database_with_vector_in_extensions(server) -> str:
+    """A database whose pgvector lives in schema ``extensions``, on its search_path (as on Supabase)."""
+    name = server.create_database()
+    engine = sa.create_engine(server.url_for(name), poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA extensions"))
+        conn.execute(sa.text("CREATE EXTENSION vector SCHEMA extensions"))
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" SET search_path = "$user", public, extensions'))
+    engine.dispose()
+    return name
+
+
+def test_init_sql_with_a_vector_schema_and_a_start_builds_what_init_builds(server, tmp_path: Path) -> None:
+    names = [_database_with_vector_in_extensions(server) for _ in range(3)]
+    online, whole, partial = (server.url_for(name) for name in names)
+    try:
+        engine = sa.create_engine(online)
+        schema.init(engine, dim=8)
+        engine.dispose()
+        _apply_with_psql(schema.init_sql(dim=8, vector_schema="extensions"), whole, tmp_path)
+        engine = sa.create_engine(partial)
+        schema.upgrade(engine, "0006", dim=8)
+        engine.dispose()
+        _apply_with_psql(schema.init_sql(dim=8, vector_schema="extensions", start="0006"), partial, tmp_path)
+        snapshots = []
+        for url in (online, whole, partial):
+            engine = sa.create_engine(url)
+            with engine.begin() as conn:
+                snapshots.append((_schema_snapshot(conn), schema.current_revision(conn)))
+                assert "search_path TO 'pg_catalog', 'dpr_pg', 'extensions', 'pg_temp'" in conn.execute(sa.text(
+                    "SELECT pg_get_functiondef('dpr_pg.search(extensions.vector, integer, jsonb, text)'::regprocedure)"
+                )).scalar_one()
+                assert conn.execute(sa.text("SELECT count(*) FROM dpr_pg.search(CAST(:q AS extensions.vector), 3)"),
+                                    {"q": str([1.0] * 8)}).scalar_one() == 0
+            engine.dispose()
+        assert snapshots[0] == snapshots[1] == snapshots[2]
+        assert snapshots[0][1] == schema.head_revision()
+    finally:
+        for name in names:
+            server.drop_database(name)
+
+
+def test_init_sql_from_head_is_the_definitions_alone() -> None:
+    script = schema.init_sql(start=schema.head_revision())
+    assert "Running upgrade" not in script and "alembic_version" not in script
+    assert script.startswith("BEGIN;") and script.rstrip().endswith("COMMIT;")
+    assert "CREATE OR REPLACE FUNCTION dpr_pg.search(" in script and "CREATE TABLE" not in script
+    assert "@" + "MAX_K@" not in script and "k > 10000" in script
 
 
 def test_cli_init_sql_refuses_a_vector_schema_that_is_not_a_plain_identifier(cli) -> None:
