@@ -5,6 +5,7 @@
 -- column fields of that language (title, collection, external_id, created_at, updated_at) are the
 -- table's columns of those names when it has them with a text/timestamp type.
 -- tests/test_sync_search_table.py proves the results agree with filters.py on the same rows.
+-- The path is dpr_pg._search_plan's (sql/search.sql), the planner of dpr_pg.search.
 -- pgvector's schema is found at run time and named in the dynamic SQL, so search_path stays pinned.
 -- Idempotent (CREATE OR REPLACE): `dpr-pg init` applies it after the last migration, every time; the
 -- result type dpr_pg.table_hit comes from migration 0005.
@@ -23,6 +24,9 @@ DECLARE
     columns text;
     doc_expr text;
     source text;
+    chosen record;
+    path text;
+    fell_back boolean := false;
     hits dpr_pg.table_hit[];
     old_ef text;
     old_iterative text;
@@ -76,17 +80,21 @@ BEGIN
         'FROM %5$s AS t WHERE t.%2$I IS NOT NULL',
         key_expr, settings.embedding_column, doc_expr, columns, tbl);
 
-    IF k <= @MAX_EF_SEARCH@ THEN
+    SELECT * INTO chosen FROM dpr_pg._search_plan(tbl, '(' || source || ') AS s', compiled.clause, compiled.params, k);
+    path := chosen.path;
+
+    IF path IN ('hnsw', 'hnsw-iterative') THEN
         old_ef := current_setting('hnsw.ef_search', true);
         old_iterative := current_setting('hnsw.iterative_scan', true);
-        PERFORM set_config('hnsw.ef_search', greatest(k, CASE WHEN compiled.clause = 'true' THEN 100 ELSE 200 END)::text, true);
-        IF compiled.clause <> 'true' THEN
+        PERFORM set_config('hnsw.ef_search', chosen.ef_search::text, true);
+        IF path = 'hnsw-iterative' THEN
             PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
         END IF;
         EXECUTE format(
             'SELECT array_agg(ROW(h.row_key, -h.d, h.metadata)::dpr_pg.table_hit ORDER BY h.d, h.row_key) FROM ('
             '  SELECT s.row_key, s.metadata, s.embedding_ OPERATOR(%1$I.<#>) $2 AS d FROM (%2$s) AS s'
-            '  WHERE %3$s ORDER BY s.embedding_ OPERATOR(%1$I.<#>) $2 LIMIT $3) AS h', vs, source, compiled.clause)
+            '  WHERE %3$s ORDER BY s.embedding_ OPERATOR(%1$I.<#>) $2 LIMIT $3) AS h', vs, source,
+            CASE WHEN path = 'hnsw' THEN 'true' ELSE compiled.clause END)
             INTO hits USING compiled.params, query, k;
         IF old_ef IS NOT NULL THEN
             PERFORM set_config('hnsw.ef_search', old_ef, true);
@@ -94,15 +102,21 @@ BEGIN
         IF old_iterative IS NOT NULL THEN
             PERFORM set_config('hnsw.iterative_scan', old_iterative, true);
         END IF;
+        IF COALESCE(cardinality(hits), 0) < k THEN
+            path := 'exact';  -- the index scan ran out before k rows: answer exactly
+            fell_back := true;
+        END IF;
     END IF;
-    IF COALESCE(cardinality(hits), 0) < k THEN
-        -- The index scan ran out before k rows (or k is large): answer exactly over the matching rows.
+    IF path = 'exact' THEN
         EXECUTE format(
             'SELECT array_agg(ROW(h.row_key, h.score, h.metadata)::dpr_pg.table_hit ORDER BY h.score DESC, h.row_key) FROM ('
             '  SELECT s.row_key, s.metadata, %1$I.inner_product(s.embedding_, $2) AS score FROM (%2$s) AS s'
             '  WHERE %3$s ORDER BY 3 DESC, 1 LIMIT $3) AS h', vs, source, compiled.clause)
             INTO hits USING compiled.params, query, k;
     END IF;
+    RAISE DEBUG 'dpr_pg.search_table plan: %', json_build_object(
+        'path', path, 'estimated_rows', chosen.estimated_rows, 'matching_rows', chosen.matching_rows,
+        'ef_search', chosen.ef_search, 'fell_back', fell_back);
     RETURN QUERY SELECT * FROM unnest(hits);
 END
 $$;
