@@ -91,13 +91,15 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 @click.option("--vector-schema", metavar="NAME",
               help="With --sql: the schema pgvector is installed in (default public).")
 @click.option("--from", "start", metavar="REV",
-              help="With --sql: only the steps after revision REV, for a database already at REV.")
+              help="With --sql: only the steps after revision REV, for a database already at REV "
+                   "(at the latest revision: the SQL functions alone).")
 @pass_context
 @reports_errors
 def init(ctx: Context, dim: int | None, as_sql: bool, vector_schema: str | None, start: str | None) -> None:
     """Create or upgrade the dpr_pg schema (pgvector, tables, indexes, SQL functions).
 
-    Running it again is a no-op. With --sql, print the script for a DBA to review and apply.
+    Running it again is a no-op; after a dpr-pg upgrade it applies the new migrations and SQL
+    functions. With --sql, print the script for a DBA to review and apply.
 
     \b
     Example:

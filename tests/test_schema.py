@@ -113,6 +113,46 @@ def test_init_with_another_dimension_refuses_and_changes_nothing(empty_url: str)
     engine.dispose()
 
 
+def _function(conn: sa.Connection, signature: str) -> str:
+    return conn.execute(sa.text("SELECT pg_get_functiondef(CAST(:f AS regprocedure))"), {"f": signature}).scalar_one()
+
+
+def test_init_at_head_puts_back_the_functions_of_sql(cli, server, database_url: str) -> None:
+    # What a database looks like after a package upgrade that only changed a function in sql/.
+    engine = sa.create_engine(database_url)
+    signature = "dpr_pg.compile_filter(jsonb)"
+    with engine.connect() as conn:
+        expected = _function(conn, signature)
+        conn.execute(sa.text(
+            "CREATE OR REPLACE FUNCTION dpr_pg.compile_filter(filter jsonb, OUT clause text, OUT params jsonb[]) "
+            "LANGUAGE sql AS $$ SELECT 'true', '{}'::jsonb[] $$"))
+        conn.commit()
+    updated = cli("--database-url", database_url, "init", "--dim", "768", check=True)
+    again = cli("--database-url", database_url, "init", "--dim", "768", check=True)
+    with engine.connect() as conn:
+        assert _function(conn, signature) == expected
+    engine.dispose()
+    assert f"dpr_pg schema at {schema.head_revision()} (vector(768)); SQL functions updated" in updated.stdout
+    assert "nothing to do" in again.stdout
+
+
+def test_a_tuning_number_reaches_the_sql_functions_at_the_next_init(database_url: str, monkeypatch) -> None:
+    from dpr_pg import tuning
+
+    monkeypatch.setattr(tuning, "EXACT_THRESHOLD", 1234)
+    monkeypatch.setattr(tuning, "MAX_K", 777)
+    engine = sa.create_engine(database_url)
+    result = schema.init(engine, dim=768)
+    with engine.connect() as conn:
+        planner = _function(conn, "dpr_pg._search_plan(regclass, text, text, jsonb[], integer, text, integer, "
+                                  "double precision)")
+        with pytest.raises(sa.exc.DBAPIError, match="expected k between 1 and 777, not 778"):
+            conn.execute(sa.text("SELECT * FROM dpr_pg.search(CAST(:q AS vector), 778)"), {"q": str([0.0] * 768)})
+    engine.dispose()
+    assert (result.previous_revision, result.definitions_changed) == (schema.head_revision(), True)
+    assert "exact_threshold integer DEFAULT 1234" in planner
+
+
 def test_upgrade_downgrade_upgrade_on_populated_database_keeps_data(empty_url: str) -> None:
     engine = sa.create_engine(empty_url)
     schema.init(engine, dim=768)
