@@ -20,7 +20,8 @@ from dpr_pg import schema
 from dpr_pg.errors import SchemaError
 
 DIM = 4
-REVISIONS = [script.revision for script in reversed(list(ScriptDirectory.from_config(schema.alembic_config()).walk_revisions()))]
+REVISIONS = [script.revision
+             for script in reversed(list(ScriptDirectory.from_config(schema.alembic_config()).walk_revisions()))]
 EARLIER = REVISIONS[:-1]
 DPR_TABLES = ("dpr_pg.encoders", "dpr_pg.passages", "dpr_pg.synced_tables", "dpr_pg.sync_queue")
 

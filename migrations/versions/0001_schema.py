@@ -49,7 +49,8 @@ def upgrade() -> None:
             content_hash text NOT NULL,
             embedding    vector({int(dim)}) NOT NULL,
             encoder_id   integer NOT NULL REFERENCES dpr_pg.encoders (id),
-            tsv          tsvector GENERATED ALWAYS AS (to_tsvector('spanish'::regconfig, coalesce(title, '') || ' ' || text)) STORED,
+            tsv          tsvector GENERATED ALWAYS AS
+                             (to_tsvector('spanish'::regconfig, coalesce(title, '') || ' ' || text)) STORED,
             created_at   timestamptz NOT NULL DEFAULT now(),
             updated_at   timestamptz NOT NULL DEFAULT now(),
             CONSTRAINT passages_collection_external_id_key UNIQUE (collection, external_id),
