@@ -36,6 +36,9 @@ EXACT_MAX_ROWS = 25_000
 UNFILTERED_EF_SEARCH = 250  # 200 left one query of 100 with recall 0 on the 100k benchmark
 FILTERED_EF_SEARCH = 400
 MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
+# dpr_pg.search_table filters a document built from each row, which no statistics describe: it
+# estimates such a filter's matching rows from a sample of about this many rows (whole pages).
+TABLE_SAMPLE_ROWS = 1000
 ITERATIVE_SCAN_VERSION = (0, 8, 0)  # pgvector's first release with hnsw.iterative_scan
 
 # New HNSW indexes (passages, and app tables at enable time); `dpr-pg index` rebuilds with others.
@@ -53,7 +56,8 @@ def sql_values() -> dict[str, str]:
         "MAX_K": MAX_K, "MAX_DIM": MAX_DIM, "EXACT_THRESHOLD": EXACT_THRESHOLD, "COUNT_BAND": COUNT_BAND,
         "EXACT_SELECTIVITY": EXACT_SELECTIVITY, "EXACT_MAX_ROWS": EXACT_MAX_ROWS,
         "UNFILTERED_EF_SEARCH": UNFILTERED_EF_SEARCH, "FILTERED_EF_SEARCH": FILTERED_EF_SEARCH,
-        "MAX_EF_SEARCH": MAX_EF_SEARCH, "HNSW_M": HNSW_M, "HNSW_EF_CONSTRUCTION": HNSW_EF_CONSTRUCTION,
+        "MAX_EF_SEARCH": MAX_EF_SEARCH, "TABLE_SAMPLE_ROWS": TABLE_SAMPLE_ROWS,
+        "HNSW_M": HNSW_M, "HNSW_EF_CONSTRUCTION": HNSW_EF_CONSTRUCTION,
     }
     values = {name: repr(float(v)) if isinstance(v, float) else str(int(v)) for name, v in numbers.items()}
     values["ITERATIVE_SCAN_VERSION"] = ", ".join(str(int(part)) for part in ITERATIVE_SCAN_VERSION)

@@ -292,10 +292,12 @@ $$;
 -- rows that are ≤ exact_selectivity of `relation`, or ≤ exact_threshold by a count bounded at
 -- exact_threshold + 1 when the estimate is within @COUNT_BAND@ times it) → exact over the filtered
 -- rows; otherwise an iterative HNSW scan. The caller falls back to exact when the index scan
--- returns fewer than k rows. The two thresholds are arguments so that tests can reach every rule.
+-- returns fewer than k rows. The two thresholds are arguments so that tests can reach every rule;
+-- `estimate`, when given, stands in for PostgreSQL's estimate of the matching rows.
 CREATE OR REPLACE FUNCTION dpr_pg._search_plan(
     relation regclass, source text, where_sql text, params jsonb[], k integer, collection text DEFAULT NULL,
     exact_threshold integer DEFAULT @EXACT_THRESHOLD@, exact_selectivity double precision DEFAULT @EXACT_SELECTIVITY@,
+    estimate double precision DEFAULT NULL,
     OUT path text, OUT estimated_rows double precision, OUT matching_rows bigint, OUT ef_search integer)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
@@ -321,9 +323,13 @@ BEGIN
         RETURN;
     END IF;
     -- statistics first; a bounded count only when they say the filter may be narrow
-    EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM ' || source || ' WHERE ' || where_sql
-        INTO plan USING params, NULL::text, k, collection;
-    estimated_rows := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+    IF estimate IS NULL THEN
+        EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM ' || source || ' WHERE ' || where_sql
+            INTO plan USING params, NULL::text, k, collection;
+        estimated_rows := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+    ELSE
+        estimated_rows := estimate;
+    END IF;
     IF estimated_rows <= exact_threshold THEN
         path := 'exact';  -- right at any size; a bounded count would cost as much as the search
         RETURN;
