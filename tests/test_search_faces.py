@@ -54,9 +54,10 @@ CASES = [
     pytest.param({"created_at": {"$gte": RECENT}}, 10, "hnsw-iterative", id="counted: more than the threshold"),
     pytest.param(OVERLAP, 10, "exact", id="counted: no more than the threshold"),
     pytest.param({"collection": "small"}, 10, "exact", id="narrow estimate: exact"),
-    # The app table builds its document in a subquery: PostgreSQL has no statistics for it, so only
-    # column filters get the same estimate on both tables; this one is narrow on both.
+    # The app table builds its document in a subquery, which no statistics describe: search_table
+    # estimates a filter on it from a sample, so only column filters get the very same estimate.
     pytest.param({"lang": "ca", "collection": {"$ne": "small"}}, 5, "exact", id="narrow metadata filter: exact"),
+    pytest.param({"lang": "es"}, 10, "hnsw-iterative", id="broad metadata filter: iterative HNSW"),
     pytest.param({"collection": "big"}, tuning.MAX_EF_SEARCH + 1, "exact", id="filtered, k above the limit: exact"),
 ]
 
@@ -166,6 +167,30 @@ def test_python_sql_and_app_table_searches_take_the_same_path_to_the_same_hits(
         assert len(found["ids"][0]) == min(k, sum(1 for row in ROWS if matches(document, _as_filtered(row))))
         assert np.allclose(found["scores"][0], found["scores"][1])
         assert np.allclose(found["scores"][0], found["scores"][2])
+
+
+@pytest.mark.parametrize("document", [{"lang": "ca"}, {"collection": "big"}, {}])
+def test_search_table_returns_the_whole_row_whichever_columns_the_filter_reads(
+    engine: Engine, document: dict[str, Any]
+) -> None:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT row_data FROM dpr_pg.search_table('docs', CAST(:q AS vector), 3, "
+                                    "CAST(:f AS jsonb))"), {"q": str(QUERIES[0].tolist()), "f": json.dumps(document)})
+        documents = [row.row_data for row in rows]
+    assert len(documents) == 3
+    assert all(set(d) == {"id", "collection", "external_id", "title", "body", "lang", "created_at"} for d in documents)
+    assert all(ROWS[d["id"] - 1]["title"] == d["title"] for d in documents)
+
+
+def test_search_table_restores_the_settings_it_changes(engine: Engine) -> None:
+    settings = ("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan'), "
+                "current_setting('enable_seqscan')")
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT set_config('hnsw.ef_search', '40', true)"))  # pgvector loaded, at its default
+        before = conn.execute(sa.text(settings)).one()
+        _sql_face(conn, "SELECT row_key FROM dpr_pg.search_table('docs', CAST(:q AS vector), 10, CAST(:f AS jsonb))",
+                  {"q": str(QUERIES[0].tolist()), "f": json.dumps({"collection": "big"})})
+        assert conn.execute(sa.text(settings)).one() == before == ("40", "off", "on")
 
 
 @pytest.mark.parametrize(("document", "threshold", "selectivity", "path"), [
