@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dpr_pg import config
 from dpr_pg.errors import DprPgError
-from dpr_pg.tuning import MAX_DIM, MAX_K
+from dpr_pg.tuning import MAX_DIM, MAX_EF_SEARCH, MAX_K
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -666,7 +666,7 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
               help="Inference runtime. auto: torch, since one question per run saves less (about 40 ms) than "
                    "building the ONNX Runtime session costs (0.6-0.9 s).")
-@click.option("--ef-search", type=click.IntRange(1, 1000), metavar="N",
+@click.option("--ef-search", type=click.IntRange(1, MAX_EF_SEARCH), metavar="N",
               help="hnsw.ef_search for the index path (default: the planner's); `dpr-pg eval --audit` recommends one.")
 @click.option("--explain", is_flag=True, help="Print the path that ran and PostgreSQL's plan on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
