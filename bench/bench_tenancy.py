@@ -14,7 +14,7 @@ through the Python API (dpr_pg.search) and the SQL function (dpr_pg.search), rou
 (bench_search.measure), and prints p50 latency (ms), recall@10 against numpy's exact top 10 of the
 collection's (matching) rows, the path, and the ratio on/off. With --bare-function-policy it also
 measures "on" with the policy calling dpr_pg.allowed_collections() bare instead of as a scalar
-subquery (the form migration 0013 avoids), then puts the migration's policy back.
+subquery (the form migration 0014 avoids), then puts the migration's policy back.
 
     flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_tenancy.py --rows 100000
 """
@@ -45,7 +45,7 @@ from dpr_pg.tenancy import grant  # noqa: E402
 
 TENANTS = {"bench_tenant_big": "big", "bench_tenant_mid": "mid3", "bench_tenant_small": "small7"}
 FILTERS = [("none", None), ("10%", {"tenth": True})]
-POLICY = "collection = ANY ((SELECT dpr_pg.allowed_collections(false))::text[])"  # as migration 0013
+POLICY = "collection = ANY ((SELECT dpr_pg.allowed_collections(false))::text[])"  # as migration 0014
 BARE_POLICY = "collection = ANY (dpr_pg.allowed_collections(false))"
 
 

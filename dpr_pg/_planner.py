@@ -7,7 +7,8 @@ time), and also up to ``EXACT_MAX_ROWS`` rows when they are at most ``exact_sele
 table (iterative scans lose recall that narrow); up to ``COUNT_BAND`` times ``exact_threshold`` it
 counts at most ``exact_threshold + 1`` matching rows to decide. Otherwise it runs pgvector 0.8's
 iterative index scan; if that still returns fewer than k rows, search.py answers exactly.
-sql/search.sql follows the same rules.
+The numbers come from :mod:`dpr_pg.tuning`; ``dpr_pg._search_plan`` in sql/search.sql applies the
+same rules for the SQL functions, and tests/test_search.py runs both over the same rows.
 """
 
 from __future__ import annotations
@@ -20,20 +21,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 
 from dpr_pg.models import Passage
-
-EXACT_THRESHOLD = 2000  # filtered rows at or below which exact search is both faster and exact
-# Count only when the estimate is within this factor of the threshold: counting 2,001 of a 10% filter's
-# rows cost 6 ms on the 100k benchmark (was 10x); a worse estimate still gets iterative HNSW + the fallback.
-COUNT_BAND = 3
-# A filter this narrow a share of the table goes exact even above EXACT_THRESHOLD: iterative HNSW
-# must walk ~k / selectivity nodes and loses recall (1% of the 1M benchmark: recall@10 0.947 in
-# 20.6 ms; exact: 1.000 in 24 ms). Exact costs ~2.4 us a matching row there, so only up to EXACT_MAX_ROWS.
-EXACT_SELECTIVITY = 0.02
-EXACT_MAX_ROWS = 25_000
-UNFILTERED_EF_SEARCH = 250  # 200 left one query of 100 with recall 0 on the 100k benchmark
-FILTERED_EF_SEARCH = 400
-MAX_EF_SEARCH = 1000  # pgvector's limit
-ITERATIVE_SCAN_VERSION = (0, 8, 0)
+# The numbers live in dpr_pg.tuning, shared with the SQL functions; re-exported here for callers.
+from dpr_pg.tuning import (COUNT_BAND, EXACT_MAX_ROWS, EXACT_SELECTIVITY, EXACT_THRESHOLD, FILTERED_EF_SEARCH,
+                           ITERATIVE_SCAN_VERSION, MAX_EF_SEARCH, UNFILTERED_EF_SEARCH)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from dpr_pg import config
 from dpr_pg.errors import DprPgError
+from dpr_pg.tuning import MAX_DIM, MAX_EF_SEARCH, MAX_K
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,7 +99,7 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 
 
 @main.command()
-@click.option("--dim", type=click.IntRange(1, 16000), default=None,
+@click.option("--dim", type=click.IntRange(1, MAX_DIM), default=None,
               help="Embedding dimension of the passages table. Default: the one an existing schema stores, "
                    f"else {config.DEFAULT_DIM} (the IIC models').")
 @click.option("--sql", "as_sql", is_flag=True,
@@ -106,13 +107,15 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 @click.option("--vector-schema", metavar="NAME",
               help="With --sql: the schema pgvector is installed in (default public).")
 @click.option("--from", "start", metavar="REV",
-              help="With --sql: only the steps after revision REV, for a database already at REV.")
+              help="With --sql: only the steps after revision REV, for a database already at REV "
+                   "(at the latest revision: the SQL functions alone).")
 @pass_context
 @reports_errors
 def init(ctx: Context, dim: int | None, as_sql: bool, vector_schema: str | None, start: str | None) -> None:
     """Create or upgrade the dpr_pg schema (pgvector, tables, indexes, SQL functions).
 
-    Running it again is a no-op. With --sql, print the script for a DBA to review and apply.
+    Running it again is a no-op; after a dpr-pg upgrade it applies the new migrations and SQL
+    functions. With --sql, print the script for a DBA to review and apply.
 
     \b
     Example:
@@ -132,9 +135,11 @@ def init(ctx: Context, dim: int | None, as_sql: bool, vector_schema: str | None,
     from dpr_pg.schema import init as init_schema
 
     result = init_schema(ctx.engine, dim=dim)
-    if result.changed:
+    if result.previous_revision != result.revision:
         before = result.previous_revision or "empty"
         click.echo(f"dpr_pg schema: {before} -> {result.revision} (vector({result.dim}))")
+    elif result.definitions_changed:
+        click.echo(f"dpr_pg schema at {result.revision} (vector({result.dim})); SQL functions updated")
     else:
         click.echo(f"dpr_pg schema already at {result.revision} (vector({result.dim})); nothing to do")
 
@@ -495,7 +500,7 @@ RUNTIME_OPTION = click.option(
 
 @main.command("tiny-models")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=str))
-@click.option("--dim", type=click.IntRange(1, 16000), default=config.DEFAULT_DIM, show_default=True,
+@click.option("--dim", type=click.IntRange(1, MAX_DIM), default=config.DEFAULT_DIM, show_default=True,
               help="Output dimension of both encoders (the pooler_output projection).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @pass_context
@@ -664,7 +669,7 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
 
 @main.command("search")
 @click.argument("question")
-@click.option("-k", "k", type=click.IntRange(1, 10000), default=10, show_default=True, help="Number of hits.")
+@click.option("-k", "k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="Number of hits.")
 @click.option("--collection", help="Search this collection only (default: every collection).")
 @click.option("--filter", "filter_doc", metavar="JSON", help='Metadata filter document, e.g. \'{"lang": "es"}\'.')
 @click.option("--mode", type=click.Choice(["dense", "hybrid", "exact"]), default="dense", show_default=True,
@@ -677,7 +682,7 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
               help="Inference runtime. auto: torch, since one question per run saves less (about 40 ms) than "
                    "building the ONNX Runtime session costs (0.6-0.9 s).")
-@click.option("--ef-search", type=click.IntRange(1, 1000), metavar="N",
+@click.option("--ef-search", type=click.IntRange(1, MAX_EF_SEARCH), metavar="N",
               help="hnsw.ef_search for the index path (default: the planner's); `dpr-pg eval --audit` recommends one.")
 @click.option("--explain", is_flag=True, help="Print the path that ran and PostgreSQL's plan on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
@@ -1018,7 +1023,7 @@ def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Search mode, as in dpr-pg search.")
 @click.option("--k", "ks", callback=_int_list, default="1,5,10,20,100", show_default=True, metavar="K,K,...",
               help="Cut-offs for top-k accuracy and recall@k.")
-@click.option("--depth", type=click.IntRange(1, 10000), help="Hits retrieved per question (default: the largest k).")
+@click.option("--depth", type=click.IntRange(1, MAX_K), help="Hits retrieved per question (default: the largest k).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N questions.")
 @click.option("--gold", type=click.Choice(["auto", "ids", "answers"]), default="auto", show_default=True,
               help="Judge hits by gold ids, by answers (DPR's has_answer), or ids when stored else answers.")

@@ -33,6 +33,7 @@ from typing import Any, Union
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
+from dpr_pg import tuning
 from dpr_pg.errors import FilterError
 from dpr_pg.models import Passage
 
@@ -42,12 +43,12 @@ LOGICAL_OPERATORS = ("$and", "$or", "$not")
 TEXT_COLUMNS = ("collection", "external_id", "title")
 TIME_COLUMNS = ("created_at", "updated_at")
 COLUMNS = TEXT_COLUMNS + TIME_COLUMNS
-# The limits below are also those of dpr_pg.compile_filter (sql/search.sql); tests/test_filters.py holds
-# both to the same documents at each boundary.
-MAX_DEPTH = 32  # key/index steps from the root of the document to its deepest value
-MAX_NODES = 2000  # JSON values in the whole document
-MAX_CHARS = 100_000  # characters of the document's JSON text as PostgreSQL prints jsonb ({"a": [1, 2]})
-MAX_NUMBER_CHARS = 400  # characters of one number as PostgreSQL prints it (any float64 fits in 327)
+# One set of size limits (dpr_pg.tuning), which dpr_pg.compile_filter (sql/search.sql) checks too;
+# tests/test_filters.py holds both to the same documents at each boundary.
+MAX_DEPTH = tuning.FILTER_MAX_DEPTH
+MAX_NODES = tuning.FILTER_MAX_NODES
+MAX_CHARS = tuning.FILTER_MAX_CHARS
+MAX_NUMBER_CHARS = tuning.FILTER_MAX_NUMBER_CHARS
 MAX_KEY_LENGTH = 256
 # A filter given as JSON text is refused unread above this many characters: its jsonb form could
 # only be that long with whitespace that PostgreSQL drops (parsing is the cost this bounds).

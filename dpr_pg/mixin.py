@@ -19,6 +19,7 @@ from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import DimensionError, SearchError
+from dpr_pg.tuning import MAX_K
 
 DPR_COLUMNS = ("embedding", "dpr_encoder_id", "dpr_content_hash")
 # The filter language's column fields, and the column types that stand for them (as in sql/search_table.sql).
@@ -152,8 +153,8 @@ def model_search_statement(
     """
     from dpr_pg.filters import compile_filter
 
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10000:
-        raise SearchError(f"expected k between 1 and 10000, not {k!r}")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise SearchError(f"expected k between 1 and {MAX_K}, not {k!r}")
     if isinstance(query, str):
         if encoder is None:
             raise SearchError("a question needs an encoder: pass encoder=EncoderPair.load(...), or a query vector")

@@ -1,7 +1,10 @@
-"""The dpr_pg schema, managed by Alembic with its own version table.
+"""The dpr_pg schema: a frozen Alembic history with its own version table, then sql/'s definitions.
 
 :func:`init` is what ``dpr-pg init`` runs: it checks the server first (pgvector available, rights
-to create it, dimension agrees) so that a refused init changes nothing, then upgrades to head.
+to create it, dimension agrees) so that a refused init changes nothing, upgrades to head, then
+applies sql/'s idempotent definitions (functions, CREATE OR REPLACE) with the numbers of
+:mod:`dpr_pg.tuning` filled in. Migrations carry the SQL they ran and never read sql/; see
+migrations/README.md for which change goes where.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import argparse
 import io
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,21 +26,32 @@ from alembic.util import CommandError
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
+from dpr_pg import tuning
 from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
 from dpr_pg.models import SCHEMA
+from dpr_pg.tuning import MAX_DIM
 
+# The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
 HNSW_INDEX = "passages_embedding_hnsw"
-# The index DPR's inner-product search runs on; migration 0002 and bulk-load rebuilds share it.
-HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64  # pgvector's defaults; `dpr-pg index` rebuilds with others
-HNSW_DEFINITION = ("ON dpr_pg.passages USING hnsw (embedding vector_ip_ops) "
-                   f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
 # Serialises concurrent `dpr-pg init` runs (a session-level advisory lock; any constant will do).
 _INIT_LOCK_KEY = 0x6470725F7067  # "dpr_pg"
 VERSION_TABLE = "alembic_version"
-MAX_DIM = 16000  # pgvector's limit for a vector column
 # An allow-list, not an escape: a name the offline script may carry into SQL text.
 _PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# sql/'s idempotent definitions, in the order they are applied after the last migration.
+DEFINITION_FILES = ("search.sql", "sync.sql", "search_table.sql", "tenancy.sql")
+_PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
+_VECTOR_SCHEMA_SQL = (
+    "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+    "WHERE e.extname = 'vector'"
+)
+# Every routine of the schema with its definition and privileges: what applying sql/ may change.
+_DEFINITIONS_FINGERPRINT_SQL = (
+    "SELECT md5(string_agg(pg_get_functiondef(p.oid) || coalesce(p.proacl::text, ''), '|' "
+    "ORDER BY p.oid::regprocedure::text)) FROM pg_proc p "
+    "WHERE p.pronamespace = to_regnamespace('dpr_pg') AND p.prokind IN ('f', 'p')"
+)
 
 # Runs in autocommit: an index left INVALID by a killed CREATE INDEX CONCURRENTLY is dropped.
 DROP_INVALID_HNSW = f"""
@@ -88,12 +104,7 @@ def vector_schema() -> str:
     """From a migration: the quoted schema of the vector extension (``-x vector_schema=`` offline)."""
     if context.is_offline_mode():
         return quoted_schema_name(context.get_x_argument(as_dictionary=True).get("vector_schema", "public"))
-    return context.get_bind().execute(
-        sa.text(
-            "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-            "WHERE e.extname = 'vector'"
-        )
-    ).scalar_one()
+    return context.get_bind().execute(sa.text(_VECTOR_SCHEMA_SQL)).scalar_one()
 
 
 def quoted_schema_name(name: str) -> str:
@@ -129,9 +140,10 @@ def init_sql(
     """The SQL script that ``init`` would run, for a DBA to review and apply; connects to nothing.
 
     It is Alembic's offline output (``alembic upgrade head --sql``): the vector extension, the
-    dpr_pg schema and its version table, up to ``revision``. ``vector_schema`` names the schema
-    pgvector is (or will be) installed in; the SQL functions pin it in their search_path. With
-    ``start``, only the steps after that revision, for a database already at ``start``.
+    dpr_pg schema and its version table, up to ``revision``; at head, sql/'s definitions follow,
+    as ``init`` applies them. ``vector_schema`` names the schema pgvector is (or will be) installed
+    in; the SQL functions pin it in their search_path. With ``start``, only the steps after that
+    revision, for a database already at ``start`` (``start`` at head: the definitions alone).
 
     >>> print(init_sql(dim=384))  # doctest: +SKIP
     CREATE SCHEMA IF NOT EXISTS dpr_pg;
@@ -139,13 +151,18 @@ def init_sql(
     """
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
         raise ConfigError(f"expected --dim between 1 and {MAX_DIM} (pgvector's limit), not {dim!r}")
-    quoted_schema_name(vector_schema)
+    quoted = quoted_schema_name(vector_schema)
     cfg = alembic_config(dim=dim)
     target, start = _resolve_range(cfg, revision, start)
     cfg.cmd_opts = argparse.Namespace(x=[f"vector_schema={vector_schema}"])
     cfg.output_buffer = io.StringIO()
-    command.upgrade(cfg, f"{start}:{target}" if start else target, sql=True)
-    return cfg.output_buffer.getvalue()
+    if start != target:
+        command.upgrade(cfg, f"{start}:{target}" if start else target, sql=True)
+    script = cfg.output_buffer.getvalue()
+    if target == head_revision():
+        script += ("BEGIN;\n\n-- dpr_pg's SQL functions (sql/), applied after the last migration\n\n"
+                   f"{definitions_script(quoted).rstrip()}\n\nCOMMIT;\n\n")
+    return script
 
 
 def _resolve_range(cfg: Config, revision: str, start: str | None) -> tuple[str, str | None]:
@@ -165,6 +182,8 @@ def _resolve_range(cfg: Config, revision: str, start: str | None) -> tuple[str, 
     if target is None:
         raise ConfigError(f"expected a revision to upgrade to ({known} or head), not {revision!r}")
     earlier = {rev.revision for rev in scripts.iterate_revisions(target, "base")} - {target}
+    if target == scripts.get_current_head():
+        earlier.add(target)  # a database at head: the definitions alone
     if first is not None and first not in earlier:
         raise ConfigError(
             f"expected a start revision before {target}, not {start!r}; leave start out for the whole script"
@@ -172,12 +191,39 @@ def _resolve_range(cfg: Config, revision: str, start: str | None) -> tuple[str, 
     return target, first
 
 
-def replace_search_function() -> None:
-    """From a migration: CREATE OR REPLACE dpr_pg.search from its block in sql/search.sql (a planner tuning)."""
-    text = (resource_dir("sql") / "search.sql").read_text(encoding="utf-8")
-    start = text.index("-- BEGIN dpr_pg.search")
-    block = text[start:text.index("-- END dpr_pg.search", start)]
-    execute_script(block.replace("@VECTOR_SCHEMA@", vector_schema()))
+def definitions_script(quoted_vector_schema: str) -> str:
+    """sql/'s definitions as one script: placeholders filled from :mod:`dpr_pg.tuning` and the vector schema.
+
+    ``quoted_vector_schema`` is SQL text, already quoted (see :func:`quoted_schema_name`).
+
+    >>> "k > 10000" in definitions_script("public")
+    True
+    """
+    values = {**tuning.sql_values(), "VECTOR_SCHEMA": quoted_vector_schema}
+    scripts = []
+    for name in DEFINITION_FILES:
+        text = (resource_dir("sql") / name).read_text(encoding="utf-8")
+
+        def fill(match: re.Match[str], source: str = name) -> str:
+            if match.group(1) not in values:
+                raise SchemaError(f"sql/{source} names @{match.group(1)}@, which dpr_pg.tuning.sql_values() does "
+                                  f"not define; expected one of {', '.join(sorted(values))}")
+            return values[match.group(1)]
+
+        scripts.append(f"-- sql/{name}\n{_PLACEHOLDER.sub(fill, text).strip()}\n")
+    return "\n".join(scripts)
+
+
+def apply_definitions(conn: Connection) -> bool:
+    """(Re)create sql/'s functions in this database; True when a definition or privilege changed.
+
+    Runs in ``conn``'s transaction; the caller commits. ``init`` calls it after the last migration.
+    """
+    before = conn.execute(sa.text(_DEFINITIONS_FINGERPRINT_SQL)).scalar()
+    script = definitions_script(conn.execute(sa.text(_VECTOR_SCHEMA_SQL)).scalar_one())
+    # The script holds %, :name and $n that a parameter-aware layer would try to interpret.
+    conn.connection.driver_connection.execute(script)
+    return conn.execute(sa.text(_DEFINITIONS_FINGERPRINT_SQL)).scalar() != before
 
 
 def current_revision(conn: Connection) -> str | None:
@@ -208,15 +254,17 @@ def embedding_dim(conn: Connection) -> int | None:
 
 @dataclass(frozen=True)
 class InitResult:
-    """What :func:`init` did: the revision before and after, and the embedding dimension."""
+    """What :func:`init` did: the revision before and after, the embedding dimension, and whether
+    applying sql/ changed a function (a package upgrade that only tunes functions has no migration)."""
 
     previous_revision: str | None
     revision: str
     dim: int
+    definitions_changed: bool = False
 
     @property
     def changed(self) -> bool:
-        return self.previous_revision != self.revision
+        return self.previous_revision != self.revision or self.definitions_changed
 
 
 def _check_vector_extension(conn: Connection) -> None:
@@ -248,24 +296,29 @@ def _check_vector_extension(conn: Connection) -> None:
 
 
 def init(engine: Engine, *, dim: int | None = None) -> InitResult:
-    """Create or upgrade the dpr_pg schema; running it again is a no-op.
+    """Create or upgrade the dpr_pg schema, then apply sql/'s definitions; running it again is a no-op.
 
     ``dim`` is the embedding dimension. None keeps the dimension an existing schema stores, and
     gives 768 (the IIC models') to a new one; a number that differs from the stored one is refused.
 
     >>> init(engine, dim=768)  # doctest: +SKIP
-    InitResult(previous_revision=None, revision='0002', dim=768)
+    InitResult(previous_revision=None, revision='0013', dim=768, definitions_changed=True)
     """
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM):
         raise SchemaError(f"expected --dim between 1 and {MAX_DIM} (pgvector's limit), not {dim!r}")
-    with engine.connect() as conn:
-        _wait_for_init_lock(conn)
-        try:
-            return _init_locked(conn, dim)
-        finally:
-            conn.rollback()
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _INIT_LOCK_KEY})
-            conn.commit()
+    with engine.connect() as conn, _init_lock(conn):
+        return _init_locked(conn, dim)
+
+
+@contextmanager
+def _init_lock(conn: Connection) -> Iterator[None]:
+    _wait_for_init_lock(conn)
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _INIT_LOCK_KEY})
+        conn.commit()
 
 
 def _wait_for_init_lock(conn: Connection, *, timeout: float = 600.0) -> None:
@@ -295,16 +348,24 @@ def _init_locked(conn: Connection, dim: int | None) -> InitResult:
     previous = current_revision(conn)
     conn.rollback()
     command.upgrade(alembic_config(conn, dim=dim), "head")
+    definitions_changed = apply_definitions(conn)
     revision = current_revision(conn)
     conn.commit()
     assert revision is not None
-    return InitResult(previous_revision=previous, revision=revision, dim=dim)
+    return InitResult(previous_revision=previous, revision=revision, dim=dim, definitions_changed=definitions_changed)
 
 
 def upgrade(engine: Engine, revision: str = "head", *, dim: int = DEFAULT_DIM) -> None:
-    """Upgrade dpr_pg's schema to ``revision``."""
-    with engine.connect() as conn:
+    """Upgrade dpr_pg's schema to ``revision``; at head, apply sql/'s definitions too.
+
+    A database left at an earlier revision keeps the functions that revision's migrations made.
+    """
+    with engine.connect() as conn, _init_lock(conn):
+        conn.rollback()
         command.upgrade(alembic_config(conn, dim=dim), revision)
+        if current_revision(conn) == head_revision():
+            apply_definitions(conn)
+        conn.commit()
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:

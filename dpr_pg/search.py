@@ -28,6 +28,7 @@ from dpr_pg._query_vector import vector_binding
 from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, parse, to_sql
 from dpr_pg.models import Passage
+from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS
 
 if TYPE_CHECKING:
     from dpr_pg.encoders import EncoderPair
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
 Mode = Literal["dense", "hybrid", "exact"]
 MODES = ("dense", "hybrid", "exact")
 Query = Union[str, Sequence[float], np.ndarray]
-MAX_K = 10000
-# A question, or hybrid mode's text, is at most this long; sql/search.sql's hybrid_search has the same limit.
-# The encoders read 512 tokens at most, and full-text search of a whole document is not a question.
-MAX_QUERY_TEXT_CHARS = 10000
 _LONG_VECTOR = re.compile(r"'\[[-+0-9.,eE]{60,}\]'")
 _GUC_DEFAULTS = {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off"}
 

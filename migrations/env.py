@@ -3,6 +3,11 @@
 dpr_pg keeps its own version table (``dpr_pg.alembic_version``), so its history coexists with an
 application's Alembic history in the same database.
 
+Each migration carries the SQL it ran (inline or in versions/sql/) and never reads sql/ or the
+package's constants; sql/'s idempotent functions are applied after the last migration by
+:func:`dpr_pg.schema.init` / :func:`dpr_pg.schema.upgrade` / ``init_sql``, not by Alembic alone.
+Which change goes where: migrations/README.md.
+
 Settings: ``config.attributes["connection"]`` (set by :func:`dpr_pg.schema.upgrade`) or the URL from
 ``-x url=...``, ``DPR_PG_DATABASE_URL``, ``DATABASE_URL`` or the embedded server; the embedding
 dimension from ``config.attributes["dim"]`` or ``-x dim=N`` (768 by default).

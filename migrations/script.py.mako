@@ -17,6 +17,8 @@ branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
 
 
+# Frozen: the SQL this step runs is written here (or in versions/sql/NNNN_*.sql); never read sql/
+# or import the package's constants. Functions go in sql/. See migrations/README.md.
 def upgrade() -> None:
     ${upgrades if upgrades else "pass"}
 

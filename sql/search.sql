@@ -1,26 +1,14 @@
--- dpr_pg search functions: dpr_pg.search, dpr_pg.hybrid_search and the filter compiler they share.
--- Installed by migrations/versions/0004_search_functions.py (0007 re-runs the dpr_pg.search block), which replaces @VECTOR_SCHEMA@ with the
--- (quoted) schema of the vector extension, so the pinned search_path resolves pgvector's operators.
+-- dpr_pg search functions: dpr_pg.search, dpr_pg.hybrid_search, the planner and the filter compiler they share.
 --
--- The filter language is the one in dpr_pg/filters.py; tests/test_filters_sql.py proves they agree.
+-- Idempotent (CREATE OR REPLACE): `dpr-pg init` applies this file after the last migration, every
+-- time, so a change here needs no migration (see migrations/README.md). It fills in the placeholders
+-- (a name between two @ signs): VECTOR_SCHEMA with the (quoted) schema of the vector extension, so
+-- the pinned search_path resolves pgvector's operators, and every other name with the number of that
+-- name in dpr_pg/tuning.py. The result type dpr_pg.hit comes from migration 0004.
+--
+-- The filter language is the one in dpr_pg/filters.py; tests/test_filters.py proves they agree.
 -- Keys and values never become SQL text: the compiler emits references $1[i] into a jsonb[] that is
 -- bound with EXECUTE ... USING; only operators from the allow-list below are spelled out.
-
-DO $$
-BEGIN
-    IF to_regtype('dpr_pg.hit') IS NULL THEN
-        CREATE TYPE dpr_pg.hit AS (
-            id          bigint,
-            external_id text,
-            collection  text,
-            title       text,
-            text        text,
-            metadata    jsonb,
-            score       double precision
-        );
-    END IF;
-END
-$$;
 
 CREATE OR REPLACE FUNCTION dpr_pg._filter_error(message text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
@@ -278,23 +266,25 @@ END
 $$;
 
 -- The WHERE clause of a filter document, and the jsonb[] to bind as $1 when it runs.
--- The size limits are those of dpr_pg/filters.py (MAX_CHARS, MAX_NUMBER_CHARS, MAX_DEPTH, MAX_NODES),
+-- The size limits are dpr_pg/tuning.py's FILTER_MAX_*, which dpr_pg/filters.py checks too,
 -- checked in linear time before the document is walked: its size from the datum's header, its
--- depth by a jsonpath that stops at level 33, its values and numbers on its text with the strings
+-- depth by a jsonpath that stops one level past the limit, its values and numbers on its text with the strings
 -- blanked out.
 CREATE OR REPLACE FUNCTION dpr_pg.compile_filter(filter jsonb, OUT clause text, OUT params jsonb[])
 LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    max_chars CONSTANT integer := 100000;
-    max_number_chars CONSTANT integer := 400;
-    max_nodes CONSTANT integer := 2000;
+    max_chars CONSTANT integer := @FILTER_MAX_CHARS@;
+    max_number_chars CONSTANT integer := @FILTER_MAX_NUMBER_CHARS@;
+    max_nodes CONSTANT integer := @FILTER_MAX_NODES@;
+    max_depth CONSTANT integer := @FILTER_MAX_DEPTH@;
     doc text;
     shape text;
     nodes bigint;
-    too_large CONSTANT text := 'filter too large: %s; the limits are 100000 characters of JSON, 32 levels, '
-        '2000 values and numbers of 400 characters: split the search, or use $in with fewer values';
+    too_large CONSTANT text := 'filter too large: %s; the limits are @FILTER_MAX_CHARS@ characters of JSON, '
+        '@FILTER_MAX_DEPTH@ levels, @FILTER_MAX_NODES@ values and numbers of @FILTER_MAX_NUMBER_CHARS@ characters: '
+        'split the search, or use $in with fewer values';
 BEGIN
     filter := COALESCE(filter, '{}');
     IF jsonb_typeof(filter) <> 'object' THEN
@@ -312,8 +302,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg ' || format(too_large,
             format('more than %s characters of JSON', max_chars));
     END IF;
-    IF jsonb_path_exists(filter, 'strict $.**{33}') THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg ' || format(too_large, 'more than 32 levels deep');
+    IF jsonb_path_exists(filter, format('strict $.**{%s}', max_depth + 1)::jsonpath) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg ' || format(too_large,
+            format('more than %s levels deep', max_depth));
     END IF;
     -- Strings (keys and values) become s: what is left is punctuation, numbers, true, false and null.
     shape := regexp_replace(doc, '"(?:[^"\\]|\\.)*"', 's', 'g');
@@ -333,31 +324,107 @@ BEGIN
 END
 $$;
 
--- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short.
--- Planner: no filter → HNSW; a narrow filter (≤ 2000 rows by the estimate, ≤ 25000 rows that are
--- ≤ 2% of the table, or ≤ 2000 by a bounded count when the estimate is under 6000) → exact over
--- the filtered rows; otherwise an iterative HNSW
--- scan (pgvector ≥ 0.8), falling back to exact when it returns fewer than k rows. pgvector < 0.8
--- gets exact search whenever there is a filter. Under row-level security (a tenant role), a
--- bounded count of the rows it sees decides between exact and iterative HNSW, filter or not.
--- BEGIN dpr_pg.search (migrations 0007 and 0008 re-run this block: keep CREATE OR REPLACE and the signature)
+-- The path of a dense top-k search over the rows of `source` (a FROM item: dpr_pg.passages, or an
+-- app table's subquery) that match `where_sql`, which may refer to $1 (params) and $4 (collection).
+-- The rules of dpr_pg/_planner.py with the numbers of dpr_pg/tuning.py:
+-- no filter → HNSW (exact above k = @MAX_EF_SEARCH@); a filter on pgvector < 0.8, or k above
+-- @MAX_EF_SEARCH@ → exact; a narrow filter (≤ exact_threshold rows by the estimate, ≤ @EXACT_MAX_ROWS@
+-- rows that are ≤ exact_selectivity of `relation`, or ≤ exact_threshold by a count bounded at
+-- exact_threshold + 1 when the estimate is within @COUNT_BAND@ times it) → exact over the filtered
+-- rows; otherwise an iterative HNSW scan. The caller falls back to exact when the index scan
+-- returns fewer than k rows. The two thresholds are arguments so that tests can reach every rule;
+-- `estimate`, when given, stands in for PostgreSQL's estimate of the matching rows.
+CREATE OR REPLACE FUNCTION dpr_pg._search_plan(
+    relation regclass, source text, where_sql text, params jsonb[], k integer, collection text DEFAULT NULL,
+    exact_threshold integer DEFAULT @EXACT_THRESHOLD@, exact_selectivity double precision DEFAULT @EXACT_SELECTIVITY@,
+    estimate double precision DEFAULT NULL,
+    OUT path text, OUT estimated_rows double precision, OUT matching_rows bigint, OUT ef_search integer)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pgv integer[];
+    plan json;
+    table_rows double precision;
+    rls boolean := row_security_active(relation);
+BEGIN
+    IF where_sql = 'true' AND NOT rls THEN
+        IF k > @MAX_EF_SEARCH@ THEN
+            path := 'exact';  -- above hnsw.ef_search's limit
+        ELSE
+            path := 'hnsw';
+            ef_search := greatest(k, @UNFILTERED_EF_SEARCH@);
+        END IF;
+        RETURN;
+    END IF;
+    SELECT string_to_array(split_part(extversion, '-', 1), '.')::integer[] INTO pgv
+    FROM pg_extension WHERE extname = 'vector';
+    IF pgv < ARRAY[@ITERATIVE_SCAN_VERSION@] OR k > @MAX_EF_SEARCH@ THEN
+        path := 'exact';  -- no iterative index scans, or k above hnsw.ef_search's limit
+        RETURN;
+    END IF;
+    IF rls AND estimate IS NULL THEN
+        -- Row-level security (a tenant role, see dpr_pg.grant_access) hides rows, and PostgreSQL
+        -- estimates a non-leakproof condition such as @> without statistics for the caller; the
+        -- policy filters every search, filter or not: count the visible matches, bounded.
+        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM ' || source || ' WHERE ' || where_sql || ' LIMIT $5) AS m'
+            INTO matching_rows USING params, NULL::text, k, collection, exact_threshold + 1;
+        IF matching_rows <= exact_threshold THEN
+            path := 'exact';
+        ELSE
+            path := 'hnsw-iterative';
+            ef_search := greatest(k, @FILTERED_EF_SEARCH@);
+        END IF;
+        RETURN;
+    END IF;
+    -- statistics first; a bounded count only when they say the filter may be narrow
+    IF estimate IS NULL THEN
+        EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM ' || source || ' WHERE ' || where_sql
+            INTO plan USING params, NULL::text, k, collection;
+        estimated_rows := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+    ELSE
+        estimated_rows := estimate;
+    END IF;
+    IF estimated_rows <= exact_threshold THEN
+        path := 'exact';  -- right at any size; a bounded count would cost as much as the search
+        RETURN;
+    END IF;
+    IF exact_selectivity > 0 AND estimated_rows <= @EXACT_MAX_ROWS@ THEN
+        SELECT c.reltuples INTO table_rows FROM pg_class c WHERE c.oid = relation;
+        IF estimated_rows <= exact_selectivity * table_rows THEN
+            path := 'exact';  -- this narrow a share of the table, iterative HNSW loses recall
+            RETURN;
+        END IF;
+    END IF;
+    IF estimated_rows <= @COUNT_BAND@ * exact_threshold THEN
+        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM ' || source || ' WHERE ' || where_sql || ' LIMIT $5) AS m'
+            INTO matching_rows USING params, NULL::text, k, collection, exact_threshold + 1;
+        IF matching_rows <= exact_threshold THEN
+            path := 'exact';
+            RETURN;
+        END IF;
+    END IF;
+    path := 'hnsw-iterative';
+    ef_search := greatest(k, @FILTERED_EF_SEARCH@);
+END
+$$;
+
+-- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short:
+-- the path is dpr_pg._search_plan's, and an index scan that finds fewer than k rows is answered
+-- exactly. `SET client_min_messages = debug1` shows the plan as a DEBUG message. Under row-level
+-- security the plan counts the rows the caller may read (see dpr_pg._search_plan).
 CREATE OR REPLACE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
 RETURNS SETOF dpr_pg.hit
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, dpr_pg, @VECTOR_SCHEMA@, pg_temp
 AS $$
 DECLARE
-    exact_threshold CONSTANT integer := 2000;
-    exact_selectivity CONSTANT double precision := 0.02;
-    exact_max_rows CONSTANT integer := 25000;
     compiled record;
     where_sql text;
     dim integer;
-    pgv integer[];
-    est double precision;
-    plan json;
-    matches bigint;
+    chosen record;
     path text;
+    fell_back boolean := false;
     hits dpr_pg.hit[];
     old_ef text;
     old_iterative text;
@@ -368,8 +435,8 @@ BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'dpr_pg.search: the query vector is NULL; pass a vector';
     END IF;
-    IF k IS NULL OR k < 1 OR k > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.search: expected k between 1 and 10000, not %s', k);
+    IF k IS NULL OR k < 1 OR k > @MAX_K@ THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.search: expected k between 1 and @MAX_K@, not %s', k);
     END IF;
     SELECT a.atttypmod INTO dim FROM pg_attribute a
     WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding';
@@ -380,45 +447,14 @@ BEGIN
     compiled := dpr_pg.compile_filter(filter);
     where_sql := compiled.clause || CASE WHEN collection IS NULL THEN '' ELSE ' AND collection = $4' END;
     rls := row_security_active('dpr_pg.passages');
-    SELECT string_to_array(split_part(extversion, '-', 1), '.')::integer[] INTO pgv
-    FROM pg_extension WHERE extname = 'vector';
-
-    IF k > 1000 THEN
-        path := 'exact';  -- above hnsw.ef_search's limit
-    ELSIF rls THEN
-        -- Row-level security hides rows from the caller, and from its statistics too (PostgreSQL
-        -- estimates non-leakproof operators such as @> blindly): count the visible matches, bounded.
-        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql || ' LIMIT $5) AS m'
-            INTO matches USING compiled.params, query, k, collection, exact_threshold + 1;
-        path := CASE WHEN matches <= exact_threshold OR pgv < ARRAY[0, 8, 0] THEN 'exact' ELSE 'hnsw-iterative' END;
-    ELSIF where_sql = 'true' THEN
-        path := 'hnsw';
-    ELSIF pgv < ARRAY[0, 8, 0] THEN
-        path := 'exact';
-    ELSE
-        -- statistics first; a bounded count only when they say the filter may be narrow
-        EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql
-            INTO plan USING compiled.params, query, k, collection;
-        est := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
-        path := 'hnsw-iterative';
-        IF est <= exact_threshold THEN
-            path := 'exact';  -- right at any size; a bounded count would cost as much as the search
-        ELSIF est <= exact_max_rows AND est <= exact_selectivity * (
-                SELECT c.reltuples FROM pg_class c WHERE c.oid = 'dpr_pg.passages'::regclass) THEN
-            path := 'exact';  -- this narrow a share of the table, iterative HNSW loses recall
-        ELSIF est <= 3 * exact_threshold THEN  -- dpr_pg._planner.COUNT_BAND
-            EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql || ' LIMIT $5) AS m'
-                INTO matches USING compiled.params, query, k, collection, exact_threshold + 1;
-            IF matches <= exact_threshold THEN
-                path := 'exact';
-            END IF;
-        END IF;
-    END IF;
+    SELECT * INTO chosen FROM dpr_pg._search_plan('dpr_pg.passages', 'dpr_pg.passages', where_sql, compiled.params,
+                                                  k, collection);
+    path := chosen.path;
 
     IF path IN ('hnsw', 'hnsw-iterative') THEN
         old_ef := current_setting('hnsw.ef_search');
         old_iterative := current_setting('hnsw.iterative_scan', true);
-        PERFORM set_config('hnsw.ef_search', greatest(k, CASE WHEN path = 'hnsw' THEN 250 ELSE 400 END)::text, true);
+        PERFORM set_config('hnsw.ef_search', chosen.ef_search::text, true);
         IF path = 'hnsw-iterative' THEN
             PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
         END IF;
@@ -441,6 +477,7 @@ BEGIN
         END IF;
         IF COALESCE(cardinality(hits), 0) < k THEN
             path := 'exact';  -- the index scan ran out before k matches: answer exactly
+            fell_back := true;
         END IF;
     END IF;
     IF path = 'exact' THEN
@@ -450,10 +487,12 @@ BEGIN
             '  ORDER BY s DESC, id LIMIT $3) AS exact', select_list, where_sql)
             INTO hits USING compiled.params, query, k, collection;
     END IF;
+    RAISE DEBUG 'dpr_pg.search plan: %', json_build_object(
+        'path', path, 'estimated_rows', chosen.estimated_rows, 'matching_rows', chosen.matching_rows,
+        'ef_search', chosen.ef_search, 'fell_back', fell_back);
     RETURN QUERY SELECT * FROM unnest(hits);
 END
 $$;
--- END dpr_pg.search
 
 -- Spanish full-text ('spanish' tsvector, websearch syntax) and dense search, fused by reciprocal
 -- rank fusion: score = dense_weight / (rrf_k + dense rank) + text_weight / (rrf_k + text rank),
@@ -467,12 +506,12 @@ LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, dpr_pg, @VECTOR_SCHEMA@, pg_temp
 AS $$
 DECLARE
-    max_text_chars CONSTANT integer := 10000;  -- dpr_pg.search.MAX_QUERY_TEXT_CHARS
+    max_text_chars CONSTANT integer := @MAX_QUERY_TEXT_CHARS@;
     compiled record;
     n integer;
 BEGIN
-    IF k IS NULL OR k < 1 OR k > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.hybrid_search: expected k between 1 and 10000, not %s', k);
+    IF k IS NULL OR k < 1 OR k > @MAX_K@ THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.hybrid_search: expected k between 1 and @MAX_K@, not %s', k);
     END IF;
     IF rrf_k IS NULL OR rrf_k < 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -485,9 +524,9 @@ BEGIN
             MESSAGE = format('dpr_pg.hybrid_search: expected finite weights, not dense_weight %s and text_weight %s',
                              COALESCE(dense_weight::text, 'NULL'), COALESCE(text_weight::text, 'NULL'));
     END IF;
-    IF candidates IS NOT NULL AND (candidates < 1 OR candidates > 10000) THEN
+    IF candidates IS NOT NULL AND (candidates < 1 OR candidates > @MAX_K@) THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('dpr_pg.hybrid_search: expected candidates between 1 and 10000, not %s', candidates);
+            MESSAGE = format('dpr_pg.hybrid_search: expected candidates between 1 and @MAX_K@, not %s', candidates);
     END IF;
     -- octet_length reads the header only: a text far over the limit is refused without being read.
     IF octet_length(query_text) > 4 * max_text_chars OR length(query_text) > max_text_chars THEN

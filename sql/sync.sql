@@ -6,8 +6,10 @@
 -- because of, encoding: `dpr-pg worker` drains the queue later.
 -- Identifiers are always formatted with %I (quote_ident) or as regclass, never concatenated, and
 -- never used as a format string.
--- Every function is CREATE OR REPLACE, so re-running the file is harmless. The queue's columns
--- (version, dead_at) and synced_tables.encoder_id come from migration 0012.
+-- Idempotent (CREATE OR REPLACE): `dpr-pg init` applies it after the last migration, every time;
+-- the tables come from migration 0003, the queue's columns (version, dead_at) and
+-- synced_tables.encoder_id from 0012. MAX_DIM and the HNSW_ names between @ signs are the numbers
+-- of dpr_pg/tuning.py.
 
 -- The queue upsert of both triggers. A key already queued gets the writer's transaction id as its
 -- new version, and is due again with its failures forgotten: the worker deletes an item only if
@@ -95,8 +97,8 @@ DECLARE
 BEGIN
     -- search_path is pinned, so pgvector's objects are named with the schema it lives in.
     SELECT e.extnamespace::regnamespace::name INTO vector_schema FROM pg_extension e WHERE e.extname = 'vector';
-    IF dim IS NULL OR dim < 1 OR dim > 16000 THEN
-        RAISE EXCEPTION 'dpr_pg.enable_table: expected dim between 1 and 16000, not %', dim
+    IF dim IS NULL OR dim < 1 OR dim > @MAX_DIM@ THEN
+        RAISE EXCEPTION 'dpr_pg.enable_table: expected dim between 1 and @MAX_DIM@, not %', dim
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF text_columns IS NULL OR cardinality(text_columns) = 0 THEN
@@ -164,7 +166,7 @@ BEGIN
                    'dpr_pg: dpr_pg.encoders row of the encoder pair that made the embedding');
     EXECUTE format('COMMENT ON COLUMN %s.dpr_content_hash IS %L', tbl,
                    'dpr_pg: hash of the embedded text, to skip unchanged rows');
-    EXECUTE format('CREATE INDEX %I ON %s USING hnsw (%I %I.vector_ip_ops) WITH (m = 16, ef_construction = 64)',
+    EXECUTE format('CREATE INDEX %I ON %s USING hnsw (%I %I.vector_ip_ops) WITH (m = @HNSW_M@, ef_construction = @HNSW_EF_CONSTRUCTION@)',
                    left(rel, 50) || '_dpr_hnsw', tbl, embedding_column, vector_schema);
 
     SELECT string_agg(quote_literal(c), ', ') INTO key_args FROM unnest(key_columns) AS c;

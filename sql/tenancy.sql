@@ -2,11 +2,24 @@
 --
 -- grant_access gives a role what searching needs (and, with can_write, what ingest needs), and,
 -- with collections, rows in dpr_pg.collection_grants that the row-level security policies on
--- dpr_pg.passages read (migration 0013). The first collection grant turns row-level security on
+-- dpr_pg.passages read (migration 0014). The first collection grant turns row-level security on
 -- for the database; set_tenancy turns it on or off explicitly. dpr-pg grant / revoke / tenancy and
 -- dpr_pg.grant / revoke / set_tenancy call these functions.
 -- Only the owner of the dpr_pg tables can run them (they grant on its objects); EXECUTE is revoked
 -- from PUBLIC. Identifiers come from the catalogs and are formatted with %I, never concatenated.
+-- Idempotent (CREATE OR REPLACE): `dpr-pg init` applies it after the last migration, every time.
+
+-- The collections the current role may read (or, with for_write, write): its own grants and those
+-- of the roles whose privileges it inherits. The policies call it once per statement (a scalar
+-- subquery); migration 0014 made the first copy.
+CREATE OR REPLACE FUNCTION dpr_pg.allowed_collections(for_write boolean DEFAULT false) RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT COALESCE(array_agg(DISTINCT g.collection), '{}'::text[])
+    FROM dpr_pg.collection_grants AS g
+    WHERE pg_has_role(g.role, 'USAGE') AND (g.can_write OR NOT for_write)
+$$;
 
 -- What a search-only role needs: the functions of every search face, and the tables they read.
 CREATE OR REPLACE FUNCTION dpr_pg._read_functions() RETURNS text[]
@@ -14,7 +27,8 @@ LANGUAGE sql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT ARRAY['search', 'hybrid_search', 'search_table', 'compile_filter', '_filter_document', '_filter_field',
-                 '_filter_leaf', '_filter_error', 'allowed_collections', 'check_table_encoder']
+                 '_filter_leaf', '_filter_error', '_search_plan', '_filter_keys', '_row_document',
+                 'allowed_collections', 'check_table_encoder']
 $$;
 
 CREATE OR REPLACE FUNCTION dpr_pg._set_privileges(role_name name, grant_them boolean, can_write boolean)

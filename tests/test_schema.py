@@ -113,6 +113,46 @@ def test_init_with_another_dimension_refuses_and_changes_nothing(empty_url: str)
     engine.dispose()
 
 
+def _function(conn: sa.Connection, signature: str) -> str:
+    return conn.execute(sa.text("SELECT pg_get_functiondef(CAST(:f AS regprocedure))"), {"f": signature}).scalar_one()
+
+
+def test_init_at_head_puts_back_the_functions_of_sql(cli, server, database_url: str) -> None:
+    # What a database looks like after a package upgrade that only changed a function in sql/.
+    engine = sa.create_engine(database_url)
+    signature = "dpr_pg.compile_filter(jsonb)"
+    with engine.connect() as conn:
+        expected = _function(conn, signature)
+        conn.execute(sa.text(
+            "CREATE OR REPLACE FUNCTION dpr_pg.compile_filter(filter jsonb, OUT clause text, OUT params jsonb[]) "
+            "LANGUAGE sql AS $$ SELECT 'true', '{}'::jsonb[] $$"))
+        conn.commit()
+    updated = cli("--database-url", database_url, "init", "--dim", "768", check=True)
+    again = cli("--database-url", database_url, "init", "--dim", "768", check=True)
+    with engine.connect() as conn:
+        assert _function(conn, signature) == expected
+    engine.dispose()
+    assert f"dpr_pg schema at {schema.head_revision()} (vector(768)); SQL functions updated" in updated.stdout
+    assert "nothing to do" in again.stdout
+
+
+def test_a_tuning_number_reaches_the_sql_functions_at_the_next_init(database_url: str, monkeypatch) -> None:
+    from dpr_pg import tuning
+
+    monkeypatch.setattr(tuning, "EXACT_THRESHOLD", 1234)
+    monkeypatch.setattr(tuning, "MAX_K", 777)
+    engine = sa.create_engine(database_url)
+    result = schema.init(engine, dim=768)
+    with engine.connect() as conn:
+        planner = _function(conn, "dpr_pg._search_plan(regclass, text, text, jsonb[], integer, text, integer, "
+                                  "double precision, double precision)")
+        with pytest.raises(sa.exc.DBAPIError, match="expected k between 1 and 777, not 778"):
+            conn.execute(sa.text("SELECT * FROM dpr_pg.search(CAST(:q AS vector), 778)"), {"q": str([0.0] * 768)})
+    engine.dispose()
+    assert (result.previous_revision, result.definitions_changed) == (schema.head_revision(), True)
+    assert "exact_threshold integer DEFAULT 1234" in planner
+
+
 def test_upgrade_downgrade_upgrade_on_populated_database_keeps_data(empty_url: str) -> None:
     engine = sa.create_engine(empty_url)
     schema.init(engine, dim=768)
@@ -337,12 +377,19 @@ def _assert_same_schema_as_init(server, url: str, dim: int) -> None:
 
 
 def test_offline_sql_script_builds_the_same_schema_as_init(server, empty_url: str, tmp_path: Path) -> None:
+    script = schema.init_sql(dim=768)
+    assert script.index(f"-> {schema.head_revision()}") < script.index("-- sql/search.sql")
+    _apply_with_psql(script, empty_url, tmp_path)
+    _assert_same_schema_as_init(server, empty_url, 768)
+
+
+def test_alembic_alone_stops_at_the_migrations_and_init_sql_adds_the_definitions(tmp_path: Path) -> None:
     buffer = io.StringIO()
     cfg = schema.alembic_config(None, dim=768)
     cfg.output_buffer = buffer
     command.upgrade(cfg, "head", sql=True)
-    _apply_with_psql(buffer.getvalue(), empty_url, tmp_path)
-    _assert_same_schema_as_init(server, empty_url, 768)
+    assert "dpr_pg._search_plan" not in buffer.getvalue()
+    assert schema.init_sql(dim=768).startswith(buffer.getvalue())
 
 
 def test_cli_init_sql_needs_no_database_and_psql_builds_what_init_builds(
@@ -366,6 +413,58 @@ def test_cli_init_sql_from_a_revision_upgrades_an_older_schema(
     assert "CREATE TABLE dpr_pg.encoders" not in result.stdout
     _apply_with_psql(result.stdout, empty_url, tmp_path)
     _assert_same_schema_as_init(server, empty_url, 384)
+
+
+def _database_with_vector_in_extensions(server) -> str:
+    """A database whose pgvector lives in schema ``extensions``, on its search_path (as on Supabase)."""
+    name = server.create_database()
+    engine = sa.create_engine(server.url_for(name), poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA extensions"))
+        conn.execute(sa.text("CREATE EXTENSION vector SCHEMA extensions"))
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" SET search_path = "$user", public, extensions'))
+    engine.dispose()
+    return name
+
+
+def test_init_sql_with_a_vector_schema_and_a_start_builds_what_init_builds(server, tmp_path: Path) -> None:
+    names = [_database_with_vector_in_extensions(server) for _ in range(3)]
+    online, whole, partial = (server.url_for(name) for name in names)
+    try:
+        engine = sa.create_engine(online)
+        schema.init(engine, dim=8)
+        engine.dispose()
+        _apply_with_psql(schema.init_sql(dim=8, vector_schema="extensions"), whole, tmp_path)
+        engine = sa.create_engine(partial)
+        schema.upgrade(engine, "0006", dim=8)
+        engine.dispose()
+        _apply_with_psql(schema.init_sql(dim=8, vector_schema="extensions", start="0006"), partial, tmp_path)
+        snapshots = []
+        for url in (online, whole, partial):
+            engine = sa.create_engine(url)
+            with engine.begin() as conn:
+                snapshots.append((_schema_snapshot(conn), schema.current_revision(conn)))
+                assert "search_path TO 'pg_catalog', 'dpr_pg', 'extensions', 'pg_temp'" in conn.execute(sa.text(
+                    "SELECT pg_get_functiondef('dpr_pg.search(extensions.vector, integer, jsonb, text)'::regprocedure)"
+                )).scalar_one()
+                assert conn.execute(sa.text("SELECT count(*) FROM dpr_pg.search(CAST(:q AS extensions.vector), 3)"),
+                                    {"q": str([1.0] * 8)}).scalar_one() == 0
+            engine.dispose()
+        assert snapshots[0] == snapshots[1] == snapshots[2]
+        assert snapshots[0][1] == schema.head_revision()
+    finally:
+        for name in names:
+            server.drop_database(name)
+
+
+def test_init_sql_from_head_is_the_definitions_alone() -> None:
+    script = schema.init_sql(start=schema.head_revision())
+    assert "Running upgrade" not in script
+    # no version-table statement (sql/tenancy.sql names the table only to grant SELECT on it)
+    assert not re.search(r"(CREATE TABLE|INSERT INTO|UPDATE) [a-z_. ]*alembic_version", script)
+    assert script.startswith("BEGIN;") and script.rstrip().endswith("COMMIT;")
+    assert "CREATE OR REPLACE FUNCTION dpr_pg.search(" in script and "CREATE TABLE" not in script
+    assert "@" + "MAX_K@" not in script and "k > 10000" in script
 
 
 def test_cli_init_sql_refuses_a_vector_schema_that_is_not_a_plain_identifier(cli) -> None:

@@ -369,16 +369,3 @@ def test_a_768d_row_keeps_metadata_and_text_inline_in_the_heap(engine: Engine) -
     assert "toast_tuple_target=8160" in options
     assert toast_bytes == 0
 
-
-def test_sql_function_uses_the_python_planners_settings(corpus_engine: Engine) -> None:
-    from dpr_pg import _planner
-
-    with corpus_engine.connect() as conn:
-        body = conn.execute(sa.text(
-            "SELECT pg_get_functiondef('dpr_pg.search(vector, integer, jsonb, text)'::regprocedure)")).scalar_one()
-    assert (f"CASE WHEN path = 'hnsw' THEN {_planner.UNFILTERED_EF_SEARCH} "
-            f"ELSE {_planner.FILTERED_EF_SEARCH} END") in body
-    assert f"est <= {_planner.COUNT_BAND} * exact_threshold" in body
-    assert f"exact_threshold CONSTANT integer := {_planner.EXACT_THRESHOLD};" in body
-    assert f"exact_selectivity CONSTANT double precision := {_planner.EXACT_SELECTIVITY};" in body
-    assert f"exact_max_rows CONSTANT integer := {_planner.EXACT_MAX_ROWS};" in body

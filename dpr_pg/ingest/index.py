@@ -29,7 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.errors import ConfigError, IndexBuildError
-from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_EF_CONSTRUCTION, HNSW_INDEX, HNSW_M
+from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_INDEX
+from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API (pydantic models: they make the OpenAPI schema).
 
-Bounds here are the core's own (``k`` up to ``dpr_pg.search.MAX_K``, ``ef_search`` up to
-pgvector's 1000) or protect the server (list lengths). Everything the core checks itself
+Bounds here are the core's own (``k`` up to ``dpr_pg.tuning.MAX_K``, ``ef_search`` up to
+pgvector's ``MAX_EF_SEARCH``) or protect the server (list lengths). Everything the core checks itself
 (filters, dimensions, finiteness) is left to the core, which answers with the same messages as
 in Python and on the command line.
 """
@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dpr_pg.ingest.validate import text_problem
-from dpr_pg.search import MAX_K
+from dpr_pg.tuning import MAX_EF_SEARCH, MAX_K
 
 MAX_TEXT = 20_000  # characters of one question or passage text (the encoder keeps 512 tokens)
 MAX_LIST = 256
@@ -38,7 +38,7 @@ class SearchOptions(_Strict):
     filter: dict[str, Any] | None = Field(None, description="Metadata filter document (MongoDB's query subset).")
     collection: str | None = Field(None, min_length=1, max_length=256, description="Search this collection only.")
     mode: Mode = Field("dense", description="dense: planned HNSW/exact; exact; hybrid: dense + Spanish full text.")
-    ef_search: int | None = Field(None, ge=1, le=1000, description="hnsw.ef_search for the index path.")
+    ef_search: int | None = Field(None, ge=1, le=MAX_EF_SEARCH, description="hnsw.ef_search for the index path.")
 
     @field_validator("collection")
     @classmethod

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from dpr_pg.models import TSV_EXPRESSION
-from dpr_pg.schema import migration_dim
+from dpr_pg.schema import execute_script, migration_dim
 
 revision = "0001"
 down_revision = None
@@ -50,7 +49,8 @@ def upgrade() -> None:
             content_hash text NOT NULL,
             embedding    vector({int(dim)}) NOT NULL,
             encoder_id   integer NOT NULL REFERENCES dpr_pg.encoders (id),
-            tsv          tsvector GENERATED ALWAYS AS ({TSV_EXPRESSION}) STORED,
+            tsv          tsvector GENERATED ALWAYS AS
+                             (to_tsvector('spanish'::regconfig, coalesce(title, '') || ' ' || text)) STORED,
             created_at   timestamptz NOT NULL DEFAULT now(),
             updated_at   timestamptz NOT NULL DEFAULT now(),
             CONSTRAINT passages_collection_external_id_key UNIQUE (collection, external_id),
@@ -65,6 +65,23 @@ def upgrade() -> None:
     op.execute("CREATE INDEX passages_encoder_id_idx ON dpr_pg.passages (encoder_id)")
 
 
+# Functions that sql/ defines and no migration created (sql/ is re-applied after the migrations)
+# have nothing else to drop them: they go with the last tables.
+DROP_REMAINING_FUNCTIONS = """
+DO $$
+DECLARE
+    routine regprocedure;
+BEGIN
+    FOR routine IN SELECT p.oid::regprocedure FROM pg_proc p
+                   WHERE p.pronamespace = 'dpr_pg'::regnamespace AND p.prokind IN ('f', 'p') LOOP
+        EXECUTE format('DROP ROUTINE %s', routine);
+    END LOOP;
+END
+$$;
+"""
+
+
 def downgrade() -> None:
     op.execute("DROP TABLE dpr_pg.passages")
     op.execute("DROP TABLE dpr_pg.encoders")
+    execute_script(DROP_REMAINING_FUNCTIONS)

@@ -12,20 +12,38 @@ from __future__ import annotations
 
 from alembic import op
 
-from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_DEFINITION, HNSW_INDEX
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
 
+# Runs in autocommit: an index left INVALID by a killed CREATE INDEX CONCURRENTLY is dropped.
+DROP_INVALID_HNSW = """
+DO $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'dpr_pg' AND c.relname = 'passages_embedding_hnsw' AND NOT i.indisvalid
+    ) THEN
+        DROP INDEX dpr_pg.passages_embedding_hnsw;
+    END IF;
+END
+$$
+"""
+
+
 def upgrade() -> None:
     with op.get_context().autocommit_block():
         op.execute(DROP_INVALID_HNSW)
-        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {HNSW_INDEX} {HNSW_DEFINITION}")
+        op.execute(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS passages_embedding_hnsw ON dpr_pg.passages "
+            "USING hnsw (embedding vector_ip_ops) WITH (m = 16, ef_construction = 64)"
+        )
 
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{HNSW_INDEX}")
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.passages_embedding_hnsw")

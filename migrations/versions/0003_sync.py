@@ -2,6 +2,9 @@
 
 An app table enabled with ``op.enable_dpr`` (or ``SELECT dpr_pg.enable_table(...)``) gets its
 embedding column in place; its triggers only enqueue keys here, and ``dpr-pg worker`` drains them.
+The functions are those of sql/0003_sync.sql, frozen as this revision first ran them; ``dpr-pg
+init`` replaces them with today's sql/sync.sql after the last migration, and 0013 brings the
+queue table and the triggers of enabled tables to their later shape.
 
 Revision ID: 0003
 Revises: 0002
@@ -10,18 +13,20 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic import context, op
 
 from dpr_pg.errors import SchemaError
-from dpr_pg.schema import resource_dir
+from dpr_pg.schema import execute_script
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SQL_FILES = ("sync.sql",)
+FROZEN_SQL = Path(__file__).with_name("sql") / "0003_sync.sql"
 
 
 def upgrade() -> None:
@@ -41,9 +46,7 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE TABLE dpr_pg.sync_queue (
-            -- No foreign key to synced_tables: its check would cost every app write a lookup and a
-            -- shared row lock. disable_table deletes a table's items itself.
-            tbl             regclass NOT NULL,
+            tbl             regclass NOT NULL REFERENCES dpr_pg.synced_tables (tbl) ON DELETE CASCADE,
             row_key         jsonb NOT NULL,
             enqueued_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
             attempts        integer NOT NULL DEFAULT 0,
@@ -54,8 +57,7 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX sync_queue_due_idx ON dpr_pg.sync_queue (next_attempt_at)")
-    for name in SQL_FILES:
-        op.execute(sa.text((resource_dir("sql") / name).read_text(encoding="utf-8")))
+    execute_script(FROZEN_SQL.read_text(encoding="utf-8"))
 
 
 def downgrade() -> None:
@@ -66,9 +68,11 @@ def downgrade() -> None:
                 f"cannot remove dpr_pg's sync functions while app tables use them: {enabled}; run op.disable_dpr "
                 "in the app's migrations (or SELECT dpr_pg.disable_table('<table>')) for each, then downgrade again"
             )
+    # Whichever edition of the functions is installed: this revision's, or today's from sql/.
     op.execute("DROP FUNCTION dpr_pg.disable_table(regclass)")
     op.execute("DROP FUNCTION dpr_pg.enable_table(regclass, text[], text, integer, text)")
-    op.execute("DROP FUNCTION dpr_pg.enqueue_sync_rows()")
+    op.execute("DROP FUNCTION IF EXISTS dpr_pg.enqueue_sync_rows()")
     op.execute("DROP FUNCTION dpr_pg.enqueue_sync()")
+    op.execute("DROP FUNCTION IF EXISTS dpr_pg.sync_row_key(jsonb, text[])")
     op.execute("DROP TABLE dpr_pg.sync_queue")
     op.execute("DROP TABLE dpr_pg.synced_tables")

@@ -1,6 +1,8 @@
 """dpr_pg.search_table(tbl, query, k, filter): DPR search over an app table enabled for sync.
 
-It reuses dpr_pg.compile_filter from 0004, so it comes after it.
+It reuses dpr_pg.compile_filter from 0004, so it comes after it. The function is that of
+sql/0005_search_table.sql, frozen as this revision first ran it; ``dpr-pg init`` replaces it with
+today's sql/search_table.sql after the last migration.
 
 Revision ID: 0005
 Revises: 0004
@@ -9,19 +11,22 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+from pathlib import Path
+
 from alembic import op
 
-from dpr_pg.schema import resource_dir
+from dpr_pg.schema import execute_script
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+FROZEN_SQL = Path(__file__).with_name("sql") / "0005_search_table.sql"
+
 
 def upgrade() -> None:
-    op.execute(sa.text((resource_dir("sql") / "search_table.sql").read_text(encoding="utf-8")))
+    execute_script(FROZEN_SQL.read_text(encoding="utf-8"))
 
 
 def downgrade() -> None:

@@ -1,9 +1,9 @@
 """dpr_pg.search: unfiltered hnsw.ef_search 200 → 250, like the Python API (dpr_pg._planner).
 
 At 200, one query in 100 of the 100k benchmark came back with recall@10 0 (the scan stayed in the
-wrong cluster); 250 gave recall@10 0.992 with no query below 0.9, for about 0.3 ms. This re-runs
-the dpr_pg.search block of sql/search.sql (between its BEGIN/END markers) with CREATE OR REPLACE;
-the signature and the result type are unchanged. Downgrade leaves the function as it is: it is a
+wrong cluster); 250 gave recall@10 0.992 with no query below 0.9, for about 0.3 ms. This runs
+sql/0007_search.sql (CREATE OR REPLACE dpr_pg.search, frozen as this revision first ran it); the
+signature and the result type are unchanged. Downgrade leaves the function as it is: it is a
 tuning, and the revision before this one works with either value.
 
 Revision ID: 0007
@@ -13,17 +13,20 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
+from pathlib import Path
 
-from dpr_pg.schema import replace_search_function
+from dpr_pg.schema import execute_script, vector_schema
 
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
 
+FROZEN_SQL = Path(__file__).with_name("sql") / "0007_search.sql"
+
 
 def upgrade() -> None:
-    replace_search_function()
+    execute_script(FROZEN_SQL.read_text(encoding="utf-8").replace("@VECTOR_SCHEMA@", vector_schema()))
 
 
 def downgrade() -> None:

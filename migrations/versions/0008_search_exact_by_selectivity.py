@@ -2,10 +2,9 @@
 
 On the 1M-row benchmark a filter matching 1% of the rows (10,000) took the iterative HNSW scan and
 came back with recall@10 0.947; an exact scan over those rows gives 1.000 in about 24 ms. Like
-the Python planner (dpr_pg._planner.EXACT_SELECTIVITY / EXACT_MAX_ROWS). This re-runs the
-dpr_pg.search block of sql/search.sql with CREATE OR REPLACE; the signature and the result type
-are unchanged. Downgrade leaves the function as it is: it is a tuning, and the revision before
-this one works with either rule.
+the Python planner. This runs sql/0008_search.sql (CREATE OR REPLACE dpr_pg.search, frozen as this
+revision first ran it); the signature and the result type are unchanged. Downgrade leaves the
+function as it is: it is a tuning, and the revision before this one works with either rule.
 
 Revision ID: 0008
 Revises: 0007
@@ -14,16 +13,20 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-from dpr_pg.schema import replace_search_function
+from pathlib import Path
+
+from dpr_pg.schema import execute_script, vector_schema
 
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
 
+FROZEN_SQL = Path(__file__).with_name("sql") / "0008_search.sql"
+
 
 def upgrade() -> None:
-    replace_search_function()
+    execute_script(FROZEN_SQL.read_text(encoding="utf-8").replace("@VECTOR_SCHEMA@", vector_schema()))
 
 
 def downgrade() -> None:

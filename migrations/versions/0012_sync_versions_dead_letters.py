@@ -11,9 +11,10 @@
   that) can only add fresh items, never ones that carry attempts, errors or a dead state. The
   owner (and so the triggers, which run as the owner) is not subject to it.
 
-The functions that use these columns are in sql/sync.sql; until init applies sql/ by itself after
-the migrations, this revision re-applies that file. Downgrade drops the columns and puts back the
-trigger functions of revision 0003 (their text is frozen below).
+The functions that use these columns are in sql/sync.sql; this revision runs that file as it was
+when the revision was written (sql/0012_sync.sql, frozen), and init applies today's after the last
+migration. Downgrade drops the columns and puts back the trigger functions of revision 0003 (their
+text is frozen below).
 
 Revision ID: 0012
 Revises: 0011
@@ -22,13 +23,16 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-from dpr_pg.schema import execute_script, resource_dir
+from pathlib import Path
+
+from dpr_pg.schema import execute_script
 
 revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
 
+FROZEN_SQL = Path(__file__).with_name("sql") / "0012_sync.sql"
 UPGRADE = """
 ALTER TABLE dpr_pg.sync_queue
     ADD COLUMN version xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -131,8 +135,8 @@ CREATE INDEX sync_queue_due_idx ON dpr_pg.sync_queue (next_attempt_at);
 
 def upgrade() -> None:
     execute_script(UPGRADE)
-    # The function definitions of sql/sync.sql (all CREATE OR REPLACE), now with the new columns.
-    execute_script((resource_dir("sql") / "sync.sql").read_text(encoding="utf-8"))
+    # The function definitions of sql/sync.sql (all CREATE OR REPLACE) as they were, with the new columns.
+    execute_script(FROZEN_SQL.read_text(encoding="utf-8"))
 
 
 def downgrade() -> None:

@@ -4,27 +4,26 @@
   read, and write. Each role reads only its own rows (and those of the roles whose privileges it
   has); only the owner writes them, through ``dpr_pg.grant_access`` / ``dpr_pg.revoke_access``
   (sql/tenancy.sql), ``dpr-pg grant`` or :func:`dpr_pg.grant`.
-* ``dpr_pg.allowed_collections(for_write)`` is the caller's list. The policies on passages read it;
-  row-level security itself stays off until the first collection grant turns it on (opt-in per
+* ``dpr_pg.allowed_collections(for_write)`` is the caller's list; the policies on passages read it
+  (a frozen copy here, which the policies need as they are made; sql/tenancy.sql replaces it).
+  Row-level security itself stays off until the first collection grant turns it on (opt-in per
   database): until then every role with SELECT on passages reads every collection, as before.
 * ``dpr_pg.synced_tables`` shows a role the settings of the app tables it may read, and no others.
 
 The table owner (the role that ran ``dpr-pg init``), superusers and BYPASSRLS roles are not
 subject to the policies; the tenants are other roles.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-01
 """
 
 from __future__ import annotations
 
-from alembic import op
+from dpr_pg.schema import execute_script
 
-from dpr_pg.schema import execute_script, resource_dir, vector_schema
-
-revision = "0013"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
@@ -76,25 +75,19 @@ DROP POLICY passages_delete ON dpr_pg.passages;
 DROP POLICY passages_update ON dpr_pg.passages;
 DROP POLICY passages_insert ON dpr_pg.passages;
 DROP POLICY passages_read ON dpr_pg.passages;
-DROP FUNCTION dpr_pg.set_tenancy(boolean);
-DROP FUNCTION dpr_pg.revoke_access(regrole, text[], boolean);
-DROP FUNCTION dpr_pg.grant_access(regrole, text[], boolean);
-DROP FUNCTION dpr_pg._set_privileges(name, boolean, boolean);
-DROP FUNCTION dpr_pg._read_functions();
+-- sql/tenancy.sql's functions read the grants table: they go with it
+DROP FUNCTION IF EXISTS dpr_pg.set_tenancy(boolean);
+DROP FUNCTION IF EXISTS dpr_pg.revoke_access(regrole, text[], boolean);
+DROP FUNCTION IF EXISTS dpr_pg.grant_access(regrole, text[], boolean);
+DROP FUNCTION IF EXISTS dpr_pg._set_privileges(name, boolean, boolean);
+DROP FUNCTION IF EXISTS dpr_pg._read_functions();
 DROP FUNCTION dpr_pg.allowed_collections(boolean);
 DROP TABLE dpr_pg.collection_grants;
 """
 
-# Function definitions that changed with this revision (filter size limits, hybrid_search's
-# checks, search_table's privilege check) and the grant functions; all CREATE OR REPLACE.
-SQL_FILES = ("search.sql", "search_table.sql", "tenancy.sql")
-
 
 def upgrade() -> None:
     execute_script(UPGRADE)
-    for name in SQL_FILES:
-        body = (resource_dir("sql") / name).read_text(encoding="utf-8")
-        execute_script(body.replace("@VECTOR_SCHEMA@", vector_schema()))
 
 
 def downgrade() -> None:

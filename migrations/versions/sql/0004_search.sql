@@ -1,0 +1,433 @@
+-- Frozen: sql/search.sql as revision 0004 ran it when that revision was written (git 4268dd0).
+-- Never edit: databases already ran it. Change functions in sql/, tables in a new migration.
+
+-- dpr_pg search functions: dpr_pg.search, dpr_pg.hybrid_search and the filter compiler they share.
+-- Installed by migrations/versions/0003_search_functions.py, which replaces @VECTOR_SCHEMA@ with the
+-- (quoted) schema of the vector extension, so the pinned search_path resolves pgvector's operators.
+--
+-- The filter language is the one in dpr_pg/filters.py; tests/test_filters_sql.py proves they agree.
+-- Keys and values never become SQL text: the compiler emits references $1[i] into a jsonb[] that is
+-- bound with EXECUTE ... USING; only operators from the allow-list below are spelled out.
+
+CREATE TYPE dpr_pg.hit AS (
+    id          bigint,
+    external_id text,
+    collection  text,
+    title       text,
+    text        text,
+    metadata    jsonb,
+    score       double precision
+);
+
+CREATE FUNCTION dpr_pg._filter_error(message text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '22023',
+        MESSAGE = 'dpr_pg filter: ' || message
+            || '; allowed operators: $eq, $ne, $gt, $gte, $lt, $lte, $in, $nin, $between, $like, $ilike, '
+            || '$exists, $contains, $and, $or, $not; fields: collection, external_id, title, created_at, '
+            || 'updated_at or a metadata key (dots reach nested keys)';
+END
+$$;
+
+-- One condition on one field. Returns the clause; appends the values it references to params.
+CREATE FUNCTION dpr_pg._filter_leaf(field text, op text, val jsonb, INOUT params jsonb[], OUT clause text)
+LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    path text[];
+    kind text;  -- NULL for metadata, 'text' or 'time' for a column
+    vt text := jsonb_typeof(val);
+    x text;
+    nested jsonb;
+    ref text;
+    col text;
+    item jsonb;
+    listed boolean;
+    iso text := '^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$';
+    bad text := field || ': ' || op || ' expects ';
+BEGIN
+    IF length(field) < 1 OR length(field) > 256 THEN
+        PERFORM dpr_pg._filter_error('a field name must have 1 to 256 characters, not ' || length(field));
+    END IF;
+    IF field IN ('collection', 'external_id', 'title') THEN
+        kind := 'text';
+    ELSIF field IN ('created_at', 'updated_at') THEN
+        kind := 'time';
+    ELSE
+        path := string_to_array(field, '.');
+        IF path[1] = 'metadata' AND cardinality(path) > 1 THEN
+            path := path[2:];
+        END IF;
+        IF EXISTS (SELECT 1 FROM unnest(path) AS p WHERE p = '' OR left(p, 1) = '$') THEN
+            PERFORM dpr_pg._filter_error('unknown field ' || quote_literal(field)
+                || ': each dotted part must be non-empty and must not start with $');
+        END IF;
+    END IF;
+    IF op NOT IN ('$eq', '$ne', '$gt', '$gte', '$lt', '$lte', '$in', '$nin', '$between', '$like', '$ilike',
+                  '$exists', '$contains') THEN
+        PERFORM dpr_pg._filter_error('unknown operator ' || quote_literal(op) || ' on field ' || quote_literal(field));
+    END IF;
+    IF (kind = 'text' AND op = '$contains') OR (kind = 'time' AND op IN ('$like', '$ilike', '$contains')) THEN
+        PERFORM dpr_pg._filter_error('operator ' || op || ' does not apply to the column ' || quote_literal(field));
+    END IF;
+
+    -- value checks, in the same terms as filters.py
+    IF op IN ('$gt', '$gte', '$lt', '$lte') AND vt NOT IN ('number', 'string') THEN
+        PERFORM dpr_pg._filter_error(bad || 'a number or a string');
+    ELSIF op = '$between' AND NOT (vt = 'array' AND jsonb_array_length(val) = 2 AND (
+            (jsonb_typeof(val -> 0) = 'number' AND jsonb_typeof(val -> 1) = 'number')
+            OR (jsonb_typeof(val -> 0) = 'string' AND jsonb_typeof(val -> 1) = 'string'))) THEN
+        PERFORM dpr_pg._filter_error(bad || '[low, high]: two numbers or two strings');
+    ELSIF op IN ('$in', '$nin') AND NOT (vt = 'array' AND NOT EXISTS (
+            SELECT 1 FROM jsonb_array_elements(val) AS e WHERE jsonb_typeof(e) IN ('array', 'object'))) THEN
+        PERFORM dpr_pg._filter_error(bad || 'an array of scalars');
+    ELSIF op IN ('$like', '$ilike') AND vt <> 'string' THEN
+        PERFORM dpr_pg._filter_error(bad || 'a LIKE pattern string');
+    ELSIF op IN ('$like', '$ilike') AND (length(val #>> '{}') - length(rtrim(val #>> '{}', '\'))) % 2 = 1 THEN
+        PERFORM dpr_pg._filter_error(bad || 'a LIKE pattern that does not end with a lone escape (\)');
+    ELSIF op = '$exists' AND vt <> 'boolean' THEN
+        PERFORM dpr_pg._filter_error(bad || 'true or false');
+    ELSIF op = '$contains' AND vt IN ('array', 'object') THEN
+        PERFORM dpr_pg._filter_error(bad || 'a scalar to look for in an array');
+    END IF;
+    listed := op IN ('$in', '$nin', '$between');
+    IF kind IS NOT NULL AND op <> '$exists' THEN
+        FOR item IN SELECT CASE WHEN listed THEN e ELSE val END
+                    FROM jsonb_array_elements(CASE WHEN listed THEN val ELSE '[null]'::jsonb END) AS e LOOP
+            IF jsonb_typeof(item) IS DISTINCT FROM 'string' THEN
+                PERFORM dpr_pg._filter_error(bad || 'a string (column ' || field || ')');
+            END IF;
+            IF kind = 'time' THEN
+                IF (item #>> '{}') !~ iso THEN
+                    PERFORM dpr_pg._filter_error(bad || 'an ISO 8601 timestamp like 2024-05-01T00:00:00+00:00');
+                END IF;
+                BEGIN
+                    PERFORM (item #>> '{}')::timestamptz;
+                EXCEPTION WHEN others THEN
+                    PERFORM dpr_pg._filter_error(bad || 'an ISO 8601 timestamp like 2024-05-01T00:00:00+00:00');
+                END;
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF kind IS NOT NULL THEN
+        col := quote_ident(field);  -- one of five allow-listed names
+        IF op = '$exists' THEN
+            clause := CASE WHEN val = 'true' THEN 'true' ELSE 'false' END;
+            RETURN;
+        END IF;
+        params := params || val;
+        ref := format('$1[%s]', cardinality(params));
+        IF kind = 'time' THEN
+            clause := CASE op
+                WHEN '$eq' THEN format('(%s = (%s #>> ''{}'')::timestamptz)', col, ref)
+                WHEN '$ne' THEN format('(%s <> (%s #>> ''{}'')::timestamptz)', col, ref)
+                WHEN '$gt' THEN format('(%s > (%s #>> ''{}'')::timestamptz)', col, ref)
+                WHEN '$gte' THEN format('(%s >= (%s #>> ''{}'')::timestamptz)', col, ref)
+                WHEN '$lt' THEN format('(%s < (%s #>> ''{}'')::timestamptz)', col, ref)
+                WHEN '$lte' THEN format('(%s <= (%s #>> ''{}'')::timestamptz)', col, ref)
+                WHEN '$between' THEN format('(%1$s >= (%2$s ->> 0)::timestamptz AND %1$s <= (%2$s ->> 1)::timestamptz)', col, ref)
+                WHEN '$in' THEN format('(%s = ANY (ARRAY(SELECT jsonb_array_elements_text(%s))::timestamptz[]))', col, ref)
+                WHEN '$nin' THEN format('(NOT %s = ANY (ARRAY(SELECT jsonb_array_elements_text(%s))::timestamptz[]))', col, ref)
+            END;
+        ELSE
+            clause := CASE op
+                WHEN '$eq' THEN format('(%s = (%s #>> ''{}''))', col, ref)
+                WHEN '$ne' THEN format('(%s <> (%s #>> ''{}''))', col, ref)
+                WHEN '$gt' THEN format('(%s COLLATE "C" > (%s #>> ''{}''))', col, ref)
+                WHEN '$gte' THEN format('(%s COLLATE "C" >= (%s #>> ''{}''))', col, ref)
+                WHEN '$lt' THEN format('(%s COLLATE "C" < (%s #>> ''{}''))', col, ref)
+                WHEN '$lte' THEN format('(%s COLLATE "C" <= (%s #>> ''{}''))', col, ref)
+                WHEN '$between' THEN format('(%1$s COLLATE "C" >= (%2$s ->> 0) AND %1$s COLLATE "C" <= (%2$s ->> 1))', col, ref)
+                WHEN '$in' THEN format('(%s = ANY (ARRAY(SELECT jsonb_array_elements_text(%s))))', col, ref)
+                WHEN '$nin' THEN format('(NOT %s = ANY (ARRAY(SELECT jsonb_array_elements_text(%s))))', col, ref)
+                WHEN '$like' THEN format('(%s LIKE (%s #>> ''{}''))', col, ref)
+                WHEN '$ilike' THEN format('(%s ILIKE (%s #>> ''{}''))', col, ref)
+            END;
+        END IF;
+        RETURN;
+    END IF;
+
+    -- metadata: x is metadata -> key1 -> key2 ..., each key a bound value
+    x := 'metadata';
+    FOR i IN 1 .. cardinality(path) LOOP
+        params := params || to_jsonb(path[i]);
+        x := x || format(' -> (($1[%s]) #>> ''{}'')', cardinality(params));
+    END LOOP;
+    IF op IN ('$eq', '$ne') AND vt NOT IN ('array', 'object') OR op = '$contains' THEN
+        nested := CASE WHEN op = '$contains' THEN jsonb_build_array(val) ELSE val END;
+        FOR i IN REVERSE cardinality(path) .. 1 LOOP
+            nested := jsonb_build_object(path[i], nested);
+        END LOOP;
+        params := params || nested;
+        clause := format('(metadata @> $1[%s])', cardinality(params));  -- containment: the GIN index answers
+        IF op = '$ne' THEN
+            clause := '(NOT ' || clause || ')';
+        END IF;
+        RETURN;
+    END IF;
+    params := params || val;
+    ref := format('$1[%s]', cardinality(params));
+    clause := CASE
+        WHEN op = '$eq' THEN format('COALESCE(%s = %s, false)', x, ref)
+        WHEN op = '$ne' THEN format('(NOT COALESCE(%s = %s, false))', x, ref)
+        WHEN op IN ('$gt', '$gte', '$lt', '$lte') AND vt = 'number' THEN
+            format('(CASE WHEN jsonb_typeof(%1$s) = ''number'' THEN (%1$s)::numeric %2$s (%3$s)::numeric ELSE false END)',
+                   x, CASE op WHEN '$gt' THEN '>' WHEN '$gte' THEN '>=' WHEN '$lt' THEN '<' ELSE '<=' END, ref)
+        WHEN op IN ('$gt', '$gte', '$lt', '$lte') THEN
+            format('(CASE WHEN jsonb_typeof(%1$s) = ''string'' THEN (%1$s #>> ''{}'') COLLATE "C" %2$s (%3$s #>> ''{}'') ELSE false END)',
+                   x, CASE op WHEN '$gt' THEN '>' WHEN '$gte' THEN '>=' WHEN '$lt' THEN '<' ELSE '<=' END, ref)
+        WHEN op = '$between' AND jsonb_typeof(val -> 0) = 'number' THEN
+            format('(CASE WHEN jsonb_typeof(%1$s) = ''number'' THEN (%1$s)::numeric >= (%2$s -> 0)::numeric AND (%1$s)::numeric <= (%2$s -> 1)::numeric ELSE false END)', x, ref)
+        WHEN op = '$between' THEN
+            format('(CASE WHEN jsonb_typeof(%1$s) = ''string'' THEN (%1$s #>> ''{}'') COLLATE "C" >= (%2$s ->> 0) AND (%1$s #>> ''{}'') COLLATE "C" <= (%2$s ->> 1) ELSE false END)', x, ref)
+        WHEN op = '$in' THEN format('COALESCE(%s = ANY (ARRAY(SELECT jsonb_array_elements(%s))), false)', x, ref)
+        WHEN op = '$nin' THEN format('(NOT COALESCE(%s = ANY (ARRAY(SELECT jsonb_array_elements(%s))), false))', x, ref)
+        WHEN op = '$like' THEN
+            format('(CASE WHEN jsonb_typeof(%1$s) = ''string'' THEN (%1$s #>> ''{}'') LIKE (%2$s #>> ''{}'') ELSE false END)', x, ref)
+        WHEN op = '$ilike' THEN
+            format('(CASE WHEN jsonb_typeof(%1$s) = ''string'' THEN (%1$s #>> ''{}'') ILIKE (%2$s #>> ''{}'') ELSE false END)', x, ref)
+        WHEN op = '$exists' AND val = 'true' THEN format('(%s IS NOT NULL)', x)
+        WHEN op = '$exists' THEN format('(%s IS NULL)', x)
+    END;
+END
+$$;
+
+-- A field's condition: {"$gt": 1, "$lt": 5}, {"$not": {...}} or a plain value ($eq).
+CREATE FUNCTION dpr_pg._filter_field(field text, val jsonb, INOUT params jsonb[], OUT clause text)
+LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    op text;
+    operand jsonb;
+    part text;
+    parts text[] := '{}';
+BEGIN
+    IF jsonb_typeof(val) = 'object' AND EXISTS (SELECT 1 FROM jsonb_object_keys(val) AS k WHERE left(k, 1) = '$') THEN
+        IF EXISTS (SELECT 1 FROM jsonb_object_keys(val) AS k WHERE left(k, 1) <> '$') THEN
+            PERFORM dpr_pg._filter_error('field ' || quote_literal(field) || ' mixes operators and plain keys');
+        END IF;
+        FOR op, operand IN SELECT key, value FROM jsonb_each(val) LOOP
+            IF op = '$not' THEN
+                IF jsonb_typeof(operand) <> 'object' OR operand = '{}' OR EXISTS (
+                        SELECT 1 FROM jsonb_object_keys(operand) AS k WHERE left(k, 1) <> '$') THEN
+                    PERFORM dpr_pg._filter_error(field || ': $not expects an operator object like {"$gt": 5}');
+                END IF;
+                SELECT f.params, f.clause INTO params, part FROM dpr_pg._filter_field(field, operand, params) AS f;
+                part := '(NOT ' || part || ')';
+            ELSE
+                SELECT f.params, f.clause INTO params, part FROM dpr_pg._filter_leaf(field, op, operand, params) AS f;
+            END IF;
+            parts := parts || part;
+        END LOOP;
+        clause := '(' || array_to_string(parts, ' AND ') || ')';
+    ELSE
+        SELECT f.params, f.clause INTO params, clause FROM dpr_pg._filter_leaf(field, '$eq', val, params) AS f;
+    END IF;
+END
+$$;
+
+-- A filter document: fields ANDed, and $and / $or / $not.
+CREATE FUNCTION dpr_pg._filter_document(doc jsonb, INOUT params jsonb[], OUT clause text)
+LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key text;
+    val jsonb;
+    item jsonb;
+    part text;
+    parts text[] := '{}';
+    inner_parts text[];
+BEGIN
+    FOR key, val IN SELECT e.key, e.value FROM jsonb_each(doc) AS e LOOP
+        IF key IN ('$and', '$or') THEN
+            IF jsonb_typeof(val) <> 'array' OR jsonb_array_length(val) = 0 OR EXISTS (
+                    SELECT 1 FROM jsonb_array_elements(val) AS e WHERE jsonb_typeof(e) <> 'object') THEN
+                PERFORM dpr_pg._filter_error(key || ' expects a non-empty array of filter objects');
+            END IF;
+            inner_parts := '{}';
+            FOR item IN SELECT e FROM jsonb_array_elements(val) AS e LOOP
+                SELECT d.params, d.clause INTO params, part FROM dpr_pg._filter_document(item, params) AS d;
+                inner_parts := inner_parts || part;
+            END LOOP;
+            parts := parts || ('(' || array_to_string(inner_parts, CASE key WHEN '$and' THEN ' AND ' ELSE ' OR ' END) || ')');
+        ELSIF key = '$not' THEN
+            IF jsonb_typeof(val) <> 'object' THEN
+                PERFORM dpr_pg._filter_error('$not expects a filter object');
+            END IF;
+            SELECT d.params, d.clause INTO params, part FROM dpr_pg._filter_document(val, params) AS d;
+            parts := parts || ('(NOT ' || part || ')');
+        ELSIF left(key, 1) = '$' THEN
+            PERFORM dpr_pg._filter_error('unknown operator ' || quote_literal(key) || ' at the top level of the filter');
+        ELSE
+            SELECT f.params, f.clause INTO params, part FROM dpr_pg._filter_field(key, val, params) AS f;
+            parts := parts || part;
+        END IF;
+    END LOOP;
+    clause := CASE WHEN cardinality(parts) = 0 THEN 'true' ELSE '(' || array_to_string(parts, ' AND ') || ')' END;
+END
+$$;
+
+-- The WHERE clause of a filter document, and the jsonb[] to bind as $1 when it runs.
+CREATE FUNCTION dpr_pg.compile_filter(filter jsonb, OUT clause text, OUT params jsonb[])
+LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    filter := COALESCE(filter, '{}');
+    IF jsonb_typeof(filter) <> 'object' THEN
+        PERFORM dpr_pg._filter_error('expected the filter as a JSON object like {"lang": "es"}, not a '
+                                     || jsonb_typeof(filter));
+    END IF;
+    IF jsonb_path_exists(filter, 'strict $.**{33}')
+            OR (SELECT count(*) FROM jsonb_path_query(filter, 'strict $.**')) > 2000 THEN
+        PERFORM dpr_pg._filter_error('filter too large: at most 32 levels deep and 2000 values');
+    END IF;
+    SELECT d.params, d.clause INTO params, clause FROM dpr_pg._filter_document(filter, '{}'::jsonb[]) AS d;
+END
+$$;
+
+-- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short.
+-- Planner: no filter → HNSW; a narrow filter (≤ 2000 rows by a bounded count) → exact over the
+-- filtered rows; otherwise an iterative HNSW scan (pgvector ≥ 0.8), falling back to exact when it
+-- returns fewer than k rows. pgvector < 0.8 gets exact search whenever there is a filter.
+CREATE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
+RETURNS SETOF dpr_pg.hit
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, dpr_pg, @VECTOR_SCHEMA@, pg_temp
+AS $$
+DECLARE
+    exact_threshold CONSTANT integer := 2000;
+    compiled record;
+    where_sql text;
+    dim integer;
+    pgv integer[];
+    est double precision;
+    plan json;
+    matches bigint;
+    path text;
+    hits dpr_pg.hit[];
+    old_ef text;
+    old_iterative text;
+    select_list CONSTANT text := 'id, external_id, collection, title, text, metadata';
+BEGIN
+    IF query IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'dpr_pg.search: the query vector is NULL; pass a vector';
+    END IF;
+    IF k IS NULL OR k < 1 OR k > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.search: expected k between 1 and 10000, not %s', k);
+    END IF;
+    SELECT a.atttypmod INTO dim FROM pg_attribute a
+    WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding';
+    IF vector_dims(query) <> dim THEN
+        RAISE EXCEPTION USING ERRCODE = '22000',
+            MESSAGE = format('dpr_pg.search: expected a %s-dimension query vector, not %s', dim, vector_dims(query));
+    END IF;
+    compiled := dpr_pg.compile_filter(filter);
+    where_sql := compiled.clause || CASE WHEN collection IS NULL THEN '' ELSE ' AND collection = $4' END;
+    SELECT string_to_array(split_part(extversion, '-', 1), '.')::integer[] INTO pgv
+    FROM pg_extension WHERE extname = 'vector';
+
+    IF where_sql = 'true' THEN
+        path := CASE WHEN k <= 1000 THEN 'hnsw' ELSE 'exact' END;
+    ELSIF pgv < ARRAY[0, 8, 0] THEN
+        path := 'exact';
+    ELSE
+        -- statistics first; a bounded count only when they say the filter may be narrow
+        EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql
+            INTO plan USING compiled.params, query, k, collection;
+        est := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+        path := 'hnsw-iterative';
+        IF est <= 10 * exact_threshold THEN
+            EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM dpr_pg.passages WHERE ' || where_sql || ' LIMIT $5) AS m'
+                INTO matches USING compiled.params, query, k, collection, exact_threshold + 1;
+            IF matches <= exact_threshold THEN
+                path := 'exact';
+            END IF;
+        END IF;
+    END IF;
+
+    IF path IN ('hnsw', 'hnsw-iterative') THEN
+        old_ef := current_setting('hnsw.ef_search');
+        old_iterative := current_setting('hnsw.iterative_scan', true);
+        PERFORM set_config('hnsw.ef_search', greatest(k, CASE WHEN path = 'hnsw' THEN 100 ELSE 200 END)::text, true);
+        IF path = 'hnsw-iterative' THEN
+            PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+        END IF;
+        EXECUTE format(
+            'SELECT array_agg(ROW(%1$s, -d)::dpr_pg.hit ORDER BY d, id) FROM ('
+            '  SELECT %1$s, embedding <#> $2 AS d FROM dpr_pg.passages WHERE %2$s'
+            '  ORDER BY embedding <#> $2 LIMIT $3) AS ann', select_list,
+            CASE WHEN path = 'hnsw' THEN 'true' ELSE where_sql END)
+            INTO hits USING compiled.params, query, k, collection;
+        PERFORM set_config('hnsw.ef_search', old_ef, true);
+        IF old_iterative IS NOT NULL THEN
+            PERFORM set_config('hnsw.iterative_scan', old_iterative, true);
+        END IF;
+        IF COALESCE(cardinality(hits), 0) < k THEN
+            path := 'exact';  -- the index scan ran out before k matches: answer exactly
+        END IF;
+    END IF;
+    IF path = 'exact' THEN
+        EXECUTE format(
+            'SELECT array_agg(ROW(%1$s, s)::dpr_pg.hit ORDER BY s DESC, id) FROM ('
+            '  SELECT %1$s, inner_product(embedding, $2) AS s FROM dpr_pg.passages WHERE %2$s'
+            '  ORDER BY s DESC, id LIMIT $3) AS exact', select_list, where_sql)
+            INTO hits USING compiled.params, query, k, collection;
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(hits);
+END
+$$;
+
+-- Spanish full-text ('spanish' tsvector, websearch syntax) and dense search, fused by reciprocal
+-- rank fusion: score = dense_weight / (rrf_k + dense rank) + text_weight / (rrf_k + text rank),
+-- ranks 1-based over each side's top max(k, candidates) rows.
+CREATE FUNCTION dpr_pg.hybrid_search(query vector, query_text text, k integer, filter jsonb DEFAULT '{}',
+                                     collection text DEFAULT NULL, dense_weight double precision DEFAULT 1.0,
+                                     text_weight double precision DEFAULT 1.0, rrf_k integer DEFAULT 60,
+                                     candidates integer DEFAULT 100)
+RETURNS SETOF dpr_pg.hit
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, dpr_pg, @VECTOR_SCHEMA@, pg_temp
+AS $$
+DECLARE
+    compiled record;
+    n integer;
+BEGIN
+    IF k IS NULL OR k < 1 OR k > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('dpr_pg.hybrid_search: expected k between 1 and 10000, not %s', k);
+    END IF;
+    IF rrf_k IS NULL OR rrf_k < 0 OR dense_weight IS NULL OR text_weight IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'dpr_pg.hybrid_search: rrf_k must be >= 0 and the weights not NULL';
+    END IF;
+    n := greatest(k, COALESCE(candidates, 100));
+    compiled := dpr_pg.compile_filter(filter);
+    RETURN QUERY EXECUTE format($q$
+        WITH dense AS (
+            SELECT d.id, row_number() OVER (ORDER BY d.score DESC, d.id) AS r
+            FROM dpr_pg.search($2, $3, $5, $4) AS d
+        ), lexical AS (
+            SELECT p.id, row_number() OVER (ORDER BY ts_rank_cd(p.tsv, q.q) DESC, p.id) AS r
+            FROM dpr_pg.passages AS p, websearch_to_tsquery('spanish', $6) AS q(q)
+            WHERE p.tsv @@ q.q AND %s %s
+            ORDER BY ts_rank_cd(p.tsv, q.q) DESC, p.id LIMIT $3
+        ), fused AS (
+            SELECT COALESCE(dense.id, lexical.id) AS id,
+                   COALESCE($7 / ($9 + dense.r), 0) + COALESCE($8 / ($9 + lexical.r), 0) AS score
+            FROM dense FULL JOIN lexical ON dense.id = lexical.id
+        )
+        SELECT p.id, p.external_id, p.collection, p.title, p.text, p.metadata, f.score
+        FROM fused AS f JOIN dpr_pg.passages AS p ON p.id = f.id
+        ORDER BY f.score DESC, p.id LIMIT $10 $q$,
+        compiled.clause, CASE WHEN collection IS NULL THEN '' ELSE 'AND p.collection = $4' END)
+        USING compiled.params, query, n, collection, filter, COALESCE(query_text, ''),
+              dense_weight, text_weight, rrf_k::double precision, k;
+END
+$$;
+
