@@ -551,10 +551,16 @@ class ByteSize(click.ParamType):
 
 
 @main.command("ingest")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
 @click.option("--collection", required=True, help="Collection the passages belong to.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "squad"]),
-              help="Input format. Default: from the extension (.jsonl .csv .tsv .parquet; .json is SQuAD).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "squad", "documents"]),
+              help="Input format. Default: from the extension (.jsonl .csv .tsv .parquet; .json is SQuAD; "
+                   ".pdf .html .htm .md .markdown .docx and folders are documents).")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Documents: files of a folder to read (repeatable; default every document extension). "
+                   "A glob without / matches names, one with / the path inside the folder.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Documents: files and folders to skip (repeatable; default hidden ones and ~$ lock files).")
 @click.option("--id-field", default="id", show_default=True, help="Field with the passage id (default: record number).")
 @click.option("--title-field", default="title", show_default=True, help="Field with the title (optional).")
 @click.option("--text-field", default="text", show_default=True, help="Field with the passage text (required).")
@@ -584,28 +590,37 @@ class ByteSize(click.ParamType):
               help="A record whose title is larger is rejected.")
 @click.option("--max-record-bytes", type=ByteSize(), default="8MB", show_default=True,
               help="A record larger as read (a JSONL line, CSV record, Parquet row) is rejected unread.")
+@click.option("--max-document-bytes", type=ByteSize(), default="64MB", show_default=True,
+              help="A document file (PDF, HTML, Markdown, DOCX) larger than this is rejected unread.")
 @click.option("--questions", "questions_path", type=click.Path(dir_okay=False, path_type=str),
               help="SQuAD input: where to write the questions (default ./<stem>.questions.jsonl).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @pass_context
 @reports_errors
-def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id_field: str, title_field: str,
+def ingest_command(ctx: Context, paths: tuple[str, ...], collection: str, fmt: str | None, include: tuple[str, ...],
+                   exclude: tuple[str, ...], id_field: str, title_field: str,
                    text_field: str, metadata_fields: tuple[str, ...], chunk_words: int | None, chunk_overlap: int,
                    embeddings: str | None, embeddings_column: str, question_model: str | None,
                    passage_model: str | None, precision: str | None, runtime: str, batch_size: int | None,
                    strict: bool, prune: bool, defer_index: bool, max_text_bytes: int, max_title_bytes: int,
-                   max_record_bytes: int, questions_path: str | None, progress: bool | None, as_json: bool) -> None:
-    """Ingest a JSONL, CSV, Parquet or SQuAD JSON file into a collection; re-running it changes nothing.
+                   max_record_bytes: int, max_document_bytes: int, questions_path: str | None,
+                   progress: bool | None, as_json: bool) -> None:
+    """Ingest a JSONL, CSV, Parquet or SQuAD JSON file, or documents, into a collection; re-running it changes nothing.
+
+    Documents are PDF, HTML, Markdown and DOCX files, or folders of them (walked recursively),
+    chunked along their headings and paragraphs; they need `pip install 'dpr-pg[documents]'`.
 
     Exit code: 0 when every record was ingested, 2 when some were rejected (listed in the
-    report; a record over a size limit is one of them), 1 on a fatal error.
+    report; a record over a size limit, or a document that cannot be read, is one of them),
+    1 on a fatal error.
 
     \b
     Example:
         dpr-pg ingest wiki.jsonl --collection wiki --json
         dpr-pg ingest wiki.parquet --collection wiki --embeddings wiki.parquet --prune
         dpr-pg ingest squad_es_dev.json --collection squad --questions squad_questions.jsonl
+        dpr-pg ingest manuales/ --collection manuales --exclude borradores --prune
     """
     from dpr_pg.encoders import EncoderPair, fingerprint_of
     from dpr_pg.ingest import FieldMapping, RecordLimits, RecordRejectedError, ingest
@@ -616,13 +631,14 @@ def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id
     else:
         pair, fingerprint = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime), None
     try:
-        report = ingest(ctx.engine, pair, path, collection=collection, format=fmt, fields=mapping,
+        report = ingest(ctx.engine, pair, paths[0] if len(paths) == 1 else list(paths), collection=collection,
+                        format=fmt, fields=mapping, include=include or None, exclude=exclude or None,
                         chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
                         embeddings_column=embeddings_column, fingerprint=fingerprint, batch_size=batch_size,
                         strict=strict, prune=prune, questions_path=questions_path, progress=progress,
                         defer_index=defer_index,
                         limits=RecordLimits(max_text_bytes=max_text_bytes, max_title_bytes=max_title_bytes,
-                                            max_record_bytes=max_record_bytes))
+                                            max_record_bytes=max_record_bytes, max_document_bytes=max_document_bytes))
     except RecordRejectedError as e:
         _print_ingest_report(e.report, as_json)
         err_console.print(f"[red]error:[/red] {e}", highlight=False)
@@ -635,6 +651,10 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
     if as_json:
         print_json(report.as_dict())
     else:
+        if report.documents is not None:
+            click.echo(f"{report.collection}: {report.documents} documents: {report.documents_parsed} parsed, "
+                       f"{report.documents_unchanged} unchanged (hash check); {report.removed} chunks of changed "
+                       "documents removed")
         click.echo(f"{report.collection}: read {report.read}, inserted {report.inserted}, updated {report.updated}, "
                    f"unchanged {report.unchanged}, rejected {report.rejected}, duplicates {report.duplicate_count}, "
                    f"encoded {report.encoded}, truncated {report.truncated}, pruned {report.pruned} "
