@@ -490,9 +490,10 @@ RUNTIME_OPTION = click.option(
 @pass_context
 @reports_errors
 def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
-    """Write a tiny random DPR pair to DIRECTORY/question and DIRECTORY/passage (offline tests).
+    """Write a tiny random DPR pair to DIRECTORY/question and DIRECTORY/passage, and a reader to DIRECTORY/reader.
 
-    The folders have the files of a Hub model, with a real Spanish WordPiece tokenizer.
+    The folders have the files of a Hub model, with a real Spanish WordPiece tokenizer. They are
+    for offline tests: their vectors and answers carry no meaning.
 
     \b
     Example:
@@ -500,10 +501,13 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
         DPR_PG_QUESTION_MODEL=/tmp/tiny/question DPR_PG_PASSAGE_MODEL=/tmp/tiny/passage dpr-pg doctor
     """
     from dpr_pg.encoders import make_tiny_models
+    from dpr_pg.reader import make_tiny_reader
 
     question_dir, passage_dir = make_tiny_models(directory, dim=dim, seed=seed)
+    reader_dir = make_tiny_reader(f"{directory}/reader", seed=seed)
     click.echo(f"question encoder: {question_dir}")
     click.echo(f"passage encoder:  {passage_dir}")
+    click.echo(f"reader:           {reader_dir}")
 
 
 @main.command("trained-models")
@@ -1230,6 +1234,80 @@ def keys_revoke(ctx: Context, name: str) -> None:
 
     key = revoke_key(ctx.engine, name)
     click.echo(f"revoked {key.name} ({key.prefix}…)")
+
+
+# ---- ask: retrieve, then read the answer --------------------------------------------------------
+
+
+@main.command("ask")
+@click.argument("question")
+@click.option("--collection", help="Ask this collection only (default: every collection).")
+@click.option("--filter", "filter_doc", callback=_filter_json,
+              metavar="JSON", help='Metadata filter document, e.g. \'{"source": "guia.pdf"}\'.')
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Passages retrieved and read.")
+@click.option("--top-answers", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Answers to return, best first.")
+@click.option("--no-answer-threshold", type=click.FloatRange(0, 1), metavar="SCORE",
+              help="Answer 'no answer' when no span scores this much (0-1), or the reader's null score beats "
+                   "every span, as SQuAD 2.0 models allow. Default: always the best spans.")
+@click.option("--mode", type=click.Choice(["dense", "hybrid", "exact"]), default="dense", show_default=True,
+              help="Retrieval: dense (planned HNSW/exact), exact, or hybrid (dense + Spanish full text).")
+@click.option("--reader-model", metavar="NAME_OR_DIR",
+              help=f"Extractive reader. Default: $DPR_PG_READER_MODEL, then {config.DEFAULT_READER_MODEL}.")
+@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
+@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--precision", help="Encoder and reader precision (fp32, bf16, int8; default: best for the device).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_context
+@reports_errors
+def ask_command(ctx: Context, question: str, collection: str | None, filter_doc: Any, k: int, top_answers: int,
+                no_answer_threshold: float | None, mode: str, reader_model: str | None, question_model: str | None,
+                passage_model: str | None, precision: str | None, as_json: bool) -> None:
+    """Answer QUESTION: retrieve the top passages, then read the answer span out of them.
+
+    Each answer comes with its score, its passage (id, title, metadata) and the span's character
+    offsets in the passage text.
+
+    \b
+    Example:
+        dpr-pg ask "¿Dónde está la Giralda?" --collection docs
+        dpr-pg ask "¿Quién pintó el Guernica?" --collection docs --filter '{"format": "pdf"}' --top-answers 3
+        dpr-pg ask "¿Cuándo abre el museo?" --no-answer-threshold 0.2 --json
+    """
+    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.reader import Reader, ask
+
+    engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    reader = Reader.load(reader_model, precision=precision)
+    pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime="torch")
+    result = ask(engine, question, encoder=pair, reader=reader, k=k, collection=collection, filter=filter_doc,
+                 mode=mode, top_answers=top_answers, no_answer_threshold=no_answer_threshold)  # type: ignore[arg-type]
+    if as_json:
+        print_json(result.as_dict())
+        return
+    if result.no_answer:
+        null = "-" if result.no_answer_score is None else f"{result.no_answer_score:.4f}"
+        click.echo(f"no answer in the {len(result.passages)} passages read (null score {null})")
+        return
+    table = Table(box=None)
+    for column in ("rank", "score", "answer", "passage", "where"):
+        table.add_column(column, justify="right" if column in ("rank", "score") else "left",
+                         overflow="fold" if column == "answer" else "ellipsis")
+    for rank, answer in enumerate(result.answers):
+        table.add_row(str(rank), f"{answer.score:.4f}", answer.text, answer.passage.title, _where(answer))
+    console.print(table)
+
+
+def _where(answer: Any) -> str:
+    """Where an answer was found: the document and its page or section, else the passage id; and the offsets."""
+    metadata = answer.passage.metadata or {}
+    place = metadata.get("source") or answer.passage.external_id
+    if "page" in metadata:
+        place += f" p. {metadata['page']}"
+    elif metadata.get("section"):
+        place += f" § {metadata['section']}"
+    return f"{place} [{answer.start}:{answer.end}]"
 
 
 if __name__ == "__main__":

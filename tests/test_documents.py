@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
 from _documents import MADRID, SEVILLA, html_page, make_docx, make_pdf, make_scanned_pdf, markdown_text
+from dpr_pg.cli import main
 from dpr_pg.encoders import EncoderPair
 from dpr_pg.errors import IngestError
 from dpr_pg.ingest import RecordLimits, RecordRejectedError, ingest
@@ -220,6 +222,6 @@ def test_cli_ingests_a_folder_and_reports_rejections(cli, database_url: str, tin
     assert (report["documents"], report["documents_parsed"], report["rejected"]) == (5, 4, 1)
     assert report["rejections"][0]["record"] == os.fspath(folder / "rota.docx")
     (folder / "rota.docx").unlink()
-    again = cli(*args[:-4] + ["--exclude", "*.html"] + args[-4:])
-    assert again.returncode == 0, again.stderr
-    assert (json.loads(again.stdout)["documents_unchanged"], json.loads(again.stdout)["documents"]) == (3, 3)
+    again = CliRunner().invoke(main, args[:-4] + ["--exclude", "*.html"] + args[-4:])  # in this process: faster
+    assert again.exit_code == 0, again.output
+    assert (json.loads(again.output)["documents_unchanged"], json.loads(again.output)["documents"]) == (3, 3)
