@@ -945,6 +945,15 @@ def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--hard-negatives", type=click.IntRange(0), default=10, show_default=True,
               help="Retrieved non-gold passages per question in the positive vs hard-negative table.")
 @click.option("--threshold", type=float, help="Score threshold of that table (default: best positive F1 on the data).")
+@click.option("--reader", "use_reader", is_flag=True,
+              help="Also read the answer out of the first --reader-passages hits, and report the reader's exact "
+                   "match and F1 against the answer strings.")
+@click.option("--reader-model", metavar="NAME_OR_DIR",
+              help=f"With --reader. Default: $DPR_PG_READER_MODEL, then {config.DEFAULT_READER_MODEL}.")
+@click.option("--reader-passages", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="With --reader: hits the reader reads per question.")
+@click.option("--no-answer-threshold", type=click.FloatRange(0, 1), metavar="SCORE",
+              help="With --reader: answer 'no answer' below this span score (as dpr-pg ask).")
 @click.option("--audit", is_flag=True, help="Instead: recall@k of the HNSW path against exact search, per ef_search.")
 @click.option("--audit-k", type=click.IntRange(1, 1000), default=10, show_default=True, help="k of the audit.")
 @click.option("--sample", type=click.IntRange(1), default=100, show_default=True, help="Questions the audit uses.")
@@ -959,25 +968,33 @@ def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) 
 @reports_errors
 def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc: Any, mode: str,
                  ks: tuple[int, ...], depth: int | None, limit: int | None, gold: str, answer_style: str, ties: str,
-                 hard_negatives: int, threshold: float | None, audit: bool, audit_k: int, sample: int,
+                 hard_negatives: int, threshold: float | None, use_reader: bool, reader_model: str | None,
+                 reader_passages: int, no_answer_threshold: float | None, audit: bool, audit_k: int, sample: int,
                  target_recall: float, question_model: str | None, passage_model: str | None,
                  precision: str | None, runtime: str, as_json: bool) -> None:
     """Measure retrieval on QA_FILE (SQuAD JSON, or JSONL of question + gold_ids and/or answers).
 
     Reports top-k accuracy, MRR, the mean/median 0-based rank of the first gold passage (missing
     counts as the depth), recall@k, and the seed card's positive vs hard-negative table.
-    With --audit it reports recall@k of the HNSW path against exact search for each
-    hnsw.ef_search, and the smallest one that reaches --target-recall.
+    With --reader it also reports the extractive reader's exact match and F1 on the questions'
+    answer strings. With --audit it reports recall@k of the HNSW path against exact search for
+    each hnsw.ef_search, and the smallest one that reaches --target-recall.
 
     \b
     Example:
         dpr-pg ingest squad_es_dev.json --collection squad --questions squad.questions.jsonl
         dpr-pg eval squad.questions.jsonl --collection squad --json
         dpr-pg eval squad.questions.jsonl --collection squad --audit --audit-k 10 --sample 200
+        dpr-pg eval squad.questions.jsonl --collection squad --reader --reader-passages 5
     """
     from dpr_pg.encoders import EncoderPair
 
     engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    reader = None
+    if use_reader:
+        from dpr_pg.reader import Reader
+
+        reader = Reader.load(reader_model, precision=precision)
     pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
     if audit:
         from dpr_pg.audit import audit_ann
@@ -990,8 +1007,11 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
 
     report = evaluate(engine, pair, qa_file, collection=collection, filter=filter_doc, mode=mode,  # type: ignore[arg-type]
                       ks=ks, depth=depth, ties=ties, gold=gold, answer_style=answer_style,  # type: ignore[arg-type]
-                      limit=limit, hard_negatives=hard_negatives, threshold=threshold)
+                      limit=limit, hard_negatives=hard_negatives, threshold=threshold, reader=reader,
+                      reader_passages=reader_passages, no_answer_threshold=no_answer_threshold)
     _print_evaluation(report, as_json)
+    if use_reader and report.reader is None:
+        err_console.print("[yellow]warning:[/yellow] no question has answer strings, so the reader was not scored")
 
 
 def _print_evaluation(report: Any, as_json: bool) -> None:
@@ -1026,6 +1046,11 @@ def _print_evaluation(report: Any, as_json: bool) -> None:
         console.print(view)
         click.echo(f"accuracy {card.report.accuracy:.3f}   mean rank of the positive {card.mean_positive_rank:.3f} "
                    f"(among it and up to {card.hard_negatives} hard negatives)")
+    if report.reader is not None:
+        reading = report.reader
+        click.echo(f"\nreader (best span of the first {reading.passages} hits), {reading.questions} questions with "
+                   f"answers: exact match {reading.exact_match:.3f}   F1 {reading.f1:.3f}   "
+                   f"no answer {reading.no_answer}   ({reading.seconds:.1f} s)")
 
 
 def _print_audit(report: Any, as_json: bool) -> None:
