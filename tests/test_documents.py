@@ -225,3 +225,13 @@ def test_cli_ingests_a_folder_and_reports_rejections(cli, database_url: str, tin
     again = CliRunner().invoke(main, args[:-4] + ["--exclude", "*.html"] + args[-4:])  # in this process: faster
     assert again.exit_code == 0, again.output
     assert (json.loads(again.output)["documents_unchanged"], json.loads(again.output)["documents"]) == (3, 3)
+
+
+def test_the_readme_example_folder(engine: Engine, pair: EncoderPair) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples" / "documents"
+    report = ingest(engine, pair, examples, collection="guias")
+    assert (report.documents, report.rejected) == (2, 0)  # make_pdfs.py is not a document: not included
+    stored = rows(engine, "guias").values()
+    sierra = next(r for r in stored if r["metadata"]["section"] == "Sierra Nevada")
+    assert sierra["title"] == "Guía de Granada — Sierra Nevada" and "Mulhacén" in sierra["text"]
+    assert (sierra["metadata"]["source"], sierra["metadata"]["page"]) == ("guia-granada.pdf", 2)
