@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -197,7 +196,3 @@ class DocumentSource:
         """The stored chunks of changed files that their new version no longer has."""
         return [key for stored, new in self._replaced for key in stored if key not in new]
 
-
-def describe(roots: Sequence[str | Path]) -> str:
-    """The inputs as the report names them."""
-    return ", ".join(os.fspath(root) for root in roots)
