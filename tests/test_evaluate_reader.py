@@ -18,7 +18,7 @@ from dpr_pg.errors import EvaluationError
 from dpr_pg.evaluate import evaluate, load_questions
 from dpr_pg.ingest import ingest
 from dpr_pg.metrics import reader_metrics
-from dpr_pg.reader import Reader, make_tiny_reader
+from dpr_pg.reader import Reader
 from dpr_pg.search import search_many
 
 DATA = Path(__file__).resolve().parent.parent / "dpr_pg" / "data"
@@ -49,12 +49,12 @@ def test_no_answer_counts_as_wrong() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo(server, tiny_models, tmp_path_factory):
+def demo(server, tiny_models, tiny_reader):
     name = server.create_database(template=server.initialized_template(768))
     engine = sa.create_engine(server.url_for(name))
     pair = EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), precision="fp32")
     ingest(engine, pair, DATA / "sample_es.jsonl", collection="demo", progress=False)
-    reader = Reader.load(str(make_tiny_reader(tmp_path_factory.mktemp("reader"))))
+    reader = Reader.load(str(tiny_reader))
     yield server.url_for(name), engine, pair, reader
     engine.dispose()
     server.drop_database(name)

@@ -28,8 +28,8 @@ LONG = " ".join(f"En {1900 + i} la ciudad de Sevilla celebró su feria número {
 
 
 @pytest.fixture(scope="session")
-def reader_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_reader(tmp_path_factory.mktemp("tiny_reader") / "reader")
+def reader_dir(tiny_reader: Path) -> Path:
+    return tiny_reader
 
 
 @pytest.fixture(scope="module")

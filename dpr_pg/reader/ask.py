@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.errors import ReaderError
+from dpr_pg.reader.model import check_threshold
 
 if TYPE_CHECKING:
     from dpr_pg.encoders import EncoderPair
@@ -89,13 +90,29 @@ def ask(
     """
     from dpr_pg.search import search
 
-    if not isinstance(question, str) or not question.strip():
-        raise ReaderError(f"expected a question with some text, not {question!r}")
-    if top_answers < 1:
-        raise ReaderError(f"expected top_answers >= 1, not {top_answers}")
+    check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
     started = time.perf_counter()
     hits = search(bind, question, encoder=encoder, k=k, filter=filter, collection=collection, mode=mode,
                   query_text=question, ef_search=ef_search)
+    return read_hits(reader, question, hits, top_answers=top_answers, no_answer_threshold=no_answer_threshold,
+                     started=started)
+
+
+def check_ask(question: Any, *, top_answers: int, no_answer_threshold: float | None) -> None:
+    """Refuse a question without text, ``top_answers`` < 1 or a threshold outside [0, 1], before any search."""
+    if not isinstance(question, str) or not question.strip():
+        raise ReaderError(f"expected a question with some text, not {question!r}")
+    if isinstance(top_answers, bool) or not isinstance(top_answers, int) or top_answers < 1:
+        raise ReaderError(f"expected top_answers >= 1, not {top_answers!r}")
+    check_threshold(no_answer_threshold)
+
+
+def read_hits(reader: Reader, question: str, hits: Hits, *, top_answers: int, no_answer_threshold: float | None,
+              started: float) -> AskResult:
+    """The second half of :func:`ask` (and of :func:`dpr_pg.aio.ask`): read the retrieved passages.
+
+    ``started`` is the ``time.perf_counter()`` of the request, for ``seconds``.
+    """
     reading = reader.read(question, [hit.text for hit in hits], top_answers=top_answers,
                           no_answer_threshold=no_answer_threshold)
     answers = [Answer(span.text, span.score, span.start, span.end, hits[span.passage]) for span in reading.answers]

@@ -26,6 +26,13 @@ MAX_QUESTION_TOKENS = 64
 MAX_ANSWER_TOKENS = 30
 
 
+def check_threshold(no_answer_threshold: float | None) -> None:
+    """Refuse a no-answer threshold outside [0, 1] (None is fine: no threshold)."""
+    if no_answer_threshold is not None and not 0 <= no_answer_threshold <= 1:
+        raise ReaderError(f"expected no_answer_threshold between 0 and 1 (span scores are probabilities), "
+                          f"not {no_answer_threshold}")
+
+
 @dataclass(frozen=True)
 class Span:
     """An answer span: ``text == passages[passage][start:end]``; ``score`` in [0, 1] (see :mod:`.spans`)."""
@@ -133,9 +140,7 @@ class Reader:
                               f"{len(questions)} questions")
         if top_answers < 1:
             raise ReaderError(f"expected top_answers >= 1, not {top_answers}")
-        if no_answer_threshold is not None and not 0 <= no_answer_threshold <= 1:
-            raise ReaderError(f"expected no_answer_threshold between 0 and 1 (span scores are probabilities), "
-                              f"not {no_answer_threshold}")
+        check_threshold(no_answer_threshold)
         pairs, owners = [], []
         for q, (question, texts) in enumerate(zip(questions, passages, strict=True)):
             if not isinstance(question, str) or not question.strip():
