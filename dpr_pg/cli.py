@@ -1129,7 +1129,10 @@ def delete_command(ctx: Context, external_ids: tuple[str, ...], collection: str)
               help="Serve a non-loopback address without any API key (anyone who reaches it can write).")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
+@click.option("--reader", "reader_model", metavar="NAME_OR_DIR",
+              help="Extractive reader for POST /v1/ask, loaded at start. Default: $DPR_PG_READER_MODEL, else "
+                   "none (/v1/ask then answers 404).")
+@click.option("--precision", help="Encoder and reader precision (fp32, bf16, int8; default: best for the device).")
 @RUNTIME_OPTION
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=1_000_000, show_default=True,
               help="Largest request body; a larger one gets 413.")
@@ -1140,19 +1143,21 @@ def delete_command(ctx: Context, external_ids: tuple[str, ...], collection: str)
 @pass_context
 @reports_errors
 def serve(ctx: Context, host: str, port: int, workers: int, insecure_no_auth: bool, question_model: str | None,
-          passage_model: str | None, precision: str | None, runtime: str, max_body_bytes: int, batch_max: int,
-          batch_wait_ms: float) -> None:
+          passage_model: str | None, reader_model: str | None, precision: str | None, runtime: str,
+          max_body_bytes: int, batch_max: int, batch_wait_ms: float) -> None:
     """Serve search over HTTP (FastAPI on uvicorn): OpenAPI at /openapi.json, docs at /docs.
 
-    Endpoints: POST /v1/search, /v1/search/batch, /v1/encode/questions, /v1/encode/passages;
-    PUT /v1/collections/{collection}/passages; DELETE /v1/collections/{collection}/passages/{id};
-    GET /v1/collections, /healthz, /readyz, /metrics. Needs the serve extra: pip install 'dpr-pg[serve]'.
+    Endpoints: POST /v1/search, /v1/search/batch, /v1/ask (with a reader), /v1/encode/questions,
+    /v1/encode/passages; PUT /v1/collections/{collection}/passages; DELETE
+    /v1/collections/{collection}/passages/{id}; GET /v1/collections, /healthz, /readyz, /metrics.
+    Needs the serve extra: pip install 'dpr-pg[serve]'.
 
     \b
     Example:
         dpr-pg serve                                  # 127.0.0.1:8000, no key needed while none exists
         dpr-pg keys create web --scope search
         dpr-pg serve --host 0.0.0.0 --port 8080 --workers 2
+        dpr-pg serve --reader /tmp/tiny/reader       # also POST /v1/ask
     """
     import os
 
@@ -1163,15 +1168,19 @@ def serve(ctx: Context, host: str, port: int, workers: int, insecure_no_auth: bo
     except ImportError as e:
         raise click.ClickException(f"dpr-pg serve needs {e.name or 'fastapi and uvicorn'}, from the serve extra: "
                                    "pip install 'dpr-pg[serve]'") from e
+    from dpr_pg.reader.loading import locate_reader
     from dpr_pg.service.server import check_binding, run
     from dpr_pg.service.settings import ServiceSettings
 
     engine = ctx.engine  # resolves the URL (starting the embedded server) once, for every worker
+    reader_model = config.service_reader_model(reader_model)
+    if reader_model:
+        locate_reader(reader_model)  # a wrong folder or an unreachable Hub fails here, not in each worker
     settings = ServiceSettings(
         database_url=engine.url.render_as_string(hide_password=False), question_model=question_model,
-        passage_model=passage_model, precision=precision, runtime=None if runtime == "auto" else runtime,
-        host=host, port=port, insecure_no_auth=insecure_no_auth, max_body_bytes=max_body_bytes,
-        batch_max=batch_max, batch_wait_ms=batch_wait_ms)
+        passage_model=passage_model, reader_model=reader_model, precision=precision,
+        runtime=None if runtime == "auto" else runtime, host=host, port=port, insecure_no_auth=insecure_no_auth,
+        max_body_bytes=max_body_bytes, batch_max=batch_max, batch_wait_ms=batch_wait_ms)
     click.echo(check_binding(engine, settings), err=True)
     os.environ["DPR_PG_SERVICE"] = settings.to_json()  # read by each worker's app factory
     run(settings, workers=workers, say=lambda line: click.echo(line, err=True))

@@ -73,6 +73,14 @@ def reader_model(explicit: str | None = None) -> str:
     return explicit or os.environ.get("DPR_PG_READER_MODEL") or DEFAULT_READER_MODEL
 
 
+def service_reader_model(explicit: str | None = None) -> str | None:
+    """The HTTP service's reader: argument > ``DPR_PG_READER_MODEL`` > None (no reader, no ``/v1/ask``).
+
+    Unlike :func:`reader_model` there is no default: a server loads a reader only when asked to.
+    """
+    return explicit or os.environ.get("DPR_PG_READER_MODEL") or None
+
+
 def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where exported encoder graphs are kept: argument > ``DPR_PG_CACHE_DIR`` > the per-user cache folder."""
     chosen = explicit or os.environ.get("DPR_PG_CACHE_DIR")

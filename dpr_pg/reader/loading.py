@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from dpr_pg._loading import locate, quiet_progress
+from dpr_pg._loading import Location, locate, quiet_progress
 from dpr_pg.errors import ReaderError
 
 
-def load_reader_parts(name: str, revision: str | None) -> tuple[Any, Any, str, str | None]:
-    """(model, tokenizer, source, resolved revision), with errors that say what to do.
-
-    Example:
-        >>> model, tokenizer, source, revision = load_reader_parts("/tmp/tiny/reader", None)  # doctest: +SKIP
-    """
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
+def _failure(name: str) -> Callable[[str], ReaderError]:
     def fail(reason: str) -> ReaderError:
         return ReaderError(
             f"cannot load the reader {name!r}: {reason.rstrip('.')}. Expected an extractive question-answering "
@@ -26,6 +20,28 @@ def load_reader_parts(name: str, revision: str | None) -> tuple[Any, Any, str, s
             "the Hub."
         )
 
+    return fail
+
+
+def locate_reader(name: str, revision: str | None = None) -> Location:
+    """Where the reader ``name`` loads from, without loading it; :class:`ReaderError` if from nowhere.
+
+    Example:
+        >>> locate_reader("/tmp/tiny/reader").source  # doctest: +SKIP
+        '/tmp/tiny/reader'
+    """
+    return locate(name, revision, _failure(name))
+
+
+def load_reader_parts(name: str, revision: str | None) -> tuple[Any, Any, str, str | None]:
+    """(model, tokenizer, source, resolved revision), with errors that say what to do.
+
+    Example:
+        >>> model, tokenizer, source, revision = load_reader_parts("/tmp/tiny/reader", None)  # doctest: +SKIP
+    """
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    fail = _failure(name)
     source, resolved, pinned, cache_only = locate(name, revision, fail)
     try:
         with quiet_progress():
