@@ -62,6 +62,7 @@ def main() -> None:
     import sqlalchemy as sa
 
     from dpr_pg.database import embedded_server
+    from dpr_pg.embedded import stop_server
     from dpr_pg.encoders import EncoderPair, make_tiny_models
     from dpr_pg.ingest import ingest
     from dpr_pg.ingest.documents import source as document_source
@@ -87,7 +88,7 @@ def main() -> None:
         print(f"  {fmt:9s} {statistics.median(times):8.2f} ms   ({statistics.mean(p.stat().st_size for p in paths) / 1024:.1f} kB)")
 
     server = embedded_server(home=work / "pg")
-    engine = sa.create_engine(server.get_uri(driver="psycopg"))
+    engine = sa.create_engine(server.url(driver="psycopg"))
     init(engine, dim=768)
     question, passage = make_tiny_models(work / "tiny", dim=768)
     pair = EncoderPair.load(str(question), str(passage), precision="fp32")
@@ -116,7 +117,7 @@ def main() -> None:
     print(f"  dpr_pg:   per-file hash check              {c:7.3f} s")
     print(f"  ratio {b / c:.1f}x; first ingest / dpr_pg re-ingest {first_seconds / c:.1f}x")
     engine.dispose()
-    server.cleanup()
+    stop_server(home=work / "pg")
 
 
 if __name__ == "__main__":
