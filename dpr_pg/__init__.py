@@ -31,6 +31,7 @@ from dpr_pg.errors import (
     EncoderMismatchError,
     EvaluationError,
     FilterError,
+    ReaderError,
     IndexBuildError,
     IngestError,
     PrivilegeError,
@@ -47,6 +48,7 @@ from dpr_pg.audit import AuditReport, audit_ann
 from dpr_pg.answers import has_answer
 from dpr_pg.evaluate import EvaluationReport, evaluate
 from dpr_pg.qa import QAItem
+from dpr_pg.reader import Answer, AskResult, Reader, ask, make_tiny_reader
 from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
 from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
 from dpr_pg.sync import (
@@ -119,6 +121,12 @@ __all__ = [
     "EvaluationError",
     "EvaluationReport",
     "QAItem",
+    "Answer",
+    "AskResult",
+    "Reader",
+    "ReaderError",
+    "ask",
+    "make_tiny_reader",
     "audit_ann",
     "evaluate",
     "has_answer",

@@ -9,9 +9,9 @@ import socket
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dpr_pg._fingerprint import folder_revision
 from dpr_pg.errors import EncoderError
@@ -98,6 +98,43 @@ def token_limit(model_config: Any, tokenizer: Any) -> int:
     return int(min(tokenizer.model_max_length, int(model_config.max_position_embeddings)))
 
 
+class Location(NamedTuple):
+    """Where a model is loaded from: see :func:`locate`."""
+
+    source: str  # the Hub id, or the folder's absolute path
+    revision: str | None  # resolved: the Hub commit, or ``sha256:`` of a folder's files
+    pinned: str | None  # the revision to ask from_pretrained for (None for a folder)
+    cache_only: bool  # the Hub cannot be reached: load from the local Hugging Face cache only
+
+
+def locate(name: str, revision: str | None, fail: Callable[[str], Exception]) -> Location:
+    """Where the model named by a Hub id or a local folder loads from; ``fail(reason)`` is raised if nowhere.
+
+    A Hub id must be loadable from here: from the Hub, or, when it cannot be reached (probed first,
+    since huggingface_hub retries for about 30 s before it gives up), from the local cache.
+
+    Example:
+        >>> locate("/tmp/tiny/question", None, ValueError).pinned  # doctest: +SKIP
+    """
+    from transformers.utils.hub import cached_file, extract_commit_hash
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return Location(str(local.resolve()), folder_revision(local), None, False)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise fail(f"the folder {str(local)!r} does not exist")
+    cache_only = not hub_offline() and not hub_reachable()
+    try:
+        config_path = cached_file(name, "config.json", revision=revision, local_files_only=cache_only)
+    except Exception as e:  # OSError, HTTP and offline errors all mean: not loadable from here
+        if cache_only:
+            raise fail(f"the Hugging Face Hub ({hub_endpoint()}) cannot be reached from here, "
+                       "and the model is not in the local Hugging Face cache") from e
+        raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
+    resolved = extract_commit_hash(config_path, None) or revision
+    return Location(name, resolved, resolved, cache_only)
+
+
 def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple[Any, Any, str, str | None]:
     from transformers import (
         AutoConfig,
@@ -106,7 +143,6 @@ def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple
         DPRQuestionEncoder,
         DPRQuestionEncoderTokenizerFast,
     )
-    from transformers.utils.hub import cached_file, extract_commit_hash
 
     model_class, tokenizer_class = {
         "question": (DPRQuestionEncoder, DPRQuestionEncoderTokenizerFast),
@@ -124,26 +160,7 @@ def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple
             reason=f"cannot load the {kind} encoder {name!r}: {reason}",
         )
 
-    local = Path(name).expanduser()
-    if local.is_dir():
-        resolved = folder_revision(local)
-        source = str(local.resolve())
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise fail(f"the folder {str(local)!r} does not exist")
-    else:
-        # Probe first: unreachable, huggingface_hub retries for about 30 s before it gives up.
-        cache_only = not hub_offline() and not hub_reachable()
-        try:
-            config_path = cached_file(name, "config.json", revision=revision, local_files_only=cache_only)
-        except Exception as e:  # OSError, HTTP and offline errors all mean: not loadable from here
-            if cache_only:
-                raise fail(f"the Hugging Face Hub ({hub_endpoint()}) cannot be reached from here, "
-                           "and the model is not in the local Hugging Face cache") from e
-            raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
-        resolved = extract_commit_hash(config_path, None) or revision
-        source = name
-    pinned = None if local.is_dir() else resolved
-    cache_only = not local.is_dir() and not hub_offline() and not hub_reachable()
+    source, resolved, pinned, cache_only = locate(name, revision, fail)
     try:
         with quiet_progress():
             if weights:

@@ -1,10 +1,11 @@
-"""The async Python API: ``search``, ``search_many`` and ``ingest_records`` for asyncio programs.
+"""The async Python API: ``search``, ``search_many``, ``ask`` and ``ingest_records`` for asyncio programs.
 
 Searches run on SQLAlchemy's asyncio engine over psycopg's async connections
 (``postgresql+psycopg://``). The planner and the SQL are the sync API's own: the search runs
 through ``AsyncConnection.run_sync``, so the results are the same by construction. Questions are
 encoded off the event loop (a worker thread, or the ``encode`` coroutine you pass, such as the
-HTTP service's micro-batcher). ``ingest_records`` runs the sync ingest pipeline in a worker
+HTTP service's micro-batcher); ``ask`` reads the passages in a worker thread (or the executor you
+pass). ``ingest_records`` runs the sync ingest pipeline in a worker
 thread: its binary COPY writer needs psycopg's sync connections.
 
 >>> engine = await dpr_pg.aio.create_async_engine()                         # doctest: +SKIP
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,10 +32,12 @@ from dpr_pg.errors import DimensionError, SearchError
 
 if TYPE_CHECKING:
     from dpr_pg.encoders import EncoderPair
+    from dpr_pg.filters import Filter
     from dpr_pg.ingest import FieldMapping, IngestReport
-    from dpr_pg.search import Hits, Query
+    from dpr_pg.reader import AskResult, Reader
+    from dpr_pg.search import Hits, Mode, Query
 
-__all__ = ["Encode", "create_async_engine", "ingest_records", "search", "search_many", "sync_engine"]
+__all__ = ["Encode", "ask", "create_async_engine", "ingest_records", "search", "search_many", "sync_engine"]
 
 # An async function that encodes questions: list of n questions in, (n, dim) float32 out.
 Encode = Callable[[list[str]], Awaitable[np.ndarray]]
@@ -138,6 +143,43 @@ async def search(
         raise SearchError("expected a question or a query vector, not None")
     texts = [query_text] if query_text is not None else None
     return (await search_many(bind, [query], encoder=encoder, encode=encode, query_texts=texts, **options))[0]
+
+
+async def ask(
+    bind: AsyncBind,
+    question: str,
+    *,
+    encoder: EncoderPair,
+    reader: Reader,
+    encode: Encode | None = None,
+    executor: Executor | None = None,
+    k: int = 10,
+    collection: str | None = None,
+    filter: Filter = None,
+    mode: Mode = "dense",
+    top_answers: int = 1,
+    no_answer_threshold: float | None = None,
+    ef_search: int | None = None,
+) -> AskResult:
+    """:func:`dpr_pg.ask`, awaited: the search as :func:`search`, then the reader in ``executor``.
+
+    The same checks (before anything is encoded), answers and ``AskResult`` as the sync function.
+    ``encode`` is :func:`search_many`'s; ``executor`` runs the reader (default: asyncio's thread
+    pool; one thread keeps concurrent readings from fighting over the cores).
+
+    >>> result = await ask(engine, "¿Dónde está la Giralda?", encoder=pair, reader=reader)  # doctest: +SKIP
+    >>> result.answer.text  # doctest: +SKIP
+    'Sevilla'
+    """
+    from dpr_pg.reader.ask import check_ask, read_hits
+
+    check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
+    started = time.perf_counter()
+    hits = await search(bind, question, encoder=encoder, encode=encode, query_text=question, k=k, filter=filter,
+                        collection=collection, mode=mode, ef_search=ef_search)
+    return await asyncio.get_running_loop().run_in_executor(
+        executor, lambda: read_hits(reader, question, hits, top_answers=top_answers,
+                                    no_answer_threshold=no_answer_threshold, started=started))
 
 
 async def ingest_records(

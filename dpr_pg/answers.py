@@ -19,11 +19,19 @@ Two styles are offered:
 
 The match is always on whole tokens: ``"Perú"`` is found in ``"Lima, capital del Perú."`` but
 ``"Per"`` is not.
+
+The reader's answers are scored like SQuAD's: exact match and token F1 against the best of the
+question's answers (:func:`exact_match`, :func:`token_f1`), on the same normalised tokens. With
+the ``spanish`` style that is SQuAD's normalisation (lower case, no punctuation, no articles,
+whitespace collapsed) with the Spanish articles, as MLQA's Spanish evaluation does, plus the
+accents folded (``ñ`` kept), for the reason above: a reader that returns the context's
+"Guadalquivir" for the translated answer "el Guadalquívir" is right.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -104,3 +112,36 @@ def has_answer(text: str, answers: Sequence[str], *, style: AnswerStyle = "spani
     True
     """
     return AnswerMatcher(answers, style=style).found_in(text)
+
+
+def exact_match(prediction: str, answers: Sequence[str], *, style: AnswerStyle = "spanish") -> float:
+    """1.0 when ``prediction`` normalises to one of ``answers`` (SQuAD's exact match), else 0.0.
+
+    >>> exact_match("el río Guadalquivir", ["Río Guadalquivir."]), exact_match("Guadalquivir", ["río Guadalquivir"])
+    (1.0, 0.0)
+    """
+    tokens = answer_tokens(prediction, style=style)
+    return max((float(tokens == answer_tokens(answer, style=style)) for answer in answers), default=0.0)
+
+
+def token_f1(prediction: str, answers: Sequence[str], *, style: AnswerStyle = "spanish") -> float:
+    """SQuAD's F1: token overlap of ``prediction`` with the best of ``answers`` (bags of normalised tokens).
+
+    When either side normalises to nothing (an answer made of articles, or no answer), F1 is 1.0
+    if both do and 0.0 otherwise, as in SQuAD 2.0's evaluation.
+
+    >>> round(token_f1("el río Guadalquivir", ["Guadalquivir"]), 3)
+    0.667
+    """
+    predicted = answer_tokens(prediction, style=style)
+    best = 0.0
+    for answer in answers:
+        expected = answer_tokens(answer, style=style)
+        if not predicted or not expected:
+            best = max(best, float(predicted == expected))
+            continue
+        common = sum((Counter(predicted) & Counter(expected)).values())
+        if common:
+            precision, recall = common / len(predicted), common / len(expected)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best

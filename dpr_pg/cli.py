@@ -506,9 +506,10 @@ RUNTIME_OPTION = click.option(
 @pass_context
 @reports_errors
 def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
-    """Write a tiny random DPR pair to DIRECTORY/question and DIRECTORY/passage (offline tests).
+    """Write a tiny random DPR pair to DIRECTORY/question and DIRECTORY/passage, and a reader to DIRECTORY/reader.
 
-    The folders have the files of a Hub model, with a real Spanish WordPiece tokenizer.
+    The folders have the files of a Hub model, with a real Spanish WordPiece tokenizer. They are
+    for offline tests: their vectors and answers carry no meaning.
 
     \b
     Example:
@@ -516,10 +517,13 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
         DPR_PG_QUESTION_MODEL=/tmp/tiny/question DPR_PG_PASSAGE_MODEL=/tmp/tiny/passage dpr-pg doctor
     """
     from dpr_pg.encoders import make_tiny_models
+    from dpr_pg.reader import make_tiny_reader
 
     question_dir, passage_dir = make_tiny_models(directory, dim=dim, seed=seed)
+    reader_dir = make_tiny_reader(f"{directory}/reader", seed=seed)
     click.echo(f"question encoder: {question_dir}")
     click.echo(f"passage encoder:  {passage_dir}")
+    click.echo(f"reader:           {reader_dir}")
 
 
 @main.command("trained-models")
@@ -567,10 +571,16 @@ class ByteSize(click.ParamType):
 
 
 @main.command("ingest")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
 @click.option("--collection", required=True, help="Collection the passages belong to.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "squad"]),
-              help="Input format. Default: from the extension (.jsonl .csv .tsv .parquet; .json is SQuAD).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "squad", "documents"]),
+              help="Input format. Default: from the extension (.jsonl .csv .tsv .parquet; .json is SQuAD; "
+                   ".pdf .html .htm .md .markdown .docx and folders are documents).")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Documents: files of a folder to read (repeatable; default every document extension). "
+                   "A glob without / matches names, one with / the path inside the folder.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Documents: files and folders to skip (repeatable; default hidden ones and ~$ lock files).")
 @click.option("--id-field", default="id", show_default=True, help="Field with the passage id (default: record number).")
 @click.option("--title-field", default="title", show_default=True, help="Field with the title (optional).")
 @click.option("--text-field", default="text", show_default=True, help="Field with the passage text (required).")
@@ -600,28 +610,37 @@ class ByteSize(click.ParamType):
               help="A record whose title is larger is rejected.")
 @click.option("--max-record-bytes", type=ByteSize(), default="8MB", show_default=True,
               help="A record larger as read (a JSONL line, CSV record, Parquet row) is rejected unread.")
+@click.option("--max-document-bytes", type=ByteSize(), default="64MB", show_default=True,
+              help="A document file (PDF, HTML, Markdown, DOCX) larger than this is rejected unread.")
 @click.option("--questions", "questions_path", type=click.Path(dir_okay=False, path_type=str),
               help="SQuAD input: where to write the questions (default ./<stem>.questions.jsonl).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @pass_context
 @reports_errors
-def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id_field: str, title_field: str,
+def ingest_command(ctx: Context, paths: tuple[str, ...], collection: str, fmt: str | None, include: tuple[str, ...],
+                   exclude: tuple[str, ...], id_field: str, title_field: str,
                    text_field: str, metadata_fields: tuple[str, ...], chunk_words: int | None, chunk_overlap: int,
                    embeddings: str | None, embeddings_column: str, question_model: str | None,
                    passage_model: str | None, precision: str | None, runtime: str, batch_size: int | None,
                    strict: bool, prune: bool, defer_index: bool, max_text_bytes: int, max_title_bytes: int,
-                   max_record_bytes: int, questions_path: str | None, progress: bool | None, as_json: bool) -> None:
-    """Ingest a JSONL, CSV, Parquet or SQuAD JSON file into a collection; re-running it changes nothing.
+                   max_record_bytes: int, max_document_bytes: int, questions_path: str | None,
+                   progress: bool | None, as_json: bool) -> None:
+    """Ingest a JSONL, CSV, Parquet or SQuAD JSON file, or documents, into a collection; re-running it changes nothing.
+
+    Documents are PDF, HTML, Markdown and DOCX files, or folders of them (walked recursively),
+    chunked along their headings and paragraphs; they need `pip install 'dpr-pg[documents]'`.
 
     Exit code: 0 when every record was ingested, 2 when some were rejected (listed in the
-    report; a record over a size limit is one of them), 1 on a fatal error.
+    report; a record over a size limit, or a document that cannot be read, is one of them),
+    1 on a fatal error.
 
     \b
     Example:
         dpr-pg ingest wiki.jsonl --collection wiki --json
         dpr-pg ingest wiki.parquet --collection wiki --embeddings wiki.parquet --prune
         dpr-pg ingest squad_es_dev.json --collection squad --questions squad_questions.jsonl
+        dpr-pg ingest manuales/ --collection manuales --exclude borradores --prune
     """
     from dpr_pg.encoders import EncoderPair, fingerprint_of
     from dpr_pg.ingest import FieldMapping, RecordLimits, RecordRejectedError, ingest
@@ -632,13 +651,14 @@ def ingest_command(ctx: Context, path: str, collection: str, fmt: str | None, id
     else:
         pair, fingerprint = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime), None
     try:
-        report = ingest(ctx.engine, pair, path, collection=collection, format=fmt, fields=mapping,
+        report = ingest(ctx.engine, pair, paths[0] if len(paths) == 1 else list(paths), collection=collection,
+                        format=fmt, fields=mapping, include=include or None, exclude=exclude or None,
                         chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
                         embeddings_column=embeddings_column, fingerprint=fingerprint, batch_size=batch_size,
                         strict=strict, prune=prune, questions_path=questions_path, progress=progress,
                         defer_index=defer_index,
                         limits=RecordLimits(max_text_bytes=max_text_bytes, max_title_bytes=max_title_bytes,
-                                            max_record_bytes=max_record_bytes))
+                                            max_record_bytes=max_record_bytes, max_document_bytes=max_document_bytes))
     except RecordRejectedError as e:
         _print_ingest_report(e.report, as_json)
         err_console.print(f"[red]error:[/red] {e}", highlight=False)
@@ -651,6 +671,10 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
     if as_json:
         print_json(report.as_dict())
     else:
+        if report.documents is not None:
+            click.echo(f"{report.collection}: {report.documents} documents: {report.documents_parsed} parsed, "
+                       f"{report.documents_unchanged} unchanged (hash check); {report.removed} chunks of changed "
+                       "documents removed")
         click.echo(f"{report.collection}: read {report.read}, inserted {report.inserted}, updated {report.updated}, "
                    f"unchanged {report.unchanged}, rejected {report.rejected}, duplicates {report.duplicate_count}, "
                    f"encoded {report.encoded}, truncated {report.truncated}, pruned {report.pruned} "
@@ -1034,6 +1058,15 @@ def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--hard-negatives", type=click.IntRange(0), default=10, show_default=True,
               help="Retrieved non-gold passages per question in the positive vs hard-negative table.")
 @click.option("--threshold", type=float, help="Score threshold of that table (default: best positive F1 on the data).")
+@click.option("--reader", "use_reader", is_flag=True,
+              help="Also read the answer out of the first --reader-passages hits, and report the reader's exact "
+                   "match and F1 against the answer strings.")
+@click.option("--reader-model", metavar="NAME_OR_DIR",
+              help=f"With --reader. Default: $DPR_PG_READER_MODEL, then {config.DEFAULT_READER_MODEL}.")
+@click.option("--reader-passages", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="With --reader: hits the reader reads per question.")
+@click.option("--no-answer-threshold", type=click.FloatRange(0, 1), metavar="SCORE",
+              help="With --reader: answer 'no answer' below this span score (as dpr-pg ask).")
 @click.option("--audit", is_flag=True, help="Instead: recall@k of the HNSW path against exact search, per ef_search.")
 @click.option("--audit-k", type=click.IntRange(1, 1000), default=10, show_default=True, help="k of the audit.")
 @click.option("--sample", type=click.IntRange(1), default=100, show_default=True, help="Questions the audit uses.")
@@ -1048,25 +1081,33 @@ def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) 
 @reports_errors
 def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc: Any, mode: str,
                  ks: tuple[int, ...], depth: int | None, limit: int | None, gold: str, answer_style: str, ties: str,
-                 hard_negatives: int, threshold: float | None, audit: bool, audit_k: int, sample: int,
+                 hard_negatives: int, threshold: float | None, use_reader: bool, reader_model: str | None,
+                 reader_passages: int, no_answer_threshold: float | None, audit: bool, audit_k: int, sample: int,
                  target_recall: float, question_model: str | None, passage_model: str | None,
                  precision: str | None, runtime: str, as_json: bool) -> None:
     """Measure retrieval on QA_FILE (SQuAD JSON, or JSONL of question + gold_ids and/or answers).
 
     Reports top-k accuracy, MRR, the mean/median 0-based rank of the first gold passage (missing
     counts as the depth), recall@k, and the seed card's positive vs hard-negative table.
-    With --audit it reports recall@k of the HNSW path against exact search for each
-    hnsw.ef_search, and the smallest one that reaches --target-recall.
+    With --reader it also reports the extractive reader's exact match and F1 on the questions'
+    answer strings. With --audit it reports recall@k of the HNSW path against exact search for
+    each hnsw.ef_search, and the smallest one that reaches --target-recall.
 
     \b
     Example:
         dpr-pg ingest squad_es_dev.json --collection squad --questions squad.questions.jsonl
         dpr-pg eval squad.questions.jsonl --collection squad --json
         dpr-pg eval squad.questions.jsonl --collection squad --audit --audit-k 10 --sample 200
+        dpr-pg eval squad.questions.jsonl --collection squad --reader --reader-passages 5
     """
     from dpr_pg.encoders import EncoderPair
 
     engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    reader = None
+    if use_reader:
+        from dpr_pg.reader import Reader
+
+        reader = Reader.load(reader_model, precision=precision)
     pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
     if audit:
         from dpr_pg.audit import audit_ann
@@ -1079,8 +1120,11 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
 
     report = evaluate(engine, pair, qa_file, collection=collection, filter=filter_doc, mode=mode,  # type: ignore[arg-type]
                       ks=ks, depth=depth, ties=ties, gold=gold, answer_style=answer_style,  # type: ignore[arg-type]
-                      limit=limit, hard_negatives=hard_negatives, threshold=threshold)
+                      limit=limit, hard_negatives=hard_negatives, threshold=threshold, reader=reader,
+                      reader_passages=reader_passages, no_answer_threshold=no_answer_threshold)
     _print_evaluation(report, as_json)
+    if use_reader and report.reader is None:
+        err_console.print("[yellow]warning:[/yellow] no question has answer strings, so the reader was not scored")
 
 
 def _print_evaluation(report: Any, as_json: bool) -> None:
@@ -1115,6 +1159,11 @@ def _print_evaluation(report: Any, as_json: bool) -> None:
         console.print(view)
         click.echo(f"accuracy {card.report.accuracy:.3f}   mean rank of the positive {card.mean_positive_rank:.3f} "
                    f"(among it and up to {card.hard_negatives} hard negatives)")
+    if report.reader is not None:
+        reading = report.reader
+        click.echo(f"\nreader (best span of the first {reading.passages} hits), {reading.questions} questions with "
+                   f"answers: exact match {reading.exact_match:.3f}   F1 {reading.f1:.3f}   "
+                   f"no answer {reading.no_answer}   ({reading.seconds:.1f} s)")
 
 
 def _print_audit(report: Any, as_json: bool) -> None:
@@ -1193,7 +1242,10 @@ def delete_command(ctx: Context, external_ids: tuple[str, ...], collection: str)
               help="Serve a non-loopback address without any API key (anyone who reaches it can write).")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
+@click.option("--reader", "reader_model", metavar="NAME_OR_DIR",
+              help="Extractive reader for POST /v1/ask, loaded at start. Default: $DPR_PG_READER_MODEL, else "
+                   "none (/v1/ask then answers 404).")
+@click.option("--precision", help="Encoder and reader precision (fp32, bf16, int8; default: best for the device).")
 @RUNTIME_OPTION
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=1_000_000, show_default=True,
               help="Largest request body; a larger one gets 413.")
@@ -1204,19 +1256,21 @@ def delete_command(ctx: Context, external_ids: tuple[str, ...], collection: str)
 @pass_context
 @reports_errors
 def serve(ctx: Context, host: str, port: int, workers: int, insecure_no_auth: bool, question_model: str | None,
-          passage_model: str | None, precision: str | None, runtime: str, max_body_bytes: int, batch_max: int,
-          batch_wait_ms: float) -> None:
+          passage_model: str | None, reader_model: str | None, precision: str | None, runtime: str,
+          max_body_bytes: int, batch_max: int, batch_wait_ms: float) -> None:
     """Serve search over HTTP (FastAPI on uvicorn): OpenAPI at /openapi.json, docs at /docs.
 
-    Endpoints: POST /v1/search, /v1/search/batch, /v1/encode/questions, /v1/encode/passages;
-    PUT /v1/collections/{collection}/passages; DELETE /v1/collections/{collection}/passages/{id};
-    GET /v1/collections, /healthz, /readyz, /metrics. Needs the serve extra: pip install 'dpr-pg[serve]'.
+    Endpoints: POST /v1/search, /v1/search/batch, /v1/ask (with a reader), /v1/encode/questions,
+    /v1/encode/passages; PUT /v1/collections/{collection}/passages; DELETE
+    /v1/collections/{collection}/passages/{id}; GET /v1/collections, /healthz, /readyz, /metrics.
+    Needs the serve extra: pip install 'dpr-pg[serve]'.
 
     \b
     Example:
         dpr-pg serve                                  # 127.0.0.1:8000, no key needed while none exists
         dpr-pg keys create web --scope search
         dpr-pg serve --host 0.0.0.0 --port 8080 --workers 2
+        dpr-pg serve --reader /tmp/tiny/reader       # also POST /v1/ask
     """
     import os
 
@@ -1227,15 +1281,19 @@ def serve(ctx: Context, host: str, port: int, workers: int, insecure_no_auth: bo
     except ImportError as e:
         raise click.ClickException(f"dpr-pg serve needs {e.name or 'fastapi and uvicorn'}, from the serve extra: "
                                    "pip install 'dpr-pg[serve]'") from e
+    from dpr_pg.reader.loading import locate_reader
     from dpr_pg.service.server import check_binding, run
     from dpr_pg.service.settings import ServiceSettings
 
     engine = ctx.engine  # resolves the URL (starting the embedded server) once, for every worker
+    reader_model = config.service_reader_model(reader_model)
+    if reader_model:
+        locate_reader(reader_model)  # a wrong folder or an unreachable Hub fails here, not in each worker
     settings = ServiceSettings(
         database_url=engine.url.render_as_string(hide_password=False), question_model=question_model,
-        passage_model=passage_model, precision=precision, runtime=None if runtime == "auto" else runtime,
-        host=host, port=port, insecure_no_auth=insecure_no_auth, max_body_bytes=max_body_bytes,
-        batch_max=batch_max, batch_wait_ms=batch_wait_ms)
+        passage_model=passage_model, reader_model=reader_model, precision=precision,
+        runtime=None if runtime == "auto" else runtime, host=host, port=port, insecure_no_auth=insecure_no_auth,
+        max_body_bytes=max_body_bytes, batch_max=batch_max, batch_wait_ms=batch_wait_ms)
     click.echo(check_binding(engine, settings), err=True)
     os.environ["DPR_PG_SERVICE"] = settings.to_json()  # read by each worker's app factory
     run(settings, workers=workers, say=lambda line: click.echo(line, err=True))
@@ -1323,6 +1381,80 @@ def keys_revoke(ctx: Context, name: str) -> None:
 
     key = revoke_key(ctx.engine, name)
     click.echo(f"revoked {key.name} ({key.prefix}…)")
+
+
+# ---- ask: retrieve, then read the answer --------------------------------------------------------
+
+
+@main.command("ask")
+@click.argument("question")
+@click.option("--collection", help="Ask this collection only (default: every collection).")
+@click.option("--filter", "filter_doc", callback=_filter_json,
+              metavar="JSON", help='Metadata filter document, e.g. \'{"source": "guia.pdf"}\'.')
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Passages retrieved and read.")
+@click.option("--top-answers", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Answers to return, best first.")
+@click.option("--no-answer-threshold", type=click.FloatRange(0, 1), metavar="SCORE",
+              help="Answer 'no answer' when no span scores this much (0-1), or the reader's null score beats "
+                   "every span, as SQuAD 2.0 models allow. Default: always the best spans.")
+@click.option("--mode", type=click.Choice(["dense", "hybrid", "exact"]), default="dense", show_default=True,
+              help="Retrieval: dense (planned HNSW/exact), exact, or hybrid (dense + Spanish full text).")
+@click.option("--reader-model", metavar="NAME_OR_DIR",
+              help=f"Extractive reader. Default: $DPR_PG_READER_MODEL, then {config.DEFAULT_READER_MODEL}.")
+@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
+@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@click.option("--precision", help="Encoder and reader precision (fp32, bf16, int8; default: best for the device).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_context
+@reports_errors
+def ask_command(ctx: Context, question: str, collection: str | None, filter_doc: Any, k: int, top_answers: int,
+                no_answer_threshold: float | None, mode: str, reader_model: str | None, question_model: str | None,
+                passage_model: str | None, precision: str | None, as_json: bool) -> None:
+    """Answer QUESTION: retrieve the top passages, then read the answer span out of them.
+
+    Each answer comes with its score, its passage (id, title, metadata) and the span's character
+    offsets in the passage text.
+
+    \b
+    Example:
+        dpr-pg ask "¿Dónde está la Giralda?" --collection docs
+        dpr-pg ask "¿Quién pintó el Guernica?" --collection docs --filter '{"format": "pdf"}' --top-answers 3
+        dpr-pg ask "¿Cuándo abre el museo?" --no-answer-threshold 0.2 --json
+    """
+    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.reader import Reader, ask
+
+    engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    reader = Reader.load(reader_model, precision=precision)
+    pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime="torch")
+    result = ask(engine, question, encoder=pair, reader=reader, k=k, collection=collection, filter=filter_doc,
+                 mode=mode, top_answers=top_answers, no_answer_threshold=no_answer_threshold)  # type: ignore[arg-type]
+    if as_json:
+        print_json(result.as_dict())
+        return
+    if result.no_answer:
+        null = "-" if result.no_answer_score is None else f"{result.no_answer_score:.4f}"
+        click.echo(f"no answer in the {len(result.passages)} passages read (null score {null})")
+        return
+    table = Table(box=None)
+    for column in ("rank", "score", "answer", "passage", "where"):
+        table.add_column(column, justify="right" if column in ("rank", "score") else "left",
+                         overflow="fold" if column == "answer" else "ellipsis")
+    for rank, answer in enumerate(result.answers):
+        table.add_row(str(rank), f"{answer.score:.4f}", answer.text, answer.passage.title, _where(answer))
+    console.print(table)
+
+
+def _where(answer: Any) -> str:
+    """Where an answer was found: the document and its page or section, else the passage id; and the offsets."""
+    metadata = answer.passage.metadata or {}
+    place = metadata.get("source") or answer.passage.external_id
+    if "page" in metadata:
+        place += f" p. {metadata['page']}"
+    elif metadata.get("section"):
+        place += f" § {metadata['section']}"
+    return f"{place} [{answer.start}:{answer.end}]"
 
 
 if __name__ == "__main__":

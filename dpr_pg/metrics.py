@@ -1,4 +1,5 @@
-"""Retrieval metrics as pure functions: ranks of gold passages, top-k accuracy, MRR, recall@k.
+"""Retrieval metrics as pure functions: ranks of gold passages, top-k accuracy, MRR, recall@k;
+and the reader's exact match and F1 over the same questions (:func:`reader_metrics`).
 
 Conventions (the DPR paper's, with ranks 0-based like the seed model's card):
 
@@ -135,3 +136,41 @@ def aggregate(outcomes: Sequence[QuestionOutcome], *, depth: int, ks: Sequence[i
         recall_at_k=recall,
         recall_questions=len(with_recall),
     )
+
+
+@dataclass(frozen=True)
+class ReaderMetrics:
+    """The reader's SQuAD metrics over the questions that have answer strings, in [0, 1].
+
+    ``no_answer`` counts the questions the reader answered "no answer" (they score 0).
+    """
+
+    questions: int
+    exact_match: float
+    f1: float
+    no_answer: int
+    passages: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"questions": self.questions, "exact_match": self.exact_match, "f1": self.f1,
+                "no_answer": self.no_answer, "passages": self.passages, "seconds": round(self.seconds, 3)}
+
+
+def reader_metrics(predictions: Sequence[str | None], answers: Sequence[Sequence[str]], *, style: str = "spanish",
+                   passages: int, seconds: float = 0.0) -> ReaderMetrics:
+    """Average exact match and F1 of ``predictions`` (None: no answer) against each question's ``answers``.
+
+    >>> m = reader_metrics(["el Guadalquivir", "Sevilla", None], [["Guadalquivir"], ["Córdoba"], ["Madrid"]], passages=10)
+    >>> m.exact_match, round(m.f1, 3), m.no_answer
+    (0.3333333333333333, 0.333, 1)
+    """
+    from dpr_pg.answers import exact_match, token_f1
+
+    if len(predictions) != len(answers) or not predictions:
+        raise ValueError(f"expected one prediction per question and at least one, not {len(predictions)} "
+                         f"predictions for {len(answers)} questions")
+    em = [exact_match(p, a, style=style) if p is not None else 0.0 for p, a in zip(predictions, answers)]  # type: ignore[arg-type]
+    f1 = [token_f1(p, a, style=style) if p is not None else 0.0 for p, a in zip(predictions, answers)]  # type: ignore[arg-type]
+    n = len(predictions)
+    return ReaderMetrics(n, sum(em) / n, sum(f1) / n, sum(p is None for p in predictions), passages, seconds)

@@ -103,7 +103,8 @@ def lifecycle_home() -> Iterator[Path]:
 def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Keep tests away from the user's own settings, data folder and the network."""
     saved = dict(os.environ)
-    for name in ("DPR_PG_DATABASE_URL", "DATABASE_URL", "DPR_PG_QUESTION_MODEL", "DPR_PG_PASSAGE_MODEL"):
+    for name in ("DPR_PG_DATABASE_URL", "DATABASE_URL", "DPR_PG_QUESTION_MODEL", "DPR_PG_PASSAGE_MODEL",
+                 "DPR_PG_READER_MODEL"):
         os.environ.pop(name, None)
     os.environ["DPR_PG_HOME"] = str(tmp_path_factory.mktemp("dpr_pg_home"))
     os.environ["DPR_PG_CACHE_DIR"] = str(tmp_path_factory.mktemp("dpr_pg_cache"))
@@ -179,6 +180,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from dpr_pg.encoders import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny_models"), dim=768)
+
+
+@pytest.fixture(scope="session")
+def tiny_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a tiny random extractive reader, made once per session."""
+    from dpr_pg.reader import make_tiny_reader
+
+    return make_tiny_reader(tmp_path_factory.mktemp("tiny_reader") / "reader")
 
 
 @pytest.fixture(scope="session")

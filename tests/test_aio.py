@@ -15,9 +15,10 @@ import dpr_pg
 from dpr_pg import aio
 from dpr_pg.collections import list_collections
 from dpr_pg.encoders import EncoderPair
-from dpr_pg.errors import ConfigError, EncoderMismatchError, FilterError, IngestError
+from dpr_pg.errors import ConfigError, EncoderMismatchError, FilterError, IngestError, ReaderError
 from dpr_pg.ingest import ingest, ingest_records
 from dpr_pg.ingest.delete import delete_passages
+from dpr_pg.reader import Reader
 
 SAMPLE = Path(dpr_pg.__file__).parent / "data" / "sample_es.jsonl"
 QUESTIONS = ["¿Cuál es la capital de España?", "¿Quién pintó el Guernica?", "¿Dónde está Sevilla?"]
@@ -60,6 +61,42 @@ def test_async_search_equals_the_sync_search(loaded: Engine, database_url: str, 
     expected = dpr_pg.search_many(loaded, QUESTIONS, encoder=pair, **options)
     assert [_summary(h) for h in many] == [_summary(h) for h in expected]
     assert _summary(one) == _summary(expected[0]) and len(one) > 0
+
+
+def test_async_ask_equals_the_sync_ask_and_checks_before_encoding(loaded: Engine, database_url: str,
+                                                                  pair: EncoderPair, tiny_reader: Path) -> None:
+    reader = Reader.load(str(tiny_reader))
+    options = {"k": 5, "collection": "demo", "top_answers": 2, "filter": {"topic": "arte"}}
+    encoded: list[list[str]] = []
+
+    async def encode(questions: list[str]) -> np.ndarray:
+        encoded.append(questions)
+        return pair.question.encode(questions)
+
+    async def run() -> tuple[dpr_pg.AskResult, list[str]]:
+        engine = await aio.create_async_engine(database_url)
+        refusals = []
+        try:
+            result = await aio.ask(engine, QUESTIONS[1], encoder=pair, reader=reader, encode=encode, **options)
+            for bad in ({"top_answers": 0}, {"no_answer_threshold": 2.0}, {"filter": {"$where": "1"}}):
+                try:
+                    await aio.ask(engine, QUESTIONS[1], encoder=pair, reader=reader, encode=encode, **bad)
+                except (ReaderError, FilterError) as e:
+                    refusals.append(type(e).__name__)
+            return result, refusals
+        finally:
+            await engine.dispose()
+
+    result, refusals = asyncio.run(run())
+    expected = dpr_pg.ask(loaded, QUESTIONS[1], encoder=pair, reader=reader, **options)
+    got = result.as_dict()
+    want = expected.as_dict()
+    assert [(a["answer"], a["start"], a["passage"]["external_id"]) for a in got["answers"]] == \
+        [(a["answer"], a["start"], a["passage"]["external_id"]) for a in want["answers"]]
+    assert [a["score"] for a in got["answers"]] == pytest.approx([a["score"] for a in want["answers"]], abs=1e-5)
+    assert len(got["answers"]) == 2 and got["search_path"] == want["search_path"]
+    assert refusals == ["ReaderError", "ReaderError", "FilterError"]
+    assert encoded == [[QUESTIONS[1]]]  # the refused requests encoded nothing
 
 
 def test_async_search_takes_vectors_and_runs_in_the_callers_transaction(loaded: Engine, database_url: str,

@@ -86,13 +86,14 @@ def _readme_commands() -> list[str]:
 
 @pytest.mark.slow
 def test_the_readme_commands_run_in_order_after_the_demo_from_any_folder(demo: tuple[Path, list[str]],
-                                                                         tmp_path: Path) -> None:
+                                                                         tmp_path: Path, tiny_reader: Path) -> None:
     root, printed = demo
     env = _fresh_shell_env(root)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # as `source .venv/bin/activate`
     for line in printed[:-1]:  # the demo's exports: its encoder pair
         name, value = line.removeprefix("export ").split("=", 1)
         env[name] = value.strip("'")
+    env["DPR_PG_READER_MODEL"] = str(tiny_reader)  # as the Documents section exports it, for eval --reader
     elsewhere = tmp_path / "elsewhere"  # not the clone: sample files must come from the package
     elsewhere.mkdir()
     commands = _readme_commands()
@@ -101,7 +102,9 @@ def test_the_readme_commands_run_in_order_after_the_demo_from_any_folder(demo: t
     for command in commands:
         if not command.startswith(WALKED) or any(marker in command for marker in NOT_RUN):
             continue
-        result = subprocess.run(["bash", "-c", command], cwd=elsewhere, env=env, capture_output=True, text=True,
+        # The clone's examples (examples/documents) are read in the clone, as the README says.
+        folder = ROOT if "examples/" in command else elsewhere
+        result = subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
         ran.append((command, result.stdout))

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from dpr_pg import EncoderPair, make_tiny_models, sample_corpus, sample_questions
+from dpr_pg._tiny import tiny_vocab
 from dpr_pg._trained import TRAINED_DIM, TRAINED_MAX_LENGTH
+from dpr_pg.reader import make_tiny_reader
 
 # Nothing listens on the discard port: connections are refused at once, on any machine.
 UNREACHABLE_HUB = "http://127.0.0.1:9"
@@ -26,12 +28,17 @@ def test_tiny_models_with_the_same_seed_are_the_same_bytes_in_separate_processes
     for name in ("first", "second"):
         cli("tiny-models", str(tmp_path / name), "--seed", "7", "--dim", "16", check=True)
     first, second = _files(tmp_path / "first"), _files(tmp_path / "second")
-    assert set(first) >= {"question/model.safetensors", "question/tokenizer.json", "passage/config.json"}
+    assert set(first) >= {"question/model.safetensors", "question/tokenizer.json", "passage/config.json",
+                          "reader/model.safetensors", "reader/tokenizer.json"}
     assert first == second
     make_tiny_models(tmp_path / "other-seed", dim=16, seed=8)
+    make_tiny_reader(tmp_path / "other-seed" / "reader", seed=8)
     other = _files(tmp_path / "other-seed")
     assert other["question/tokenizer.json"] == first["question/tokenizer.json"]  # one shipped vocabulary
+    assert other["reader/tokenizer.json"] == first["reader/tokenizer.json"]
+    assert json.loads(first["reader/tokenizer.json"])["model"]["vocab"] == tiny_vocab()
     assert other["question/model.safetensors"] != first["question/model.safetensors"]
+    assert other["reader/model.safetensors"] != first["reader/model.safetensors"]
 
 
 def test_trained_models_command_writes_a_pair_that_loads_as_384_d_dpr(cli, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ def test_wheel_installed_in_a_clean_venv_runs_init(tmp_path: Path, empty_url: st
     assert {"dpr_pg/data/sample_es.jsonl", "dpr_pg/data/tiny_vocab.txt"} <= set(names)
     assert "dpr_pg/_migrations/versions/sql/0004_search.sql" in names  # the SQL 0004 ran, frozen
     assert "dpr_pg/_sql/search.sql" in names
+    assert {"dpr_pg/ingest/documents/pdf.py", "dpr_pg/reader/__init__.py"} <= set(names)
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 import dpr_pg
 from dpr_pg.encoders import EncoderPair
 from dpr_pg.ingest import ingest, ingest_records
+from dpr_pg.reader import Reader
 from dpr_pg.schema import head_revision
 from dpr_pg.service.keys import create_key, revoke_key
 import _served
@@ -28,7 +29,7 @@ SAMPLE = Path(dpr_pg.__file__).parent / "data" / "sample_es.jsonl"
 QUESTION = "¿Cuál es la capital de España?"
 QUESTIONS = ["¿Quién pintó el Guernica?", "¿Dónde está Sevilla?", "¿Qué es la insulina?", QUESTION,
              "¿Quién escribió Cien años de soledad?", "¿Cuál es el río más largo?"]
-EXPECTED_PATHS = {"/v1/search", "/v1/search/batch", "/v1/encode/questions", "/v1/encode/passages",
+EXPECTED_PATHS = {"/v1/search", "/v1/search/batch", "/v1/ask", "/v1/encode/questions", "/v1/encode/passages",
                   "/v1/collections/{collection}/passages", "/v1/collections/{collection}/passages/{external_id}",
                   "/v1/collections", "/healthz", "/readyz", "/metrics"}
 
@@ -36,6 +37,11 @@ EXPECTED_PATHS = {"/v1/search", "/v1/search/batch", "/v1/encode/questions", "/v1
 @pytest.fixture(scope="module")
 def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
     return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]))
+
+
+@pytest.fixture(scope="module")
+def reader(tiny_reader: Path) -> Reader:
+    return Reader.load(str(tiny_reader))
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +66,9 @@ def engine(service_db: tuple[str, str]) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="module")
-def served(service_db: tuple[str, str], tiny_models: tuple[Path, Path]) -> Iterator[_served.Served]:
-    running = _served.start(service_db[0], tiny_models)
+def served(service_db: tuple[str, str], tiny_models: tuple[Path, Path],
+           tiny_reader: Path) -> Iterator[_served.Served]:
+    running = _served.start(service_db[0], tiny_models, "--reader", str(tiny_reader))
     yield running
     assert running.stop() == -signal.SIGTERM
     assert "Finished server process" in running.output
@@ -136,6 +143,57 @@ def test_batch_search_equals_one_search_per_question(client: httpx.Client) -> No
                for q in QUESTIONS]
     assert [_ids_and_scores(r["hits"])[0] for r in batch.json()["results"]] == \
         [_ids_and_scores(r["hits"])[0] for r in singles]
+
+
+# ---- ask --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [
+    {"k": 5, "collection": "demo", "top_answers": 3},
+    {"k": 4, "mode": "hybrid", "filter": {"topic": "arte"}},
+], ids=["dense", "hybrid-filter"])
+def test_ask_answers_as_the_python_api_does(client: httpx.Client, engine: Engine, pair: EncoderPair,
+                                            reader: Reader, options: dict) -> None:
+    response = client.post("/v1/ask", json={"question": QUESTION, **options})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = dpr_pg.ask(engine, QUESTION, encoder=pair, reader=reader, **options).as_dict()
+    assert set(body) == set(expected)
+    assert (body["passages_read"], body["search_path"], body["no_answer"]) == \
+        (expected["passages_read"], expected["search_path"], False)
+    got = [(a["answer"], a["start"], a["end"], a["passage"]["external_id"]) for a in body["answers"]]
+    assert got == [(a["answer"], a["start"], a["end"], a["passage"]["external_id"]) for a in expected["answers"]]
+    assert len(got) == options.get("top_answers", 1)
+    assert [a["score"] for a in body["answers"]] == pytest.approx([a["score"] for a in expected["answers"]], abs=1e-4)
+    for answer in body["answers"]:
+        assert answer["passage"]["text"][answer["start"]:answer["end"]] == answer["answer"]
+        assert 0 <= answer["score"] <= 1
+    if "filter" in options:
+        assert {a["passage"]["metadata"]["topic"] for a in body["answers"]} == {"arte"}
+
+
+def test_ask_with_an_unreachable_threshold_answers_no_answer(client: httpx.Client) -> None:
+    response = client.post("/v1/ask", json={"question": QUESTION, "k": 3, "no_answer_threshold": 1.0})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["no_answer"], body["answers"], body["passages_read"]) == (True, [], 3)
+    assert 0 <= body["no_answer_score"] <= 1
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ({"question": "   "}, "reader_error"),
+    ({"question": "x", "top_answers": 0}, "invalid_request"),
+    ({"question": "x", "no_answer_threshold": 1.5}, "invalid_request"),
+    ({"question": "x", "k": 101}, "invalid_request"),
+    ({"question": "x", "filter": {"$where": "1"}}, "filter_error"),
+    ({"question": "x", "mode": "fuzzy"}, "invalid_request"),
+    ({"question": "a\u0000b"}, "invalid_request"),
+    ({"k": 3}, "invalid_request"),
+], ids=["blank", "top-answers-0", "threshold", "k-big", "filter", "mode", "nul", "no-question"])
+def test_bad_ask_input_gets_422_json(client: httpx.Client, body: dict, error: str) -> None:
+    response = client.post("/v1/ask", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == error and response.json()["message"]
 
 
 def test_concurrent_questions_get_the_results_of_unbatched_ones(client: httpx.Client, engine: Engine,
@@ -219,11 +277,12 @@ def test_collections_lists_counts_and_encoders(client: httpx.Client, pair: Encod
 # ---- operations -------------------------------------------------------------------------------------
 
 
-def test_health_readiness_and_metrics(client: httpx.Client, pair: EncoderPair) -> None:
+def test_health_readiness_and_metrics(client: httpx.Client, pair: EncoderPair, tiny_reader: Path) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert (ready["status"], ready["schema_revision"], ready["dim"]) == ("ready", head_revision(), 768)
     assert ready["encoder"]["id"] == pair.fingerprint.id
+    assert ready["reader"] == str(tiny_reader.resolve())
     client.post("/v1/search", json={"question": QUESTION, "k": 1})
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -293,6 +352,8 @@ def test_another_encoder_pairs_collection_gets_409(client: httpx.Client, engine:
         response = client.post("/v1/search", json={"question": QUESTION, "collection": "foreign"})
         assert (response.status_code, response.json()["error"]) == (409, "encoder_mismatch")
         assert "made by question=q@unknown" in response.json()["message"]
+        asked = client.post("/v1/ask", json={"question": QUESTION, "collection": "foreign"})
+        assert (asked.status_code, asked.json()["error"]) == (409, "encoder_mismatch")
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM dpr_pg.passages WHERE encoder_id = :other"), {"other": other})
@@ -339,6 +400,10 @@ def test_keys_scopes_and_collections(client: httpx.Client, engine: Engine, serve
     assert client.post("/v1/search", json={**ask, "collection": "other"}, headers=as_(reader)).status_code == 403
     everywhere = client.post("/v1/search", json={**ask, "k": 50}, headers=as_(reader)).json()
     assert {h["collection"] for h in everywhere["hits"]} == {"demo"}  # no collection named: the key's only
+    assert client.post("/v1/ask", json=ask).status_code == 401
+    assert client.post("/v1/ask", json={**ask, "collection": "other"}, headers=as_(reader)).status_code == 403
+    answered = client.post("/v1/ask", json={**ask, "k": 50, "top_answers": 20}, headers=as_(reader)).json()
+    assert {a["passage"]["collection"] for a in answered["answers"]} == {"demo"}
     record = {"records": [{"id": "k1", "text": "Escrito con una llave."}]}
     assert client.put("/v1/collections/demo/passages", json=record, headers=as_(reader)).status_code == 403
     assert client.put("/v1/collections/demo/passages", json=record, headers=as_(writer)).status_code == 403
@@ -374,14 +439,22 @@ def test_serve_refuses_another_address_without_keys(cli, service_db: tuple[str, 
     assert "binds to localhost only, not 0.0.0.0" in result.stderr and "--insecure-no-auth" in result.stderr
 
 
+def test_serve_with_a_missing_reader_folder_says_so_before_starting(cli, service_db: tuple[str, str],
+                                                                      tmp_path: Path) -> None:
+    result = cli("--database-url", service_db[0], "serve", "--reader", str(tmp_path / "no-reader"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"cannot load the reader '{tmp_path / 'no-reader'}': the folder" in result.stderr
+    assert "Uvicorn running" not in result.stderr
+
+
 def test_serve_without_the_extra_says_what_to_install() -> None:
     code = "import sys; sys.modules['fastapi'] = None; from dpr_pg.cli import main; main(['serve'])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "pip install 'dpr-pg[serve]'" in result.stderr
 
 
-def test_serve_runs_on_the_embedded_server_without_a_url(cli, tiny_models: tuple[Path, Path],
-                                                         tmp_path: Path) -> None:
+def test_serve_runs_on_the_embedded_server_without_a_url_or_a_reader(cli, tiny_models: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
     home = {"DPR_PG_HOME": str(tmp_path / "home")}
     cli("init", env=home, check=True)
     running = _served.start(None, tiny_models, env=home)
@@ -391,6 +464,10 @@ def test_serve_runs_on_the_embedded_server_without_a_url(cli, tiny_models: tuple
         assert put.status_code == 200 and put.json()["inserted"] == 1
         found = httpx.post(f"{running.url}/v1/search", json={"question": "¿Dónde está Sevilla?", "k": 1}, timeout=120)
         assert [h["external_id"] for h in found.json()["hits"]] == ["a"]
+        unread = httpx.post(f"{running.url}/v1/ask", json={"question": "¿Dónde está Sevilla?"}, timeout=120)
+        assert (unread.status_code, unread.json()["error"]) == (404, "reader_not_configured")
+        assert "dpr-pg serve --reader MODEL" in unread.json()["message"]
+        assert httpx.get(f"{running.url}/readyz", timeout=120).json()["reader"] is None
     finally:
         assert running.stop() == -signal.SIGTERM
 

@@ -30,7 +30,7 @@ SAMPLE = Path(dpr_pg.__file__).parent / "data" / "sample_es.jsonl"
 
 
 @pytest.fixture(scope="module")
-def served_with_key(server, tiny_models: tuple[Path, Path]) -> Iterator[tuple[str, str]]:
+def served_with_key(server, tiny_models: tuple[Path, Path], tiny_reader: Path) -> Iterator[tuple[str, str]]:
     """(base URL, key) of a server whose database holds the sample and one key with every scope."""
     name = server.create_database(template=server.initialized_template(768))
     url = server.url_for(name)
@@ -38,7 +38,7 @@ def served_with_key(server, tiny_models: tuple[Path, Path]) -> Iterator[tuple[st
     ingest(engine, EncoderPair.load(str(tiny_models[0]), str(tiny_models[1])), SAMPLE, collection="demo")
     _, secret = create_key(engine, "schemathesis", scopes=["search", "write"])
     engine.dispose()
-    running = _served.start(url, tiny_models)
+    running = _served.start(url, tiny_models, "--reader", str(tiny_reader))
     yield running.url, secret
     running.stop()
     assert "Traceback" not in running.output
@@ -66,5 +66,5 @@ def test_generated_requests_get_no_5xx_and_no_off_schema_response(served_with_ke
     print(f"\nschemathesis: {operations} operations, {sum(statuses.values())} requests")
     for line, count in sorted(statuses.items()):
         print(f"  {count:4d}  {line}")
-    assert operations == 10
+    assert operations == 11
     assert not any(line.endswith(tuple(f" 5{d}{u}" for d in "0123456789" for u in "0123456789")) for line in statuses)

@@ -1,6 +1,7 @@
 """Ingest: files and precomputed vectors → passages → embeddings → PostgreSQL, idempotent and resumable.
 
-Modules: ``readers`` (JSONL, CSV, Parquet), ``squad`` (SQuAD JSON and its questions file),
+Modules: ``readers`` (JSONL, CSV, Parquet), ``squad`` (SQuAD JSON and its questions file), ``documents``
+(PDF, HTML, Markdown, DOCX files and folders),
 ``mapping`` (fields), ``limits`` (record sizes), ``chunking``, ``validate``, ``vectors`` (precomputed embeddings),
 ``loader`` (COPY + upsert), ``index`` (bulk loads), ``batches``, ``report``, ``pipeline`` (:func:`ingest`).
 """

@@ -8,7 +8,7 @@ chunk is an exact slice of the original text (its inner whitespace kept), never 
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import accumulate
 
 from dpr_pg.errors import IngestError
@@ -77,3 +77,107 @@ def chunk_document(document: Document, *, words: int = DEFAULT_CHUNK_WORDS, over
     if len(pieces) == 1:
         return [document]
     return [replace(document, external_id=f"{document.external_id}#{k}", text=piece) for k, piece in enumerate(pieces)]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A paragraph-like piece of a structured document: its text, the headings above it, its page.
+
+    ``sections`` is the heading path, outermost first (empty before the first heading);
+    ``page`` is 1-based, for formats that have pages.
+    """
+
+    text: str
+    sections: tuple[str, ...] = ()
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class SectionChunk:
+    """A passage cut from the blocks of one section: its text, the section's heading path, its pages."""
+
+    text: str
+    sections: tuple[str, ...]
+    page: int | None = None
+    page_end: int | None = None
+
+
+# A sentence ends at . ! ? … (and a closing quote or bracket) before a space and a capital,
+# digit, opening question/exclamation mark, quote or bracket. Abbreviations ("Sr. García") still
+# split, which costs a slightly shorter chunk, never a word.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][»”\")\]]))\s+(?=[¿¡«“\"(\[0-9A-ZÁÉÍÓÚÜÑ])")
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` cut after each sentence end; the pieces joined by single spaces give the text back, whitespace aside.
+
+    Example:
+        >>> sentences("Hola. ¿Qué tal? Bien, gracias.")
+        ['Hola.', '¿Qué tal?', 'Bien, gracias.']
+    """
+    return [piece for piece in _SENTENCE_END.split(text.strip()) if piece]
+
+
+def chunk_blocks(blocks: list[Block], *, words: int = DEFAULT_CHUNK_WORDS, overlap: int = 0) -> list[SectionChunk]:
+    """Passages that follow the document's structure, none longer than ``words`` words.
+
+    A chunk never spans two sections. Whole paragraphs are packed while they fit; a paragraph
+    longer than ``words`` is packed sentence by sentence; a sentence longer than that is cut
+    into windows by :func:`chunk_text` (consecutive windows sharing ``overlap`` words). Cuts fall
+    between words, never inside one. ``words=0`` makes one passage per section.
+
+    Example:
+        >>> chunks = chunk_blocks([Block("Uno dos.", ("A",)), Block("Tres cuatro.", ("A",)), Block("Cinco.", ("B",))],
+        ...                       words=3)
+        >>> [(c.text, c.sections) for c in chunks]
+        [('Uno dos.', ('A',)), ('Tres cuatro.', ('A',)), ('Cinco.', ('B',))]
+    """
+    check_chunking(words, overlap)
+    chunks: list[SectionChunk] = []
+    parts: list[tuple[str, str, int | None]] = []  # (joiner before it, text, page) of the chunk being filled
+    size = 0
+    current: tuple[str, ...] | None = None
+
+    def flush() -> None:
+        nonlocal parts, size
+        if parts:
+            text = "".join(joiner + piece for joiner, piece, _ in parts).strip()
+            pages = [page for _, _, page in parts if page is not None]
+            first, last = (min(pages), max(pages)) if pages else (None, None)
+            chunks.append(SectionChunk(text, current or (), first, last if last != first else None))
+        parts, size = [], 0
+
+    def add(piece: str, joiner: str, page: int | None) -> None:
+        nonlocal size
+        parts.append((joiner if parts else "", piece, page))
+        size += len(piece.split())
+
+    for block in blocks:
+        text = block.text.strip()
+        if not text:
+            continue
+        if block.sections != current:
+            flush()
+            current = block.sections
+        count = len(text.split())
+        if not words or size + count <= words:
+            add(text, "\n\n", block.page)
+            continue
+        if count <= words:
+            flush()
+            add(text, "\n\n", block.page)
+            continue
+        joiner = "\n\n"  # a long paragraph: sentence by sentence, continuing the chunk being filled
+        for sentence in sentences(text):
+            length = len(sentence.split())
+            if size + length > words:
+                flush()
+            if length <= words:
+                add(sentence, joiner, block.page)
+            else:
+                for window in chunk_text(sentence, words=words, overlap=overlap):
+                    add(window, joiner, block.page)
+                    flush()
+            joiner = " "
+    flush()
+    return chunks

@@ -2,6 +2,8 @@
 
 * ``max_record_bytes`` bounds what is read into memory for one record: a JSONL line, a CSV
   record (its lines, in characters), a Parquet row. A longer one is skipped unread and rejected.
+* ``max_document_bytes`` bounds a document file (PDF, HTML, Markdown, DOCX), which is read whole to be
+  parsed: a larger one is reported by path and not read.
 * ``max_text_bytes`` and ``max_title_bytes`` bound a document's text and title (UTF-8 bytes,
   before chunking): the encoder reads 512 tokens of a passage, and a title is repeated in every chunk.
 * The Spanish tsvector that PostgreSQL computes for title + text has a hard limit of 1 MB; a
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 DEFAULT_MAX_TEXT_BYTES = 2**20
 DEFAULT_MAX_TITLE_BYTES = 64 * 2**10
 DEFAULT_MAX_RECORD_BYTES = 8 * 2**20
+DEFAULT_MAX_DOCUMENT_BYTES = 64 * 2**20
 # PostgreSQL's tsvector holds at most 1 MB. Each distinct lexeme costs ~8 bytes (entry, position count,
 # one position) besides its characters, and a hyphenated word gives the compound and each part: the
 # worst inputs measured (distinct "x1-y1-z1" words) take 3.8 bytes of tsvector per byte of text, and
@@ -37,11 +40,12 @@ class RecordLimits:
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     max_title_bytes: int = DEFAULT_MAX_TITLE_BYTES
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
 
     def __post_init__(self) -> None:
         from dpr_pg.errors import ConfigError
 
-        for name in ("max_text_bytes", "max_title_bytes", "max_record_bytes"):
+        for name in ("max_text_bytes", "max_title_bytes", "max_record_bytes", "max_document_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"expected {name} to be a positive number of bytes, not {value!r}")

@@ -214,6 +214,18 @@ class PassageWriter:
             inserted, updated = cur.fetchone()  # type: ignore[misc]
         return int(inserted), int(updated)
 
+    def delete(self, external_ids: Sequence[str]) -> int:
+        """Delete these passages of the collection (under the collection's lock); returns how many."""
+        keys = list(external_ids)
+
+        def delete(conn: psycopg.Connection) -> int:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(_LOCK, (self.collection,))
+                cur.execute("DELETE FROM dpr_pg.passages WHERE collection = %s AND external_id = ANY(%s)",
+                            (self.collection, keys))
+                return cur.rowcount
+        return self._retrying(delete) if keys else 0
+
     def prune(self, keep: Iterable[str]) -> int:
         """Delete the collection's passages whose external id is not in ``keep``; returns how many."""
         keys = list(keep)

@@ -8,9 +8,10 @@ per external id (for duplicates and ``prune``).
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from sqlalchemy.engine import Engine
 from dpr_pg.errors import ConfigError, DimensionError, EncoderMismatchError, IngestError
 from dpr_pg.ingest.batches import BatchRun, RecordRejectedError, content_hash, last_occurrences, write_all
 from dpr_pg.ingest.chunking import DEFAULT_CHUNK_WORDS, check_chunking
+from dpr_pg.ingest.documents.source import DocumentSource
+from dpr_pg.ingest.documents.structure import DOCUMENT_FORMATS
 from dpr_pg.ingest.index import drop_hnsw, ensure_hnsw
 from dpr_pg.ingest.loader import PassageWriter
 from dpr_pg.ingest.mapping import FieldMapping
@@ -47,7 +50,7 @@ PRECOMPUTED_WRITERS = 2
 def ingest(
     engine: Engine,
     encoder: EncoderPair | None,
-    source: str | Path,
+    source: str | Path | Sequence[str | Path],
     *,
     collection: str,
     format: str | None = None,
@@ -66,8 +69,16 @@ def ingest(
     defer_index: bool = False,
     on_batch: Callable[[IngestReport], None] | None = None,
     limits: RecordLimits | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> IngestReport:
-    """Ingest a JSONL, CSV, Parquet or SQuAD file into ``collection``; re-running it is a no-op.
+    """Ingest a JSONL, CSV, Parquet or SQuAD file, or documents, into ``collection``; re-running it is a no-op.
+
+    Documents (PDF, HTML, Markdown, DOCX: a folder, or one or more files; see
+    :mod:`dpr_pg.ingest.documents`) are chunked along their structure into ``chunk_words``-word
+    passages; ``include``/``exclude`` globs choose the files of a folder. An unchanged file costs a
+    hash check, a changed one ends with exactly its new chunks, and with ``prune`` a deleted one's
+    chunks go. A file that cannot be read is rejected by path; nothing of it is written.
 
     ``encoder`` encodes the passages; with ``embeddings`` (precomputed vectors, one row per
     record) pass the pair that made them, or just its ``fingerprint``, and nothing is encoded.
@@ -88,6 +99,17 @@ def ingest(
     """
     started = time.perf_counter()
     check_collection_name(collection)
+    roots = [source] if isinstance(source, (str, Path)) else list(source)
+    if is_documents(roots, format):
+        return _ingest_documents(engine, encoder, roots, collection=collection, fields=fields,
+                                 chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
+                                 batch_size=batch_size, strict=strict, prune=prune, progress=progress,
+                                 max_retries=max_retries, defer_index=defer_index, on_batch=on_batch,
+                                 limits=limits, include=include, exclude=exclude, started=started)
+    if len(roots) != 1 or include or exclude:
+        raise ConfigError(f"expected one input file for JSONL, CSV, Parquet or SQuAD, not {len(roots)} "
+                          "(several inputs, folders, --include and --exclude are for documents)")
+    source = roots[0]
     fmt = detect_format(source, format)
     if embeddings is not None:
         if chunk_words:
@@ -173,17 +195,21 @@ def _source_record(index: int, record: Any, source: str) -> SourceRecord:
 
 def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFingerprint,
            open_records: Callable[[], Iterator[SourceRecord]], report: IngestReport, *, dim: int, started: float,
-           empty: str, mapping: FieldMapping, chunk_words: int, chunk_overlap: int,
+           empty: str | None, mapping: FieldMapping, chunk_words: int, chunk_overlap: int,
            vectors: Callable[[], EmbeddingSource] | None, batch_size: int | None, strict: bool, prune: bool,
            progress: bool | None, max_retries: int, defer_index: bool,
            on_batch: Callable[[IngestReport], None] | None, limits: RecordLimits,
-           watch: InputWatch | None) -> IngestReport:
-    """What :func:`ingest` and :func:`ingest_records` share once the records can be opened."""
+           watch: InputWatch | None, documents: DocumentSource | None = None) -> IngestReport:
+    """What every ingest shares once its records can be opened: both passes, then replaced chunks, then prune.
+
+    ``empty`` is the error for an input without records (None: none is fine, as for documents that
+    are all unchanged). ``documents`` removes the stored chunks that changed files no longer have.
+    """
     collection = report.collection
     # A first pass finds each key's last occurrence, so a duplicate is resolved before anything is
     # written (last wins) and a re-run writes nothing; it also gives the record count.
     last, total = last_occurrences(open_records(), mapping, chunk_words, chunk_overlap, limits)
-    if total == 0:
+    if total == 0 and empty is not None:
         raise IngestError(empty)
     source_vectors = None
     if vectors is not None:  # opened after the first pass: an empty input is reported as such
@@ -211,10 +237,15 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
                                executor, more_writers=[second] if writers > 1 else [], limits=limits, watch=watch)
                 write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words,
                            chunk_overlap=chunk_overlap, bar=_progress_bar(progress, total), on_batch=on_batch)
-            if prune and report.rejected:
-                report.prune_skipped = f"{report.rejected} record(s) were rejected; fix them and re-run with --prune"
+            if documents is not None:
+                report.removed = writer.delete(documents.stale_ids())
+            # A document file that could not be read keeps what was stored for it: it does not block the prune.
+            rejected = report.rejected - (documents.rejected_files if documents is not None else 0)
+            if prune and rejected:
+                report.prune_skipped = f"{rejected} record(s) were rejected; fix them and re-run with --prune"
             elif prune:
-                report.pruned = writer.prune(last.keys())
+                kept = documents.kept if documents is not None else []
+                report.pruned = writer.prune(itertools.chain(last.keys(), kept))
     finally:
         if defer_index:  # also after a failure: never leave the table without its index
             built = time.perf_counter()
@@ -222,6 +253,51 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
                 report.index_seconds = time.perf_counter() - built
     report.seconds = time.perf_counter() - started
     return report
+
+
+def is_documents(roots: Sequence[str | Path], format: str | None) -> bool:
+    """Whether the inputs are documents: ``format="documents"``, a folder, or a document extension."""
+    if format is not None:
+        return format == "documents"
+    return any(Path(root).is_dir() or Path(root).suffix.lower() in DOCUMENT_FORMATS for root in roots)
+
+
+def _ingest_documents(engine: Engine, encoder: EncoderPair | None, roots: list[str | Path], *, collection: str,
+                      fields: FieldMapping | None, chunk_words: int | None, chunk_overlap: int,
+                      embeddings: str | Path | None, batch_size: int | None, strict: bool, prune: bool,
+                      progress: bool | None, max_retries: int, defer_index: bool,
+                      on_batch: Callable[[IngestReport], None] | None, limits: RecordLimits | None,
+                      include: Sequence[str] | None, exclude: Sequence[str] | None, started: float) -> IngestReport:
+    """Documents through the same pipeline: their chunks are the records (see :mod:`dpr_pg.ingest.documents.source`)."""
+    if embeddings is not None:
+        raise ConfigError("documents are parsed and chunked at ingest, so precomputed --embeddings cannot match "
+                          "their chunks; drop --embeddings")
+    if fields is not None and fields != FieldMapping():
+        raise ConfigError("documents have no fields to map: drop --id-field, --title-field, --text-field and "
+                          "--metadata-field (ids are <path>#<chunk>, titles come from the documents)")
+    words = DEFAULT_CHUNK_WORDS if chunk_words is None else chunk_words
+    check_chunking(words, chunk_overlap)
+    fingerprint = _resolve_fingerprint(encoder, None, None)
+    dim = _check_database(engine, fingerprint, collection, prune=prune)
+    limits = limits or RecordLimits()
+    report = IngestReport(collection=collection, source=", ".join(str(root) for root in roots))
+    with DocumentSource(roots, limits=limits, words=words, overlap=chunk_overlap, include=include,
+                        exclude=exclude) as documents:
+        documents.prepare(engine, collection, fingerprint.id, report)
+        if strict and report.rejected:
+            first = report.rejections[0]
+            report.stopped = f"{first.record}: {first.reason}"
+            raise RecordRejectedError(f"{first.record}: {first.reason}. Stopped there (--strict): nothing was "
+                                      "written; fix the file or leave it out (--exclude) and re-run", report)
+        if documents.found == 0 and not report.rejected:
+            raise IngestError(f"no documents found in {report.source}; expected files matching "
+                              f"{', '.join(documents.include)} (--include), outside {', '.join(documents.exclude)} "
+                              "(--exclude); nothing was written")
+        # The chunks are already cut along the documents' structure: the pipeline does not chunk them again.
+        return _write(engine, encoder, fingerprint, documents.records, report, dim=dim, started=started, empty=None,
+                      mapping=FieldMapping(), chunk_words=0, chunk_overlap=0, vectors=None, batch_size=batch_size,
+                      strict=strict, prune=prune, progress=progress, max_retries=max_retries,
+                      defer_index=defer_index, on_batch=on_batch, limits=limits, watch=None, documents=documents)
 
 
 def _resolve_fingerprint(encoder: EncoderPair | None, fingerprint: EncoderFingerprint | None,

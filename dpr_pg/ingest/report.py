@@ -41,6 +41,10 @@ class IngestReport:
     questions: int | None = None
     questions_path: str | None = None
     stopped: str | None = None
+    documents: int | None = None  # document files found (None: not a documents ingest)
+    documents_parsed: int | None = None
+    documents_unchanged: int | None = None  # skipped after their hash check
+    removed: int = 0  # stored chunks of changed documents that their new version no longer has
     seconds: float = 0.0
     index_seconds: float | None = None
 
@@ -76,6 +80,8 @@ class IngestReport:
             "truncated": self.truncated, "encoded": self.encoded, "pruned": self.pruned,
             "prune_skipped": self.prune_skipped, "retries": self.retries,
             "questions": self.questions, "questions_path": self.questions_path, "stopped": self.stopped,
+            "documents": self.documents, "documents_parsed": self.documents_parsed,
+            "documents_unchanged": self.documents_unchanged, "removed": self.removed,
             "seconds": round(self.seconds, 3), "passages_per_second": self.passages_per_second,
             "index_seconds": None if self.index_seconds is None else round(self.index_seconds, 3),
         }

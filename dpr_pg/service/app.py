@@ -1,4 +1,4 @@
-"""The FastAPI application: the encoders, warm, and an async engine, shared by every request.
+"""The FastAPI application: the encoders (and the reader, when configured), warm, and an async engine.
 
 :func:`create_app` builds it from :class:`ServiceSettings`; :func:`app_from_environment` is the
 factory each uvicorn worker calls (``dpr-pg serve`` passes the settings as JSON).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar
 
@@ -26,10 +27,11 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from dpr_pg.encoders import EncoderPair
+    from dpr_pg.reader import Reader
 
 T = TypeVar("T")
 log = logging.getLogger("dpr_pg.service")
-DESCRIPTION = """Dense Passage Retrieval inside PostgreSQL, over HTTP: questions in, passages out.
+DESCRIPTION = """Dense Passage Retrieval inside PostgreSQL, over HTTP: questions in, passages (and answers) out.
 
 Send an API key from `dpr-pg keys create` as `Authorization: Bearer <key>` (or `X-API-Key`).
 Every error is JSON: `{"error": ..., "message": ..., "details": ...}`.
@@ -37,12 +39,16 @@ Every error is JSON: `{"error": ..., "message": ..., "details": ...}`.
 
 
 class Service:
-    """What the requests share: settings, encoders, the question batcher, the engine, the metrics."""
+    """What the requests share: settings, encoders, the question batcher, the reader, the engine, the metrics."""
 
-    def __init__(self, settings: ServiceSettings, *, pair: EncoderPair | None = None) -> None:
+    def __init__(self, settings: ServiceSettings, *, pair: EncoderPair | None = None,
+                 reader: Reader | None = None) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.pair = pair
+        self.reader = reader
+        # One thread: readings never overlap (each one already uses every core), nor hold up question encoding.
+        self.reader_executor: ThreadPoolExecutor | None = None
         self.batcher: QuestionBatcher | None = None
         self.engine: AsyncEngine | None = None
         self.warm = False
@@ -63,12 +69,24 @@ class Service:
                                        on_batch=self.metrics.encoder_batch)
         await self.batcher.run(self.pair.question.warm_up)
         await self.batcher.run(self.pair.passage.warm_up)
-        self.warm = True
         log.info("encoders ready: %s", self.pair.fingerprint.describe())
+        if self.reader is None and s.reader_model:
+            from dpr_pg.reader import Reader
+
+            self.reader = await asyncio.to_thread(Reader.load, s.reader_model, precision=s.precision)
+        if self.reader is not None:
+            self.reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpr_pg-reader")
+            reader = self.reader
+            await asyncio.get_running_loop().run_in_executor(
+                self.reader_executor, lambda: reader.read("¿Dónde está Sevilla?", ["Sevilla está en Andalucía."]))
+            log.info("reader ready: %r", self.reader)
+        self.warm = True
 
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
+        if self.reader_executor is not None:
+            self.reader_executor.shutdown(wait=True)
         if self.engine is not None:
             await self.engine.dispose()
 
@@ -80,12 +98,13 @@ class Service:
                 return await conn.run_sync(function)
 
 
-def create_app(settings: ServiceSettings | None = None, *, pair: EncoderPair | None = None) -> FastAPI:
-    """The application for ``settings``; ``pair`` gives already loaded encoders (tests, embedding).
+def create_app(settings: ServiceSettings | None = None, *, pair: EncoderPair | None = None,
+               reader: Reader | None = None) -> FastAPI:
+    """The application for ``settings``; ``pair`` and ``reader`` give already loaded models (tests, embedding).
 
     >>> app = create_app(ServiceSettings(database_url="postgresql://app@localhost/app"))  # doctest: +SKIP
     """
-    service = Service(settings or ServiceSettings(), pair=pair)
+    service = Service(settings or ServiceSettings(), pair=pair, reader=reader)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 * 422: a request the core refuses (filter, dimension, k, mode, a bad record under ``strict``) or
   that breaks the schema; a value PostgreSQL cannot store (NUL, invalid Unicode);
 * 409: the collection was encoded by another encoder pair;
+* 404: no such passage, or ``/v1/ask`` on a server started without a reader;
 * 503 (with ``Retry-After``): the database cannot be reached, its schema is not ready, or every
   connection of the pool is busy; the pool reconnects by itself once the database is back;
 * 500: anything else, with a plain message; the traceback goes to the server's log only.
@@ -28,6 +29,7 @@ from dpr_pg.errors import (
     EncoderMismatchError,
     FilterError,
     IngestError,
+    ReaderError,
     SchemaError,
     SearchError,
 )
@@ -43,13 +45,14 @@ _BY_TYPE: list[tuple[type[DprPgError], int, str]] = [
     (SearchError, 422, "search_error"),
     (IngestError, 422, "ingest_error"),
     (EncoderError, 422, "encoder_error"),
+    (ReaderError, 422, "reader_error"),
     (ConfigError, 422, "invalid_request"),
     (DprPgError, 422, "invalid_request"),
 ]
 
 
 class ApiError(Exception):
-    """An error the service itself raises (401, 403, 404, 413, 503) with its JSON body."""
+    """An error the service itself raises (401, 403, 404, 413, 422, 503) with its JSON body."""
 
     def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

@@ -15,6 +15,8 @@ from dpr_pg.service import auth
 from dpr_pg.service.errors import ApiError
 from dpr_pg.service.keys import ApiKey
 from dpr_pg.service.schemas import (
+    AskRequest,
+    AskResponse,
     BatchSearchRequest,
     BatchSearchResponse,
     CollectionsResponse,
@@ -38,11 +40,13 @@ if TYPE_CHECKING:
 __all__ = ["ErrorBody", "install"]
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _errors(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these status codes; ``described`` replaces a description (``_404="..."``)."""
     text = {401: "No valid API key.", 403: "The key lacks the scope or the collection.",
             404: "Not found.", 409: "The collection was encoded by another encoder pair.",
             413: "The body is over the limit (1 MB by default).", 422: "The request is invalid.",
             503: "The database or the encoders are not ready; retry."}
+    text |= {int(code.lstrip("_")): description for code, description in described.items()}
     return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
 
 
@@ -72,6 +76,13 @@ def _fingerprint(service: Service) -> dict[str, Any]:
     assert service.pair is not None
     fp = service.pair.fingerprint
     return {"id": fp.id, **dataclasses.asdict(fp)}
+
+
+def _ask_body(result: Any) -> dict[str, Any]:
+    body = result.as_dict()
+    for answer in body["answers"]:
+        answer["passage"]["score"] = _finite(answer["passage"]["score"])
+    return body
 
 
 async def _search(service: Service, queries: list[Any], texts: list[str | None] | None, body: Any,
@@ -127,6 +138,27 @@ def install(app: FastAPI) -> None:
             texts = list(body.query_texts)
         all_hits = await _search(_service(request), queries, texts, body, key)
         return {"results": [_search_body(hits) for hits in all_hits]}
+
+    @app.post("/v1/ask", response_model=AskResponse, tags=["search"], summary="Answer a question from the passages",
+              responses=_V1 | _errors(404, 409, _404="This server has no reader: start it with "
+                                                     "`dpr-pg serve --reader MODEL` (or DPR_PG_READER_MODEL)."))
+    async def ask(body: AskRequest, request: Request, key: ApiKey | None = _SEARCH) -> dict[str, Any]:
+        """Retrieve the top ``k`` passages as a search does, then read the answer spans out of them with the
+        extractive reader: each answer with its score, its passage and its character offsets
+        (``passage.text[start:end] == answer``), as `dpr-pg ask --json` prints it."""
+        service = _service(request)
+        if service.reader is None:
+            raise ApiError(404, "reader_not_configured", "this server has no reader, so it cannot answer /v1/ask: "
+                           "start it with dpr-pg serve --reader MODEL (or set DPR_PG_READER_MODEL); POST /v1/search "
+                           "returns the passages")
+        auth.check_collection(key, body.collection)
+        assert service.batcher is not None and service.engine is not None and service.pair is not None
+        result = await aio.ask(service.engine, body.question, encoder=service.pair, reader=service.reader,
+                               encode=service.batcher.encode, executor=service.reader_executor, k=body.k,
+                               filter=auth.restrict_filter(key, body.filter), collection=body.collection,
+                               mode=body.mode, ef_search=body.ef_search, top_answers=body.top_answers,
+                               no_answer_threshold=body.no_answer_threshold)
+        return _ask_body(result)
 
     @app.post("/v1/encode/questions", response_model=EncodeResponse, responses=_V1, tags=["encode"],
               summary="Question vectors")
@@ -217,7 +249,8 @@ def install(app: FastAPI) -> None:
         if dim != service.pair.dim:
             raise ApiError(503, "not_ready", f"the database stores vector({dim}) but the encoders make "
                            f"{service.pair.dim}-d vectors; serve a {dim}-d encoder pair", {"Retry-After": "60"})
-        return {"status": "ready", "schema_revision": revision or "", "dim": dim, "encoder": _fingerprint(service)}
+        return {"status": "ready", "schema_revision": revision or "", "dim": dim, "encoder": _fingerprint(service),
+                "reader": service.reader.name if service.reader is not None else None}
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
              responses={200: {"content": {"text/plain": {}}, "description": "The Prometheus text format."}},

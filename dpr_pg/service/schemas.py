@@ -19,6 +19,8 @@ from dpr_pg.tuning import MAX_EF_SEARCH, MAX_K
 MAX_TEXT = 20_000  # characters of one question or passage text (the encoder keeps 512 tokens)
 MAX_LIST = 256
 MAX_DIM = 16_000
+MAX_ASK_K = 100  # passages one /v1/ask reads: reading costs far more than retrieving
+MAX_ANSWERS = 100
 Mode = Literal["dense", "hybrid", "exact"]
 
 
@@ -123,6 +125,56 @@ class SearchResponse(BaseModel):
 
 class BatchSearchResponse(BaseModel):
     results: list[SearchResponse]
+
+
+class AskRequest(SearchOptions):
+    """One question: the top ``k`` passages are retrieved (same options as a search), then read."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"question": "¿Dónde está la Giralda?", "k": 5, "collection": "guias", "top_answers": 3,
+         "filter": {"format": "pdf"}}]})
+
+    question: str = Field(min_length=1, max_length=MAX_TEXT)
+    k: int = Field(10, ge=1, le=MAX_ASK_K, description="Passages retrieved and read.")
+    top_answers: int = Field(1, ge=1, le=MAX_ANSWERS, description="Answers to return, best first.")
+    no_answer_threshold: float | None = Field(
+        None, ge=0, le=1, description="Answer 'no answer' when no span scores this much, or the reader's null "
+                                      "score beats every span (SQuAD 2.0 style); null: always the best spans.")
+
+    @field_validator("question")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _clean(value, "question") or ""
+
+
+class AnswerPassageBody(BaseModel):
+    id: int
+    external_id: str
+    collection: str
+    title: str
+    metadata: dict[str, Any]
+    score: float | None = Field(description="The retrieval score (inner product; RRF in hybrid mode); null when "
+                                            "it overflows a float.")
+    rank: int
+    text: str
+
+
+class AnswerBody(BaseModel):
+    answer: str = Field(description="The span: passage.text[start:end].")
+    score: float = Field(description="The reader's score of the span, a probability in [0, 1].")
+    start: int = Field(description="Character offset of the span in passage.text.")
+    end: int
+    passage: AnswerPassageBody
+
+
+class AskResponse(BaseModel):
+    question: str
+    answers: list[AnswerBody] = Field(description="Best first; empty when no_answer.")
+    no_answer: bool
+    no_answer_score: float | None = Field(description="The lowest null score among the windows read.")
+    passages_read: int
+    search_path: str = Field(description="hnsw, hnsw-iterative, exact or hybrid.")
+    seconds: float
 
 
 class FingerprintBody(BaseModel):
@@ -253,6 +305,7 @@ class ReadyResponse(BaseModel):
     schema_revision: str
     dim: int
     encoder: FingerprintBody
+    reader: str | None = Field(None, description="The reader of POST /v1/ask; null when the server has none.")
 
 
 class ErrorBody(BaseModel):

@@ -21,6 +21,7 @@ class ServiceSettings:
     ``open_without_keys``: whether requests without a key are served while no key is live (true
     on a loopback address, or with ``--insecure-no-auth``); once a key exists, every ``/v1``
     request needs one. ``batch_max`` and ``batch_wait_ms`` bound the question micro-batches.
+    ``reader_model``: the extractive reader of ``POST /v1/ask``, loaded at start; None: no reader.
 
     Example:
         >>> ServiceSettings(host="127.0.0.1").open_without_keys
@@ -30,6 +31,7 @@ class ServiceSettings:
     database_url: str | None = None
     question_model: str | None = None
     passage_model: str | None = None
+    reader_model: str | None = None
     precision: str | None = None
     runtime: str | None = None
     host: str = "127.0.0.1"
