@@ -951,12 +951,20 @@ def grant_command(ctx: Context, role: str, collections: list[str] | None, write:
         dpr-pg grant tenant_a --collections wiki,news
         dpr-pg grant tenant_a_loader --collections wiki --write
     """
-    from dpr_pg.tenancy import grant
+    from dpr_pg.tenancy import grant, tenancy_status
 
     grant(ctx.engine, role, collections=collections, write=write)
     what = "search and ingest" if write else "search"
-    where = f"collections {', '.join(collections)}" if collections else "every collection it may read"
-    click.echo(f"{role} may {what} {where}")
+    if collections:
+        click.echo(f"{role} may {what} collections {', '.join(collections)}")
+        return
+    status = tenancy_status(ctx.engine)
+    if not status.enabled:
+        click.echo(f"{role} may {what} every collection (tenancy is off)")
+        return
+    mine = sorted({g.collection for g in status.grants if g.role == role})
+    click.echo(f"{role} may {what}; tenancy is on, so only the collections granted to it: "
+               f"{', '.join(mine) or 'none yet'} (dpr-pg grant {role} --collections A,B)")
 
 
 @main.command("revoke")
@@ -991,7 +999,9 @@ def revoke_command(ctx: Context, role: str, collections: list[str] | None, write
 def tenancy_command(ctx: Context, switch: str | None, as_json: bool) -> None:
     """Show whether roles are limited to their collections, and the grants; or turn it on or off.
 
-    Off, every role with SELECT on dpr_pg.passages reads every collection.
+    Off, every role with SELECT on dpr_pg.passages reads every collection; the
+    next dpr-pg grant --collections turns it on again. On, a role with no
+    collection granted reads no passage.
 
     \b
     Example:

@@ -25,7 +25,7 @@ from dpr_pg.errors import ConfigError, DatabaseError, PrivilegeError
 
 @dataclass(frozen=True)
 class CollectionGrant:
-    """One row of ``dpr_pg.collection_grants``."""
+    """One row of ``dpr_pg.collection_grants`` (``role``: the role's name, or its OID once dropped)."""
 
     role: str
     collection: str
@@ -117,8 +117,8 @@ def tenancy_status(engine: Engine) -> Tenancy:
         enabled = conn.execute(sa.text(
             "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass('dpr_pg.passages')")).scalar()
         rows = conn.execute(sa.text(
-            "SELECT g.role::text, g.collection, g.can_write, g.granted_at FROM dpr_pg.collection_grants g "
-            "ORDER BY 1, 2")).all()
+            "SELECT COALESCE(r.rolname::text, g.role::text), g.collection, g.can_write, g.granted_at "
+            "FROM dpr_pg.collection_grants g LEFT JOIN pg_roles r ON r.oid = g.role ORDER BY 1, 2")).all()
     return Tenancy(bool(enabled), [CollectionGrant(*row) for row in rows])
 
 

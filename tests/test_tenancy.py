@@ -308,17 +308,24 @@ def test_revoke_takes_collections_then_everything(server: Any) -> None:
     roles = Roles(server, url)
     try:
         _load(owner)
-        tenant, group_member = roles.create("tenant"), roles.create("member")
+        tenant, group_member, app = roles.create("tenant"), roles.create("member"), roles.create("app")
         with owner.begin() as conn:
             conn.execute(sa.text(f'GRANT "{tenant}" TO "{group_member}"'))  # a member has its group's grants
+        grant(owner, app)  # search only, no collections: every collection while tenancy is off
+        assert {h.collection for h in search(as_role(url, app), QUERY, k=3000)} == set(COLLECTIONS)
         grant(owner, tenant, collections=["wiki", "news"])
         engine, member = as_role(url, tenant), as_role(url, group_member)
         assert {h.collection for h in search(engine, QUERY, k=60)} == {"wiki", "news"}
         assert {h.collection for h in search(member, QUERY, k=60)} == {"wiki", "news"}
+        assert search(as_role(url, app), QUERY, k=5) == []  # tenancy on: no collection granted, no passage
         revoke(owner, tenant, collections=["news"])
         assert {h.collection for h in search(engine, QUERY, k=60)} == {"wiki"}
         set_tenancy(owner, False)  # off: every role with SELECT reads every collection
+        assert not tenancy_status(owner).enabled
         assert {h.collection for h in search(as_role(url, tenant), QUERY, k=3000)} == set(COLLECTIONS)
+        grant(owner, app, collections=["news"])  # a collection grant turns it on again
+        assert tenancy_status(owner).enabled
+        assert {h.collection for h in search(as_role(url, app), QUERY, k=60)} == {"news"}
         set_tenancy(owner, True)
         revoke(owner, tenant)
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
@@ -357,6 +364,9 @@ def test_cli_grant_revoke_and_tenancy(server: Any, cli: Any) -> None:
         status = json.loads(shown.stdout)
         assert status["enabled"] is True
         assert sorted((g["collection"], g["write"]) for g in status["grants"]) == [("news", True), ("wiki", True)]
+        again = cli("--database-url", url, "grant", tenant)  # no collections: says what tenancy leaves it
+        assert again.returncode == 0, again.stderr
+        assert f"{tenant} may search; tenancy is on, so only the collections granted to it: news, wiki" in again.stdout
         assert cli("--database-url", url, "revoke", tenant, "--collections", "news").returncode == 0
         assert cli("--database-url", url, "tenancy", "off").stdout.startswith("tenancy off")
         bad = cli("--database-url", url, "grant", tenant, "--collections", "wiki,")
