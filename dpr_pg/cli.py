@@ -724,9 +724,11 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
         dpr-pg search "¿Qué es la insulina?" --collection bio --filter '{"year": {"$gte": 2020}}' --json
         dpr-pg search "vacuna gripe" --mode hybrid --explain
     """
-    from dpr_pg.search import search
+    from dpr_pg.search import check_request, search
 
     engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    # then a bad filter or an overlong question fails before they load
+    check_request(k=k, mode=mode, filter=filter_doc, collection=collection, texts=[question])
     if vector_file is not None:
         query: Any = _read_query_vector(vector_file)
         pair = None
@@ -1434,8 +1436,13 @@ def ask_command(ctx: Context, question: str, collection: str | None, filter_doc:
     """
     from dpr_pg.encoders import EncoderPair
     from dpr_pg.reader import Reader, ask
+    from dpr_pg.reader.ask import check_ask
+    from dpr_pg.search import check_request
 
     engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    # then a bad question, filter or option fails before they load
+    check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
+    check_request(k=k, mode=mode, filter=filter_doc, collection=collection, texts=[question])
     reader = Reader.load(reader_model, precision=precision)
     pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime="torch")
     result = ask(engine, question, encoder=pair, reader=reader, k=k, collection=collection, filter=filter_doc,

@@ -396,11 +396,11 @@ def search_many(
         queries = [queries]  # type: ignore[list-item]
     queries = list(queries)
     questions = [q for q in queries if isinstance(q, str)]
-    if questions and encoder is None:
-        raise SearchError("a question needs an encoder: pass encoder=EncoderPair.load(...), or pass query vectors")
     texts = list(query_texts) if query_texts is not None else [q if isinstance(q, str) else None for q in queries]
     for text in [*questions, *texts]:
         _check_text(text)
+    if questions and encoder is None:
+        raise SearchError("a question needs an encoder: pass encoder=EncoderPair.load(...), or pass query vectors")
     if mode == "hybrid" and (len(texts) != len(queries) or any(not isinstance(t, str) for t in texts)):
         raise SearchError("hybrid mode needs the text of every query: pass questions, or query_texts= with vectors")
     with _transaction(bind) as conn:

@@ -15,7 +15,7 @@ import dpr_pg
 from dpr_pg import aio
 from dpr_pg.collections import list_collections
 from dpr_pg.encoders import EncoderPair
-from dpr_pg.errors import ConfigError, EncoderMismatchError, FilterError, IngestError, ReaderError
+from dpr_pg.errors import ConfigError, EncoderMismatchError, FilterError, IngestError, ReaderError, SearchError
 from dpr_pg.ingest import ingest, ingest_records
 from dpr_pg.ingest.delete import delete_passages
 from dpr_pg.reader import Reader
@@ -130,16 +130,18 @@ def test_async_search_refuses_what_the_sync_one_refuses(loaded: Engine, database
         encoded.append(questions)
         return pair.question.encode(questions)
 
-    async def run(**options: object) -> None:
+    async def run(question: str = QUESTIONS[0], **options: object) -> None:
         engine = await aio.create_async_engine(database_url)
         try:
-            await aio.search(engine, QUESTIONS[0], encoder=pair, encode=encode, **options)
+            await aio.search(engine, question, encoder=pair, encode=encode, **options)
         finally:
             await engine.dispose()
 
     with pytest.raises(FilterError, match="unknown operator"):
         asyncio.run(run(filter={"topic": {"$near": 1}}))
-    assert encoded == []  # a bad filter fails before anything is encoded
+    with pytest.raises(SearchError, match="at most 10000 characters, not 10001"):
+        asyncio.run(run("x" * 10_001))
+    assert encoded == []  # a bad filter or an overlong question fails before anything is encoded
     with loaded.begin() as conn:
         conn.execute(sa.text("UPDATE dpr_pg.encoders SET fingerprint = 'another pair'"))
     with pytest.raises(EncoderMismatchError):

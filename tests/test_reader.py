@@ -17,7 +17,7 @@ from _documents import MADRID, SEVILLA, markdown_text
 from dpr_pg import config
 from dpr_pg.cli import main
 from dpr_pg.encoders import EncoderPair
-from dpr_pg.errors import ReaderError
+from dpr_pg.errors import ReaderError, SearchError
 from dpr_pg.ingest import ingest
 from dpr_pg.reader import Reader, ask, make_tiny_reader
 from dpr_pg.reader.spans import window_spans
@@ -185,6 +185,8 @@ def test_ask_honours_the_filter_and_the_no_answer_threshold(guides: Engine, pair
     assert none.no_answer and none.answer is None and none.as_dict()["answers"] == []
     with pytest.raises(ReaderError, match="question with some text"):
         ask(guides, "  ", encoder=pair, reader=reader)
+    with pytest.raises(SearchError, match="at most 10000 characters, not 10001"):
+        ask(guides, "x" * 10_001, encoder=pair, reader=reader)
 
 
 def test_cli_ask(cli, database_url: str, guides: Engine, tiny_models: tuple[Path, Path], reader_dir: Path,
@@ -209,3 +211,5 @@ def test_cli_ask(cli, database_url: str, guides: Engine, tiny_models: tuple[Path
     assert none.exit_code == 0 and "no answer" in none.output
     missing = runner.invoke(main, ["--database-url", database_url, "ask", "¿Dónde?", "--reader-model", "nobody/x"])
     assert missing.exit_code == 1 and "DPR_PG_READER_MODEL" in missing.output
+    long = runner.invoke(main, ["--database-url", database_url, "ask", "x" * 10_001, "--reader-model", "nobody/x"])
+    assert long.exit_code == 1 and "at most 10000 characters, not 10001" in long.output  # before any model loads

@@ -261,6 +261,7 @@ def test_sql_function_pins_search_path_and_runs_as_invoker(corpus_engine: Engine
     ([1e39] + [0.0] * 31, SearchError, "beyond float32"),
     (np.zeros((2, 32)), DimensionError, "use search_many"),
     ("¿Dónde está Sevilla?", SearchError, "needs an encoder"),
+    ("x" * 10_001, SearchError, "at most 10000 characters, not 10001"),
 ])
 def test_bad_query_vectors_fail_before_sql(corpus_engine: Engine, query: Any, error: type, message: str) -> None:
     with pytest.raises(error, match=message):

@@ -100,6 +100,13 @@ def test_cli_search_reports_a_bad_filter_in_one_line(cli: Any, database_url: str
     assert "unknown operator '$regex' on field 'year'; allowed operators: $eq" in result.stderr
 
 
+def test_cli_search_refuses_an_overlong_question_before_loading_a_model(cli: Any, database_url: str) -> None:
+    result = cli("--database-url", database_url, "search", "x" * 10_001, "--question-model", "nobody/no-such-model")
+    assert result.returncode == 1
+    assert "expected a question of at most 10000 characters, not 10001" in result.stderr
+    assert "Traceback" not in result.stderr and "nobody" not in result.stderr
+
+
 def test_cli_search_takes_the_audit_recommended_ef_search(cli: Any, database_url: str, engine: Engine,
                                                           pair: EncoderPair, tmp_path: Path) -> None:
     _store(engine, pair)

@@ -189,7 +189,8 @@ def test_ask_with_an_unreachable_threshold_answers_no_answer(client: httpx.Clien
     ({"question": "x", "mode": "fuzzy"}, "invalid_request"),
     ({"question": "a\u0000b"}, "invalid_request"),
     ({"k": 3}, "invalid_request"),
-], ids=["blank", "top-answers-0", "threshold", "k-big", "filter", "mode", "nul", "no-question"])
+    ({"question": "x" * 10_001}, "invalid_request"),
+], ids=["blank", "top-answers-0", "threshold", "k-big", "filter", "mode", "nul", "no-question", "long-question"])
 def test_bad_ask_input_gets_422_json(client: httpx.Client, body: dict, error: str) -> None:
     response = client.post("/v1/ask", content=json.dumps(body), headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
@@ -307,7 +308,10 @@ def test_health_readiness_and_metrics(client: httpx.Client, pair: EncoderPair, t
     ({"question": "a\u0000b"}, "invalid_request"),
     ({"question": "\ud800"}, "invalid_request"),
     ({"question": "x", "collection": "a\u0000"}, "invalid_request"),
-], ids=["operator", "dollar-field", "dimension", "k-0", "k-big", "both", "mode", "nul", "surrogate", "nul-collection"])
+    ({"question": "x" * 10_001}, "invalid_request"),
+    ({"vector": [0.5] * 8, "mode": "hybrid", "query_text": "x" * 10_001}, "invalid_request"),
+], ids=["operator", "dollar-field", "dimension", "k-0", "k-big", "both", "mode", "nul", "surrogate", "nul-collection",
+        "long-question", "long-query-text"])
 def test_bad_search_input_gets_422_json(client: httpx.Client, body: dict, error: str) -> None:
     response = client.post("/v1/search", content=json.dumps(body), headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text

@@ -14,9 +14,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dpr_pg.ingest.validate import text_problem
-from dpr_pg.tuning import MAX_EF_SEARCH, MAX_K
+from dpr_pg.tuning import MAX_EF_SEARCH, MAX_K, MAX_QUERY_TEXT_CHARS
 
-MAX_TEXT = 20_000  # characters of one question or passage text (the encoder keeps 512 tokens)
+MAX_TEXT = 20_000  # characters of a passage's title, of a question to encode (the encoder keeps 512 tokens)
+MAX_QUESTION = MAX_QUERY_TEXT_CHARS  # a search's question or query text: the core's own bound
 MAX_LIST = 256
 MAX_DIM = 16_000
 MAX_ASK_K = 100  # passages one /v1/ask reads: reading costs far more than retrieving
@@ -55,9 +56,9 @@ class SearchRequest(SearchOptions):
         {"question": "¿Cuál es la capital de España?", "k": 5, "collection": "demo",
          "filter": {"topic": "geografía"}}]})
 
-    question: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+    question: str | None = Field(None, min_length=1, max_length=MAX_QUESTION)
     vector: list[float] | None = Field(None, min_length=1, max_length=MAX_DIM)
-    query_text: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+    query_text: str | None = Field(None, min_length=1, max_length=MAX_QUESTION)
 
     @field_validator("question", "query_text")
     @classmethod
@@ -85,8 +86,8 @@ class BatchSearchRequest(SearchOptions):
     @classmethod
     def _texts(cls, values: list[str] | None) -> list[str] | None:
         for i, value in enumerate(values or []):
-            if not value or len(value) > MAX_TEXT:
-                raise ValueError(f"question {i}: expected 1 to {MAX_TEXT} characters, not {len(value)}")
+            if not value or len(value) > MAX_QUESTION:
+                raise ValueError(f"question {i}: expected 1 to {MAX_QUESTION} characters, not {len(value)}")
             _clean(value, f"question {i}")
         return values
 
@@ -134,7 +135,7 @@ class AskRequest(SearchOptions):
         {"question": "¿Dónde está la Giralda?", "k": 5, "collection": "guias", "top_answers": 3,
          "filter": {"format": "pdf"}}]})
 
-    question: str = Field(min_length=1, max_length=MAX_TEXT)
+    question: str = Field(min_length=1, max_length=MAX_QUESTION)
     k: int = Field(10, ge=1, le=MAX_ASK_K, description="Passages retrieved and read.")
     top_answers: int = Field(1, ge=1, le=MAX_ANSWERS, description="Answers to return, best first.")
     no_answer_threshold: float | None = Field(
