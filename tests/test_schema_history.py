@@ -28,9 +28,14 @@ DPR_TABLES = ("dpr_pg.encoders", "dpr_pg.passages", "dpr_pg.synced_tables", "dpr
 # The catalog of dpr_pg's schema and of the app's tables (schema public), in comparable text.
 CATALOG = {
     "relations": """
-        SELECT n.nspname, c.relname, c.relkind, c.relpersistence, coalesce(c.reloptions::text, '')
+        SELECT n.nspname, c.relname, c.relkind, c.relpersistence, coalesce(c.reloptions::text, ''),
+               c.relrowsecurity, c.relforcerowsecurity, coalesce(c.relacl::text, '')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname IN ('dpr_pg', 'public') ORDER BY 1, 2""",
+    "policies": """
+        SELECT p.schemaname, p.tablename, p.policyname, p.permissive, p.roles::text, p.cmd,
+               coalesce(p.qual, ''), coalesce(p.with_check, '')
+        FROM pg_policies p WHERE p.schemaname IN ('dpr_pg', 'public') ORDER BY 1, 2, 3""",
     "columns": """
         SELECT c.oid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                coalesce(pg_get_expr(d.adbin, d.adrelid), ''), a.attgenerated, a.attidentity, a.attstorage,
@@ -223,6 +228,10 @@ def test_a_populated_database_downgrades_one_revision_at_a_time_and_keeps_its_ro
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         fill(url, enable=True)
+        with engine.begin() as conn:  # tenancy on, with a grant: the tenancy step takes both away
+            conn.execute(sa.text("INSERT INTO dpr_pg.collection_grants (role, collection) "
+                                 "VALUES (current_user::regrole, 'wiki')"))
+            conn.execute(sa.text("SELECT dpr_pg.set_tenancy(true)"))
         kept = rows(url)
         refusals = []
         for target in [*reversed(EARLIER), "base"]:
@@ -235,6 +244,12 @@ def test_a_populated_database_downgrades_one_revision_at_a_time_and_keeps_its_ro
                 schema.downgrade(engine, target)
             with engine.connect() as conn:
                 assert schema.current_revision(conn) == (None if target == "base" else target)
+                if target != "base":  # below the tenancy step: no grants, no policy or row-level security left
+                    assert conn.execute(sa.text(
+                        "SELECT to_regclass('dpr_pg.collection_grants') IS NULL "
+                        "AND NOT EXISTS (SELECT FROM pg_policies "
+                        "                WHERE schemaname = 'dpr_pg' AND tablename IN ('passages', 'synced_tables')) "
+                        "AND NOT relrowsecurity FROM pg_class WHERE oid = 'dpr_pg.passages'::regclass")).scalar()
             now = rows(url)
             if target != "base":  # base drops every dpr_pg table, as documented
                 assert [now[t] for t in ("dpr_pg.encoders", "dpr_pg.passages")] == [
