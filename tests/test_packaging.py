@@ -2,28 +2,72 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
+import shutil
 import site
 import subprocess
 import sys
+import tomllib
 import venv
 import zipfile
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from dpr_pg import schema
+from dpr_pg.ingest.documents.extra import PACKAGES as DOCUMENT_PARSERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _build_wheel(out: Path) -> Path:
+    # Built from a copy of the tracked files: setuptools reuses a checkout's build/ folder, where
+    # modules that were since moved or deleted would ride into the wheel.
+    source = out.parent / "source"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out), str(source)],
         check=True, capture_output=True, text=True,
     )
     (wheel,) = out.glob("dpr_pg-*.whl")
     return wheel
+
+
+def _imported_top_level_names() -> set[str]:
+    """Every package dpr_pg imports, by its top-level import name (stdlib and dpr_pg itself left out)."""
+    names = set(DOCUMENT_PARSERS)  # imported by name at run time, so that a missing parser says what to install
+    for path in (ROOT / "dpr_pg").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in {"dpr_pg", "__future__"}}
+
+
+def _canonical(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def test_every_imported_package_is_declared() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {_canonical(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]) for r in requirements}
+    providers = packages_distributions()
+    undeclared = {}
+    for name in sorted(_imported_top_level_names()):
+        fallback = [DOCUMENT_PARSERS[name][0]] if name in DOCUMENT_PARSERS else [name]
+        distributions = {_canonical(d) for d in providers.get(name, fallback)}
+        if not distributions & declared:
+            undeclared[name] = sorted(distributions)
+    assert undeclared == {}, f"imported but not declared in pyproject.toml: {undeclared}"
 
 
 def test_wheel_installed_in_a_clean_venv_runs_init(tmp_path: Path, empty_url: str) -> None:
