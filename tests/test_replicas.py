@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psycopg
 import pytest
 import sqlalchemy as sa
+
+import _served
 from _replica import StreamingReplica
 
 from dpr_pg import aio, create_engine, doctor, search
@@ -220,3 +223,27 @@ def test_bad_replica_settings_are_refused_before_connecting(monkeypatch: pytest.
     monkeypatch.setenv("DPR_PG_READ_YOUR_WRITES", "maybe")
     with pytest.raises(ConfigError, match="DPR_PG_READ_YOUR_WRITES"):
         create_engine("postgresql://nobody@127.0.0.1:1/app", read_urls=["postgresql://replica/app"])
+
+
+def test_the_http_service_searches_on_the_replica_and_writes_on_the_primary(
+        cluster: Cluster, pair: EncoderPair, tiny_models: tuple[Path, Path]) -> None:
+    engine = create_engine(cluster.primary_url, read_urls=[cluster.replica_url], read_your_writes=True,
+                           replica_wait=60)
+    ingest_records(engine, pair, _records("h", 2), collection="http")
+    assert _on_replica(engine)  # it has replayed h0 and h1
+    served = _served.start(cluster.primary_url, tiny_models,
+                           env={"DPR_PG_READ_URLS": cluster.replica_url, "DPR_PG_MAX_REPLICA_LAG": "3600"})
+    cluster.replica.pause()
+    try:
+        with httpx.Client(base_url=served.url, timeout=120) as client:
+            written = client.put("/v1/collections/http/passages", json={"records": _records("w", 1)})
+            assert written.status_code == 200 and written.json()["inserted"] == 1, written.text
+            found = client.post("/v1/search", json={"question": QUESTION, "collection": "http"})
+            assert found.status_code == 200, found.text
+            # The replica answered (it has not replayed w0); the primary has w0.
+            assert sorted(hit["external_id"] for hit in found.json()["hits"]) == ["h0", "h1"]
+    finally:
+        cluster.replica.resume()
+        served.stop()
+    primary_only = create_engine(cluster.primary_url, read_urls=[])
+    assert _ids(search(primary_only, QUESTION, encoder=pair, collection="http")) == ["h0", "h1", "w0"]
