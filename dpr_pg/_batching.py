@@ -40,7 +40,7 @@ class EncodeResult(NamedTuple):
     truncated: list[int]
 
 
-def _default_device(precision: str | None, runtime: str | None) -> str:
+def _default_device(precision: str | None = None, runtime: str | None = None) -> str:
     """cuda when there is a GPU, unless a CPU-only mode (int8, or ONNX Runtime) was asked for by name."""
     import torch
 
