@@ -18,6 +18,8 @@ from dpr_pg import EncoderError, EncoderPair, QuestionEncoder
 from dpr_pg._graphs import BATCH_SIZES, LENGTHS, BucketedRunner, bucket, pad_batch
 from dpr_pg._tiny import spanish_sentences
 
+from _devices import assert_same_vectors
+
 
 @pytest.fixture(scope="module")
 def trained_fp32(trained_models: tuple[Path, Path]) -> EncoderPair:
@@ -110,3 +112,16 @@ def test_cuda_graphs_follow_the_device(trained_models: tuple[Path, Path]) -> Non
     assert not BucketedRunner(default.model, device=torch.device("cpu"), pad_id=0, capture=False).captured
     with pytest.raises(EncoderError, match="CUDA graphs need a CUDA device"):
         BucketedRunner(default.model, device=torch.device("cpu"), pad_id=0)
+
+
+def test_questions_encode_alike_with_and_without_graphs(trained_models: tuple[Path, Path]) -> None:
+    graphed = QuestionEncoder.load(str(trained_models[0]), runtime="torch", cache_size=0)  # graphs on a GPU
+    eager = QuestionEncoder.load(str(trained_models[0]), runtime="torch", cache_size=0, cuda_graphs=False,
+                                 precision=graphed.precision)
+    sentences = spanish_sentences()
+    questions = ["¿Qué?", "¿Dónde está Sevilla?", " ".join(sentences[:2]), " ".join(sentences[:12])]  # the last > 128
+    assert len(graphed.tokenizer(questions[-1])["input_ids"]) > LENGTHS[-1]  # eager even with graphs
+    for question in questions:
+        assert_same_vectors(graphed.encode(question), eager.encode(question), graphed)
+    assert_same_vectors(graphed.encode(questions[:3]), eager.encode(questions[:3]), graphed)
+    assert_same_vectors(graphed.encode(questions), eager.encode(questions), graphed)
