@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# One command for a CUDA machine: the encoder table, precision agreement on the trained pair,
-# question latency (one at a time and micro-batched), the ingest table and the encoder tests.
-# Each step is time-boxed; about 6 minutes on an H100/H200-class card, 8 at most.
+# One command for a CUDA machine: the encoder tests, the encoder table, precision agreement on the
+# trained pair, question latency (one at a time and micro-batched) and the ingest table.
+# Each step is time-boxed, and on a GPU all of them together get at most $BUDGET_S seconds
+# (default 470, under 8 minutes): a step gets what is left when its own box is larger, and a step
+# with no time left is skipped and counted as failed. The tests run first: they matter most.
 #
 #   bench/gpu_check.sh [OUT_DIR] [--cpu]
 #
 # Outputs: OUT_DIR (default: $OUT, else ./gpu_check-DATE) gets one NN-step.txt per step, the
 # tests' JUnit XML (tests.xml) and summary.txt (exit status and seconds of each step). Without a
 # CUDA GPU, or with --cpu (which hides the GPUs from every step), the same steps run on the CPU
-# with small sizes, to check the script itself. PY picks the interpreter (default .venv/bin/python).
+# with small sizes and no overall budget unless BUDGET_S is set, to check the script itself
+# (about 6 minutes on a 2-core Xeon). PY picks the interpreter (default .venv/bin/python).
 # The ingest step runs bench/bench_pipeline.py where it exists (with $PIPELINE_ARGS), else
-# bench/bench_ingest.py. The exit status is 1 when any step failed or ran out of time.
+# bench/bench_ingest.py. The exit status is 1 when any step failed, ran out of time or was skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +22,7 @@ out=""
 for arg in "$@"; do
   case "$arg" in
     --cpu) device=cpu ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg (expected [OUT_DIR] [--cpu])" >&2; exit 2 ;;
     *) out=$arg ;;
   esac
@@ -42,15 +45,27 @@ summary="$out/summary.txt"
 : > "$summary"
 failed=0
 number=0
+grace=10  # seconds between the INT at a step's limit and the KILL
+if [ "$device" = cuda ] || [ -n "${BUDGET_S:-}" ]; then deadline=$((SECONDS + ${BUDGET_S:-470})); else deadline=""; fi
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2
   shift 2
   number=$((number + 1))
   local file
   file=$(printf '%s/%02d-%s.txt' "$out" "$number" "$name")
+  if [ -n "$deadline" ]; then
+    local left=$((deadline - SECONDS - grace))
+    if [ "$left" -lt 10 ]; then
+      echo "== $name: skipped, the overall budget is spent" | tee "$file"
+      failed=1
+      printf '%-10s %-15s exit %-3s %4ss  %s\n' "$name" "skipped" "-" 0 "$file" | tee -a "$summary"
+      return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
   local started=$SECONDS
   echo "== $name ($device, at most ${limit}s): $*" | tee "$file"
-  timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$file"
+  timeout --signal=INT --kill-after=$grace "$limit" "$@" 2>&1 | tee -a "$file"
   local rc=${PIPESTATUS[0]}
   local note=ok
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then note="ran out of time"; elif [ "$rc" != 0 ]; then note=failed; fi
@@ -67,25 +82,27 @@ step environment 60 bash -c "
   \"$PY\" -c 'import torch, transformers; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda,
     \"available\", torch.cuda.is_available(), \"transformers\", transformers.__version__)'"
 if [ "$device" = cuda ]; then
-  step encoders 170 "$PY" bench/bench_encoders.py --device cuda --passages 4096 --questions 200 --repeats 3
-  step precision 60 "$PY" bench/bench_precision.py --device cuda --passages 600
-  step questions 70 "$PY" bench/bench_questions.py --device cuda --questions 500 --callers 32 --per-caller 16
+  step tests 200 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$out/tests.xml" "${tests[@]}"
+  step encoders 150 "$PY" bench/bench_encoders.py --device cuda --passages 4096 --questions 200 --repeats 3
+  step precision 50 "$PY" bench/bench_precision.py --device cuda --passages 600
+  step questions 60 "$PY" bench/bench_questions.py --device cuda --questions 500 --callers 32 --per-caller 16
+  ingest_limit=120
   ingest_args=(-n 20000 --methods dpr_pg --reingest-n 2000 --base-n 4000 --base-precision auto)
 else
-  step encoders 900 "$PY" bench/bench_encoders.py --device cpu --passages 12 --questions 4 --repeats 1 \
+  step tests 1800 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$out/tests.xml" "${tests[@]}"
+  step encoders 900 "$PY" bench/bench_encoders.py --device cpu --passages 6 --questions 3 --repeats 1 \
     --precisions fp32,bf16
   step precision 600 "$PY" bench/bench_precision.py --device cpu --passages 60
   step questions 600 "$PY" bench/bench_questions.py --device cpu --questions 6 --callers 4 --per-caller 2
+  ingest_limit=900
   ingest_args=(-n 2000 --methods dpr_pg --reingest-n 200 --base-n 16 --base-precision auto --no-index-build)
 fi
 if [ -f bench/bench_pipeline.py ]; then
   # shellcheck disable=SC2086  # PIPELINE_ARGS is a list of words
-  step ingest 150 "$PY" bench/bench_pipeline.py ${PIPELINE_ARGS:-}
+  step ingest "$ingest_limit" "$PY" bench/bench_pipeline.py ${PIPELINE_ARGS:-}
 else
-  step ingest 150 "$PY" bench/bench_ingest.py "${ingest_args[@]}"
+  step ingest "$ingest_limit" "$PY" bench/bench_ingest.py "${ingest_args[@]}"
 fi
-step tests "$([ "$device" = cuda ] && echo 200 || echo 1800)" "$PY" -m pytest -q -p no:cacheprovider \
-  --junitxml="$out/tests.xml" "${tests[@]}"
 
 echo
 echo "summary ($device), outputs in $out:"
