@@ -29,7 +29,8 @@ def _out_of_memory(error: BaseException) -> bool:
     import torch
 
     message = str(error)
-    return (isinstance(error, torch.OutOfMemoryError) or "out of memory" in message.lower()
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5: cuda only
+    return (isinstance(error, oom) or "out of memory" in message.lower()
             or "ALLOC_FAILED" in message)  # cuBLAS failing to get its workspace
 
 
