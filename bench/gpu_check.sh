@@ -11,7 +11,7 @@
 # tests' JUnit XML (tests.xml) and summary.txt (exit status and seconds of each step). Without a
 # CUDA GPU, or with --cpu (which hides the GPUs from every step), the same steps run on the CPU
 # with small sizes and no overall budget unless BUDGET_S is set, to check the script itself
-# (about 6 minutes on a 2-core Xeon). PY picks the interpreter (default .venv/bin/python).
+# (7 to 10 minutes on a shared 2-core Xeon). PY picks the interpreter (default .venv/bin/python).
 # The ingest step runs bench/bench_pipeline.py where it exists (with $PIPELINE_ARGS), else
 # bench/bench_ingest.py. The exit status is 1 when any step failed, ran out of time or was skipped.
 set -uo pipefail
