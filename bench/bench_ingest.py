@@ -240,7 +240,8 @@ def reingest(admin_url: str, folder: Path, n: int) -> tuple:
     return first, again
 
 
-def reingest_base(admin_url: str, folder: Path, n: int, again_seconds: float, passages_total: int) -> None:
+def reingest_base(admin_url: str, folder: Path, n: int, again_seconds: float, passages_total: int,
+                  precision: str | None = "fp32") -> None:
     """First ingest of ``n`` passages with a BERT-base-shaped random DPR pair (the encode cost of a real
     one), scaled to the re-ingest corpus: the >= 100x target is stated 'with the encoder'."""
     import sqlalchemy as sa
@@ -254,7 +255,7 @@ def reingest_base(admin_url: str, folder: Path, n: int, again_seconds: float, pa
     url = fresh_database(admin_url, "bench_reingest_base", drop_hnsw=False)
     engine = sa.create_engine(url)
     question, passage = make_base_models(folder / "base", seed=0, init_std=0.06)
-    pair = EncoderPair.load(question, passage, precision="fp32")
+    pair = EncoderPair.load(question, passage, precision=precision)
     source = folder / f"base{n}.jsonl"
     source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in passages(n, seed=7)), encoding="utf-8")
     first = ingest(engine, pair, source, collection="c")
@@ -262,7 +263,8 @@ def reingest_base(admin_url: str, folder: Path, n: int, again_seconds: float, pa
     assert (again.inserted, again.updated, again.encoded) == (0, 0, 0), again.as_dict()
     per_passage = first.seconds / first.passages
     projected = per_passage * passages_total
-    print(f"\nfirst ingest with a BERT-base-shaped random DPR pair (fp32, 12 layers, hidden 768), {n} records:")
+    print(f"\nfirst ingest with a BERT-base-shaped random DPR pair ({pair.passage.precision} on "
+          f"{pair.passage.device.type}, 12 layers, hidden 768), {n} records:")
     print(f"  {first.passages} passages in {first.seconds:.1f} s = {per_passage * 1000:.0f} ms/passage  [measured]")
     print(f"  re-ingest of the same {n} records: {again.seconds:.2f} s -> {first.seconds / again.seconds:.0f}x  [measured]")
     print(f"  the {passages_total}-passage corpus at that rate: {projected:.0f} s; re-ingest {again_seconds:.2f} s "
@@ -277,6 +279,8 @@ def main() -> None:
     parser.add_argument("--methods", default="orm,executemany,dpr_pg")
     parser.add_argument("--rss-n", type=int, nargs="*", default=[], help="extra N for (c) alone: peak RSS vs N")
     parser.add_argument("--no-index-build", action="store_true", help="skip timing the HNSW build after (c)")
+    parser.add_argument("--base-precision", default="fp32",
+                        help="precision of the BERT-base first ingest ('auto': the device's default)")
     parser.add_argument("--child")
     parser.add_argument("--url")
     parser.add_argument("--source", type=Path)
@@ -317,7 +321,8 @@ def main() -> None:
     if args.reingest_n:
         _, again = reingest(admin_url, folder, args.reingest_n)
         if args.base_n:
-            reingest_base(admin_url, folder, args.base_n, again.seconds, again.passages)
+            reingest_base(admin_url, folder, args.base_n, again.seconds, again.passages,
+                          precision=None if args.base_precision == "auto" else args.base_precision)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -12,13 +13,25 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dpr_pg import _onnx
+from dpr_pg import _graphs, _onnx
 from dpr_pg._loading import output_dim, token_limit
 from dpr_pg._precision import apply_precision, forward_context, resolve_precision
 from dpr_pg.errors import EncoderError
 
+log = logging.getLogger(__name__)
+
 CPU_BATCH_SIZE = 16  # sorted by length, small CPU batches lose nothing and pad less
 GPU_BATCH_SIZE = 256
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch running out of device (or host) memory."""
+    import torch
+
+    message = str(error)
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5: cuda only
+    return (isinstance(error, oom) or "out of memory" in message.lower()
+            or "ALLOC_FAILED" in message)  # cuBLAS failing to get its workspace
 
 
 class EncodeResult(NamedTuple):
@@ -28,9 +41,12 @@ class EncodeResult(NamedTuple):
     truncated: list[int]
 
 
-def _default_device() -> str:
+def _default_device(precision: str | None = None, runtime: str | None = None) -> str:
+    """cuda when there is a GPU, unless a CPU-only mode (int8, or ONNX Runtime) was asked for by name."""
     import torch
 
+    if precision == "int8" or runtime == "onnx":
+        return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -52,6 +68,7 @@ class BatchingEncoder:
         max_length: int | None = None,
         runtime: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         import torch
 
@@ -59,8 +76,9 @@ class BatchingEncoder:
 
         self.name = name
         self.revision = revision
-        self.device = torch.device(device or _default_device())
-        self.precision = resolve_precision(precision, self.device)
+        self.device = torch.device(device or _default_device(precision, runtime))
+        self.precision = resolve_precision(precision, self.device, kind=self.kind, runtime=runtime,
+                                           cache_dir=cache_dir)
         self.batch_size = batch_size or (GPU_BATCH_SIZE if self.device.type == "cuda" else CPU_BATCH_SIZE)
         if self.batch_size < 1:
             raise EncoderError(f"batch_size must be at least 1, not {self.batch_size}")
@@ -78,10 +96,43 @@ class BatchingEncoder:
         self._cache_dir = Path(config.cache_dir(cache_dir))
         self._onnx: _onnx.OnnxRunner | None = None  # exported or read on first use: ingest never needs questions
         self._onnx_lock = threading.Lock()
+        self._graphs = self._graph_runner(cuda_graphs)
 
     def __repr__(self) -> str:
+        graphs = ", cuda_graphs=True" if self._graphs is not None else ""
         return (f"{type(self).__name__}({self.name!r}, device={self.device.type!r}, "
-                f"precision={self.precision!r}, runtime={self.runtime!r}, dim={self.dim})")
+                f"precision={self.precision!r}, runtime={self.runtime!r}{graphs}, dim={self.dim})")
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether short batches replay CUDA graphs (see :mod:`dpr_pg._graphs`)."""
+        return self._graphs is not None
+
+    def _graph_runner(self, cuda_graphs: bool | None) -> _graphs.BucketedRunner | None:
+        """The CUDA graphs of this encoder: by default for questions on a CUDA device, on torch.
+
+        They are captured here, at load, so that no question pays for it. When a capture fails
+        the default warns and stays eager; ``cuda_graphs=True`` raises the EncoderError instead.
+        """
+        asked = cuda_graphs is True
+        if cuda_graphs is None:
+            cuda_graphs = self.kind == "question" and self.device.type == "cuda" and self.runtime == "torch"
+        if not cuda_graphs:
+            return None
+        if self.device.type != "cuda" or self.runtime != "torch":
+            raise EncoderError(f"cuda_graphs=True needs a CUDA device and runtime 'torch', not "
+                               f"{self.device.type!r} and {self.runtime!r}")
+        lengths = [n for n in _graphs.LENGTHS if n <= self.max_length] or [self.max_length]
+        runner = _graphs.BucketedRunner(self.model, device=self.device, pad_id=self.pad_id, lengths=lengths)
+        try:
+            runner.capture_all()
+        except EncoderError as e:
+            if asked:
+                raise
+            warnings.warn(f"{e}. Encoding eagerly instead (the same vectors, slower per question).",
+                          RuntimeWarning, stacklevel=4)
+            return None
+        return runner
 
     # -- tokenization ---------------------------------------------------------------------------
 
@@ -110,9 +161,10 @@ class BatchingEncoder:
             return out
         order = np.argsort([-len(row) for row in ids], kind="stable")  # longest first: OOM shows early
         runner = self._runner_or_torch() if self.runtime == "onnx" else None
+        start, size = 0, self.batch_size
         with self._forward_context(runner):
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
+            while start < len(order):
+                batch = order[start:start + size]
                 width = len(ids[batch[0]])
                 input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
                 token_types = np.zeros((len(batch), width), dtype=np.int64)
@@ -122,8 +174,28 @@ class BatchingEncoder:
                     input_ids[row, :length] = ids[index]
                     token_types[row, :length] = types[index]
                     mask[row, :length] = 1
-                out[batch] = self._forward(runner, input_ids, mask, token_types)
+                try:
+                    out[batch] = self._forward(runner, input_ids, mask, token_types)
+                except Exception as e:
+                    if size == 1 or not _out_of_memory(e):
+                        raise
+                    # The longest batches come first: halve, encode the same rows again, go on.
+                    size = max(1, size // 2)
+                    self._free_device_memory()
+                    log.warning("%s encoder: out of memory on %d x %d tokens; batches of %d from here on",
+                                self.kind, len(batch), width, size)
+                    continue
+                start += len(batch)
         return out
+
+    def _free_device_memory(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def warm_up(self) -> None:
         """Encode one short input now, so that the first real call does not pay the setup.
@@ -177,6 +249,8 @@ class BatchingEncoder:
         """``pooler_output`` of one padded batch, as float32 on the host."""
         if runner is not None:
             return runner.run(input_ids, mask, token_types)
+        if self._graphs is not None and self._graphs.covers(*input_ids.shape):
+            return self._graphs.run(input_ids, mask, token_types)
         import torch
 
         pooled = self.model(

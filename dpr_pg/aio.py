@@ -26,6 +26,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from dpr_pg import replicas
 from dpr_pg.search import check_request
 from dpr_pg.search import search_many as _search_many
 from dpr_pg.errors import DimensionError, SearchError
@@ -47,20 +48,28 @@ _SYNC_ENGINES: weakref.WeakKeyDictionary[Any, sa.Engine] = weakref.WeakKeyDictio
 _SYNC_LOCK = threading.Lock()
 
 
-async def create_async_engine(url: str | None = None, **kwargs: Any) -> AsyncEngine:
+async def create_async_engine(url: str | None = None, *, read_urls: str | Sequence[str] | None = None,
+                              max_replica_lag: float | None = None, read_your_writes: bool | None = None,
+                              replica_wait: float | None = None, **kwargs: Any) -> AsyncEngine:
     """An AsyncEngine (psycopg's async driver) for ``url``, or the configured or embedded database.
 
-    URL precedence is :func:`dpr_pg.create_engine`'s; the embedded server starts on demand.
+    URL precedence and the read replica options are :func:`dpr_pg.create_engine`'s; the embedded
+    server starts on demand.
 
     >>> engine = await create_async_engine("postgresql://app@localhost/app")  # doctest: +SKIP
     """
     from sqlalchemy.ext.asyncio import create_async_engine as create
 
-    from dpr_pg.database import resolve_url
+    from dpr_pg.database import read_route, resolve_url
 
+    route = read_route(read_urls, max_replica_lag=max_replica_lag, read_your_writes=read_your_writes,
+                       replica_wait=replica_wait, engine_options=kwargs, asynchronous=True)
     resolved = await asyncio.to_thread(resolve_url, url)
     kwargs.setdefault("pool_pre_ping", True)
-    return create(resolved, **kwargs)
+    engine = create(resolved, **kwargs)
+    if route is not None:
+        replicas.attach(engine, route)
+    return engine
 
 
 def sync_engine(bind: AsyncBind) -> sa.Engine:
@@ -70,6 +79,9 @@ def sync_engine(bind: AsyncBind) -> sa.Engine:
         found = _SYNC_ENGINES.get(engine.sync_engine)
         if found is None:
             found = _SYNC_ENGINES[engine.sync_engine] = sa.create_engine(engine.url, pool_pre_ping=True)
+            route = replicas.route_of(engine)
+            if route is not None:  # its writes (an ingest) are the async engine's for read-your-writes
+                route.watch(found)
         return found
 
 
@@ -79,7 +91,7 @@ async def _encode_in_thread(encoder: EncoderPair, questions: list[str]) -> np.nd
 
 async def _run(bind: AsyncBind, function: Callable[[sa.Connection], Any]) -> Any:
     if isinstance(bind, AsyncEngine):
-        async with bind.begin() as conn:
+        async with replicas.read_connection_async(bind) as conn:  # a replica's, when the engine has them
             return await conn.run_sync(function)
     return await bind.run_sync(function)
 

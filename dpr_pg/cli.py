@@ -25,9 +25,11 @@ err_console = Console(stderr=True)
 class Context:
     """Lazily opened engine, shared by the commands of one invocation."""
 
-    def __init__(self, database_url: str | None, *, explicit_url: str | None = None) -> None:
+    def __init__(self, database_url: str | None, *, explicit_url: str | None = None,
+                 read_urls: str | None = None) -> None:
         self.database_url = database_url
         self.explicit_url = explicit_url  # the one given with --database-url, if any
+        self.read_urls = read_urls  # --read-urls; None: $DPR_PG_READ_URLS
         self._engine = None
 
     @property
@@ -35,7 +37,7 @@ class Context:
         if self._engine is None:
             from dpr_pg.database import create_engine
 
-            self._engine = create_engine(self.database_url)
+            self._engine = create_engine(self.database_url, read_urls=self.read_urls)
         return self._engine
 
 
@@ -82,9 +84,15 @@ def print_json(value: Any) -> None:
     metavar="URL",
     help="PostgreSQL URL. Default: $DPR_PG_DATABASE_URL, then $DATABASE_URL, then the embedded server.",
 )
+@click.option(
+    "--read-urls",
+    metavar="URLS",
+    help="Comma-separated URLs of streaming replicas that searches use (writes go to the primary). "
+         "Default: $DPR_PG_READ_URLS.",
+)
 @click.version_option(package_name="dpr-pg")
 @click.pass_context
-def main(ctx: click.Context, database_url: str | None) -> None:
+def main(ctx: click.Context, database_url: str | None, read_urls: str | None) -> None:
     """Dense Passage Retrieval inside PostgreSQL.
 
     \b
@@ -92,7 +100,7 @@ def main(ctx: click.Context, database_url: str | None) -> None:
         dpr-pg init
         dpr-pg doctor
     """
-    ctx.obj = Context(config.database_url(database_url), explicit_url=database_url)
+    ctx.obj = Context(config.database_url(database_url), explicit_url=database_url, read_urls=read_urls)
 
 
 # ---- schema -------------------------------------------------------------------------------------
@@ -181,6 +189,10 @@ def doctor(ctx: Context, as_json: bool, show_password: bool) -> None:
         table.add_row(f"collection {collection}", f"{count} passages")
     for encoder in report.encoders:
         table.add_row(f"encoder {encoder['id']}", f"{encoder['fingerprint'][:16]}  {encoder['passage_model']}")
+    for replica in report.replicas:
+        lag = "" if replica["lag_seconds"] is None else (
+            f", lag {replica['lag_seconds']:.1f} s ({replica['lag_bytes']} bytes)")
+        table.add_row("replica", f"{replica['url']}: {replica['state']}{lag}")
     console.print(table)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {warning}")
@@ -1302,7 +1314,8 @@ def serve(ctx: Context, host: str, port: int, workers: int, insecure_no_auth: bo
     if reader_model:
         locate_reader(reader_model)  # a wrong folder or an unreachable Hub fails here, not in each worker
     settings = ServiceSettings(
-        database_url=engine.url.render_as_string(hide_password=False), question_model=question_model,
+        database_url=engine.url.render_as_string(hide_password=False), read_urls=config.read_urls(ctx.read_urls),
+        question_model=question_model,
         passage_model=passage_model, reader_model=reader_model, precision=precision,
         runtime=None if runtime == "auto" else runtime, host=host, port=port, insecure_no_auth=insecure_no_auth,
         max_body_bytes=max_body_bytes, batch_max=batch_max, batch_wait_ms=batch_wait_ms)

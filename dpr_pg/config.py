@@ -7,6 +7,7 @@ environment; everything else takes its settings as arguments.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import platformdirs
@@ -32,6 +33,62 @@ def database_url(explicit: str | None = None) -> str | None:
         if candidate:
             return candidate
     return None
+
+
+def read_urls(explicit: str | Sequence[str] | None = None) -> list[str]:
+    """The read replicas' URLs: argument (a list, or one comma-separated string) > ``DPR_PG_READ_URLS`` > none.
+
+    An empty list turns replicas off even when the variable is set.
+
+    >>> read_urls("postgresql://r1/app, postgresql://r2/app")
+    ['postgresql://r1/app', 'postgresql://r2/app']
+    """
+    chosen: str | Sequence[str] = os.environ.get("DPR_PG_READ_URLS", "") if explicit is None else explicit
+    parts = chosen.split(",") if isinstance(chosen, str) else chosen
+    return [part.strip() for part in parts if part.strip()]
+
+
+def _seconds(explicit: float | None, variable: str, default: float) -> float:
+    if explicit is not None:
+        chosen, source = explicit, "the requested value"
+    else:
+        raw = os.environ.get(variable, "").strip()
+        if not raw:
+            return default
+        chosen, source = raw, variable  # type: ignore[assignment]
+    try:
+        value = float(chosen)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"expected a number of seconds >= 0, not {chosen!r} ({source}); "
+                          f"fix it, or unset {variable} for {default:g}")
+    return value
+
+
+def max_replica_lag(explicit: float | None = None) -> float:
+    """Seconds a replica may lag before searches skip it: argument > ``DPR_PG_MAX_REPLICA_LAG`` > 5."""
+    return _seconds(explicit, "DPR_PG_MAX_REPLICA_LAG", 5.0)
+
+
+def replica_wait(explicit: float | None = None) -> float:
+    """Seconds a read-your-writes search waits for a replica to catch up before it reads the primary.
+
+    Argument > ``DPR_PG_REPLICA_WAIT`` > 1; 0 reads the primary at once.
+    """
+    return _seconds(explicit, "DPR_PG_REPLICA_WAIT", 1.0)
+
+
+def read_your_writes(explicit: bool | None = None) -> bool:
+    """Whether searches on replicas must see the writes made before them: argument > ``DPR_PG_READ_YOUR_WRITES``."""
+    if explicit is not None:
+        return bool(explicit)
+    raw = os.environ.get("DPR_PG_READ_YOUR_WRITES", "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"expected DPR_PG_READ_YOUR_WRITES to be 1 or 0 (true/false, yes/no, on/off), not {raw!r}")
 
 
 def home(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -10,15 +10,17 @@ from __future__ import annotations
 import functools
 import re
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
-from dpr_pg import config, embedded
+from dpr_pg import config, embedded, replicas
 from dpr_pg.embedded import EmbeddedServer
 from dpr_pg.errors import ConfigError, DatabaseError
+from dpr_pg.replicas import ReadRoute
 
 _SCHEMES = ("postgresql", "postgres")
 
@@ -98,12 +100,24 @@ def resolve_url(url: str | None = None) -> str:
     return normalize_url(chosen) if chosen else embedded_url()
 
 
-def create_engine(url: str | None = None, **kwargs: Any) -> Engine:
+def create_engine(url: str | None = None, *, read_urls: str | Sequence[str] | None = None,
+                  max_replica_lag: float | None = None, read_your_writes: bool | None = None,
+                  replica_wait: float | None = None, **kwargs: Any) -> Engine:
     """An Engine for ``url`` (or the configured/embedded database), checked by one round trip.
 
+    ``read_urls`` (else ``DPR_PG_READ_URLS``, comma-separated) are streaming replicas: searches given
+    this Engine go to them, writes stay on ``url``. A replica that is down, a primary, or lags more
+    than ``max_replica_lag`` seconds (``DPR_PG_MAX_REPLICA_LAG``, default 5) is skipped.
+    ``read_your_writes`` (``DPR_PG_READ_YOUR_WRITES``) makes a search wait up to ``replica_wait``
+    seconds (``DPR_PG_REPLICA_WAIT``, default 1) for the replica to replay what was committed before
+    it, then read the primary. See :mod:`dpr_pg.replicas`.
+
     >>> engine = create_engine("postgresql://app@localhost/app")  # doctest: +SKIP
+    >>> engine = create_engine("postgresql://app@primary/app", read_urls=["postgresql://app@replica/app"])  # doctest: +SKIP
     """
     chosen = config.database_url(url)
+    route = read_route(read_urls, max_replica_lag=max_replica_lag, read_your_writes=read_your_writes,
+                       replica_wait=replica_wait, engine_options=kwargs)
     resolved = normalize_url(chosen) if chosen else embedded_url()
     engine = sa.create_engine(resolved, pool_pre_ping=True, **kwargs)
     if not chosen:
@@ -119,4 +133,32 @@ def create_engine(url: str | None = None, **kwargs: Any) -> Engine:
             "check that the server is running and the URL is right, or unset DPR_PG_DATABASE_URL/DATABASE_URL "
             "to use the embedded server"
         ) from e
+    if route is not None:
+        replicas.attach(engine, route)
     return engine
+
+
+def read_route(read_urls: str | Sequence[str] | None = None, *, max_replica_lag: float | None = None,
+               read_your_writes: bool | None = None, replica_wait: float | None = None,
+               engine_options: dict[str, Any] | None = None, asynchronous: bool = False) -> ReadRoute | None:
+    """The ReadRoute of ``read_urls`` (else ``DPR_PG_READ_URLS``), or None without replicas; connects to none.
+
+    Each replica gets an Engine of its own (an AsyncEngine when ``asynchronous``) with ``engine_options``.
+    """
+    urls = [normalize_url(u) for u in config.read_urls(read_urls)]  # a malformed URL fails here, before any use
+    max_lag = config.max_replica_lag(max_replica_lag)
+    ryw, wait = config.read_your_writes(read_your_writes), config.replica_wait(replica_wait)
+    if not urls:
+        return None
+    if asynchronous:
+        from sqlalchemy.ext.asyncio import create_async_engine as create
+    else:
+        create = sa.create_engine  # type: ignore[assignment]
+    engines = []
+    for url in urls:
+        connect_args = {} if "connect_timeout" in make_url(url).query else {
+            "connect_timeout": replicas.CONNECT_TIMEOUT_S}
+        options = {**(engine_options or {}), "pool_pre_ping": True}
+        options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
+        engines.append((create(url, **options), psql_url(url)))
+    return ReadRoute(engines, max_lag=max_lag, read_your_writes=ryw, wait=wait)

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.database import psql_url
+from dpr_pg.replicas import ReplicaStatus, probe_replica, reason_of, route_of
 from dpr_pg.schema import HNSW_INDEX, current_revision, embedding_dim, head_revision
 
 
@@ -91,6 +92,36 @@ def invalid_index_warnings(conn: Connection) -> list[str]:
     return warnings
 
 
+def replica_statuses(engine: Engine) -> tuple[list[ReplicaStatus], list[str]]:
+    """Each read replica of ``engine`` checked now (state and lag), and a warning for each one searches skip."""
+    route = route_of(engine)
+    if route is None:
+        return [], []
+    with engine.connect() as conn:
+        primary_lsn = conn.execute(sa.text("SELECT pg_current_wal_lsn()::text")).scalar_one()
+    found, warnings = [], []
+    for replica in route.replicas:
+        status = ReplicaStatus(replica.status.url)
+        try:
+            with replica.engine.connect() as conn:  # type: ignore[union-attr]
+                probe_replica(conn, primary_lsn, status, route.max_lag)
+        except sa.exc.DBAPIError as e:
+            status.state, status.error = "unreachable", reason_of(e, replica.password)
+        found.append(status)
+        if status.state == "unreachable":
+            warnings.append(f"read replica {status.url} is unreachable ({status.error}): searches skip it; "
+                            "start it, or fix DPR_PG_READ_URLS / --read-urls")
+        elif status.state == "primary":
+            warnings.append(f"read URL {status.url} is a primary, not a streaming replica (pg_is_in_recovery() is "
+                            "false): searches never use it and nothing is written to it; give a replica's URL "
+                            "in DPR_PG_READ_URLS / --read-urls")
+        elif status.state == "lagging":
+            warnings.append(f"read replica {status.url} lags {status.lag_seconds:.1f} s, more than the "
+                            f"{route.max_lag:g} s allowed (DPR_PG_MAX_REPLICA_LAG): searches skip it until it "
+                            "catches up")
+    return found, warnings
+
+
 @dataclass
 class DoctorReport:
     """The state of one database as dpr_pg sees it."""
@@ -105,6 +136,7 @@ class DoctorReport:
     encoders: list[dict[str, Any]] = field(default_factory=list)
     hnsw: dict[str, int] | None = None  # the HNSW index's m and ef_construction; None when missing or INVALID
     warnings: list[str] = field(default_factory=list)
+    replicas: list[dict[str, Any]] = field(default_factory=list)  # ReplicaStatus of each read URL, as dicts
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,6 +193,8 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
                 warnings.append(memory)
         with engine.connect() as conn:
             warnings.extend(invalid_index_warnings(conn))
+    replicas, replica_warnings = replica_statuses(engine)
+    warnings.extend(replica_warnings)
     if revision is None:
         warnings.append("no dpr_pg schema in this database; run dpr-pg init")
     elif revision != head:
@@ -176,4 +210,5 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
         encoders=encoders,
         hnsw=hnsw,
         warnings=warnings,
+        replicas=[status.as_dict() for status in replicas],
     )

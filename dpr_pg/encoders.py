@@ -247,6 +247,7 @@ class EncoderPair:
         passage_revision: str | None = None,
         runtime: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        cuda_graphs: bool | None = None,
     ) -> EncoderPair:
         """Load both encoders. Names: argument > ``DPR_PG_*_MODEL`` > the IIC Spanish defaults.
 
@@ -255,13 +256,16 @@ class EncoderPair:
         runs the question encoder on ONNX Runtime on CPU in fp32 when onnxruntime is installed
         (same vectors, 2.4x faster per question) and everything else on torch. The exported
         graph is cached in ``cache_dir`` (default ``DPR_PG_CACHE_DIR``, else the per-user cache).
+        ``cuda_graphs`` replays the question encoder's short batches as CUDA graphs, captured at
+        load; None turns them on for a CUDA device on torch.
 
         Example:
             >>> pair = EncoderPair.load(precision="fp32", batch_size=16)  # doctest: +SKIP
         """
         options = {"device": device, "precision": precision, "batch_size": batch_size, "runtime": runtime,
                    "cache_dir": cache_dir}
-        question = QuestionEncoder.load(question_model, revision=question_revision, cache_size=cache_size, **options)
+        question = QuestionEncoder.load(question_model, revision=question_revision, cache_size=cache_size,
+                                        cuda_graphs=cuda_graphs, **options)
         passage = PassageEncoder.load(passage_model, revision=passage_revision, **options)
         return cls(question, passage)
 

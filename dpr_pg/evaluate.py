@@ -45,6 +45,7 @@ from dpr_pg.metrics import (
     reader_metrics,
 )
 from dpr_pg.qa import QAItem, as_items, read_questions
+from dpr_pg.replicas import read_connection
 
 if TYPE_CHECKING:
     from dpr_pg.encoders import EncoderPair
@@ -253,7 +254,7 @@ def evaluate(
     for start in range(0, len(items), BATCH):
         batch = items[start:start + BATCH]
         batch_vectors = vectors[start:start + BATCH]
-        with engine.begin() as conn:
+        with read_connection(engine) as conn:
             results = search_many(conn, list(batch_vectors), encoder=encoder, k=depth, filter=filter,
                                   collection=collection, mode=mode, query_texts=[i.question for i in batch])
             for item, vector, hits in zip(batch, batch_vectors, results):

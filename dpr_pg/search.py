@@ -28,6 +28,7 @@ from dpr_pg._query_vector import vector_binding
 from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, parse, to_sql
 from dpr_pg.models import Passage
+from dpr_pg.replicas import read_connection
 from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ def _custom_plans(conn: Connection, restore: bool) -> Iterator[bool]:
 @contextmanager
 def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
     if isinstance(bind, Engine):
-        with bind.begin() as conn:
+        with read_connection(bind) as conn:  # on a read replica, when the engine has them
             yield conn
     else:
         yield bind

@@ -104,7 +104,8 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Keep tests away from the user's own settings, data folder and the network."""
     saved = dict(os.environ)
     for name in ("DPR_PG_DATABASE_URL", "DATABASE_URL", "DPR_PG_QUESTION_MODEL", "DPR_PG_PASSAGE_MODEL",
-                 "DPR_PG_READER_MODEL"):
+                 "DPR_PG_READER_MODEL", "DPR_PG_READ_URLS", "DPR_PG_MAX_REPLICA_LAG", "DPR_PG_READ_YOUR_WRITES",
+                 "DPR_PG_REPLICA_WAIT"):
         os.environ.pop(name, None)
     os.environ["DPR_PG_HOME"] = str(tmp_path_factory.mktemp("dpr_pg_home"))
     os.environ["DPR_PG_CACHE_DIR"] = str(tmp_path_factory.mktemp("dpr_pg_cache"))

@@ -124,7 +124,9 @@ def test_cli_search_runtimes_give_the_same_hits(cli: Any, database_url: str, eng
                                                 tiny_models: tuple[Path, Path]) -> None:
     _store(engine, pair)
     common = ("--database-url", database_url, "search", "¿Dónde está Sevilla?", "-k", "4", "--json")
-    runs = {runtime: json.loads(cli(*common, "--runtime", runtime, env=_cli_env(tiny_models), check=True).stdout)
+    # fp32 on both: ONNX Runtime runs fp32 on the CPU, torch on whatever device there is
+    runs = {runtime: json.loads(cli(*common, "--runtime", runtime, "--precision", "fp32", env=_cli_env(tiny_models),
+                                    check=True).stdout)
             for runtime in ("torch", "onnx")}  # auto is torch for one question: the other search tests
     ranked = {runtime: [hit["external_id"] for hit in hits] for runtime, hits in runs.items()}
     assert ranked["torch"] == ranked["onnx"] and len(ranked["torch"]) == 4

@@ -59,7 +59,8 @@ class Service:
         s = self.settings
         # At most 24 connections a worker (PostgreSQL allows 100 by default); a request that finds
         # none free within 30 s gets 503. Pre-ping replaces the connections a restart broke.
-        self.engine = await aio.create_async_engine(s.database_url, pool_size=8, max_overflow=16, pool_timeout=30)
+        self.engine = await aio.create_async_engine(s.database_url, read_urls=s.read_urls, pool_size=8,
+                                                    max_overflow=16, pool_timeout=30)
         if self.pair is None:
             self.pair = await asyncio.to_thread(EncoderPair.load, s.question_model, s.passage_model,
                                                 precision=s.precision, runtime=s.runtime)

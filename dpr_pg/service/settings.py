@@ -29,6 +29,7 @@ class ServiceSettings:
     """
 
     database_url: str | None = None
+    read_urls: list[str] | None = None  # streaming replicas for searches; None: $DPR_PG_READ_URLS
     question_model: str | None = None
     passage_model: str | None = None
     reader_model: str | None = None
