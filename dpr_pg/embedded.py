@@ -38,7 +38,7 @@ from dpr_pg import _pgserver, config
 from dpr_pg._pgserver import Client, EmbeddedServer, psql_path
 from dpr_pg.errors import DatabaseError
 
-__all__ = ["Client", "EmbeddedServer", "ServerStatus", "join", "own_engine", "psql_path", "run_psql",
+__all__ = ["Client", "EmbeddedServer", "ServerStatus", "join", "leave", "own_engine", "psql_path", "run_psql",
            "server_status", "start_server", "stop_server"]
 
 APPLICATION_NAME = "dpr-pg"
@@ -47,7 +47,7 @@ _SHUTDOWN_WAIT_S = 30.0  # how long a process waits for a server that is shuttin
 _CLIENTS_GRACE_S = 2.0  # a client that just disconnected may still be listed for a few milliseconds
 
 _log = logging.getLogger(__name__)
-_joined: dict[Path, int] = {}  # data folder -> pid of the process that joined it (a forked child did not)
+_joined: dict[Path, tuple[int, int]] = {}  # data folder -> (pid that joined it, version); a forked child did not
 _engines: weakref.WeakSet[Any] = weakref.WeakSet()  # dpr_pg's engines on the embedded server
 
 
@@ -130,8 +130,8 @@ def join(*, home: Path | None = None, postgres_version: int | None = None) -> Em
             server.ensure_pgdata_inited()
             server.ensure_postgres_running()
             _pgserver.update_handles(pgdata, add=os.getpid())
-            if _joined.get(pgdata) != os.getpid():
-                _joined[pgdata] = os.getpid()
+            if _joined.get(pgdata, (None,))[0] != os.getpid():
+                _joined[pgdata] = (os.getpid(), version)
                 atexit.register(_leave, pgdata, version)
             info = server.get_postmaster_info()
     except DatabaseError:
@@ -174,7 +174,7 @@ def _own_backends(socket_dir: Path | None) -> list[int]:
 
 def _leave(pgdata: Path, version: int) -> None:
     """At exit: leave the handle list; stop the server if nobody else uses it and it is not kept running."""
-    if _joined.get(pgdata) != os.getpid():
+    if _joined.get(pgdata, (None,))[0] != os.getpid():
         return
     del _joined[pgdata]
     try:
@@ -196,6 +196,16 @@ def _leave(pgdata: Path, version: int) -> None:
                 _pgserver.wait_until_stopped(pgdata, _pgserver.STOP_WAIT_S)
     except Exception as e:  # at exit: one line, never a traceback
         _log.warning("dpr-pg: left the embedded PostgreSQL in %s running: %s", pgdata, e)
+
+
+def leave() -> None:
+    """Leave every embedded server this process joined, now rather than at exit.
+
+    For a process about to die by a signal, which skips the exit handlers: the server then stops
+    as it would at a normal exit, if nobody else uses it.
+    """
+    for pgdata, (_, version) in list(_joined.items()):
+        _leave(pgdata, version)
 
 
 def server_status(*, home: Path | None = None, postgres_version: int | None = None) -> ServerStatus:

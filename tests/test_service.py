@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 import dpr_pg
+from dpr_pg import embedded
 from dpr_pg.encoders import EncoderPair
 from dpr_pg.ingest import ingest, ingest_records
 from dpr_pg.reader import Reader
@@ -475,7 +477,20 @@ def test_serve_runs_on_the_embedded_server_without_a_url_or_a_reader(cli, tiny_m
         assert "dpr-pg serve --reader MODEL" in unread.json()["message"]
         assert httpx.get(f"{running.url}/readyz", timeout=120).json()["reader"] is None
     finally:
-        assert running.stop() == -signal.SIGTERM
+        stopped = running.stop()
+        left = _server_left_running(tmp_path / "home")
+    assert stopped == -signal.SIGTERM
+    assert not left, "dpr-pg serve, stopped by SIGTERM, left the embedded server it started running"
+
+
+def _server_left_running(home: Path) -> bool:
+    """Whether the embedded server under ``home`` still runs (within its stop wait); stops it if so."""
+    for _ in range(300):
+        if not embedded.server_status(home=home).running:
+            return False
+        time.sleep(0.1)
+    embedded.stop_server(home=home, force=True)
+    return True
 
 
 # ---- shutdown ---------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 With no live API key, the server serves without authentication, so it binds to a loopback
 address only and says so; another address needs a key, or ``--insecure-no-auth``. On SIGTERM
 uvicorn stops accepting connections and lets the requests in flight finish (up to
-``GRACEFUL_SECONDS``) before the encoders and the pool are released.
+``GRACEFUL_SECONDS``) before the encoders and the pool are released; then the process leaves the
+embedded server (which stops if nobody else uses it) and dies by the signal, as uvicorn means it to.
 """
 
 from __future__ import annotations
 
 import inspect
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -59,5 +61,18 @@ def run(settings: ServiceSettings, *, workers: int = 1, say: Callable[[str], Non
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
         # uvicorn kills a worker that misses a 5 s health ping; loading the encoders on a busy CPU can take longer.
         options["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_SECONDS
-    uvicorn.run(APP_FACTORY, factory=True, host=settings.host, port=settings.port, workers=workers,
-                timeout_graceful_shutdown=GRACEFUL_SECONDS, log_level="info", proxy_headers=False, **options)
+    previous = signal.signal(signal.SIGTERM, _leave_then_die)  # uvicorn re-raises SIGTERM once it has shut down
+    try:
+        uvicorn.run(APP_FACTORY, factory=True, host=settings.host, port=settings.port, workers=workers,
+                    timeout_graceful_shutdown=GRACEFUL_SECONDS, log_level="info", proxy_headers=False, **options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _leave_then_die(signum: int, frame: object) -> None:
+    """Dying by a signal skips the exit handlers: leave the embedded server first, so that it does not outlive us."""
+    from dpr_pg import embedded
+
+    embedded.leave()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
