@@ -5,7 +5,9 @@ Plain HNSW with a WHERE clause comes back short or with poor recall when the fil
 ``exact_threshold`` rows it picks exact search (right at any size, so a low estimate only costs
 time), and also up to ``EXACT_MAX_ROWS`` rows when they are at most ``exact_selectivity`` of the
 table (iterative scans lose recall that narrow); up to ``COUNT_BAND`` times ``exact_threshold`` it
-counts at most ``exact_threshold + 1`` matching rows to decide. Otherwise it runs pgvector 0.8's
+counts at most ``exact_threshold + 1`` matching rows to decide. A table without statistics (never
+analysed: see :mod:`dpr_pg._statistics`) makes the estimate a guess, so a small one is never taken
+at its word: the bounded count decides. Otherwise it runs pgvector 0.8's
 iterative index scan; if that still returns fewer than k rows, search.py answers exactly.
 The numbers come from :mod:`dpr_pg.tuning`; ``dpr_pg._search_plan`` in sql/search.sql applies the
 same rules for the SQL functions, and tests/test_search.py runs both over the same rows.
@@ -20,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 
+from dpr_pg._statistics import TABLE_FACTS
 from dpr_pg.models import Passage
 # The numbers live in dpr_pg.tuning, shared with the SQL functions; re-exported here for callers.
 from dpr_pg.tuning import (COUNT_BAND, EXACT_MAX_ROWS, EXACT_SELECTIVITY, EXACT_THRESHOLD, FILTERED_EF_SEARCH,
@@ -112,12 +115,23 @@ def plan(
     probe = sa.select(sa.literal(1)).select_from(Passage).where(where)
     estimate = float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
     chosen_ef = max(k, ef_search or FILTERED_EF_SEARCH)
+    rows, analyzed = -1.0, True
+    if estimate <= max(COUNT_BAND * exact_threshold, EXACT_MAX_ROWS):  # a rule below may act on the estimate
+        rows, analyzed = conn.execute(TABLE_FACTS, {"relation": "dpr_pg.passages"}).one()
+        rows = float(rows)
+    if not analyzed:  # no statistics: the estimate is PostgreSQL's fixed guess, never a sign of a narrow filter
+        guess = f"dpr_pg.passages has no statistics yet (never analyzed), so the estimate of {estimate:.0f} rows " \
+                "is a guess: "
+        matches = _bounded_count(conn, probe, exact_threshold)
+        if matches <= exact_threshold:
+            return SearchPlan("exact", guess + f"the filter matches {matches} rows (<= {exact_threshold}): exact scan",
+                              estimated_rows=estimate, matching_rows=matches)
+        return SearchPlan("hnsw-iterative", guess + f"the filter matches more than {exact_threshold} rows: "
+                          "iterative HNSW scan", estimated_rows=estimate, matching_rows=matches, ef_search=chosen_ef)
     if estimate <= exact_threshold:  # exact is right at any size; a bounded count would cost as much
         return SearchPlan("exact", f"the filter matches about {estimate:.0f} rows (<= {exact_threshold}): exact scan",
                           estimated_rows=estimate)
     if exact_selectivity > 0 and estimate <= EXACT_MAX_ROWS:
-        rows = float(conn.execute(sa.text(
-            "SELECT reltuples FROM pg_class WHERE oid = 'dpr_pg.passages'::regclass")).scalar_one())
         if estimate <= exact_selectivity * rows:
             return SearchPlan("exact", f"the filter matches about {estimate:.0f} rows, {estimate / rows:.2%} of the "
                               f"table (<= {exact_selectivity:.0%}): too narrow for iterative HNSW: exact scan",
@@ -125,8 +139,7 @@ def plan(
     if estimate > COUNT_BAND * exact_threshold:
         return SearchPlan("hnsw-iterative", f"the filter matches about {estimate:.0f} rows: iterative HNSW scan",
                           estimated_rows=estimate, ef_search=chosen_ef)
-    bounded = sa.select(sa.func.count()).select_from(probe.limit(exact_threshold + 1).subquery())
-    matches = int(conn.execute(bounded).scalar_one())
+    matches = _bounded_count(conn, probe, exact_threshold)
     if matches <= exact_threshold:
         return SearchPlan("exact", f"the filter matches {matches} rows (<= {exact_threshold}): exact scan",
                           estimated_rows=estimate, matching_rows=matches)
@@ -142,8 +155,7 @@ def _plan_under_row_security(conn: Connection, where: sa.ColumnElement[bool] | N
     probe = sa.select(sa.literal(1)).select_from(Passage)
     if where is not None:
         probe = probe.where(where)
-    bounded = sa.select(sa.func.count()).select_from(probe.limit(exact_threshold + 1).subquery())
-    matches = int(conn.execute(bounded).scalar_one())
+    matches = _bounded_count(conn, probe, exact_threshold)
     visible = "the rows this role may read" + ("" if where is None else " that match the filter")
     if matches <= exact_threshold:
         return SearchPlan("exact", f"row-level security: {visible} are {matches} (<= {exact_threshold}): exact scan",
@@ -155,3 +167,9 @@ def _plan_under_row_security(conn: Connection, where: sa.ColumnElement[bool] | N
     return SearchPlan("hnsw-iterative", f"row-level security: {visible} are more than {exact_threshold}: "
                       "iterative HNSW scan", matching_rows=matches, ef_search=max(k, ef_search or FILTERED_EF_SEARCH),
                       row_security=True)
+
+
+def _bounded_count(conn: Connection, probe: sa.Select[Any], exact_threshold: int) -> int:
+    """The rows ``probe`` matches, counted up to ``exact_threshold + 1``."""
+    bounded = sa.select(sa.func.count()).select_from(probe.limit(exact_threshold + 1).subquery())
+    return int(conn.execute(bounded).scalar_one())

@@ -11,6 +11,9 @@ The planner's rules, in order (sql/search.sql's ``dpr_pg._search_plan`` applies 
 - no filter: HNSW with ``hnsw.ef_search = max(k, UNFILTERED_EF_SEARCH)``; exact above
   ``k = MAX_EF_SEARCH`` (pgvector's limit);
 - a filter on pgvector older than ``ITERATIVE_SCAN_VERSION``, or ``k > MAX_EF_SEARCH``: exact;
+- a table without statistics (never analysed) and an estimate low enough for a rule below: the
+  estimate is a guess, so count up to ``EXACT_THRESHOLD + 1`` matching rows, exact if there are no
+  more than ``EXACT_THRESHOLD``, else iterative HNSW;
 - PostgreSQL's estimate of the matching rows at most ``EXACT_THRESHOLD``: exact;
 - at most ``EXACT_MAX_ROWS`` rows that are at most ``EXACT_SELECTIVITY`` of the table: exact;
 - an estimate within ``COUNT_BAND * EXACT_THRESHOLD``: count up to ``EXACT_THRESHOLD + 1``
@@ -50,6 +53,14 @@ FILTER_MAX_NUMBER_CHARS = 400
 # A question, or hybrid mode's text: the encoders read 512 tokens at most, and full-text search of a
 # whole document is not a question (16 MB of it reached PostgreSQL's tsquery limit).
 MAX_QUERY_TEXT_CHARS = 10_000
+
+# A write (ingest, prune, delete, a sync batch) ANALYZEs the table it changed when the table has no
+# statistics yet, or when it changed at least ANALYZE_CHANGED_SHARE of the rows PostgreSQL believes
+# the collection (the app table) has, and at least ANALYZE_MIN_ROWS rows (see dpr_pg._statistics).
+# Fewer rows cannot move an estimate far enough across EXACT_THRESHOLD to matter (exact over about
+# a thousand rows takes a few ms), and autovacuum catches up with them; 10% is autovacuum's own share.
+ANALYZE_CHANGED_SHARE = 0.10
+ANALYZE_MIN_ROWS = 1000
 
 # New HNSW indexes (passages, and app tables at enable time); `dpr-pg index` rebuilds with others.
 HNSW_M = 16  # pgvector's default

@@ -331,7 +331,8 @@ $$;
 -- @MAX_EF_SEARCH@ → exact; a narrow filter (≤ exact_threshold rows by the estimate, ≤ @EXACT_MAX_ROWS@
 -- rows that are ≤ exact_selectivity of `relation`, or ≤ exact_threshold by a count bounded at
 -- exact_threshold + 1 when the estimate is within @COUNT_BAND@ times it) → exact over the filtered
--- rows; otherwise an iterative HNSW scan. The caller falls back to exact when the index scan
+-- rows; otherwise an iterative HNSW scan. When `relation` has no statistics (never analysed), a low
+-- estimate is a guess: the bounded count decides instead (exact or iterative HNSW). The caller falls back to exact when the index scan
 -- returns fewer than k rows. The two thresholds are arguments so that tests can reach every rule;
 -- `estimate`, when given, stands in for PostgreSQL's estimate of the matching rows.
 CREATE OR REPLACE FUNCTION dpr_pg._search_plan(
@@ -347,6 +348,7 @@ DECLARE
     plan json;
     table_rows double precision;
     rls boolean := row_security_active(relation);
+    analyzed boolean := true;
 BEGIN
     IF where_sql = 'true' AND NOT rls THEN
         IF k > @MAX_EF_SEARCH@ THEN
@@ -382,15 +384,36 @@ BEGIN
         EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM ' || source || ' WHERE ' || where_sql
             INTO plan USING params, NULL::text, k, collection;
         estimated_rows := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+        -- A table never analysed has no statistics, and PostgreSQL's estimate is a fixed guess (0.5 % of
+        -- the table for an equality): never a sign of a narrow filter. The bounded count decides then.
+        -- pg_stats shows only what the role may read (nothing under row-level security): a count too.
+        IF estimated_rows <= greatest(@COUNT_BAND@ * exact_threshold, @EXACT_MAX_ROWS@) THEN
+            SELECT c.reltuples, EXISTS (SELECT 1 FROM pg_stats s WHERE s.schemaname = n.nspname AND s.tablename = c.relname)
+            INTO table_rows, analyzed
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relation;
+        END IF;
     ELSE
         estimated_rows := estimate;
+    END IF;
+    IF NOT analyzed THEN
+        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM ' || source || ' WHERE ' || where_sql || ' LIMIT $5) AS m'
+            INTO matching_rows USING params, NULL::text, k, collection, exact_threshold + 1;
+        IF matching_rows <= exact_threshold THEN
+            path := 'exact';
+        ELSE
+            path := 'hnsw-iterative';
+            ef_search := greatest(k, @FILTERED_EF_SEARCH@);
+        END IF;
+        RETURN;
     END IF;
     IF estimated_rows <= exact_threshold THEN
         path := 'exact';  -- right at any size; a bounded count would cost as much as the search
         RETURN;
     END IF;
     IF exact_selectivity > 0 AND estimated_rows <= @EXACT_MAX_ROWS@ THEN
-        SELECT c.reltuples INTO table_rows FROM pg_class c WHERE c.oid = relation;
+        IF table_rows IS NULL THEN  -- the estimate came from the caller
+            SELECT c.reltuples INTO table_rows FROM pg_class c WHERE c.oid = relation;
+        END IF;
         IF estimated_rows <= exact_selectivity * table_rows THEN
             path := 'exact';  -- this narrow a share of the table, iterative HNSW loses recall
             RETURN;
