@@ -6,6 +6,8 @@ unchanged since the claim (see :mod:`dpr_pg._sync_queries`), on every path: enco
 cleared and removed. A statement the database refuses for one table is retried item by item, each
 in its own savepoint, so that one bad item (a malformed key, a value of the wrong type) fails alone:
 it is retried with backoff and dead-lettered after ``max_attempts``, while the rest goes on.
+After the commit, a table whose embeddings changed a large share of its rows is analysed (see
+:mod:`dpr_pg._statistics`), so that a search of it is planned on its new rows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from psycopg import Connection as PgConnection
 from sqlalchemy.engine import Engine
 
 from dpr_pg import _sync_queries as q
+from dpr_pg._statistics import analyze_if_changed
 from dpr_pg.sync import SyncedTable, WorkerReport
 
 log = logging.getLogger("dpr_pg.sync")
@@ -93,6 +96,7 @@ class Batcher:
         self.max_attempts = max_attempts
         self.refused: dict[str, str] = {}  # table -> why this worker leaves its items alone
         self._encoder_id: int | None = None
+        self._changed: dict[int, int] = {}  # table OID -> rows whose embedding the current batch wrote
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self.retry_max, self.retry_base * 2 ** min(attempts, 30)))
@@ -115,9 +119,9 @@ class Batcher:
 
                 register_vector(pg)
                 _REGISTERED.add(pg)
+            self._changed = {}
             report = self._process(pg, batch_size, encoder_id)
             pg.commit()
-            return report
         except BaseException:
             if pg.closed or pg.broken:
                 raw.invalidate()  # the pool must not hand this connection out again
@@ -126,6 +130,9 @@ class Batcher:
             raise
         finally:
             raw.close()
+        for oid, changed in self._changed.items():  # embeddings the planner's statistics have not seen
+            analyze_if_changed(self.engine, changed=changed, relation=oid)
+        return report
 
     def _refuse(self, table: SyncedTable, reason: str, before: dict[str, str]) -> None:
         if before.get(table.display_name) != reason:  # said once, not on every batch
@@ -318,6 +325,7 @@ class Batcher:
             else:
                 writes.append((item, row, embedding))
         written = self._write(pg, table, writes, encoder_id, report)
+        self._changed[table.oid] = self._changed.get(table.oid, 0) + len(written)
         settled = self._settle(pg, table.oid, removed + unchanged + written)
         # An item not settled was written by the app after the claim (or is being written now): it
         # stays queued, and the next round reads the row again.

@@ -1,7 +1,8 @@
 """Delete passages by external id: the one-record counterpart of ``ingest --prune``.
 
 The delete takes the collection's ingest lock (exclusive, like an upsert), so it never
-interleaves with a batch of a concurrent ingest of the same collection.
+interleaves with a batch of a concurrent ingest of the same collection. A delete of a large share
+of the collection refreshes the planner's statistics, as an ingest does.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from dpr_pg._statistics import analyze_if_changed
 from dpr_pg.errors import ConfigError
 from dpr_pg.ingest.loader import LOCK_SQL
 from dpr_pg.ingest.validate import text_problem
@@ -38,4 +40,6 @@ def delete_passages(engine: Engine, collection: str, external_ids: Sequence[str]
         return 0
     with engine.begin() as conn:
         conn.execute(sa.text(LOCK_SQL.replace("%s", ":collection")), {"collection": collection})
-        return int(conn.execute(_DELETE, {"collection": collection, "ids": ids}).rowcount)
+        deleted = int(conn.execute(_DELETE, {"collection": collection, "ids": ids}).rowcount)
+    analyze_if_changed(engine, changed=deleted, collection=collection)
+    return deleted
