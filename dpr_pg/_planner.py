@@ -87,6 +87,7 @@ def plan(
     exact_selectivity: float = EXACT_SELECTIVITY,
     ef_search: int | None = None,
     row_security: bool = False,
+    table: tuple[float, bool] | None = None,
 ) -> SearchPlan:
     """Choose the path for a top-``k`` dense search over the rows matching ``where`` (None: all rows).
 
@@ -94,6 +95,8 @@ def plan(
     PostgreSQL then estimates non-leakproof conditions (a metadata filter's ``@>``) without its
     statistics, and every search is filtered by the policy: the planner counts the visible matches
     instead, bounded at ``exact_threshold + 1``.
+    ``table`` is dpr_pg.passages' (reltuples, has statistics) when the caller has read them
+    (:data:`dpr_pg._statistics.TABLE_FACTS`); else the planner reads them when it needs them.
 
     >>> plan(conn, None, k=10, pgvector_version=(0, 8, 5)).path  # doctest: +SKIP
     'hnsw'
@@ -117,7 +120,7 @@ def plan(
     chosen_ef = max(k, ef_search or FILTERED_EF_SEARCH)
     rows, analyzed = -1.0, True
     if estimate <= max(COUNT_BAND * exact_threshold, EXACT_MAX_ROWS):  # a rule below may act on the estimate
-        rows, analyzed = conn.execute(TABLE_FACTS, {"relation": "dpr_pg.passages"}).one()
+        rows, analyzed = table if table is not None else conn.execute(TABLE_FACTS).one()
         rows = float(rows)
     if not analyzed:  # no statistics: the estimate is PostgreSQL's fixed guess, never a sign of a narrow filter
         guess = f"dpr_pg.passages has no statistics yet (never analyzed), so the estimate of {estimate:.0f} rows " \

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from dpr_pg import _planner
 from dpr_pg._planner import Explain, SearchPlan
 from dpr_pg._query_vector import vector_binding
+from dpr_pg._statistics import TABLE_FACTS
 from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, parse, to_sql
 from dpr_pg.models import Passage
@@ -226,20 +227,46 @@ def _unfiltered_statement(path: str, vector_type: Any) -> sa.Select[Any]:
     return _dense_statement(path, None, vector_type)
 
 
+# One round trip: plan_cache_mode, and what the planner needs to know of the table (_statistics.TABLE_FACTS);
+# for a filtered search also the iterative scan's settings, the only index path it may take.
+_CUSTOM_PLANS = sa.text(
+    "SELECT current_setting('plan_cache_mode'), row_security_active('dpr_pg.passages'), "
+    "set_config('plan_cache_mode', 'force_custom_plan', true), f.reltuples, f.analyzed "
+    "FROM (" + str(TABLE_FACTS) + ") AS f")
+_CUSTOM_PLANS_ITERATIVE = sa.text(
+    "SELECT current_setting('plan_cache_mode'), row_security_active('dpr_pg.passages'), "
+    "set_config('plan_cache_mode', 'force_custom_plan', true), f.reltuples, f.analyzed, "
+    "current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true), "
+    "set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true) "
+    "FROM (" + str(TABLE_FACTS) + ") AS f")
+
+
 @contextmanager
-def _custom_plans(conn: Connection, restore: bool) -> Iterator[bool]:
+def _custom_plans(conn: Connection, restore: bool, *,
+                  iterative_ef: int | None = None) -> Iterator[tuple[bool, tuple[float, bool]]]:
     """plan_cache_mode = force_custom_plan for the planner's probes and the exact query (see above).
 
-    Yields whether row-level security hides rows of dpr_pg.passages from this role (same round trip).
+    Yields whether row-level security hides rows of dpr_pg.passages from this role, and the table's
+    (reltuples, has statistics) for :func:`dpr_pg._planner.plan`, read in the same round trip. With
+    ``iterative_ef``, it also sets what :func:`ann_settings` would for an iterative scan at that
+    ef_search (the exact path ignores them; under row-level security ann_settings runs all the same).
     """
-    saved, row_security = conn.execute(sa.text(
-        "SELECT current_setting('plan_cache_mode'), row_security_active('dpr_pg.passages'), "
-        "set_config('plan_cache_mode', 'force_custom_plan', true)")).one()[:2]
+    if iterative_ef is None:
+        saved, row_security, _, rows, analyzed = conn.execute(_CUSTOM_PLANS).one()
+    else:
+        saved, row_security, _, rows, analyzed, ef, mode, *_ = conn.execute(
+            _CUSTOM_PLANS_ITERATIVE, {"ef": str(iterative_ef)}).one()
     try:
-        yield bool(row_security)
+        yield bool(row_security), (float(rows), bool(analyzed))
     finally:
-        if restore:
+        if restore and iterative_ef is None:
             conn.execute(sa.text("SELECT set_config('plan_cache_mode', :v, true)"), {"v": saved})
+        elif restore:  # None: pgvector was not loaded yet, so it had its default
+            conn.execute(sa.text("SELECT set_config('hnsw.ef_search', :ef, true), "
+                                 "set_config('hnsw.iterative_scan', :mode, true), "
+                                 "set_config('plan_cache_mode', :cache, true)"),
+                         {"ef": ef or _GUC_DEFAULTS["hnsw.ef_search"],
+                          "mode": mode or _GUC_DEFAULTS["hnsw.iterative_scan"], "cache": saved})
 
 
 @contextmanager
@@ -266,15 +293,21 @@ def _run(conn: Connection, stmt: sa.Select[Any], params: dict[str, Any],
 
 
 def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] | None, k: int,
-           plan: SearchPlan, explain: bool, restore: bool = True, vector_oid: int = 0) -> Hits:
+           plan: SearchPlan, explain: bool, restore: bool = True, vector_oid: int = 0,
+           iterative_ef: int | None = None) -> Hits:
+    """``iterative_ef``: the iterative scan's settings at this ef_search are in place (_custom_plans)."""
     value, vector_type = vector_binding(conn, vector, vector_oid)
     params = {"query_vector": value, "k": k}
     if plan.path in ("hnsw", "hnsw-iterative"):
         filtered = plan.path == "hnsw-iterative" and where is not None
         stmt = _dense_statement(plan.path, where, vector_type) if filtered else _unfiltered_statement(
             plan.path, vector_type)
-        with ann_settings(conn, ef_search=plan.ef_search or _planner.UNFILTERED_EF_SEARCH,
-                          iterative=plan.path == "hnsw-iterative", restore=restore, index_order=plan.row_security):
+        # The iterative scan's settings may be in place already (_custom_plans); under row-level
+        # security ann_settings also reads the index in order.
+        preset = plan.path == "hnsw-iterative" and plan.ef_search == iterative_ef and not plan.row_security
+        with nullcontext() if preset else ann_settings(
+                conn, ef_search=plan.ef_search or _planner.UNFILTERED_EF_SEARCH,
+                iterative=plan.path == "hnsw-iterative", restore=restore, index_order=plan.row_security):
             rows, text = _run(conn, stmt, params, explain)
         if len(rows) >= k:
             return Hits(_hits(rows), plan.with_(explain=text))
@@ -414,18 +447,25 @@ def search_many(
         vectors = [query_vector(next(encoded) if isinstance(q, str) else q, dim) for q in queries]
         restore = not isinstance(bind, Engine)  # our own transaction ends right after: nothing to restore
         # Unfiltered ANN sets the plan mode with its other settings: one round trip fewer.
+        pgvector = pgvector_version or version
+        # A filtered dense search takes the exact path or an iterative scan at this ef_search: its
+        # settings go with plan_cache_mode, one round trip fewer.
+        iterative_ef = (max(k, ef_search or _planner.FILTERED_EF_SEARCH) if where_probe is not None and mode == "dense"
+                        and pgvector >= _planner.ITERATIVE_SCAN_VERSION and k <= _planner.MAX_EF_SEARCH else None)
         probes = where_probe is not None or mode != "dense" or row_security
-        pinned = _custom_plans(conn, restore) if probes else nullcontext(False)
-        with pinned as row_security:
+        pinned = (_custom_plans(conn, restore, iterative_ef=iterative_ef) if probes
+                  else nullcontext((False, None)))
+        with pinned as (row_security, table):
             plan = _planner.plan(conn, where_probe, k=max(k, candidates) if mode == "hybrid" else k,
-                                 pgvector_version=pgvector_version or version, exact=mode == "exact",
+                                 pgvector_version=pgvector, exact=mode == "exact",
                                  exact_threshold=exact_threshold, exact_selectivity=exact_selectivity,
-                                 ef_search=ef_search, row_security=row_security)
+                                 ef_search=ef_search, row_security=row_security, table=table)
             if mode == "hybrid":
                 return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
                                 text_weight=text_weight, candidates=candidates, vector_oid=oid)
                         for v, t in zip(vectors, texts)]
-            return [_dense(conn, v, where_probe, k, plan, explain, restore, vector_oid=oid) for v in vectors]
+            return [_dense(conn, v, where_probe, k, plan, explain, restore, vector_oid=oid, iterative_ef=iterative_ef)
+                    for v in vectors]
 
 
 def search(
