@@ -50,11 +50,12 @@ COLLECTION = "bench"
 def planner_before(conn: Any, where: Any, *, k: int, pgvector_version: tuple[int, ...], exact: bool = False,
                    exact_threshold: int = _planner.EXACT_THRESHOLD,
                    exact_selectivity: float = _planner.EXACT_SELECTIVITY, ef_search: int | None = None,
-                   table: Any = None) -> SearchPlan:
+                   row_security: bool = False, table: Any = None) -> SearchPlan:
     """The filtered rules of dpr_pg._planner.plan before it checked for statistics (frozen copy)."""
-    if exact or where is None:
+    if exact or where is None or row_security:
         return _planner.plan(conn, where, k=k, pgvector_version=pgvector_version, exact=exact,
-                             exact_threshold=exact_threshold, exact_selectivity=exact_selectivity, ef_search=ef_search)
+                             exact_threshold=exact_threshold, exact_selectivity=exact_selectivity, ef_search=ef_search,
+                             row_security=row_security)
     probe = sa.select(sa.literal(1)).select_from(Passage).where(where)
     estimate = float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
     chosen_ef = max(k, ef_search or _planner.FILTERED_EF_SEARCH)
