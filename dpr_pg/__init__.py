@@ -50,6 +50,7 @@ from dpr_pg.evaluate import EvaluationReport, evaluate
 from dpr_pg.qa import QAItem
 from dpr_pg.reader import Answer, AskResult, Reader, ask, make_tiny_reader
 from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
+from dpr_pg.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
 from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
 from dpr_pg.sync import (
     TableStatus,
@@ -95,6 +96,11 @@ __all__ = [
     "HnswParameters",
     "IndexBuild",
     "build_index",
+    "current_storage",
+    "set_storage",
+    "STORAGES",
+    "Storage",
+    "StorageChange",
     "InitResult",
     "Passage",
     "SchemaError",

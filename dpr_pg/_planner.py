@@ -39,6 +39,7 @@ class SearchPlan:
     ``matching_rows`` a count bounded at the threshold + 1 (None when not needed).
     ``explain`` holds PostgreSQL's EXPLAIN of the query that ran when ``explain=True``.
     ``row_security``: row-level security limited the rows this role sees (see :mod:`dpr_pg.tenancy`).
+    ``storage``: what the HNSW index compares (see :mod:`dpr_pg.storage`).
     """
 
     path: str
@@ -49,6 +50,7 @@ class SearchPlan:
     fell_back: bool = False
     explain: str | None = None
     row_security: bool = False
+    storage: str = "vector"
 
     def with_(self, **changes: Any) -> SearchPlan:
         return replace(self, **changes)

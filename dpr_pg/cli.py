@@ -110,6 +110,10 @@ def main(ctx: click.Context, database_url: str | None, read_urls: str | None) ->
 @click.option("--dim", type=click.IntRange(1, MAX_DIM), default=None,
               help="Embedding dimension of the passages table. Default: the one an existing schema stores, "
                    f"else {config.DEFAULT_DIM} (the IIC models').")
+@click.option("--storage", type=click.Choice(["vector", "halfvec", "bit"]), default=None,
+              help="What the HNSW index compares: vector (4 bytes a dimension), halfvec (2) or bit (1, re-ranked "
+                   "by the full inner product). Default: an existing schema's, else vector. "
+                   "`dpr-pg storage set` switches it later.")
 @click.option("--sql", "as_sql", is_flag=True,
               help="Print the SQL script instead of running it; connects to no database.")
 @click.option("--vector-schema", metavar="NAME",
@@ -119,7 +123,8 @@ def main(ctx: click.Context, database_url: str | None, read_urls: str | None) ->
                    "(at the latest revision: the SQL functions alone).")
 @pass_context
 @reports_errors
-def init(ctx: Context, dim: int | None, as_sql: bool, vector_schema: str | None, start: str | None) -> None:
+def init(ctx: Context, dim: int | None, storage: str | None, as_sql: bool, vector_schema: str | None,
+         start: str | None) -> None:
     """Create or upgrade the dpr_pg schema (pgvector, tables, indexes, SQL functions).
 
     Running it again is a no-op; after a dpr-pg upgrade it applies the new migrations and SQL
@@ -128,12 +133,16 @@ def init(ctx: Context, dim: int | None, as_sql: bool, vector_schema: str | None,
     \b
     Example:
         dpr-pg init --dim 768
+        dpr-pg init --storage halfvec
         dpr-pg init --sql > dpr_pg.sql
         psql -v ON_ERROR_STOP=1 -f dpr_pg.sql "$DATABASE_URL"
     """
     if as_sql:
         from dpr_pg.schema import init_sql
 
+        if storage not in (None, "vector"):
+            raise click.UsageError("--sql prints the schema with the vector index; run dpr-pg storage set "
+                                   f"{storage} once it is applied")
         click.echo(init_sql(dim=dim or config.DEFAULT_DIM, vector_schema=vector_schema or "public", start=start),
                    nl=False)
         return
@@ -142,14 +151,15 @@ def init(ctx: Context, dim: int | None, as_sql: bool, vector_schema: str | None,
             raise click.UsageError(f"{name} only applies to the printed script: add --sql")
     from dpr_pg.schema import init as init_schema
 
-    result = init_schema(ctx.engine, dim=dim)
+    result = init_schema(ctx.engine, dim=dim, storage=storage)
+    shape = f"vector({result.dim}), {result.storage} index"
     if result.previous_revision != result.revision:
         before = result.previous_revision or "empty"
-        click.echo(f"dpr_pg schema: {before} -> {result.revision} (vector({result.dim}))")
+        click.echo(f"dpr_pg schema: {before} -> {result.revision} ({shape})")
     elif result.definitions_changed:
-        click.echo(f"dpr_pg schema at {result.revision} (vector({result.dim})); SQL functions updated")
+        click.echo(f"dpr_pg schema at {result.revision} ({shape}); SQL functions updated")
     else:
-        click.echo(f"dpr_pg schema already at {result.revision} (vector({result.dim})); nothing to do")
+        click.echo(f"dpr_pg schema already at {result.revision} ({shape}); nothing to do")
 
 
 @main.command()
@@ -417,6 +427,82 @@ def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_m
     click.echo(f"HNSW index rebuilt with m = {build.parameters.m}, ef_construction = "
                f"{build.parameters.ef_construction}: {build.rows} rows in {build.seconds:.1f} s "
                f"(maintenance_work_mem {build.maintenance_work_mem})")
+
+
+@main.group("storage")
+def storage_group() -> None:
+    """Show or switch what the HNSW index compares: vector, halfvec or bit (re-ranked).
+
+    \b
+    Example:
+        dpr-pg storage show
+        dpr-pg storage set halfvec
+    """
+
+
+@storage_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_context
+@reports_errors
+def storage_show(ctx: Context, as_json: bool) -> None:
+    """Print the index's storage (and bit's re-rank multiple).
+
+    \b
+    Example:
+        dpr-pg storage show --json
+    """
+    from dpr_pg.storage import current_storage
+
+    chosen = current_storage(ctx.engine)
+    if as_json:
+        print_json({"storage": chosen.kind, "rerank_multiple": chosen.rerank_multiple})
+        return
+    extra = f" (re-ranks {chosen.rerank_multiple} x k candidates)" if chosen.kind == "bit" else ""
+    click.echo(f"{chosen.kind}{extra}")
+
+
+@storage_group.command("set")
+@click.argument("kind", metavar="vector|halfvec|bit", type=click.Choice(["vector", "halfvec", "bit"]))
+@click.option("--rerank-multiple", type=click.IntRange(1, 100), default=None,
+              help="bit: candidates per hit that the full inner product re-ranks (default: the current, first 4).")
+@click.option("--m", type=click.IntRange(2, 100), default=None, help="HNSW m of the new index (default: the current).")
+@click.option("--ef-construction", type=click.IntRange(4, 1000), default=None,
+              help="HNSW ef_construction of the new index (default: the current).")
+@click.option("--maintenance-work-mem", metavar="SIZE",
+              help="Memory for the build, e.g. 4GB (default: what the table's graph needs, at most 16GB).")
+@click.option("--wait", type=click.FloatRange(0), default=3600, show_default=True, metavar="SECONDS",
+              help="How long to wait for another index build (or an ingest --defer-index) to finish.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_context
+@reports_errors
+def storage_set(ctx: Context, kind: str, rerank_multiple: int | None, m: int | None, ef_construction: int | None,
+                maintenance_work_mem: str | None, wait: float, as_json: bool) -> None:
+    """Switch the index to another storage; searches and writes go on meanwhile.
+
+    The new index is built CONCURRENTLY beside the old one, then swapped in with the setting.
+
+    \b
+    Example:
+        dpr-pg storage set halfvec
+        dpr-pg storage set bit --rerank-multiple 8
+    """
+    from dpr_pg.storage import set_storage
+
+    change = set_storage(ctx.engine, kind, rerank_multiple=rerank_multiple, m=m, ef_construction=ef_construction,
+                         maintenance_work_mem=maintenance_work_mem, wait=wait)
+    if as_json:
+        print_json({"previous": change.previous.kind, "storage": change.storage.kind,
+                    "rerank_multiple": change.storage.rerank_multiple, "rebuilt": change.rebuilt,
+                    "rows": change.rows, "seconds": round(change.seconds, 3)})
+        return
+    if change.rebuilt:
+        click.echo(f"storage {change.previous.kind} -> {change.storage.kind}: HNSW index rebuilt over "
+                   f"{change.rows} rows in {change.seconds:.1f} s")
+    elif change.previous != change.storage:
+        click.echo(f"storage {change.storage.kind}: re-rank multiple {change.previous.rerank_multiple} -> "
+                   f"{change.storage.rerank_multiple}")
+    else:
+        click.echo(f"storage already {change.storage.kind}; nothing to do")
 
 
 @main.command()

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -30,6 +30,7 @@ from dpr_pg import tuning
 from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
 from dpr_pg.models import SCHEMA
+from dpr_pg.storage import check_dim, check_storage, read_storage
 from dpr_pg.tuning import MAX_DIM
 
 # The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
@@ -261,6 +262,7 @@ class InitResult:
     revision: str
     dim: int
     definitions_changed: bool = False
+    storage: str = "vector"
 
     @property
     def changed(self) -> bool:
@@ -295,19 +297,29 @@ def _check_vector_extension(conn: Connection) -> None:
         )
 
 
-def init(engine: Engine, *, dim: int | None = None) -> InitResult:
+def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) -> InitResult:
     """Create or upgrade the dpr_pg schema, then apply sql/'s definitions; running it again is a no-op.
 
     ``dim`` is the embedding dimension. None keeps the dimension an existing schema stores, and
     gives 768 (the IIC models') to a new one; a number that differs from the stored one is refused.
+    ``storage`` is what the HNSW index compares (see :mod:`dpr_pg.storage`): None keeps an existing
+    schema's and gives ``vector`` to a new one; another storage than an existing schema's is
+    refused (``dpr-pg storage set`` switches it without downtime).
 
     >>> init(engine, dim=768)  # doctest: +SKIP
     InitResult(previous_revision=None, revision='0013', dim=768, definitions_changed=True)
     """
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM):
         raise SchemaError(f"expected --dim between 1 and {MAX_DIM} (pgvector's limit), not {dim!r}")
+    if storage is not None:
+        check_storage(storage)
     with engine.connect() as conn, _init_lock(conn):
-        return _init_locked(conn, dim)
+        result = _init_locked(conn, dim, storage)
+    if storage is not None and storage != result.storage:  # a new schema: its empty index, rebuilt at once
+        from dpr_pg.storage import set_storage
+
+        result = replace(result, storage=set_storage(engine, storage).storage.kind)
+    return result
 
 
 @contextmanager
@@ -335,7 +347,7 @@ def _wait_for_init_lock(conn: Connection, *, timeout: float = 600.0) -> None:
         time.sleep(0.2)
 
 
-def _init_locked(conn: Connection, dim: int | None) -> InitResult:
+def _init_locked(conn: Connection, dim: int | None, storage: str | None = None) -> InitResult:
     _check_vector_extension(conn)
     existing = embedding_dim(conn)
     if dim is None:
@@ -345,6 +357,13 @@ def _init_locked(conn: Connection, dim: int | None) -> InitResult:
             f"the dpr_pg schema in this database stores vector({existing}), not vector({dim}); "
             f"run dpr-pg init --dim {existing}, or use another database for {dim}-d vectors"
         )
+    stored = read_storage(conn).kind if existing is not None else None
+    if storage is not None:
+        check_dim(storage, dim)
+        if stored is not None and stored != storage:
+            raise SchemaError(
+                f"the dpr_pg index in this database stores {stored}, not {storage}; run dpr-pg storage set "
+                f"{storage} to switch it without downtime, or dpr-pg init without --storage")
     previous = current_revision(conn)
     conn.rollback()
     command.upgrade(alembic_config(conn, dim=dim), "head")
@@ -352,7 +371,8 @@ def _init_locked(conn: Connection, dim: int | None) -> InitResult:
     revision = current_revision(conn)
     conn.commit()
     assert revision is not None
-    return InitResult(previous_revision=previous, revision=revision, dim=dim, definitions_changed=definitions_changed)
+    return InitResult(previous_revision=previous, revision=revision, dim=dim, definitions_changed=definitions_changed,
+                      storage=read_storage(conn).kind)
 
 
 def upgrade(engine: Engine, revision: str = "head", *, dim: int = DEFAULT_DIM) -> None:

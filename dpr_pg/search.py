@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -30,6 +31,7 @@ from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, parse, to_sql
 from dpr_pg.models import Passage
 from dpr_pg.replicas import read_connection
+from dpr_pg.storage import Storage, ann_distance, check_storage, read_storage
 from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ MODES = ("dense", "hybrid", "exact")
 Query = Union[str, Sequence[float], np.ndarray]
 _LONG_VECTOR = re.compile(r"'\[[-+0-9.,eE]{60,}\]'")
 _GUC_DEFAULTS = {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off"}
+
+_VECTOR = Storage()
 
 _COLUMNS = (Passage.id, Passage.external_id, Passage.collection, Passage.title, Passage.text, Passage.metadata_)
 
@@ -133,6 +137,7 @@ def search_statement(
     dim: int | None = None,
     model: Any = None,
     encoder: Any = None,
+    storage: Storage | str | None = None,
 ) -> sa.Select[Any]:
     """The search as a SQLAlchemy ``Select`` of (id, external_id, collection, title, text, metadata, score).
 
@@ -143,6 +148,10 @@ def search_statement(
     Join it to your own tables or add ``.where(...)``; run it in your own Session. For filtered ANN,
     call :func:`ann_settings` in the same transaction first. ``exact=True`` orders by the exact inner
     product instead of using the HNSW index. Pass ``dim`` to check the vector's length here.
+    ``storage`` (:func:`dpr_pg.current_storage`'s, or its name) makes the ORDER BY the one the database's
+    index answers (the default is ``vector``'s): with ``halfvec`` rows are ordered by the halfvec
+    inner product and scored by the full one; with ``bit`` the statement selects from a subquery
+    that re-ranks ``k * rerank_multiple`` candidates, so add joins against ``stmt.selected_columns``.
 
     >>> stmt = search_statement(vector, k=5, filter={"lang": "es"})  # doctest: +SKIP
     >>> session.execute(stmt.join(Article, Article.slug == Passage.external_id)).all()  # doctest: +SKIP
@@ -159,12 +168,21 @@ def search_statement(
     vector = query_vector(query, dim)
     bound = sa.bindparam("query_vector", vector, type_=Vector(vector.size))
     where = _where(filter, collection)
+    chosen = storage if isinstance(storage, Storage) else Storage(check_storage(storage or "vector"))
     if exact:
         score = sa.func.inner_product(Passage.embedding, bound, type_=sa.Float)
         stmt = sa.select(*_COLUMNS, score.label("score")).order_by(score.desc(), Passage.id)
+    elif chosen.kind == "bit":
+        distance = Passage.embedding.max_inner_product(bound).label("distance")
+        inner = sa.select(*_COLUMNS, distance).order_by(
+            ann_distance("bit", vector.size, Passage.embedding, bound)).limit(chosen.candidates(k))
+        ann = (inner if where is None else inner.where(where)).subquery("ann")
+        return sa.select(*(ann.c[c.key] for c in _COLUMNS), (-ann.c.distance).label("score")).order_by(
+            ann.c.distance, ann.c.id).limit(k)
     else:
         distance = Passage.embedding.max_inner_product(bound)
-        stmt = sa.select(*_COLUMNS, (-distance).label("score")).order_by(distance)
+        order = ann_distance(chosen.kind, vector.size, Passage.embedding, bound)
+        stmt = sa.select(*_COLUMNS, (-distance).label("score")).order_by(order)
     if where is not None:
         stmt = stmt.where(where)
     return stmt.limit(k)
@@ -203,28 +221,35 @@ def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: 
                           "sort": saved[3]})
 
 
-def _dense_statement(path: str, where: sa.ColumnElement[bool] | None, vector_type: Any) -> sa.Select[Any]:
-    """The dense query of ``path`` with bind parameters ``query_vector`` and ``k``."""
+def _dense_statement(path: str, where: sa.ColumnElement[bool] | None, vector_type: Any,
+                     storage: Storage = _VECTOR, dim: int = 0) -> sa.Select[Any]:
+    """The dense query of ``path`` with bind parameters ``query_vector``, ``k`` and, for the index
+    paths, ``candidates`` (the rows the index scan returns: k, or k * rerank_multiple for ``bit``).
+
+    The index scan orders by the expression the storage's index holds; its rows are then scored
+    and ordered by the full inner product, so every storage returns the same scores.
+    """
     bound = sa.bindparam("query_vector", type_=vector_type)
     limit = sa.bindparam("k", type_=sa.Integer)
     if path in ("hnsw", "hnsw-iterative"):
         distance = Passage.embedding.max_inner_product(bound).label("distance")
-        inner = sa.select(*_COLUMNS, distance).order_by(distance).limit(limit)
+        order = ann_distance(storage.kind, dim, Passage.embedding, bound) if storage.kind != "vector" else distance
+        inner = sa.select(*_COLUMNS, distance).order_by(order).limit(sa.bindparam("candidates", type_=sa.Integer))
         if path == "hnsw-iterative" and where is not None:
             inner = inner.where(where)
         ann = inner.subquery("ann")
-        # relaxed_order returns rows nearly in order: sort the k found exactly.
+        # relaxed_order (and any storage but vector) returns rows nearly in order: sort them exactly.
         return sa.select(*(ann.c[c.key] for c in _COLUMNS), (-ann.c.distance).label("score")).order_by(
-            ann.c.distance, ann.c.id)
+            ann.c.distance, ann.c.id).limit(limit)
     score = sa.func.inner_product(Passage.embedding, bound, type_=sa.Float).label("score")
     stmt = sa.select(*_COLUMNS, score).order_by(score.desc(), Passage.id).limit(limit)
     return stmt if where is None else stmt.where(where)
 
 
 @functools.lru_cache(maxsize=32)
-def _unfiltered_statement(path: str, vector_type: Any) -> sa.Select[Any]:
+def _unfiltered_statement(path: str, vector_type: Any, storage: Storage = _VECTOR, dim: int = 0) -> sa.Select[Any]:
     """Built once: constructing the Select costs more Python time than running the cached compile."""
-    return _dense_statement(path, None, vector_type)
+    return _dense_statement(path, None, vector_type, storage, dim)
 
 
 # One round trip: plan_cache_mode, and what the planner needs to know of the table (_statistics.TABLE_FACTS);
@@ -294,20 +319,25 @@ def _run(conn: Connection, stmt: sa.Select[Any], params: dict[str, Any],
 
 def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] | None, k: int,
            plan: SearchPlan, explain: bool, restore: bool = True, vector_oid: int = 0,
-           iterative_ef: int | None = None) -> Hits:
+           iterative_ef: int | None = None, storage: Storage = _VECTOR) -> Hits:
     """``iterative_ef``: the iterative scan's settings at this ef_search are in place (_custom_plans)."""
     value, vector_type = vector_binding(conn, vector, vector_oid)
     params = {"query_vector": value, "k": k}
+    dim = vector.size
     if plan.path in ("hnsw", "hnsw-iterative"):
         filtered = plan.path == "hnsw-iterative" and where is not None
-        stmt = _dense_statement(plan.path, where, vector_type) if filtered else _unfiltered_statement(
-            plan.path, vector_type)
+        stmt = _dense_statement(plan.path, where, vector_type, storage, dim) if filtered else _unfiltered_statement(
+            plan.path, vector_type, storage, dim)
+        params["candidates"] = candidates = storage.candidates(k)
+        ef_search = plan.ef_search or _planner.UNFILTERED_EF_SEARCH
+        # A non-iterative scan returns at most ef_search rows: more candidates need the iterative scan.
+        iterative = plan.path == "hnsw-iterative" or candidates > ef_search
+        ef_search = min(max(ef_search, candidates), _planner.MAX_EF_SEARCH)
         # The iterative scan's settings may be in place already (_custom_plans); under row-level
         # security ann_settings also reads the index in order.
-        preset = plan.path == "hnsw-iterative" and plan.ef_search == iterative_ef and not plan.row_security
-        with nullcontext() if preset else ann_settings(
-                conn, ef_search=plan.ef_search or _planner.UNFILTERED_EF_SEARCH,
-                iterative=plan.path == "hnsw-iterative", restore=restore, index_order=plan.row_security):
+        preset = plan.path == "hnsw-iterative" and ef_search == iterative_ef and not plan.row_security
+        with nullcontext() if preset else ann_settings(conn, ef_search=ef_search, iterative=iterative,
+                                                       restore=restore, index_order=plan.row_security):
             rows, text = _run(conn, stmt, params, explain)
         if len(rows) >= k:
             return Hits(_hits(rows), plan.with_(explain=text))
@@ -322,9 +352,9 @@ def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] |
 
 def _hybrid(conn: Connection, vector: np.ndarray, query_text: str, where: sa.ColumnElement[bool] | None, k: int,
             dense_plan: SearchPlan, *, rrf_k: float, dense_weight: float, text_weight: float,
-            candidates: int, vector_oid: int = 0) -> Hits:
+            candidates: int, vector_oid: int = 0, storage: Storage = _VECTOR) -> Hits:
     n = max(k, candidates)
-    dense = _dense(conn, vector, where, n, dense_plan, False, vector_oid=vector_oid)
+    dense = _dense(conn, vector, where, n, dense_plan, False, vector_oid=vector_oid, storage=storage)
     tsquery = sa.func.websearch_to_tsquery(sa.literal_column("'spanish'::regconfig"), query_text)
     rank = sa.func.ts_rank_cd(Passage.tsv, tsquery)
     lexical = sa.select(Passage.id).where(Passage.tsv.op("@@")(tsquery)).order_by(rank.desc(), Passage.id).limit(n)
@@ -339,11 +369,23 @@ def _hybrid(conn: Connection, vector: np.ndarray, query_text: str, where: sa.Col
     hits = [Hit(pid, rows[pid].external_id, rows[pid].collection, rows[pid].title, rows[pid].text,
                 rows[pid].metadata, score, rank) for rank, (pid, score) in enumerate(best)]
     plan = SearchPlan("hybrid", f"RRF of dense ({dense.plan.path}: {dense.plan.reason}) and Spanish full text",
-                      dense.plan.estimated_rows, dense.plan.matching_rows, dense.plan.ef_search, dense.plan.fell_back)
+                      dense.plan.estimated_rows, dense.plan.matching_rows, dense.plan.ef_search, dense.plan.fell_back,
+                      storage=dense.plan.storage)
     return Hits(hits, plan)
 
 
 _FACTS: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[int, ...], int, bool]] = weakref.WeakKeyDictionary()
+_STORAGE: weakref.WeakKeyDictionary[Engine, tuple[float, Storage]] = weakref.WeakKeyDictionary()
+# Seconds a process trusts the storage it read: after another process switches it (dpr-pg storage
+# set), searches here order by the old index's expression for at most this long; they stay right
+# (the exact path), only slower. set_storage in this process takes effect at once.
+STORAGE_TTL = 5.0
+
+
+def forget_database_facts(engine: Engine) -> None:
+    """Make the next search on ``engine`` read the dimension, pgvector's version and the storage again."""
+    _FACTS.pop(engine, None)
+    _STORAGE.pop(engine, None)
 
 
 def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
@@ -368,6 +410,17 @@ def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
         raise SchemaError("this database has no dpr_pg schema yet; run dpr-pg init first")
     facts = _FACTS[conn.engine] = (int(dim), _planner.version_tuple(version), int(oid), bool(row_security))
     return facts
+
+
+def _storage(conn: Connection) -> Storage:
+    """The index's storage (see :mod:`dpr_pg.storage`), read again after STORAGE_TTL seconds."""
+    now = time.monotonic()
+    cached = _STORAGE.get(conn.engine)
+    if cached is not None and now - cached[0] < STORAGE_TTL:
+        return cached[1]
+    chosen = read_storage(conn)
+    _STORAGE[conn.engine] = (now, chosen)
+    return chosen
 
 
 def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collection: str | None = None,
@@ -439,6 +492,7 @@ def search_many(
         raise SearchError("hybrid mode needs the text of every query: pass questions, or query_texts= with vectors")
     with _transaction(bind) as conn:
         dim, version, oid, row_security = _database_facts(conn)
+        storage = _storage(conn) if mode != "exact" else _VECTOR
         if encoder is not None:
             from dpr_pg.encoders import check_encoder
 
@@ -459,12 +513,14 @@ def search_many(
             plan = _planner.plan(conn, where_probe, k=max(k, candidates) if mode == "hybrid" else k,
                                  pgvector_version=pgvector, exact=mode == "exact",
                                  exact_threshold=exact_threshold, exact_selectivity=exact_selectivity,
-                                 ef_search=ef_search, row_security=row_security, table=table)
+                                 ef_search=ef_search, row_security=row_security, table=table
+                                 ).with_(storage=storage.kind)
             if mode == "hybrid":
                 return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
-                                text_weight=text_weight, candidates=candidates, vector_oid=oid)
+                                text_weight=text_weight, candidates=candidates, vector_oid=oid, storage=storage)
                         for v, t in zip(vectors, texts)]
-            return [_dense(conn, v, where_probe, k, plan, explain, restore, vector_oid=oid, iterative_ef=iterative_ef)
+            return [_dense(conn, v, where_probe, k, plan, explain, restore, vector_oid=oid, iterative_ef=iterative_ef,
+                           storage=storage)
                     for v in vectors]
 
 

@@ -432,10 +432,31 @@ BEGIN
 END
 $$;
 
+-- What the HNSW index on passages compares (dpr_pg.settings, migration 0015; see dpr_pg/storage.py):
+-- 'vector', 'halfvec' or 'bit', and how many candidates per hit a 'bit' index scan re-ranks.
+-- A database downgraded below 0015 has no settings table: its index is the vector one.
+CREATE OR REPLACE FUNCTION dpr_pg._storage(OUT storage text, OUT rerank_multiple integer)
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    storage := 'vector';
+    rerank_multiple := 4;
+    IF to_regclass('dpr_pg.settings') IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT COALESCE(max(s.value) FILTER (WHERE s.name = 'storage'), 'vector'),
+           COALESCE(max(s.value) FILTER (WHERE s.name = 'rerank_multiple'), '4')::integer
+    INTO storage, rerank_multiple FROM dpr_pg.settings AS s;
+END
+$$;
+
 -- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short:
 -- the path is dpr_pg._search_plan's, and an index scan that finds fewer than k rows is answered
 -- exactly. `SET client_min_messages = debug1` shows the plan as a DEBUG message. Under row-level
--- security the plan counts the rows the caller may read (see dpr_pg._search_plan).
+-- security the plan counts the rows the caller may read (see dpr_pg._search_plan). The index scan
+-- orders by the expression of the storage's index (dpr_pg._storage); its rows are scored and ordered
+-- by the full inner product, after a 'bit' scan over k * rerank_multiple candidates.
 CREATE OR REPLACE FUNCTION dpr_pg.search(query vector, k integer, filter jsonb DEFAULT '{}', collection text DEFAULT NULL)
 RETURNS SETOF dpr_pg.hit
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
@@ -453,6 +474,9 @@ DECLARE
     old_iterative text;
     old_sort text;
     rls boolean;
+    stored record;
+    ann_order text;
+    candidates integer;
     select_list CONSTANT text := 'id, external_id, collection, title, text, metadata';
 BEGIN
     IF query IS NULL THEN
@@ -475,10 +499,18 @@ BEGIN
     path := chosen.path;
 
     IF path IN ('hnsw', 'hnsw-iterative') THEN
+        SELECT * INTO stored FROM dpr_pg._storage();
+        -- dim is an integer from the catalog: the expression repeats the index's own
+        ann_order := CASE stored.storage
+            WHEN 'halfvec' THEN format('embedding::halfvec(%s) <#> $2::halfvec(%s)', dim, dim)
+            WHEN 'bit' THEN format('binary_quantize(embedding)::bit(%s) <~> binary_quantize($2)::bit(%s)', dim, dim)
+            ELSE 'embedding <#> $2' END;
+        candidates := CASE WHEN stored.storage = 'bit' THEN k * stored.rerank_multiple ELSE k END;
         old_ef := current_setting('hnsw.ef_search');
         old_iterative := current_setting('hnsw.iterative_scan', true);
-        PERFORM set_config('hnsw.ef_search', chosen.ef_search::text, true);
-        IF path = 'hnsw-iterative' THEN
+        PERFORM set_config('hnsw.ef_search', least(greatest(chosen.ef_search, candidates), @MAX_EF_SEARCH@)::text, true);
+        -- a non-iterative scan returns at most ef_search rows: more candidates need the iterative scan
+        IF path = 'hnsw-iterative' OR candidates > chosen.ef_search THEN
             PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
         END IF;
         -- Under row-level security PostgreSQL cannot see how many rows the policy keeps and guesses
@@ -488,11 +520,11 @@ BEGIN
             PERFORM set_config('enable_sort', 'off', true);
         END IF;
         EXECUTE format(
-            'SELECT array_agg(ROW(%1$s, -d)::dpr_pg.hit ORDER BY d, id) FROM ('
+            'SELECT (array_agg(ROW(%1$s, -d)::dpr_pg.hit ORDER BY d, id))[1:$3] FROM ('
             '  SELECT %1$s, embedding <#> $2 AS d FROM dpr_pg.passages WHERE %2$s'
-            '  ORDER BY embedding <#> $2 LIMIT $3) AS ann', select_list,
-            CASE WHEN path = 'hnsw' THEN 'true' ELSE where_sql END)
-            INTO hits USING compiled.params, query, k, collection;
+            '  ORDER BY %3$s LIMIT $5) AS ann', select_list,
+            CASE WHEN path = 'hnsw' THEN 'true' ELSE where_sql END, ann_order)
+            INTO hits USING compiled.params, query, k, collection, candidates;
         PERFORM set_config('hnsw.ef_search', old_ef, true);
         PERFORM set_config('enable_sort', old_sort, true);
         IF old_iterative IS NOT NULL THEN

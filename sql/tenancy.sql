@@ -27,7 +27,7 @@ LANGUAGE sql IMMUTABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT ARRAY['search', 'hybrid_search', 'search_table', 'compile_filter', '_filter_document', '_filter_field',
-                 '_filter_leaf', '_filter_error', '_search_plan', '_filter_keys', '_row_document',
+                 '_filter_leaf', '_filter_error', '_search_plan', '_storage', '_filter_keys', '_row_document',
                  'allowed_collections', 'check_table_encoder']
 $$;
 

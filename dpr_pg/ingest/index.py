@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.errors import ConfigError, IndexBuildError
 from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_INDEX
+from dpr_pg.storage import Storage, index_method, read_storage, write_storage
 from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
 
 log = logging.getLogger(__name__)
@@ -151,10 +152,18 @@ class IndexBuild:
     maintenance_work_mem: str
 
 
-def _definition(name: str, parameters: HnswParameters, *, concurrently: bool = False) -> str:
+def _definition(name: str, parameters: HnswParameters, method: str, *, concurrently: bool = False) -> str:
+    """``method`` is :func:`dpr_pg.storage.index_method`'s, for the storage the index gets."""
     how = "CONCURRENTLY" if concurrently else "IF NOT EXISTS"
-    return (f"CREATE INDEX {how} {name} ON dpr_pg.passages USING hnsw (embedding vector_ip_ops) "
-            f"WITH ({parameters.sql()})")
+    return f"CREATE INDEX {how} {name} ON dpr_pg.passages {method} WITH ({parameters.sql()})"
+
+
+def _method(conn: Connection, chosen: Storage | None = None) -> str:
+    """The index method for ``chosen``, or for the storage the database records."""
+    dim = conn.execute(sa.text(
+        "SELECT a.atttypmod FROM pg_attribute a "
+        "WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding'")).scalar_one()
+    return index_method((chosen or read_storage(conn)).kind, int(dim))
 
 
 def hnsw_exists(engine: Engine) -> bool:
@@ -224,7 +233,7 @@ def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
             conn.execute(sa.text(DROP_INVALID_HNSW))
             conn.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{_NEW_INDEX}"))  # no rebuild runs: we hold the lock
             _set_memory(conn, maintenance_work_mem, parameters)
-            conn.execute(sa.text(_definition(HNSW_INDEX, parameters)))
+            conn.execute(sa.text(_definition(HNSW_INDEX, parameters, _method(conn))))
             return True
     except sa.exc.DBAPIError as e:
         raise IndexBuildError(f"the HNSW index was not built: {_reason(e)}; searches run as exact scans "
@@ -232,7 +241,8 @@ def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
 
 
 def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION,
-                maintenance_work_mem: str | None = None, wait: float = INDEX_LOCK_WAIT) -> IndexBuild:
+                maintenance_work_mem: str | None = None, wait: float = INDEX_LOCK_WAIT,
+                storage: Storage | None = None) -> IndexBuild:
     """(Re)build the HNSW index with these parameters; searches and writes go on meanwhile.
 
     The new index is built with CREATE INDEX CONCURRENTLY under a temporary name, then swapped
@@ -240,7 +250,9 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
     needs (estimated from the table, at most 16GB): a build that outgrows it slows sharply.
     Another index change in progress (a rebuild, an ingest with ``defer_index``) is waited for,
     up to ``wait`` seconds. A failed build drops its temporary index and keeps the old one; a
-    killed one leaves it INVALID, and the next call drops it.
+    killed one leaves it INVALID, and the next call drops it. ``storage`` (see :mod:`dpr_pg.storage`)
+    builds the index for another storage and records it in the swap's transaction; by default the
+    index keeps the storage the database records.
 
     Example:
         >>> build_index(engine, m=24, ef_construction=128).seconds  # doctest: +SKIP
@@ -253,9 +265,9 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
             memory = _set_memory(conn, maintenance_work_mem, parameters)
             try:
                 started = time.perf_counter()
-                conn.execute(sa.text(_definition(_NEW_INDEX, parameters, concurrently=True)))
+                conn.execute(sa.text(_definition(_NEW_INDEX, parameters, _method(conn, storage), concurrently=True)))
                 seconds = time.perf_counter() - started
-                _swap(engine)
+                _swap(engine, storage)
             except BaseException:
                 _drop_new_index(engine, conn)
                 raise
@@ -267,7 +279,7 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
     return IndexBuild(parameters, rows, seconds, memory)
 
 
-def _swap(engine: Engine) -> None:
+def _swap(engine: Engine, storage: Storage | None = None) -> None:
     """Put the new index in the old one's place, in one short transaction (searches never lack an index).
 
     The swap needs an exclusive lock on the table; a long transaction (or a deadlock with one)
@@ -281,6 +293,8 @@ def _swap(engine: Engine) -> None:
                 swap.execute(sa.text(f"SET LOCAL lock_timeout = '{_SWAP_LOCK_TIMEOUT}'"))
                 swap.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{HNSW_INDEX}"))
                 swap.execute(sa.text(f"ALTER INDEX dpr_pg.{_NEW_INDEX} RENAME TO {HNSW_INDEX}"))
+                if storage is not None:  # searches see the new index and the setting at once
+                    write_storage(swap, storage)
             return
         except sa.exc.OperationalError as e:
             busy = isinstance(e.orig, (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected))
