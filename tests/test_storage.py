@@ -231,7 +231,7 @@ def test_unknown_storage_is_refused_with_the_list(database_url: str) -> None:
     with pytest.raises(ConfigError, match="one of vector, halfvec, bit, not 'float8'"):
         set_storage(engine, "float8")
     result = CliRunner().invoke(main, ["--database-url", database_url, "storage", "set", "float8"])
-    assert result.exit_code == 2 and "'vector', 'halfvec', 'bit'" in result.output
+    assert result.exit_code == 2 and "'vector', 'halfvec'" in result.output
     assert current_storage(engine).kind == "vector"
     engine.dispose()
 
@@ -247,14 +247,14 @@ def test_a_dimension_beyond_the_index_limit_is_refused_before_anything_is_writte
 
 def test_cli_init_and_storage_commands(empty_url: str) -> None:
     runner = CliRunner()
-    created = runner.invoke(main, ["--database-url", empty_url, "init", "--dim", str(DIM), "--storage", "bit"])
+    created = runner.invoke(main, ["--database-url", empty_url, "init", "--dim", str(DIM), "--storage", "halfvec"])
     assert created.exit_code == 0, created.output
-    assert f"vector({DIM}), bit index" in created.output
+    assert f"vector({DIM}), halfvec index" in created.output
     shown = runner.invoke(main, ["--database-url", empty_url, "storage", "show", "--json"])
-    assert json.loads(shown.output) == {"storage": "bit", "rerank_multiple": 4}
-    switched = runner.invoke(main, ["--database-url", empty_url, "storage", "set", "halfvec", "--json"])
+    assert json.loads(shown.output) == {"storage": "halfvec", "rerank_multiple": 4}
+    switched = runner.invoke(main, ["--database-url", empty_url, "storage", "set", "vector", "--json"])
     assert switched.exit_code == 0, switched.output
-    assert json.loads(switched.output)["previous"] == "bit" and json.loads(switched.output)["storage"] == "halfvec"
+    assert json.loads(switched.output)["previous"] == "halfvec" and json.loads(switched.output)["storage"] == "vector"
 
 
 def test_downgrade_below_the_settings_puts_the_vector_index_back(empty_url: str) -> None:
