@@ -42,6 +42,7 @@ __all__ = [
     "EncoderFingerprint",
     "EncoderPair",
     "PassageEncoder",
+    "PassageTokens",
     "QuestionEncoder",
     "check_encoder",
     "check_table_encoder",
@@ -163,6 +164,14 @@ class QuestionEncoder(BatchingEncoder):
 Passage = tuple[str, str]
 
 
+class PassageTokens(NamedTuple):
+    """Token ids and token type ids per passage, and the indices of the passages cut at ``max_length``."""
+
+    ids: list[list[int]]
+    types: list[list[int]]
+    truncated: list[int]
+
+
 class PassageEncoder(BatchingEncoder):
     """Encodes ``(title, text)`` passages the way DPR's context encoder expects.
 
@@ -195,13 +204,34 @@ class PassageEncoder(BatchingEncoder):
             >>> encoder.encode_result([("", "texto " * 2000)]).truncated  # doctest: +SKIP
             [0]
         """
+        return self.embed(self.tokenize(passages))
+
+    def tokenize(self, passages: Sequence[Passage] | Passage) -> PassageTokens:
+        """Token ids of ``(title, text)`` passages, cut at ``max_length``: the CPU half of :meth:`encode_result`.
+
+        The ingest tokenizes on one thread while :meth:`embed` keeps the device busy on another.
+
+        Example:
+            >>> encoder.embed(encoder.tokenize([("Sevilla", "Está en Andalucía.")])).embeddings.shape  # doctest: +SKIP
+            (1, 768)
+        """
         items = [passages] if _is_passage(passages) else list(passages)  # type: ignore[list-item]
         for item in items:
             if not _is_passage(item):
                 raise EncoderError(f"expected passages as (title, text) pairs of str, not {item!r}")
-        titles = [title for title, _ in items]
-        texts = [text for _, text in items]
-        return self._encode(titles, texts)
+        if not items:
+            return PassageTokens([], [], [])
+        ids, types, truncated = self._tokenize([title for title, _ in items], [text for _, text in items])
+        return PassageTokens(ids, types, truncated)
+
+    def embed(self, tokens: PassageTokens) -> EncodeResult:
+        """Embeddings ``(n, dim)`` of tokenized passages, in their order: the device half of :meth:`encode_result`.
+
+        A batch that runs out of device memory is halved and encoded again; no passage is dropped.
+        """
+        result = EncodeResult(self._embed(tokens.ids, tokens.types), list(tokens.truncated))
+        self.last_truncated = len(result.truncated)
+        return result
 
     def encode(self, passages: Sequence[Passage] | Passage) -> np.ndarray:
         """``(n, dim)`` float32 for a list of ``(title, text)``, ``(dim,)`` for one pair.
