@@ -694,8 +694,8 @@ class ByteSize(click.ParamType):
 @click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
 @RUNTIME_OPTION
 @click.option("--batch-size", type=click.IntRange(1),
-              help="Passages per batch, the most a kill -9 can lose (default 256; 2000 with --embeddings, "
-                   "written as two halves on two connections).")
+              help="Passages per batch (default 256; 2000 with --embeddings). A kill -9 loses at most the "
+                   "6 batches between reading and committing; re-running redoes them.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record; nothing of its batch is written.")
 @click.option("--prune", is_flag=True, help="Delete the collection's passages that are not in PATH.")
 @click.option("--defer-index", is_flag=True,

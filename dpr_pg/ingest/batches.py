@@ -1,15 +1,21 @@
-"""Batches: map, chunk and hash records, skip unchanged passages, encode, and hand batches to the writer.
+"""Batches: map, chunk and hash records, skip unchanged passages, encode, and hand batches to the writers.
 
-A :class:`BatchRun` holds what one ingest needs per batch. Each batch is written on a writer
-thread while the next one is read, checked and looked up.
+A :class:`BatchRun` holds what the stages of one ingest share. They run at the same time (see
+:mod:`dpr_pg.ingest.stages`): the caller's thread reads, maps, chunks and hashes records into
+batches; one thread checks a batch and looks up its stored hashes, then tokenizes the changed
+passages; one thread encodes them (on a GPU it does nothing else); a pool of writers writes them.
+At most :data:`IN_FLIGHT_BATCHES` batches are read and not yet committed: what memory holds, and
+what a kill -9 can lose (the re-run redoes it). The reader checks, batch by batch, that the input
+is still the file of the first pass before it hands the batch on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
@@ -25,12 +31,21 @@ from dpr_pg.ingest.mapping import FieldMapping, to_document
 from dpr_pg.ingest.readers import InputWatch
 from dpr_pg.ingest.records import Document, SourceRecord
 from dpr_pg.ingest.report import IngestReport
+from dpr_pg.ingest.stages import END, Channel, Clock, Halt, Pipeline, Stopped
 from dpr_pg.ingest.validate import vector_problems
 from dpr_pg.ingest.vectors import EmbeddingSource
+from dpr_pg.ingest.writers import WRITE_BATCHES, WriterPool
 
 if TYPE_CHECKING:
     from dpr_pg._fingerprint import EncoderFingerprint
     from dpr_pg.encoders import EncoderPair
+
+
+PREPARE_QUEUE = 1  # batches read and waiting for their lookup
+ENCODE_QUEUE = 2  # batches tokenized and waiting for the encoder: the GPU always has the next one
+# Batches read but not committed, at most: queued or held by each stage (the lookup, the encoder) and
+# with the writers. What memory holds, and what a kill -9 can lose (the re-run redoes it).
+IN_FLIGHT_BATCHES = PREPARE_QUEUE + 1 + ENCODE_QUEUE + 1 + WRITE_BATCHES
 
 
 class RecordRejectedError(IngestError):
@@ -72,111 +87,119 @@ class Batch:
 
 
 @dataclass
+class Prepared:
+    """A batch's changed passages, tokenized, on their way to the encoder."""
+
+    order: int  # the batch's first record
+    changed: list[tuple[Document, str, str]]
+    fresh: bool  # none of the batch's ids was stored when looked up
+    tokens: Any
+
+
+@dataclass
 class BatchRun:
+    """What the stages of one ingest share; see :mod:`dpr_pg.ingest.stages` for how they run.
+
+    The caller's thread reads (:func:`write_all`); :meth:`prepare` looks up and tokenizes on one
+    thread, :meth:`encode` encodes on another, and ``pool`` writes. The report is counted under
+    ``lock``, since several stages add to it.
+    """
+
     engine: Engine
     encoder: EncoderPair | None
     fingerprint: EncoderFingerprint
-    writer: PassageWriter
     report: IngestReport
     vectors: EmbeddingSource | None
     strict: bool
     dim: int
     last: dict[str, int]
     lookups: PassageWriter
-    executor: ThreadPoolExecutor
-    fingerprint_id: str = ""
-    more_writers: list[PassageWriter] = field(default_factory=list)
+    pool: WriterPool
+    pipeline: Pipeline
+    clocks: dict[str, Clock]
     limits: RecordLimits = field(default_factory=RecordLimits)
     watch: InputWatch | None = None  # the input files as they were at the first pass
-    pending: list[tuple[Future[tuple[int, int]], int]] = field(default_factory=list)
-    parts: int = 0
+    fingerprint_id: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    to_encode: Channel[Prepared] = field(default_factory=lambda: Channel(ENCODE_QUEUE))
 
     def __post_init__(self) -> None:
         self.fingerprint_id = self.fingerprint.id  # a sha256 over the fields: compute it once
 
-    def submit(self, staged: list[StagedPassage], *, fresh: bool) -> None:
-        """Write a batch on the writer threads, so that reading and checking the next one overlaps it.
-
-        The batch is split among the writers (one connection each), so the server's per-row work
-        (the Spanish tsvector) runs on several cores. Each part waits for the oldest part in
-        flight, so at most one batch is ever uncommitted: what a kill -9 can lose. Batches hold
-        disjoint keys (duplicates are resolved beforehand), so the parts' order is free.
-        """
-        writers = [self.writer, *self.more_writers]
-        share = -(-len(staged) // len(writers))
-        for start in range(0, len(staged), share):
-            if len(self.pending) >= len(writers):
-                self._drain_oldest()  # its writer is the one this part gets
-            part = staged[start:start + share]
-            writer = writers[self.parts % len(writers)]
-            self.parts += 1
-            self.pending.append((self.executor.submit(writer.write, part, fresh=fresh), len(part)))
-
-    def _drain_oldest(self) -> None:
-        future, rows = self.pending.pop(0)
-        inserted, updated = future.result()
-        self.report.inserted += inserted
-        self.report.updated += updated
-        self.report.unchanged += rows - inserted - updated  # written meanwhile by a concurrent ingest
-
-    def drain(self) -> None:
-        """Wait for the parts being written (re-raising the first error) and count them."""
-        while self.pending:
-            self._drain_oldest()
-
-    def reject(self, where: str, reason: str) -> None:
-        self.report.reject(where, reason)
+    def reject(self, where: str, reason: str, *, order: int) -> None:
+        """Count a rejected record (any stage); with ``strict``, halt the ingest at its batch."""
+        with self.lock:
+            self.report.reject(where, reason)
         if self.strict:
-            self.drain()
-            self.report.stopped = f"{where}: {reason}"
-            raise RecordRejectedError(
+            raise Halt(lambda report: RecordRejectedError(
                 f"{where}: {reason}. Stopped there (--strict): nothing of the current batch was written, "
-                f"{self.report.inserted + self.report.updated} passages were written before it; "
-                "fix the record and re-run (the committed passages will be skipped as unchanged)",
-                self.report)
+                f"{report.inserted + report.updated} passages were written before it; "
+                "fix the record and re-run (the committed passages will be skipped as unchanged)", report),
+                order=order, stopped=f"{where}: {reason}")
 
-    def flush(self, batch: Batch) -> None:
-        self.check_input()  # before writing records read from a file that changed meanwhile
-        items = [item for item in batch.passages.values() if not self._tsvector_rejected(item[0])]
-        rows = None
-        if self.vectors is not None:
-            rows = self.vectors.rows(batch.first_record - 1, batch.last_record)
-            problems = vector_problems(rows, self.dim)
-            checked = []
-            for doc, metadata_json, digest in items:
-                row = doc.number - batch.first_record
-                problem = self.vectors.length_problem(doc.number - 1) or problems[row]
-                if problem:
-                    self.reject(doc.where, f"{problem} (embedding row {doc.number - 1}, id {doc.external_id!r})")
-                else:
-                    checked.append((doc, metadata_json, digest))
-            items = checked
-        stored = self.lookups.existing_hashes([doc.external_id for doc, _, _ in items])
-        changed = [item for item in items if stored.get(item[0].external_id) != item[2]]
-        self.report.unchanged += len(items) - len(changed)
+    def prepare(self, batch: Batch) -> None:
+        """Stage 2: checks, the hash lookup and tokenization; the changed passages go on to be encoded."""
+        with self.clocks["lookup"].busy():
+            items = [item for item in batch.passages.values() if not self._tsvector_rejected(item[0], batch)]
+            rows = None
+            if self.vectors is not None:
+                rows = self.vectors.rows(batch.first_record - 1, batch.last_record)
+                problems = vector_problems(rows, self.dim)
+                checked = []
+                for doc, metadata_json, digest in items:
+                    row = doc.number - batch.first_record
+                    problem = self.vectors.length_problem(doc.number - 1) or problems[row]
+                    if problem:
+                        self.reject(doc.where, f"{problem} (embedding row {doc.number - 1}, id {doc.external_id!r})",
+                                    order=batch.first_record)
+                    else:
+                        checked.append((doc, metadata_json, digest))
+                items = checked
+            stored = self.lookups.existing_hashes([doc.external_id for doc, _, _ in items])
+            changed = [item for item in items if stored.get(item[0].external_id) != item[2]]
+            with self.lock:
+                self.report.unchanged += len(items) - len(changed)
         if not changed:
             return
         if rows is not None:
             embeddings = np.stack([rows[doc.number - batch.first_record] for doc, _, _ in changed]).astype(np.float32)
-        else:
-            assert self.encoder is not None
-            result = self.encoder.passage.encode_result([(doc.title, doc.text) for doc, _, _ in changed])
+            self._submit(changed, embeddings, fresh=not stored)
+            return
+        assert self.encoder is not None
+        with self.clocks["tokenize"].busy():
+            tokens = self.encoder.passage.tokenize([(doc.title, doc.text) for doc, _, _ in changed])
+        if not self.pipeline.put(self.to_encode, Prepared(batch.first_record, changed, not stored, tokens)):
+            raise Stopped
+
+    def encode(self, prepared: Prepared) -> None:
+        """Stage 3, the only thread that runs the model: embeddings of a tokenized batch, checked."""
+        assert self.encoder is not None
+        changed = prepared.changed
+        with self.clocks["encode"].busy():
+            result = self.encoder.passage.embed(prepared.tokens)
             embeddings = result.embeddings
-            self.report.truncated += len(result.truncated)
-            self.report.encoded += len(changed)
+            with self.lock:
+                self.report.truncated += len(result.truncated)
+                self.report.encoded += len(changed)
             problems = vector_problems(embeddings, self.dim)
             keep = []
             for index, problem in enumerate(problems):
                 if problem:
-                    self.reject(changed[index][0].where, f"the encoder gave a bad vector: {problem}")
+                    self.reject(changed[index][0].where, f"the encoder gave a bad vector: {problem}",
+                                order=prepared.order)
                 else:
                     keep.append(index)
-            changed, embeddings = [changed[i] for i in keep], embeddings[keep]
+            if len(keep) < len(changed):
+                changed, embeddings = [changed[i] for i in keep], embeddings[keep]
+        self._submit(changed, embeddings, fresh=prepared.fresh)
+
+    def _submit(self, changed: list[tuple[Document, str, str]], embeddings: np.ndarray, *, fresh: bool) -> None:
         staged = [StagedPassage(doc.external_id, doc.title, doc.text, metadata_json, digest, embeddings[i])
                   for i, (doc, metadata_json, digest) in enumerate(changed)]
-        self.submit(staged, fresh=not stored)
+        if staged and not self.pool.submit(staged, fresh=fresh):
+            raise Stopped
 
-    def _tsvector_rejected(self, passage: Document) -> bool:
+    def _tsvector_rejected(self, passage: Document, batch: Batch) -> bool:
         """Reject a passage whose Spanish tsvector PostgreSQL would refuse (over 1 MB), asking the server only
         when the passage is large enough for that to be possible."""
         if utf8_size(passage.title) + utf8_size(passage.text) < TSVECTOR_SAFE_BYTES:
@@ -185,24 +208,23 @@ class BatchRun:
         if problem:
             self.reject(passage.where, f"its Spanish full-text vector (title + text) is over PostgreSQL's tsvector "
                                        f"limit: {problem}; shorten the title or the text, or chunk the text "
-                                       f"(--chunk-words){_id_note(passage)}")
+                                       f"(--chunk-words){_id_note(passage)}", order=batch.first_record)
         return problem is not None
 
-    def check_input(self, change: str | None = None) -> None:
-        """Stop, keeping what was committed, when an input file changed since the first pass."""
+    def check_input(self, change: str | None = None, *, order: int) -> None:
+        """Halt, keeping what was committed, when an input file changed since the first pass."""
         change = change or (self.watch.change() if self.watch is not None else None)
         if change is None:
             return
-        self.drain()
-        raise IngestError(f"{change}; the {self.report.inserted + self.report.updated} passages committed before "
-                          "are kept: re-run the same command once the file is complete (they will be skipped as "
-                          "unchanged)")
+        raise Halt(lambda report: IngestError(
+            f"{change}; the {report.inserted + report.updated} passages committed before are kept: re-run the "
+            "same command once the file is complete (they will be skipped as unchanged)"), order=order)
 
-    def unknown_key(self, record: SourceRecord, key: str) -> None:
+    def unknown_key(self, record: SourceRecord, key: str, *, order: int) -> None:
         """A key the first pass did not see: the input changed in between."""
         change = self.watch.change() if self.watch is not None else None
         self.check_input(change or f"{record.where} has the id {key!r}, which was not there when the input was "
-                                   "first read: the input changed while it was being ingested")
+                                   "first read: the input changed while it was being ingested", order=order)
 
 
 def _id_note(passage: Document) -> str:
@@ -211,7 +233,26 @@ def _id_note(passage: Document) -> str:
 
 def write_all(run: BatchRun, records: Iterator[SourceRecord], mapping: FieldMapping, *, size: int, chunk_words: int,
                chunk_overlap: int, bar: Any, on_batch: Callable[[IngestReport], None] | None) -> None:
+    """Read on this thread while the other stages look up, encode and write; raise what stopped them."""
+    pipeline, pool = run.pipeline, run.pool
+    to_prepare: Channel[Batch] = Channel(PREPARE_QUEUE)
+    if run.vectors is None:
+        pipeline.stage("lookup", to_prepare, run.prepare, done=lambda: pipeline.put(run.to_encode, END))
+        pipeline.stage("encode", run.to_encode, run.encode, done=pool.close)
+    else:  # precomputed vectors: nothing to tokenize or encode
+        pipeline.stage("lookup", to_prepare, run.prepare, done=pool.close)
     batch = Batch(first_record=1)
+    started, waited = time.perf_counter(), 0.0
+
+    def hand_on(full: Batch) -> bool:
+        nonlocal waited
+        run.check_input(order=full.first_record)  # its records were read from the file of the first pass
+        before = time.perf_counter()
+        try:
+            return pipeline.put(to_prepare, full)
+        finally:
+            waited += time.perf_counter() - before
+
     try:
         for record in records:
             run.report.read += 1
@@ -219,29 +260,40 @@ def write_all(run: BatchRun, records: Iterator[SourceRecord], mapping: FieldMapp
             batch.last_record = record.number
             _add_record(run, batch, record, mapping, chunk_words, chunk_overlap)
             if len(batch.passages) >= size:
-                run.flush(batch)
+                if not hand_on(batch):
+                    break
                 batch = Batch(first_record=record.number + 1)
                 if on_batch:
+                    before = time.perf_counter()
                     on_batch(run.report)
-        if batch.last_record:
-            run.flush(batch)
-        run.drain()
-        if on_batch and batch.last_record:
-            on_batch(run.report)
+                    waited += time.perf_counter() - before
+        else:
+            if batch.last_record:  # even when empty: hand_on checks that the input did not change
+                hand_on(batch)
+    except BaseException as e:  # the other stages stop (a halt: after writing what came before)
+        pipeline.fail(e)
     finally:
+        pipeline.put(to_prepare, END)
+        run.clocks["read"].add(time.perf_counter() - started - waited)
         bar.close()
+    try:
+        pipeline.join(run.report)
+    finally:
+        pool.join()
+    if on_batch and batch.last_record:
+        on_batch(run.report)
 
 
 def _add_record(run: BatchRun, batch: Batch, record: SourceRecord, mapping: FieldMapping,
                 chunk_words: int, chunk_overlap: int) -> None:
     document = to_document(record, mapping, run.limits)
     if isinstance(document, str):
-        run.reject(record.where, document)
+        run.reject(record.where, document, order=batch.first_record)
         return
     for k, passage in enumerate(chunk_document(document, words=chunk_words, overlap=chunk_overlap)):
         key = passage.external_id
         if key not in run.last:
-            run.unknown_key(record, key)
+            run.unknown_key(record, key, order=batch.first_record)
         if run.last[key] != _occurrence(record.number, k):
             run.report.duplicate(key, passage.where, winner=run.last[key] >> 32)
             continue

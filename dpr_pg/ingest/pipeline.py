@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import itertools
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +32,10 @@ from dpr_pg.ingest.readers import InputWatch, detect_format, read_records
 from dpr_pg.ingest.records import SourceRecord
 from dpr_pg.ingest.report import IngestReport
 from dpr_pg.ingest.squad import read_squad, write_questions
+from dpr_pg.ingest.stages import Clock, Pipeline
 from dpr_pg.ingest.validate import text_problem
 from dpr_pg.ingest.vectors import DEFAULT_COLUMN, EmbeddingSource
+from dpr_pg.ingest.writers import WriterPool, writer_limit
 
 if TYPE_CHECKING:
     from dpr_pg._fingerprint import EncoderFingerprint
@@ -43,9 +45,7 @@ __all__ = ["ENCODER_BATCH", "PRECOMPUTED_BATCH", "RecordRejectedError", "content
 
 ENCODER_BATCH = 256
 PRECOMPUTED_BATCH = 2000
-# Two writers, on two connections, each with half of a batch: the server's per-row tsvector work is
-# the limit of a precomputed-vector load, and it then runs on two cores (measured 5.3k -> 10k rows/s server-side).
-PRECOMPUTED_WRITERS = 2
+STAGES = ("read", "lookup", "tokenize", "encode", "write")  # the report's <stage>_seconds
 
 
 def ingest(
@@ -92,6 +92,11 @@ def ingest(
     1 MB of text, 64 kB of title, 8 MB read per record); a record over one is rejected, the run goes on.
     An input file that changes during the run stops it with :class:`IngestError`; what was
     committed before is kept.
+
+    Reading, the hash lookup and tokenization, encoding and writing overlap (see
+    :mod:`dpr_pg.ingest.stages`); the report's ``*_seconds`` say how long each was busy.
+    ``on_batch(report)`` is called on the reading thread each time a batch has been read and
+    handed on, with the counts as they stand (later stages may still be at earlier batches).
 
     Example:
         >>> pair = EncoderPair.load("/tmp/tiny/question", "/tmp/tiny/passage")  # doctest: +SKIP
@@ -207,6 +212,7 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
     are all unchanged). ``documents`` removes the stored chunks that changed files no longer have.
     """
     collection = report.collection
+    first_pass = time.perf_counter()
     # A first pass finds each key's last occurrence, so a duplicate is resolved before anything is
     # written (last wins) and a re-run writes nothing; it also gives the record count.
     last, total = last_occurrences(open_records(), mapping, chunk_words, chunk_overlap, limits)
@@ -222,31 +228,39 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
         encoder_id = register_encoder(conn, fingerprint)
 
     def count_retry(_: Exception) -> None:
-        report.retries += 1
+        with lock:
+            report.retries += 1
 
+    lock = threading.Lock()
     size = batch_size or (PRECOMPUTED_BATCH if vectors is not None else ENCODER_BATCH)
     dropped = drop_hnsw(engine) if defer_index else None
     options = {"collection": collection, "encoder_id": encoder_id, "dim": dim, "max_retries": max_retries,
                "on_retry": count_retry}
+    clocks = {stage: Clock() for stage in STAGES}
+    clocks["read"].add(time.perf_counter() - first_pass)
+    pipeline = Pipeline()
+    pool = WriterPool(engine, options, pipeline=pipeline, report=report, lock=lock, clock=clocks["write"],
+                      limit=writer_limit())
     try:
-        with (PassageWriter(engine, **options) as writer, PassageWriter(engine, **options) as lookups,
-              PassageWriter(engine, **options) as second):
-            # Leaving this block waits for the writes in flight before the connections close.
-            writers = PRECOMPUTED_WRITERS if vectors is not None else 1  # encoding is the bottleneck otherwise
-            with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="dpr_pg-ingest-writer") as executor:
-                run = BatchRun(engine, encoder, fingerprint, writer, report, source_vectors, strict, dim, last, lookups,
-                               executor, more_writers=[second] if writers > 1 else [], limits=limits, watch=watch)
+        with PassageWriter(engine, **options) as lookups:
+            run = BatchRun(engine, encoder, fingerprint, report, source_vectors, strict, dim, last, lookups, pool,
+                           pipeline, clocks, limits=limits, watch=watch, lock=lock)
+            try:
                 write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words,
-                           chunk_overlap=chunk_overlap, bar=_progress_bar(progress, total), on_batch=on_batch)
+                          chunk_overlap=chunk_overlap, bar=_progress_bar(progress, total), on_batch=on_batch)
+            finally:
+                report.writers = pool.writers
+                for stage, clock in clocks.items():
+                    setattr(report, f"{stage}_seconds", clock.seconds)
             if documents is not None:
-                report.removed = writer.delete(documents.stale_ids())
+                report.removed = lookups.delete(documents.stale_ids())
             # A document file that could not be read keeps what was stored for it: it does not block the prune.
             rejected = report.rejected - (documents.rejected_files if documents is not None else 0)
             if prune and rejected:
                 report.prune_skipped = f"{rejected} record(s) were rejected; fix them and re-run with --prune"
             elif prune:
                 kept = documents.kept if documents is not None else []
-                report.pruned = writer.prune(itertools.chain(last.keys(), kept))
+                report.pruned = lookups.prune(itertools.chain(last.keys(), kept))
     finally:
         if defer_index:  # also after a failure: never leave the table without its index
             built = time.perf_counter()

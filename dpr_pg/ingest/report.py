@@ -47,6 +47,14 @@ class IngestReport:
     removed: int = 0  # stored chunks of changed documents that their new version no longer has
     seconds: float = 0.0
     index_seconds: float | None = None
+    # Each stage's busy seconds (waits for work or for room downstream left out); the stages overlap,
+    # so the wall time is close to the largest. write: while at least one writer was writing.
+    read_seconds: float = 0.0  # both passes over the input: parse, map, chunk, hash
+    lookup_seconds: float = 0.0  # stored hashes and checks
+    tokenize_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    write_seconds: float = 0.0
+    writers: int = 0  # connections that wrote (the pool grows while the writes fall behind)
 
     @property
     def passages_per_second(self) -> float:
@@ -84,4 +92,7 @@ class IngestReport:
             "documents_unchanged": self.documents_unchanged, "removed": self.removed,
             "seconds": round(self.seconds, 3), "passages_per_second": self.passages_per_second,
             "index_seconds": None if self.index_seconds is None else round(self.index_seconds, 3),
+            "read_seconds": round(self.read_seconds, 3), "lookup_seconds": round(self.lookup_seconds, 3),
+            "tokenize_seconds": round(self.tokenize_seconds, 3), "encode_seconds": round(self.encode_seconds, 3),
+            "write_seconds": round(self.write_seconds, 3), "writers": self.writers,
         }
