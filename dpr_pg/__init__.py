@@ -40,7 +40,7 @@ from dpr_pg.errors import (
     SyncError,
 )
 from dpr_pg.filters import compile_filter
-from dpr_pg.ingest import FieldMapping, IngestReport, RecordRejectedError, ingest
+from dpr_pg.ingest import FieldMapping, IngestReport, RayEncoding, RecordRejectedError, ingest
 from dpr_pg.ingest.index import HnswParameters, IndexBuild, build_index
 from dpr_pg.models import Encoder, Passage
 from dpr_pg.schema import InitResult, downgrade, init, init_sql, upgrade
@@ -91,6 +91,7 @@ __all__ = [
     "IndexBuildError",
     "IngestError",
     "IngestReport",
+    "RayEncoding",
     "RecordRejectedError",
     "ingest",
     "HnswParameters",

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dpr_pg import config
-from dpr_pg.errors import DprPgError
+from dpr_pg.errors import ConfigError, DprPgError
 from dpr_pg.tuning import MAX_DIM, MAX_EF_SEARCH, MAX_K
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -700,6 +700,10 @@ class ByteSize(click.ParamType):
 @click.option("--prune", is_flag=True, help="Delete the collection's passages that are not in PATH.")
 @click.option("--defer-index", is_flag=True,
               help="Bulk load: drop the HNSW index first and build it once at the end (much faster).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Encode on a Ray cluster: ADDRESS as for ray.init ('auto', 'ray://head:10001'); alone, "
+                   "$RAY_ADDRESS or a Ray started here. Needs pip install 'dpr-pg[ray]'.")
+@click.option("--ray-actors", type=click.IntRange(1), help="Encoders on Ray (default: one per GPU, else per 4 CPUs).")
 @click.option("--max-text-bytes", type=ByteSize(), default="1MB", show_default=True,
               help="A record whose text is larger (UTF-8, before chunking) is rejected.")
 @click.option("--max-title-bytes", type=ByteSize(), default="64kB", show_default=True,
@@ -719,7 +723,8 @@ def ingest_command(ctx: Context, paths: tuple[str, ...], collection: str, fmt: s
                    text_field: str, metadata_fields: tuple[str, ...], chunk_words: int | None, chunk_overlap: int,
                    embeddings: str | None, embeddings_column: str, question_model: str | None,
                    passage_model: str | None, precision: str | None, runtime: str, batch_size: int | None,
-                   strict: bool, prune: bool, defer_index: bool, max_text_bytes: int, max_title_bytes: int,
+                   strict: bool, prune: bool, defer_index: bool, ray_address: str | None, ray_actors: int | None,
+                   max_text_bytes: int, max_title_bytes: int,
                    max_record_bytes: int, max_document_bytes: int, questions_path: str | None,
                    progress: bool | None, as_json: bool) -> None:
     """Ingest a JSONL, CSV, Parquet or SQuAD JSON file, or documents, into a collection; re-running it changes nothing.
@@ -737,12 +742,20 @@ def ingest_command(ctx: Context, paths: tuple[str, ...], collection: str, fmt: s
         dpr-pg ingest wiki.parquet --collection wiki --embeddings wiki.parquet --prune
         dpr-pg ingest squad_es_dev.json --collection squad --questions squad_questions.jsonl
         dpr-pg ingest manuales/ --collection manuales --exclude borradores --prune
+        dpr-pg ingest wiki.jsonl --collection wiki --ray auto --defer-index
     """
     from dpr_pg.encoders import EncoderPair, fingerprint_of
     from dpr_pg.ingest import FieldMapping, RecordLimits, RecordRejectedError, ingest
+    from dpr_pg.ingest.ray_encoders import RayEncoding, import_ray
 
     mapping = FieldMapping(id=id_field, title=title_field, text=text_field, metadata=metadata_fields or None)
-    if embeddings:  # precomputed vectors: the named pair's fingerprint, from its configs and tokenizers alone
+    ray = None
+    if ray_address is not None:
+        import_ray()  # before anything is loaded: say how to install it
+        ray = RayEncoding(ray_address or None, actors=ray_actors, precision=precision)
+    elif ray_actors is not None:
+        raise ConfigError("--ray-actors is for --ray: add --ray [ADDRESS], or drop --ray-actors")
+    if embeddings or ray is not None:  # the named pair's fingerprint, from its configs and tokenizers alone
         pair, fingerprint = None, fingerprint_of(question_model, passage_model)
     else:
         pair, fingerprint = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime), None
@@ -752,7 +765,7 @@ def ingest_command(ctx: Context, paths: tuple[str, ...], collection: str, fmt: s
                         chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
                         embeddings_column=embeddings_column, fingerprint=fingerprint, batch_size=batch_size,
                         strict=strict, prune=prune, questions_path=questions_path, progress=progress,
-                        defer_index=defer_index,
+                        defer_index=defer_index, ray=ray,
                         limits=RecordLimits(max_text_bytes=max_text_bytes, max_title_bytes=max_title_bytes,
                                             max_record_bytes=max_record_bytes, max_document_bytes=max_document_bytes))
     except RecordRejectedError as e:

@@ -29,6 +29,7 @@ WALKED = ("dpr-pg init", "dpr-pg ingest", "dpr-pg search", "dpr-pg eval")
 NOT_RUN = {
     "--vector query.npy": "needs the reader's own query vector file",
     "--sql": "prints a script; tests/test_schema.py applies it",
+    "--ray": "needs a Ray cluster; tests/test_ingest_ray.py runs it against one started there",
 }
 
 

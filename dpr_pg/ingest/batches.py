@@ -15,6 +15,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -39,6 +40,7 @@ from dpr_pg.ingest.writers import WRITE_BATCHES, WriterPool
 if TYPE_CHECKING:
     from dpr_pg._fingerprint import EncoderFingerprint
     from dpr_pg.encoders import EncoderPair
+    from dpr_pg.ingest.ray_encoders import RayEncoders
 
 
 PREPARE_QUEUE = 1  # batches read and waiting for their lookup
@@ -122,6 +124,8 @@ class BatchRun:
     fingerprint_id: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     to_encode: Channel[Prepared] = field(default_factory=lambda: Channel(ENCODE_QUEUE))
+    remote: RayEncoders | None = None  # encode on Ray actors instead of ``encoder``
+    in_flight: deque[tuple[Prepared, Any]] = field(default_factory=deque)  # batches out with the actors
 
     def __post_init__(self) -> None:
         self.fingerprint_id = self.fingerprint.id  # a sha256 over the fields: compute it once
@@ -165,18 +169,55 @@ class BatchRun:
             embeddings = np.stack([rows[doc.number - batch.first_record] for doc, _, _ in changed]).astype(np.float32)
             self._submit(changed, embeddings, fresh=not stored)
             return
-        assert self.encoder is not None
-        with self.clocks["tokenize"].busy():
-            tokens = self.encoder.passage.tokenize([(doc.title, doc.text) for doc, _, _ in changed])
+        passages = [(doc.title, doc.text) for doc, _, _ in changed]
+        if self.remote is not None:  # the actors tokenize
+            tokens: Any = passages
+        else:
+            assert self.encoder is not None
+            with self.clocks["tokenize"].busy():
+                tokens = self.encoder.passage.tokenize(passages)
         if not self.pipeline.put(self.to_encode, Prepared(batch.first_record, changed, not stored, tokens)):
             raise Stopped
 
     def encode(self, prepared: Prepared) -> None:
         """Stage 3, the only thread that runs the model: embeddings of a tokenized batch, checked."""
         assert self.encoder is not None
-        changed = prepared.changed
         with self.clocks["encode"].busy():
             result = self.encoder.passage.embed(prepared.tokens)
+        self._encoded(prepared, result)
+
+    def encode_remote(self, prepared: Prepared) -> None:
+        """Stage 3 on Ray: send the batch to an actor; collect the oldest once enough are out."""
+        assert self.remote is not None
+        self.in_flight.append((prepared, self.remote.submit(prepared.tokens)))
+        while len(self.in_flight) > self.remote.capacity:
+            self._collect(*self.in_flight.popleft())
+
+    def finish_remote(self) -> None:
+        """After the last batch (or a stop): collect what the actors still have, up to a halt, then close."""
+        try:
+            while self.in_flight and not self.pipeline.aborted.is_set():
+                prepared, pending = self.in_flight.popleft()
+                halt = self.pipeline.halt_order()
+                if halt is not None and prepared.order >= halt:
+                    continue  # at or after the batch where the ingest halted: not written
+                self._collect(prepared, pending)
+        except Stopped:  # the writers stopped: their error is the one to raise
+            pass
+        finally:
+            self.in_flight.clear()
+            self.pool.close()
+
+    def _collect(self, prepared: Prepared, pending: Any) -> None:
+        assert self.remote is not None
+        with self.clocks["encode"].busy():
+            result = self.remote.result(pending)
+        self._encoded(prepared, result)
+
+    def _encoded(self, prepared: Prepared, result: Any) -> None:
+        """Count, check and hand on the vectors of a batch (bad vectors are rejected)."""
+        changed = prepared.changed
+        with self.clocks["encode"].busy():
             embeddings = result.embeddings
             with self.lock:
                 self.report.truncated += len(result.truncated)
@@ -236,7 +277,10 @@ def write_all(run: BatchRun, records: Iterator[SourceRecord], mapping: FieldMapp
     """Read on this thread while the other stages look up, encode and write; raise what stopped them."""
     pipeline, pool = run.pipeline, run.pool
     to_prepare: Channel[Batch] = Channel(PREPARE_QUEUE)
-    if run.vectors is None:
+    if run.remote is not None:
+        pipeline.stage("lookup", to_prepare, run.prepare, done=lambda: pipeline.put(run.to_encode, END))
+        pipeline.stage("encode", run.to_encode, run.encode_remote, done=run.finish_remote)
+    elif run.vectors is None:
         pipeline.stage("lookup", to_prepare, run.prepare, done=lambda: pipeline.put(run.to_encode, END))
         pipeline.stage("encode", run.to_encode, run.encode, done=pool.close)
     else:  # precomputed vectors: nothing to tokenize or encode

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from dpr_pg.ingest.index import drop_hnsw, ensure_hnsw
 from dpr_pg.ingest.loader import PassageWriter
 from dpr_pg.ingest.mapping import FieldMapping
 from dpr_pg.ingest.limits import RecordLimits
+from dpr_pg.ingest.ray_encoders import RayEncoders, RayEncoding
 from dpr_pg.ingest.readers import InputWatch, detect_format, read_records
 from dpr_pg.ingest.records import SourceRecord
 from dpr_pg.ingest.report import IngestReport
@@ -72,6 +74,7 @@ def ingest(
     limits: RecordLimits | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    ray: RayEncoding | str | bool | None = None,
 ) -> IngestReport:
     """Ingest a JSONL, CSV, Parquet or SQuAD file, or documents, into ``collection``; re-running it is a no-op.
 
@@ -98,6 +101,11 @@ def ingest(
     ``on_batch(report)`` is called on the reading thread each time a batch has been read and
     handed on, with the counts as they stand (later stages may still be at earlier batches).
 
+    ``ray`` encodes on a Ray cluster instead of here (True, an address such as ``"auto"`` or
+    ``"ray://head:10001"``, or a :class:`~dpr_pg.ingest.ray_encoders.RayEncoding`): actors load the
+    pair's passage model by name; ``encoder`` may then be None with ``fingerprint`` naming the pair.
+    Reading, hashing and the writes stay here, so the results and the report are the same.
+
     Example:
         >>> pair = EncoderPair.load("/tmp/tiny/question", "/tmp/tiny/passage")  # doctest: +SKIP
         >>> ingest(engine, pair, "wiki.jsonl", collection="wiki").inserted      # doctest: +SKIP
@@ -105,13 +113,20 @@ def ingest(
     """
     started = time.perf_counter()
     check_collection_name(collection)
+    on_ray = RayEncoding.of(ray)
+    if on_ray is not None and embeddings is not None:
+        raise ConfigError("precomputed --embeddings leave nothing to encode: drop --ray or --embeddings")
+    if on_ray is not None and encoder is None and fingerprint is None:
+        raise ConfigError("encoding on Ray needs the pair to load on the actors: pass encoder= or fingerprint= "
+                          "(fingerprint_of(question_model, passage_model))")
     roots = [source] if isinstance(source, (str, Path)) else list(source)
     if is_documents(roots, format):
         return _ingest_documents(engine, encoder, roots, collection=collection, fields=fields,
                                  chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
                                  batch_size=batch_size, strict=strict, prune=prune, progress=progress,
                                  max_retries=max_retries, defer_index=defer_index, on_batch=on_batch,
-                                 limits=limits, include=include, exclude=exclude, started=started)
+                                 limits=limits, include=include, exclude=exclude, started=started,
+                                 fingerprint=fingerprint, ray=on_ray)
     if len(roots) != 1 or include or exclude:
         raise ConfigError(f"expected one input file for JSONL, CSV, Parquet or SQuAD, not {len(roots)} "
                           "(several inputs, folders, --include and --exclude are for documents)")
@@ -126,7 +141,7 @@ def ingest(
     if fmt == "squad":
         chunk_words = 0
     check_chunking(chunk_words, chunk_overlap)
-    fingerprint = _resolve_fingerprint(encoder, fingerprint, embeddings)
+    fingerprint = _resolve_fingerprint(encoder, fingerprint, embeddings, on_ray=on_ray is not None)
     dim = _check_database(engine, fingerprint, collection, prune=prune)
     report = IngestReport(collection=collection, source=str(source))
     limits = limits or RecordLimits()
@@ -139,7 +154,8 @@ def ingest(
     return _write(engine, encoder, fingerprint, open_records, report, dim=dim, started=started, empty=empty,
                   mapping=fields or FieldMapping(), chunk_words=chunk_words, chunk_overlap=chunk_overlap,
                   vectors=vectors, batch_size=batch_size, strict=strict, prune=prune, progress=progress,
-                  max_retries=max_retries, defer_index=defer_index, on_batch=on_batch, limits=limits, watch=watch)
+                  max_retries=max_retries, defer_index=defer_index, on_batch=on_batch, limits=limits, watch=watch,
+                  ray=on_ray)
 
 
 def ingest_records(
@@ -205,7 +221,8 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
            vectors: Callable[[], EmbeddingSource] | None, batch_size: int | None, strict: bool, prune: bool,
            progress: bool | None, max_retries: int, defer_index: bool,
            on_batch: Callable[[IngestReport], None] | None, limits: RecordLimits,
-           watch: InputWatch | None, documents: DocumentSource | None = None) -> IngestReport:
+           watch: InputWatch | None, documents: DocumentSource | None = None,
+           ray: RayEncoding | None = None) -> IngestReport:
     """What every ingest shares once its records can be opened: both passes, then replaced chunks, then prune.
 
     ``empty`` is the error for an input without records (None: none is fine, as for documents that
@@ -231,6 +248,10 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
         with lock:
             report.retries += 1
 
+    def count_ray_retry() -> None:
+        with lock:
+            report.ray_retries += 1
+
     lock = threading.Lock()
     size = batch_size or (PRECOMPUTED_BATCH if vectors is not None else ENCODER_BATCH)
     dropped = drop_hnsw(engine) if defer_index else None
@@ -242,14 +263,19 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
     pool = WriterPool(engine, options, pipeline=pipeline, report=report, lock=lock, clock=clocks["write"],
                       limit=writer_limit())
     try:
-        with PassageWriter(engine, **options) as lookups:
+        with PassageWriter(engine, **options) as lookups, ExitStack() as stack:
+            remote = None
+            if ray is not None:
+                remote = stack.enter_context(RayEncoders(ray, fingerprint, on_retry=count_ray_retry))
             run = BatchRun(engine, encoder, fingerprint, report, source_vectors, strict, dim, last, lookups, pool,
-                           pipeline, clocks, limits=limits, watch=watch, lock=lock)
+                           pipeline, clocks, limits=limits, watch=watch, lock=lock, remote=remote)
             try:
                 write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words,
                           chunk_overlap=chunk_overlap, bar=_progress_bar(progress, total), on_batch=on_batch)
             finally:
                 report.writers = pool.writers
+                if remote is not None:
+                    report.ray_actors = remote.actors
                 for stage, clock in clocks.items():
                     setattr(report, f"{stage}_seconds", clock.seconds)
             if documents is not None:
@@ -285,7 +311,8 @@ def _ingest_documents(engine: Engine, encoder: EncoderPair | None, roots: list[s
                       embeddings: str | Path | None, batch_size: int | None, strict: bool, prune: bool,
                       progress: bool | None, max_retries: int, defer_index: bool,
                       on_batch: Callable[[IngestReport], None] | None, limits: RecordLimits | None,
-                      include: Sequence[str] | None, exclude: Sequence[str] | None, started: float) -> IngestReport:
+                      include: Sequence[str] | None, exclude: Sequence[str] | None, started: float,
+                      fingerprint: EncoderFingerprint | None, ray: RayEncoding | None) -> IngestReport:
     """Documents through the same pipeline: their chunks are the records (see :mod:`dpr_pg.ingest.documents.source`)."""
     if embeddings is not None:
         raise ConfigError("documents are parsed and chunked at ingest, so precomputed --embeddings cannot match "
@@ -295,7 +322,8 @@ def _ingest_documents(engine: Engine, encoder: EncoderPair | None, roots: list[s
                           "--metadata-field (ids are <path>#<chunk>, titles come from the documents)")
     words = DEFAULT_CHUNK_WORDS if chunk_words is None else chunk_words
     check_chunking(words, chunk_overlap)
-    fingerprint = _resolve_fingerprint(encoder, None, None)
+    fingerprint = _resolve_fingerprint(encoder, fingerprint if ray is not None else None, None,
+                                       on_ray=ray is not None)
     dim = _check_database(engine, fingerprint, collection, prune=prune)
     limits = limits or RecordLimits()
     report = IngestReport(collection=collection, source=", ".join(str(root) for root in roots))
@@ -315,16 +343,19 @@ def _ingest_documents(engine: Engine, encoder: EncoderPair | None, roots: list[s
         return _write(engine, encoder, fingerprint, documents.records, report, dim=dim, started=started, empty=None,
                       mapping=FieldMapping(), chunk_words=0, chunk_overlap=0, vectors=None, batch_size=batch_size,
                       strict=strict, prune=prune, progress=progress, max_retries=max_retries,
-                      defer_index=defer_index, on_batch=on_batch, limits=limits, watch=None, documents=documents)
+                      defer_index=defer_index, on_batch=on_batch, limits=limits, watch=None, documents=documents,
+                      ray=ray)
 
 
 def _resolve_fingerprint(encoder: EncoderPair | None, fingerprint: EncoderFingerprint | None,
-                         embeddings: str | Path | None) -> EncoderFingerprint:
+                         embeddings: str | Path | None, *, on_ray: bool = False) -> EncoderFingerprint:
     if encoder is not None:
         if fingerprint is not None and fingerprint.id != encoder.fingerprint.id:
             raise ConfigError("expected either an encoder pair or a fingerprint, or both of the same pair; "
                               "the fingerprint given differs from the encoder's")
         return encoder.fingerprint
+    if on_ray and fingerprint is not None:  # the actors load the pair
+        return fingerprint
     if embeddings is None:
         raise ConfigError("nothing would encode the passages: pass an encoder pair, or precomputed vectors "
                           "with --embeddings FILE and the pair that made them")

@@ -55,6 +55,8 @@ class IngestReport:
     encode_seconds: float = 0.0
     write_seconds: float = 0.0
     writers: int = 0  # connections that wrote (the pool grows while the writes fall behind)
+    ray_actors: int | None = None  # encoders on Ray (None: encoded here; 0: nothing needed encoding)
+    ray_retries: int = 0  # batches sent again after their Ray actor died
 
     @property
     def passages_per_second(self) -> float:
@@ -95,4 +97,5 @@ class IngestReport:
             "read_seconds": round(self.read_seconds, 3), "lookup_seconds": round(self.lookup_seconds, 3),
             "tokenize_seconds": round(self.tokenize_seconds, 3), "encode_seconds": round(self.encode_seconds, 3),
             "write_seconds": round(self.write_seconds, 3), "writers": self.writers,
+            "ray_actors": self.ray_actors, "ray_retries": self.ray_retries,
         }

@@ -115,6 +115,12 @@ class Pipeline:
         if not isinstance(error, Halt):
             self.aborted.set()
 
+    def halt_order(self) -> int | None:
+        """The first record of the earliest batch where the ingest halted, or None."""
+        with self._lock:
+            orders = [e.order for e in self.errors if isinstance(e, Halt)]
+        return min(orders) if orders else None
+
     def put(self, channel: Channel[T], item: T) -> bool:
         """Hand ``item`` on; False (the item is dropped) when the consumer left or the ingest aborted."""
         while not self.aborted.is_set() and not channel.closed.is_set():
