@@ -4,8 +4,8 @@ The server's per-row work (the generated Spanish ``tsvector``, the GIN and HNSW 
 the backend of each connection, so more writers use more of the server's cores. How many an
 ingest needs depends on how fast rows come: a BERT-base encoder on a CPU leaves one writer idle
 most of the time, a GPU or precomputed vectors keep several busy. The pool starts with one and
-adds one each time a batch arrives while every writer still has a part waiting, up to
-:func:`writer_limit` (from the machine's cores). Each batch is split into one part per writer,
+adds one each time a batch has to wait for room with the writers, up to :func:`writer_limit`
+(from the machine's cores). Each batch is split into one part per writer,
 so a single batch already spreads over them.
 
 Parts of different batches hold different keys (duplicates are resolved before anything is
@@ -75,11 +75,12 @@ class WriterPool:
 
     def submit(self, rows: list[StagedPassage], *, fresh: bool) -> bool:
         """Queue ``rows`` for writing, in one part per writer; False when the ingest stopped meanwhile."""
-        while not self._room.acquire(timeout=POLL):
+        behind = not self._room.acquire(blocking=False)
+        while behind and not self._room.acquire(timeout=POLL):
             if self.pipeline.aborted.is_set() or self.parts.closed.is_set():
                 return False
-        # Every writer still has a part waiting: the writes fall behind, one more connection.
-        if not self._threads or (self.parts.backlog() >= self.writers and self.writers < self.limit):
+        # The batch had to wait for the writers: they fall behind, one more connection.
+        if not self._threads or (behind and self.writers < self.limit):
             self._add_writer()
         count = max(1, min(self.writers, len(rows) // MIN_PART))
         share = -(-len(rows) // count)
