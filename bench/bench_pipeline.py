@@ -1,8 +1,8 @@
 """Ingest pipeline benchmark: the encoder alone vs ``dpr_pg.ingest`` on the same chunks.
 
 For each encoder shape (``tiny``: dpr_pg._tiny's 2-layer pair; ``base``: a BERT-base-shaped
-random DPR pair, the compute of the IIC models) and device (the CPU, and CUDA when torch sees a
-GPU), in one run:
+random DPR pair, the compute of the IIC models) and device (CUDA where torch sees a GPU, else the
+CPU; ``--devices cpu,cuda`` for both), in one run:
 
   (a) encoder only: ``pair.passage.encode_result`` over exactly the chunks the ingest writes, in
       batches of the ingest's size (tokenization included, as the ingest pays it);
@@ -171,7 +171,11 @@ def main() -> None:
     parser.add_argument("--shapes", default="tiny,base")
     parser.add_argument("--tiny-n", type=int, default=4000, help="records for the tiny pair")
     parser.add_argument("--base-n", type=int, default=120, help="records for the BERT-base pair on the CPU")
-    parser.add_argument("--cuda-n", type=int, default=20000, help="records for the BERT-base pair on CUDA")
+    parser.add_argument("--cuda-n", type=int, default=8000,
+                        help="records for the BERT-base pair on CUDA (8000: about 22k chunks, within the 120 s "
+                             "that bench/gpu_check.sh gives this step)")
+    parser.add_argument("--devices", default=None,
+                        help="cpu, cuda or cpu,cuda (default: cuda where torch sees a GPU, else cpu)")
     parser.add_argument("--precision", default=None, help="encoder precision (default: the device's)")
     parser.add_argument("--no-kept", action="store_true", help="skip the index-kept ingest")
     args = parser.parse_args()
@@ -187,7 +191,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); cuda: {torch.cuda.is_available()}; "
           f"load average {os.getloadavg()[0]:.2f}")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = (args.devices or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")
     for device in devices:
         for shape in args.shapes.split(","):
             if device == "cuda" and shape == "tiny":
