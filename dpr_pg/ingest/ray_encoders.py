@@ -104,7 +104,8 @@ class Pending:
     """A batch on its way through an actor."""
 
     passages: list[tuple[str, str]]
-    actor: int
+    actor: int  # the actor's slot
+    handle: Any  # the actor in that slot when the batch was sent
     ref: Any
     attempts: int = 1
 
@@ -187,7 +188,8 @@ class RayEncoders:
             self.start()
         actor = min(range(len(self._actors)), key=self._load.__getitem__)
         self._load[actor] += 1
-        return Pending(passages, actor, self._actors[actor].encode.remote(passages))
+        handle = self._actors[actor]
+        return Pending(passages, actor, handle, handle.encode.remote(passages))
 
     def result(self, pending: Pending) -> EncodeResult:
         """The batch's vectors; a dead actor is replaced and the batch sent again (``MAX_ATTEMPTS`` in all)."""
@@ -207,10 +209,14 @@ class RayEncoders:
                         f"each died ({_first_line(e)}); what was committed is kept: check the workers' logs "
                         "(memory, GPU) and re-run the same command") from e
                 self.on_retry()
-                self._replace(pending.actor)
+                # The other batches that were with the dead actor die too: the first one collected replaces
+                # it, the others go to that replacement (replacing it again would kill their retries).
+                if self._actors[pending.actor] is pending.handle:
+                    self._replace(pending.actor)
                 pending.attempts += 1
                 self._load[pending.actor] += 1
-                pending.ref = self._actors[pending.actor].encode.remote(pending.passages)
+                pending.handle = self._actors[pending.actor]
+                pending.ref = pending.handle.encode.remote(pending.passages)
 
     def _new_actor(self) -> Any:
         fingerprint = self.fingerprint
