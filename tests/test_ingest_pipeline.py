@@ -1,9 +1,12 @@
 """The overlapped ingest: stages timed in the report, the same vectors as encoding directly, searches
-that see every committed row while a bulk load runs, and an encoder that runs out of memory."""
+that see every committed row while a bulk load runs, an encoder that runs out of memory, and an error
+in any stage, which stops them all and keeps what was committed."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +109,127 @@ def test_an_out_of_memory_batch_is_halved_and_no_passage_is_dropped(tiny_models:
     assert encoder.model.refused[:2] == [16, 8]  # 16 -> 8 -> 4 rows a batch
     assert result.embeddings.shape == (20, reference.passage.dim)
     np.testing.assert_allclose(result.embeddings, expected, rtol=1e-5, atol=1e-5)
+
+
+BATCH_RECORDS = 8  # corpus() records are 180 words: two chunks of 100 words, so 16 passages a batch
+FAILING_BATCH = 3  # the fault strikes at the third batch
+
+
+def batch_keys(batch: int) -> set[str]:
+    """The passage ids of the ``batch``-th batch (1-based) of corpus() at batch_size=16."""
+    first = (batch - 1) * BATCH_RECORDS
+    return {f"r{i:03d}#{k}" for i in range(first, first + BATCH_RECORDS) for k in (0, 1)}
+
+
+def wait_until_committed(engine: Engine, keys: set[str]) -> None:
+    """Block the failing stage until the batches before it are committed (their writes overlap the fault)."""
+    deadline = time.monotonic() + 120  # a guard against a hang, not a measure: the test asserts rows
+    while time.monotonic() < deadline and not keys <= set(stored(engine)):
+        time.sleep(0.02)
+
+
+class StageFault(RuntimeError):
+    """The fault a test injects into one stage of the ingest."""
+
+
+@pytest.mark.parametrize("stage", ["read", "lookup", "tokenize", "encode", "write"])
+def test_an_error_in_any_stage_surfaces_and_the_committed_batches_are_kept(
+        engine: Engine, pair: EncoderPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    records = corpus(8 * BATCH_RECORDS)
+    source = write_jsonl(tmp_path / "c.jsonl", records)
+    every = set().union(*(batch_keys(b) for b in range(1, 9)))
+    before = set().union(*(batch_keys(b) for b in range(1, FAILING_BATCH)))
+    failing = batch_keys(FAILING_BATCH)
+    failing_title = f"Ciudad {(FAILING_BATCH - 1) * BATCH_RECORDS}"
+    on_batch = None
+    expected: type[Exception] = StageFault
+    if stage == "read":  # on_batch runs on the reading thread, after the batch was handed on
+        handed: list[int] = []
+
+        def on_batch(_: IngestReport) -> None:
+            handed.append(1)
+            if len(handed) == FAILING_BATCH:
+                wait_until_committed(engine, before)
+                raise StageFault("reading failed")
+    elif stage == "lookup":
+        from dpr_pg.ingest.loader import PassageWriter
+
+        real_lookup = PassageWriter.existing_hashes
+
+        def lookup(self: PassageWriter, ids: list[str]) -> dict[str, str]:
+            if failing & set(ids):
+                wait_until_committed(engine, before)
+                raise StageFault("the lookup failed")
+            return real_lookup(self, ids)
+
+        monkeypatch.setattr(PassageWriter, "existing_hashes", lookup)
+    elif stage == "tokenize":
+        real_tokenize = pair.passage.tokenize
+
+        def tokenize(passages):  # noqa: ANN001, ANN202
+            if any(title == failing_title for title, _ in passages):
+                wait_until_committed(engine, before)
+                raise StageFault("tokenization failed")
+            return real_tokenize(passages)
+
+        monkeypatch.setattr(pair.passage, "tokenize", tokenize)
+    elif stage == "encode":
+        real_embed, calls = pair.passage.embed, []
+
+        def embed(tokens):  # noqa: ANN001, ANN202
+            calls.append(1)
+            if len(calls) == FAILING_BATCH:
+                wait_until_committed(engine, before)
+                raise StageFault("the encoder failed")
+            return real_embed(tokens)
+
+        monkeypatch.setattr(pair.passage, "embed", embed)
+    else:  # the server refuses a row of the failing batch: its transaction rolls back
+        import psycopg
+
+        expected = psycopg.errors.RaiseException
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "CREATE FUNCTION public.refuse_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.external_id = 'r{(FAILING_BATCH - 1) * BATCH_RECORDS:03d}#0' THEN "
+                "RAISE EXCEPTION 'the server refused this row'; END IF; RETURN NEW; END $$"))
+            conn.execute(sa.text("CREATE TRIGGER refuse_row BEFORE INSERT ON dpr_pg.passages "
+                                 "FOR EACH ROW EXECUTE FUNCTION public.refuse_row()"))
+
+    with pytest.raises(expected) as raised:
+        ingest(engine, pair, source, collection="c", batch_size=16, on_batch=on_batch)
+    assert "refused" in str(raised.value) if stage == "write" else str(raised.value).endswith("failed")
+    # Every stage stopped: no thread of the ingest is left, nor any of its connections.
+    assert [t.name for t in threading.enumerate() if t.name.startswith("dpr_pg-ingest")] == []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and ingest_connections(engine):
+        time.sleep(0.05)  # a closed connection's backend exits just after
+    assert ingest_connections(engine) == 0
+    kept = stored(engine)
+    assert before <= set(kept) <= every and not failing & set(kept)  # whole batches, none of the failing one
+    if stage in ("lookup", "tokenize", "encode"):  # one thread runs these: nothing after the fault went on
+        assert set(kept) == before
+    if stage == "read":
+        assert set(kept) <= before | failing
+
+    monkeypatch.undo()
+    if stage == "write":
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER refuse_row ON dpr_pg.passages"))
+    again = ingest(engine, pair, source, collection="c", batch_size=16)
+    assert (again.unchanged, again.inserted, again.updated) == (len(kept), len(every) - len(kept), 0)
+    rows = stored(engine)
+    assert set(rows) == every
+    titles = {f"r{i:03d}": r["title"] for i, r in enumerate(records)}
+    texts = {f"r{i:03d}#{k}": piece for i, r in enumerate(records)
+             for k, piece in enumerate(chunk_text(r["text"], words=100))}
+    keys = sorted(every)
+    expected_vectors = pair.passage.encode([(titles[key.split("#")[0]], texts[key]) for key in keys])
+    for key, vector in zip(keys, expected_vectors):
+        np.testing.assert_allclose(rows[key], vector, rtol=1e-5, atol=1e-5)
+
+
+def ingest_connections(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dpr_pg ingest' "
+                                    "AND datname = current_database()")).scalar()
