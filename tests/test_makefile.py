@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -120,3 +121,11 @@ def test_make_installs_the_package_of_the_trained_extra_without_its_requirements
     shown = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "install", "HAS_TORCH=true"],
                            capture_output=True, text=True, check=True).stdout
     assert f'pip install --quiet --no-deps "{extra[0]}"' in shown
+
+
+def test_make_installs_ray_for_the_tests_of_ingest_on_ray() -> None:
+    # tests/test_ingest_ray.py starts a one-CPU Ray here: without the extra they fail, they never skip.
+    shown = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "install", "HAS_TORCH=true"],
+                           capture_output=True, text=True, check=True).stdout
+    extras = re.findall(r'pip install --quiet -e "\.\[([a-z,]+)\]"', shown)
+    assert len(extras) == 1 and "ray" in extras[0].split(",") and "test" in extras[0].split(",")
