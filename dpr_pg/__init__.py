@@ -3,66 +3,173 @@
 >>> import dpr_pg
 >>> engine = dpr_pg.create_engine()          # doctest: +SKIP
 >>> dpr_pg.init(engine, dim=768)            # doctest: +SKIP
+
+The public names load on first use (PEP 562), so ``import dpr_pg`` and every ``dpr-pg`` command
+import only what they touch: SQLAlchemy, Alembic, torch and transformers stay out of a command
+that does not need them.
 """
 
-from dpr_pg.database import create_engine
-from dpr_pg.doctor import DoctorReport, doctor
-from dpr_pg.embedded import ServerStatus, server_status, start_server, stop_server
-from dpr_pg.encoders import (
-    EncodeResult,
-    EncoderFingerprint,
-    EncoderPair,
-    PassageEncoder,
-    QuestionEncoder,
-    check_encoder,
-    check_table_encoder,
-    fingerprint_of,
-    make_tiny_models,
-    make_trained_models,
-    register_encoder,
-)
-from dpr_pg.demo import sample_corpus, sample_questions
-from dpr_pg.errors import (
-    ConfigError,
-    DatabaseError,
-    DimensionError,
-    DprPgError,
-    EncoderError,
-    EncoderMismatchError,
-    EvaluationError,
-    FilterError,
-    ReaderError,
-    IndexBuildError,
-    IngestError,
-    PrivilegeError,
-    SchemaError,
-    SearchError,
-    SyncError,
-)
-from dpr_pg.filters import compile_filter
-from dpr_pg.ingest import FieldMapping, IngestReport, RayEncoding, RecordRejectedError, ingest
-from dpr_pg.ingest.index import HnswParameters, IndexBuild, build_index
-from dpr_pg.models import Encoder, Passage
-from dpr_pg.schema import InitResult, downgrade, init, init_sql, upgrade
-from dpr_pg.audit import AuditReport, audit_ann
-from dpr_pg.answers import has_answer
-from dpr_pg.evaluate import EvaluationReport, evaluate
-from dpr_pg.qa import QAItem
-from dpr_pg.reader import Answer, AskResult, Reader, ask, make_tiny_reader
-from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
-from dpr_pg.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
-from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
-from dpr_pg.sync import (
-    TableStatus,
-    WorkerReport,
-    disable_table,
-    discard_items,
-    enable_table,
-    retry_items,
-    run_worker,
-    sync_status,
-)
-from dpr_pg.tenancy import CollectionGrant, Tenancy, grant, revoke, set_tenancy, tenancy_status
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "create_engine": "dpr_pg.database",
+    "DoctorReport": "dpr_pg.doctor",
+    "doctor": "dpr_pg.doctor",
+    "ServerStatus": "dpr_pg.embedded",
+    "server_status": "dpr_pg.embedded",
+    "start_server": "dpr_pg.embedded",
+    "stop_server": "dpr_pg.embedded",
+    "EncodeResult": "dpr_pg.encoders",
+    "EncoderFingerprint": "dpr_pg.encoders",
+    "EncoderPair": "dpr_pg.encoders",
+    "PassageEncoder": "dpr_pg.encoders",
+    "QuestionEncoder": "dpr_pg.encoders",
+    "check_encoder": "dpr_pg.encoders",
+    "check_table_encoder": "dpr_pg.encoders",
+    "fingerprint_of": "dpr_pg.encoders",
+    "make_tiny_models": "dpr_pg.encoders",
+    "make_trained_models": "dpr_pg.encoders",
+    "sample_corpus": "dpr_pg.demo",
+    "sample_questions": "dpr_pg.demo",
+    "register_encoder": "dpr_pg.encoders",
+    "ConfigError": "dpr_pg.errors",
+    "DatabaseError": "dpr_pg.errors",
+    "DimensionError": "dpr_pg.errors",
+    "DprPgError": "dpr_pg.errors",
+    "EncoderError": "dpr_pg.errors",
+    "EncoderMismatchError": "dpr_pg.errors",
+    "EvaluationError": "dpr_pg.errors",
+    "IndexBuildError": "dpr_pg.errors",
+    "FilterError": "dpr_pg.errors",
+    "ReaderError": "dpr_pg.errors",
+    "IngestError": "dpr_pg.errors",
+    "PrivilegeError": "dpr_pg.errors",
+    "SchemaError": "dpr_pg.errors",
+    "SearchError": "dpr_pg.errors",
+    "SyncError": "dpr_pg.errors",
+    "compile_filter": "dpr_pg.filters",
+    "FieldMapping": "dpr_pg.ingest",
+    "IngestReport": "dpr_pg.ingest",
+    "RayEncoding": "dpr_pg.ingest",
+    "RecordRejectedError": "dpr_pg.ingest",
+    "ingest": "dpr_pg.ingest",
+    "HnswParameters": "dpr_pg.ingest.index",
+    "IndexBuild": "dpr_pg.ingest.index",
+    "build_index": "dpr_pg.ingest.index",
+    "Encoder": "dpr_pg.models",
+    "Passage": "dpr_pg.models",
+    "InitResult": "dpr_pg.schema",
+    "downgrade": "dpr_pg.schema",
+    "init": "dpr_pg.schema",
+    "init_sql": "dpr_pg.schema",
+    "upgrade": "dpr_pg.schema",
+    "AuditReport": "dpr_pg.audit",
+    "audit_ann": "dpr_pg.audit",
+    "has_answer": "dpr_pg.answers",
+    "EvaluationReport": "dpr_pg.evaluate",
+    "evaluate": "dpr_pg.evaluate",
+    "QAItem": "dpr_pg.qa",
+    "Answer": "dpr_pg.reader",
+    "AskResult": "dpr_pg.reader",
+    "Reader": "dpr_pg.reader",
+    "ask": "dpr_pg.reader",
+    "make_tiny_reader": "dpr_pg.reader",
+    "Hit": "dpr_pg.search",
+    "Hits": "dpr_pg.search",
+    "SearchPlan": "dpr_pg.search",
+    "ann_settings": "dpr_pg.search",
+    "search": "dpr_pg.search",
+    "search_many": "dpr_pg.search",
+    "search_statement": "dpr_pg.search",
+    "STORAGES": "dpr_pg.storage",
+    "Storage": "dpr_pg.storage",
+    "StorageChange": "dpr_pg.storage",
+    "current_storage": "dpr_pg.storage",
+    "set_storage": "dpr_pg.storage",
+    "DprSearchable": "dpr_pg.mixin",
+    "encoder_guard": "dpr_pg.mixin",
+    "model_search_statement": "dpr_pg.mixin",
+    "TableStatus": "dpr_pg.sync",
+    "WorkerReport": "dpr_pg.sync",
+    "disable_table": "dpr_pg.sync",
+    "discard_items": "dpr_pg.sync",
+    "retry_items": "dpr_pg.sync",
+    "enable_table": "dpr_pg.sync",
+    "run_worker": "dpr_pg.sync",
+    "sync_status": "dpr_pg.sync",
+    "CollectionGrant": "dpr_pg.tenancy",
+    "Tenancy": "dpr_pg.tenancy",
+    "grant": "dpr_pg.tenancy",
+    "revoke": "dpr_pg.tenancy",
+    "set_tenancy": "dpr_pg.tenancy",
+    "tenancy_status": "dpr_pg.tenancy",
+}
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs
+    from dpr_pg.database import create_engine
+    from dpr_pg.doctor import DoctorReport, doctor
+    from dpr_pg.embedded import ServerStatus, server_status, start_server, stop_server
+    from dpr_pg.encoders import (
+        EncodeResult,
+        EncoderFingerprint,
+        EncoderPair,
+        PassageEncoder,
+        QuestionEncoder,
+        check_encoder,
+        check_table_encoder,
+        fingerprint_of,
+        make_tiny_models,
+        make_trained_models,
+        register_encoder,
+    )
+    from dpr_pg.demo import sample_corpus, sample_questions
+    from dpr_pg.errors import (
+        ConfigError,
+        DatabaseError,
+        DimensionError,
+        DprPgError,
+        EncoderError,
+        EncoderMismatchError,
+        EvaluationError,
+        FilterError,
+        IndexBuildError,
+        ReaderError,
+        IngestError,
+        PrivilegeError,
+        SchemaError,
+        SearchError,
+        SyncError,
+    )
+    from dpr_pg.filters import compile_filter
+    from dpr_pg.ingest import FieldMapping, IngestReport, RayEncoding, RecordRejectedError, ingest
+    from dpr_pg.ingest.index import HnswParameters, IndexBuild, build_index
+    from dpr_pg.models import Encoder, Passage
+    from dpr_pg.schema import InitResult, downgrade, init, init_sql, upgrade
+    from dpr_pg.audit import AuditReport, audit_ann
+    from dpr_pg.answers import has_answer
+    from dpr_pg.evaluate import EvaluationReport, evaluate
+    from dpr_pg.qa import QAItem
+    from dpr_pg.reader import Answer, AskResult, Reader, ask, make_tiny_reader
+    from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
+    from dpr_pg.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
+    from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
+    from dpr_pg.sync import (
+        TableStatus,
+        WorkerReport,
+        disable_table,
+        discard_items,
+        enable_table,
+        retry_items,
+        run_worker,
+        sync_status,
+    )
+    from dpr_pg.tenancy import CollectionGrant, Tenancy, grant, revoke, set_tenancy, tenancy_status
 
 __all__ = [
     "EncodeResult",
@@ -88,7 +195,6 @@ __all__ = [
     "EncoderMismatchError",
     "FilterError",
     "FieldMapping",
-    "IndexBuildError",
     "IngestError",
     "IngestReport",
     "RayEncoding",
@@ -126,6 +232,7 @@ __all__ = [
     "search_statement",
     "AuditReport",
     "EvaluationError",
+    "IndexBuildError",
     "EvaluationReport",
     "QAItem",
     "Answer",
@@ -143,10 +250,10 @@ __all__ = [
     "WorkerReport",
     "disable_table",
     "discard_items",
-    "enable_table",
     "encoder_guard",
-    "model_search_statement",
     "retry_items",
+    "enable_table",
+    "model_search_statement",
     "run_worker",
     "sync_status",
     "CollectionGrant",
@@ -157,3 +264,35 @@ __all__ = [
     "set_tenancy",
     "tenancy_status",
 ]
+
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dpr_pg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps a public function from being shadowed by its own submodule.
+
+    ``dpr_pg.search``, ``dpr_pg.doctor``, ``dpr_pg.evaluate`` and ``dpr_pg.ingest`` are functions and
+    modules of the same name. Importing the module makes Python set the package attribute to the
+    module; here it becomes the function, as when every name was imported eagerly.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (isinstance(value, types.ModuleType) and _EXPORTS.get(name, "").startswith(value.__name__)
+                and value.__name__ == f"{__name__}.{name}"):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
