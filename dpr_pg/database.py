@@ -25,8 +25,11 @@ from dpr_pg.replicas import ReadRoute
 _SCHEMES = ("postgresql", "postgres")
 
 
-def normalize_url(url: str) -> str:
+def normalize_url(url: str, *, origin: str | None = None) -> str:
     """Return ``url`` as a SQLAlchemy URL with the psycopg 3 driver.
+
+    ``origin`` names where the URL came from (``"--database-url"``, ``"DATABASE_URL"``, ...), so
+    that an error says what to fix.
 
     >>> normalize_url("postgres://u:p@db/app")
     'postgresql+psycopg://u:p@db/app'
@@ -35,14 +38,30 @@ def normalize_url(url: str) -> str:
     base = scheme.split("+", 1)[0]
     if not sep or base not in _SCHEMES:
         raise ConfigError(
-            f"expected a PostgreSQL URL like postgresql://user:password@host:5432/dbname, not {hide_password(url)!r}; "
-            "fix --database-url or DPR_PG_DATABASE_URL"
+            f"expected a PostgreSQL URL like postgresql://user:password@host:5432/dbname, not "
+            f"{hide_password(url)!r}{_from(origin)}; {_what_to_fix(origin)}"
         )
     try:
         make_url(f"postgresql+psycopg://{rest}")
     except Exception as e:  # sqlalchemy.exc.ArgumentError, ValueError on a bad port
-        raise ConfigError(f"malformed database URL {hide_password(url)!r}: {e}") from e
+        raise ConfigError(f"malformed database URL {hide_password(url)!r}{_from(origin)}: {e}; "
+                          f"{_what_to_fix(origin)}") from e
     return f"postgresql+psycopg://{rest}"
+
+
+def _from(origin: str | None) -> str:
+    return f" (from {origin})" if origin else ""
+
+
+def _what_to_fix(origin: str | None) -> str:
+    """The next step for a bad URL from ``origin``: fix it there, or leave it out for the next source."""
+    if origin is None:
+        return "fix the URL"
+    if origin == config.EMBEDDED:
+        return "check that DPR_PG_HOME's folder is writable, or pass --database-url"
+    instead = config.database_url_fallback(origin)
+    leave_out = f"unset {origin}" if origin in config.URL_VARIABLES else f"leave {origin} out"
+    return f"fix {origin}, or {leave_out} to use {instead}"
 
 
 def hide_password(url: str) -> str:
@@ -94,16 +113,24 @@ def embedded_url(*, home: Path | None = None, postgres_version: int | None = Non
     return embedded_server(home=home, postgres_version=postgres_version).url(driver="psycopg")
 
 
-def resolve_url(url: str | None = None) -> str:
+def resolve_url(url: str | None = None, *, origin: str | None = None) -> str:
     """The SQLAlchemy URL to use: explicit or configured, else the embedded server's."""
-    chosen = config.database_url(url)
-    return normalize_url(chosen) if chosen else embedded_url()
+    return _resolve(url, origin)[0]
 
 
-def create_engine(url: str | None = None, *, read_urls: str | Sequence[str] | None = None,
-                  max_replica_lag: float | None = None, read_your_writes: bool | None = None,
-                  replica_wait: float | None = None, **kwargs: Any) -> Engine:
+def _resolve(url: str | None, origin: str | None) -> tuple[str, str]:
+    chosen, source = config.database_url_origin(url, explicit_name=origin or "the url argument")
+    return (normalize_url(chosen, origin=source), source) if chosen else (embedded_url(), source)
+
+
+def create_engine(url: str | None = None, *, origin: str | None = None,
+                  read_urls: str | Sequence[str] | None = None, max_replica_lag: float | None = None,
+                  read_your_writes: bool | None = None, replica_wait: float | None = None,
+                  **kwargs: Any) -> Engine:
     """An Engine for ``url`` (or the configured/embedded database), checked by one round trip.
+
+    ``origin`` names where an explicit ``url`` came from, for error messages (default: "the url
+    argument"); a configured URL names its environment variable.
 
     ``read_urls`` (else ``DPR_PG_READ_URLS``, comma-separated) are streaming replicas: searches given
     this Engine go to them, writes stay on ``url``. A replica that is down, a primary, or lags more
@@ -115,12 +142,11 @@ def create_engine(url: str | None = None, *, read_urls: str | Sequence[str] | No
     >>> engine = create_engine("postgresql://app@localhost/app")  # doctest: +SKIP
     >>> engine = create_engine("postgresql://app@primary/app", read_urls=["postgresql://app@replica/app"])  # doctest: +SKIP
     """
-    chosen = config.database_url(url)
     route = read_route(read_urls, max_replica_lag=max_replica_lag, read_your_writes=read_your_writes,
                        replica_wait=replica_wait, engine_options=kwargs)
-    resolved = normalize_url(chosen) if chosen else embedded_url()
+    resolved, source = _resolve(url, origin)
     engine = sa.create_engine(resolved, pool_pre_ping=True, **kwargs)
-    if not chosen:
+    if source == config.EMBEDDED:
         embedded.own_engine(engine)
     try:
         with engine.connect() as conn:
@@ -129,9 +155,10 @@ def create_engine(url: str | None = None, *, read_urls: str | Sequence[str] | No
         engine.dispose()
         reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
         raise DatabaseError(
-            f"cannot connect to {hide_password(resolved)}: {reason}; "
-            "check that the server is running and the URL is right, or unset DPR_PG_DATABASE_URL/DATABASE_URL "
-            "to use the embedded server"
+            f"cannot connect to {hide_password(resolved)} (from {source}): {reason}; "
+            f"check that the server is running and the URL is right; {_what_to_fix(source)}"
+            if source != config.EMBEDDED else
+            f"cannot connect to the embedded server at {hide_password(resolved)}: {reason}; {_what_to_fix(source)}"
         ) from e
     if route is not None:
         replicas.attach(engine, route)

@@ -80,3 +80,26 @@ class SyncError(DprPgError):
 
 class IndexBuildError(DatabaseError):
     """An HNSW index build failed or could not start (another build held the index lock too long)."""
+
+
+# SQLSTATEs of a missing object: undefined table, schema, function, column, object.
+_MISSING_OBJECT = ("42P01", "3F000", "42883", "42703", "42704")
+
+
+def explain_database_error(error: BaseException) -> DprPgError | None:
+    """A :class:`SchemaError` for a database error that means dpr_pg's schema is missing or outdated.
+
+    Every face calls it at its edge (the CLI, an HTTP service), so that a command run before
+    ``dpr-pg init`` says what to do instead of showing the server's message. Other errors give None.
+
+    >>> class Undefined(Exception):
+    ...     sqlstate = "3F000"
+    >>> str(explain_database_error(Undefined('schema "dpr_pg" does not exist')))[:60]
+    'this database has no dpr_pg schema, or an older one (schema "'
+    """
+    orig = getattr(error, "orig", None) or error
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if getattr(orig, "sqlstate", None) in _MISSING_OBJECT and "dpr_pg" in text:
+        return SchemaError(f"this database has no dpr_pg schema, or an older one ({text}); "
+                           "run dpr-pg init to create or upgrade it")
+    return None

@@ -98,6 +98,37 @@ def test_bad_database_url_gives_one_clear_error(cli, url: str, expected: str) ->
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name,command", _commands(main), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_command_takes_database_url_after_its_name(name: str, command: click.Command) -> None:
+    result = CliRunner().invoke(main, [*name.split(), "--help"])
+    assert "--database-url URL" in result.output
+
+
+def test_database_url_after_the_subcommand_wins(cli, empty_url: str) -> None:
+    result = cli("--database-url", "postgresql://nobody@127.0.0.1:1/db", "init", "--dim", "16",
+                 "--database-url", empty_url, check=True)
+    assert f"empty -> {schema.head_revision()} (vector(16))" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,env,origin,next_step",
+    [
+        (["--database-url", "mysql://user@host/db"], {}, "(from --database-url)",
+         "leave --database-url out to use the embedded server"),
+        ([], {"DATABASE_URL": "mysql://user@host/db"}, "(from DATABASE_URL)", "unset DATABASE_URL to use the embedded server"),
+        ([], {"DPR_PG_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/db", "DATABASE_URL": "postgresql://x@y/z"},
+         "(from DPR_PG_DATABASE_URL)", "unset DPR_PG_DATABASE_URL to use DATABASE_URL"),
+    ],
+)
+def test_a_bad_url_error_names_where_the_url_came_from(cli, args: list[str], env: dict[str, str], origin: str,
+                                                       next_step: str) -> None:
+    result = cli("doctor", *args, env=env)
+    assert result.returncode == 1
+    assert origin in result.stderr and next_step in result.stderr
+    if "DPR_PG_DATABASE_URL" not in env:  # never a variable that is not set
+        assert "DPR_PG_DATABASE_URL" not in result.stderr
+
+
 def test_database_url_comes_from_the_environment(cli, database_url: str) -> None:
     result = cli("doctor", "--json", env={"DPR_PG_DATABASE_URL": database_url, "DATABASE_URL": "mysql://ignored"},
                  check=True)

@@ -23,6 +23,18 @@ def test_database_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.database_url("postgresql://explicit/db") == "postgresql://explicit/db"
 
 
+def test_database_url_origin_names_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DPR_PG_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://generic/db")
+    assert config.database_url_origin() == ("postgresql://generic/db", "DATABASE_URL")
+    assert config.database_url_origin("postgresql://x/db", explicit_name="--database-url") == (
+        "postgresql://x/db", "--database-url")
+    assert config.database_url_fallback("--database-url") == "DATABASE_URL"
+    assert config.database_url_fallback("DATABASE_URL") == "the embedded server"
+    monkeypatch.delenv("DATABASE_URL")
+    assert config.database_url_origin() == (None, "the embedded server")
+
+
 def test_no_url_means_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("DPR_PG_DATABASE_URL", raising=False)
