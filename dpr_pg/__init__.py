@@ -92,6 +92,8 @@ _EXPORTS = {
     "StorageChange": "dpr_pg.storage",
     "current_storage": "dpr_pg.storage",
     "set_storage": "dpr_pg.storage",
+    "NoHits": "dpr_pg.no_hits",
+    "explain_no_hits": "dpr_pg.no_hits",
     "DprSearchable": "dpr_pg.mixin",
     "encoder_guard": "dpr_pg.mixin",
     "model_search_statement": "dpr_pg.mixin",
@@ -158,6 +160,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.reader import Answer, AskResult, Reader, ask, make_tiny_reader
     from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
     from dpr_pg.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
+    from dpr_pg.no_hits import NoHits, explain_no_hits
     from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
     from dpr_pg.sync import (
         TableStatus,
@@ -244,6 +247,8 @@ __all__ = [
     "audit_ann",
     "evaluate",
     "has_answer",
+    "NoHits",
+    "explain_no_hits",
     "DprSearchable",
     "SyncError",
     "TableStatus",

@@ -120,6 +120,15 @@ def _one_line(error: Exception) -> str:
             "(DPR_PG_TRACEBACK=1 shows the traceback)")
 
 
+def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"expected a JSON filter document like '{{\"lang\": \"es\"}}', not {value!r}: {e.msg}") from e
+
+
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, default=str))
 
@@ -630,6 +639,14 @@ def sample_path(which: str) -> None:
 
 # ---- encoders (issue 3) ---------------------------------------------------------------------------
 
+def precision_option(what: str) -> Callable[[F], F]:
+    """``--precision``, checked by name before any model loads (fp16 on a CPU is refused before the weights)."""
+    from dpr_pg._precision import PRECISIONS
+
+    return click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default=None,
+                        help=f"{what} (default auto: fp32 on CPU, fp16 on GPU; int8 and bf16 on CPU by name).")
+
+
 RUNTIME_OPTION = click.option(
     "--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
     help="Inference runtime. auto: ONNX Runtime for the question encoder on CPU in fp32 (same vectors, "
@@ -733,7 +750,7 @@ class ByteSize(click.ParamType):
 @click.option("--embeddings-column", default="embedding", show_default=True, help="Parquet column of --embeddings.")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
+@precision_option("Encoder precision")
 @RUNTIME_OPTION
 @click.option("--batch-size", type=click.IntRange(1),
               help="Passages per batch (default 256; 2000 with --embeddings). A kill -9 loses at most the "
@@ -846,14 +863,15 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
 @click.argument("question")
 @click.option("-k", "k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="Number of hits.")
 @click.option("--collection", help="Search this collection only (default: every collection).")
-@click.option("--filter", "filter_doc", metavar="JSON", help='Metadata filter document, e.g. \'{"lang": "es"}\'.')
+@click.option("--filter", "filter_doc", callback=_filter_json, metavar="JSON",
+              help='Metadata filter document, e.g. \'{"lang": "es"}\'.')
 @click.option("--mode", type=click.Choice(["dense", "hybrid", "exact"]), default="dense", show_default=True,
               help="dense: planned HNSW/exact; exact: exact scan; hybrid: dense + Spanish full text (RRF).")
 @click.option("--vector", "vector_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="Use this query vector (.npy, or a JSON array) instead of encoding QUESTION.")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@click.option("--precision", help="Question encoder precision (fp32, bf16, int8; default: best for the device).")
+@precision_option("Question encoder precision")
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
               help="Inference runtime. auto: torch, since one question per run saves less (about 40 ms) than "
                    "building the ONNX Runtime session costs (0.6-0.9 s).")
@@ -875,30 +893,38 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
         dpr-pg search "¿Qué es la insulina?" --collection bio --filter '{"year": {"$gte": 2020}}' --json
         dpr-pg search "vacuna gripe" --mode hybrid --explain
     """
+    from dpr_pg.no_hits import explain_no_hits
     from dpr_pg.search import check_request, search
 
     engine = ctx.engine  # connect first: a wrong URL fails before the models load
     # then a bad filter or an overlong question fails before they load
     check_request(k=k, mode=mode, filter=filter_doc, collection=collection, texts=[question])
-    if vector_file is not None:
-        query: Any = _read_query_vector(vector_file)
+    query: Any = _read_query_vector(vector_file) if vector_file is not None else question
+    # Before the models load: no schema, or nothing to find end the command here.
+    nothing = explain_no_hits(engine, collection=collection, filter=filter_doc)
+    hits: Any = []
+    if nothing is None:
         pair = None
-    else:
-        from dpr_pg.encoders import EncoderPair
+        if vector_file is None:
+            from dpr_pg.encoders import EncoderPair
 
-        query = question
-        pair = EncoderPair.load(question_model, passage_model, precision=precision,
-                                runtime="torch" if runtime == "auto" else runtime)
-    hits = search(engine, query, encoder=pair, k=k, filter=filter_doc, collection=collection, mode=mode,  # type: ignore[arg-type]
-                  query_text=question, ef_search=ef_search, explain=explain)
-    if explain:
-        err_console.print(f"path: {hits.plan.path} ({hits.plan.reason})", highlight=False, markup=False)
-        if hits.plan.explain:
-            err_console.print(hits.plan.explain, highlight=False, markup=False)
+            pair = EncoderPair.load(question_model, passage_model, precision=precision,
+                                    runtime="torch" if runtime == "auto" else runtime)
+        hits = search(engine, query, encoder=pair, k=k, filter=filter_doc, collection=collection,
+                      mode=mode,  # type: ignore[arg-type]
+                      query_text=question, ef_search=ef_search, explain=explain)
+        if explain:
+            err_console.print(f"path: {hits.plan.path} ({hits.plan.reason})", highlight=False, markup=False)
+            if hits.plan.explain:
+                err_console.print(hits.plan.explain, highlight=False, markup=False)
+        if not hits:
+            nothing = explain_no_hits(engine, collection=collection, filter=filter_doc)
     if as_json:
         print_json([hit.as_dict() for hit in hits])
-        return
-    console.print(_hits_table(hits, sources=True))
+    elif hits:
+        console.print(_hits_table(hits, sources=True))
+    if nothing is not None:
+        click.echo(f"no hits: {nothing.message}", err=True)
 
 
 def _hits_table(hits: Any, *, title: str | None = None, caption: str | None = None, sources: bool) -> Table:
@@ -954,7 +980,7 @@ def _read_query_vector(path: str) -> Any:
               help="Failures after which an item is parked as dead (see dpr-pg sync retry|discard).")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@click.option("--precision", help="Encoder precision (fp32, bf16, int8; default: best for the device).")
+@precision_option("Encoder precision")
 @RUNTIME_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON object.")
 @pass_context
@@ -1193,15 +1219,6 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
     return ks
 
 
-def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    if value is None:
-        return None
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as e:
-        raise click.BadParameter(f"expected a JSON filter document like '{{\"lang\": \"es\"}}', not {value!r}: {e.msg}") from e
-
-
 @main.command("eval")
 @click.argument("qa_file", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--collection", help="Collection to search (default: every collection).")
@@ -1237,7 +1254,7 @@ def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="The audit recommends the smallest ef_search reaching this recall@k.")
 @click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
 @click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@click.option("--precision", help="Question encoder precision (fp32, bf16, int8; default: best for the device).")
+@precision_option("Question encoder precision")
 @RUNTIME_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_context

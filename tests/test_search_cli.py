@@ -147,3 +147,52 @@ def test_cli_search_table_fits_the_terminal_with_rank_and_score_whole(
     assert "rank" in lines[1] and "score" in lines[1]  # the header row, not squeezed to "r…"
     scores = [float(line.split("│")[2]) for line in lines if line.startswith("│")]
     assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+
+
+def test_no_hits_are_explained_from_python(engine: Engine, pair: EncoderPair) -> None:
+    from dpr_pg import explain_no_hits
+
+    empty = explain_no_hits(engine, collection="wiki")
+    assert (empty.reason, empty.passages) == ("no_passages", 0)
+    assert "collection 'wiki' is empty" in empty.message and "dpr-pg ingest" in empty.message
+    _store(engine, pair)
+    unknown = explain_no_hits(engine, collection="nosuch")
+    assert unknown.reason == "unknown_collection" and unknown.collections == {"wiki": 4}
+    assert "collection 'nosuch' does not exist" in unknown.message and "wiki (4 passages)" in unknown.message
+    filtered = explain_no_hits(engine, collection="wiki", filter={"year": {"$gt": 3000}})
+    assert (filtered.reason, filtered.passages) == ("filter_matched_nothing", 4)
+    assert "matched none of the 4 passages in collection 'wiki'" in filtered.message
+    assert explain_no_hits(engine, collection="wiki", filter={"lang": "en"}) is None
+    assert len(search(engine, [0.1] * 768, collection="wiki", filter={"year": {"$gt": 3000}})) == 0
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (("--collection", "nosuch"), "no hits: collection 'nosuch' does not exist in this database; it holds wiki (4"),
+        (("--collection", "wiki", "--filter", '{"lang": "fr"}'),
+         "no hits: the filter matched none of the 4 passages in collection 'wiki'"),
+    ],
+)
+def test_cli_search_with_no_hits_says_why_on_stderr_and_exits_0(
+        cli: Any, database_url: str, engine: Engine, pair: EncoderPair, args: tuple[str, ...], expected: str) -> None:
+    _store(engine, pair)
+    # No model folder exists here: the answer comes before any model would load.
+    env = {"DPR_PG_QUESTION_MODEL": "/nonexistent/q", "DPR_PG_PASSAGE_MODEL": "/nonexistent/p"}
+    table = cli("--database-url", database_url, "search", "¿Dónde está Sevilla?", *args, env=env)
+    as_json = cli("--database-url", database_url, "search", "¿Dónde está Sevilla?", *args, "--json", env=env)
+    assert (table.returncode, as_json.returncode) == (0, 0), table.stderr + as_json.stderr
+    assert table.stdout == "" and json.loads(as_json.stdout) == []
+    assert expected in table.stderr and len(table.stderr.splitlines()) == 1
+
+
+def test_cli_search_checks_its_options_before_loading_models(cli: Any, database_url: str) -> None:
+    env = {"DPR_PG_QUESTION_MODEL": "/nonexistent/q", "DPR_PG_PASSAGE_MODEL": "/nonexistent/p"}
+    precision = cli("--database-url", database_url, "search", "x", "--precision", "fp64", env=env)
+    bad_json = cli("--database-url", database_url, "search", "x", "--filter", "{bad", env=env)
+    bad_grammar = cli("--database-url", database_url, "search", "x", "--filter", '{"a": {"$regex": 1}}', env=env)
+    assert precision.returncode == 2 and "'fp64' is not one of 'auto', 'fp32'" in precision.stderr
+    assert bad_json.returncode == 2 and "expected a JSON filter document" in bad_json.stderr
+    assert bad_grammar.returncode == 1 and "unknown operator '$regex'" in bad_grammar.stderr
+    for result in (precision, bad_json, bad_grammar):
+        assert "cannot load" not in result.stderr  # no model was loaded
