@@ -21,10 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from alembic.operations import MigrateOperation, Operations
+from alembic.util import CommandError
 
 from dpr_pg.config import DEFAULT_DIM
-from dpr_pg.errors import SyncError
+from dpr_pg.errors import SchemaError, SyncError
 from dpr_pg.models import SCHEMA
 from dpr_pg.sync import disable_statement, enable_statement
 
@@ -114,8 +116,31 @@ class DisableDprOp(MigrateOperation):
         return self._enabled_with
 
 
+class DprSchemaMissingError(SchemaError, CommandError):
+    """dpr_pg's schema is not in the database an app migration runs on.
+
+    Also an Alembic ``CommandError``, so ``alembic upgrade`` prints it as one ``FAILED:`` line.
+    """
+
+
+def _require_dpr_schema(operations: Operations, call: str) -> None:
+    """Online, refuse to run before ``dpr-pg init``; offline (``--sql``), the script's reader applies it first."""
+    if operations.get_context().as_sql:
+        return
+    present = operations.get_bind().execute(sa.text(
+        "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'dpr_pg' AND p.proname = 'enable_table')")).scalar()
+    if not present:
+        raise DprSchemaMissingError(
+            f"{call} needs dpr_pg's schema in this database, which has none (or an older one without "
+            "dpr_pg.enable_table); run `dpr-pg init` against this database (or dpr_pg.init(engine) before the "
+            "app's migrations), then run the migration again"
+        )
+
+
 @Operations.implementation_for(EnableDprOp)
 def _enable_dpr(operations: Operations, operation: EnableDprOp) -> None:
+    _require_dpr_schema(operations, f"op.enable_dpr({operation.table_name!r})")
     operations.execute(
         enable_statement(
             operation.table_name, text_columns=operation.text_columns, title_column=operation.title_column,
@@ -126,6 +151,7 @@ def _enable_dpr(operations: Operations, operation: EnableDprOp) -> None:
 
 @Operations.implementation_for(DisableDprOp)
 def _disable_dpr(operations: Operations, operation: DisableDprOp) -> None:
+    _require_dpr_schema(operations, f"op.disable_dpr({operation.table_name!r})")
     operations.execute(disable_statement(operation.table_name, schema=operation.schema))
 
 

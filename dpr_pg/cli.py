@@ -44,6 +44,14 @@ class Context:
             self._engine = create_engine(self.explicit_url, origin="--database-url", read_urls=self.read_urls)
         return self._engine
 
+    def engine_with_schema(self):  # noqa: ANN201 - sqlalchemy Engine
+        """The engine, once dpr_pg's schema is known to be there: checked before any model loads."""
+        from dpr_pg.schema import require_schema
+
+        with self.engine.connect() as conn:
+            require_schema(conn)
+        return self.engine
+
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -814,12 +822,13 @@ def ingest_command(ctx: Context, paths: tuple[str, ...], collection: str, fmt: s
         ray = RayEncoding(ray_address or None, actors=ray_actors, precision=precision)
     elif ray_actors is not None:
         raise ConfigError("--ray-actors is for --ray: add --ray [ADDRESS], or drop --ray-actors")
+    engine = ctx.engine_with_schema()  # a wrong URL or a missing schema fails before the models load
     if embeddings or ray is not None:  # the named pair's fingerprint, from its configs and tokenizers alone
         pair, fingerprint = None, fingerprint_of(question_model, passage_model)
     else:
         pair, fingerprint = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime), None
     try:
-        report = ingest(ctx.engine, pair, paths[0] if len(paths) == 1 else list(paths), collection=collection,
+        report = ingest(engine, pair, paths[0] if len(paths) == 1 else list(paths), collection=collection,
                         format=fmt, fields=mapping, include=include or None, exclude=exclude or None,
                         chunk_words=chunk_words, chunk_overlap=chunk_overlap, embeddings=embeddings,
                         embeddings_column=embeddings_column, fingerprint=fingerprint, batch_size=batch_size,
@@ -1007,11 +1016,19 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, max_
     from dpr_pg.encoders import EncoderPair
     from dpr_pg.sync import run_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    # The worker's own lines only: the root logger stays as it is, so the embedded server's and
+    # Alembic's INFO lines are not printed.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    own = logging.getLogger("dpr_pg")
+    own.addHandler(handler)
+    own.setLevel(logging.INFO)
+    own.propagate = False
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    engine = ctx.engine_with_schema()  # a wrong URL or a missing schema fails before the models load
     pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
-    report = run_worker(ctx.engine, pair, once=once, batch_size=batch_size, poll_interval=poll_interval,
+    report = run_worker(engine, pair, once=once, batch_size=batch_size, poll_interval=poll_interval,
                         max_attempts=max_attempts, stop=stop)
     counts = {name: count for name, count in report.as_dict().items() if name != "refused"}
     if as_json:
@@ -1282,7 +1299,7 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
     """
     from dpr_pg.encoders import EncoderPair
 
-    engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    engine = ctx.engine_with_schema()  # a wrong URL or a missing schema fails before the models load
     reader = None
     if use_reader:
         from dpr_pg.reader import Reader
@@ -1608,7 +1625,7 @@ def ask_command(ctx: Context, question: str, collection: str | None, filter_doc:
     from dpr_pg.reader.ask import check_ask
     from dpr_pg.search import check_request
 
-    engine = ctx.engine  # connect first: a wrong URL fails before the models load
+    engine = ctx.engine_with_schema()  # a wrong URL or a missing schema fails before the models load
     # then a bad question, filter or option fails before they load
     check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
     check_request(k=k, mode=mode, filter=filter_doc, collection=collection, texts=[question])

@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from dpr_pg import schema
 from dpr_pg.cli import main
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
     found = []
@@ -31,6 +33,42 @@ def test_every_command_has_help_with_an_example(name: str, command: click.Comman
     result = CliRunner().invoke(main, [*name.split(), "--help"])
     assert result.exit_code == 0, result.output
     assert command.help and "Example" in command.help, f"dpr-pg {name} needs help text with an Example"
+
+
+# Commands that work on a database without dpr_pg's schema: they create it, report on it, or need no
+# database. Every other command, including any added later, must fail in one line before `dpr-pg init`.
+WORK_BEFORE_INIT = {"init", "doctor", "demo", "tiny-models"}
+SAMPLE = ROOT / "dpr_pg" / "data" / "sample_es.jsonl"
+
+
+def _needs_schema() -> list[tuple[str, click.Command]]:
+    return [(name, command) for name, command in _commands(main)
+            if not isinstance(command, click.Group) and name not in WORK_BEFORE_INIT]
+
+
+def _invocation(name: str, command: click.Command, database_url: str) -> list[str]:
+    """The command with its required arguments and options filled in, and --database-url after its name."""
+    args = [*name.split(), "--database-url", database_url]
+    for param in command.params:
+        if param.required and isinstance(param, click.Argument):
+            args.append(str(SAMPLE) if isinstance(param.type, click.Path) else "¿Dónde está Sevilla?")
+        elif param.required:
+            args += [param.opts[0], "demo"]
+    return args
+
+
+def test_the_commands_that_work_before_init_exist() -> None:
+    assert WORK_BEFORE_INIT <= {name for name, _ in _commands(main)}
+
+
+@pytest.mark.parametrize("name,command", _needs_schema(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_command_before_init_fails_in_one_line_that_says_init(
+        cli, empty_url: str, tiny_models: tuple[Path, Path], name: str, command: click.Command) -> None:
+    env = {"DPR_PG_QUESTION_MODEL": str(tiny_models[0]), "DPR_PG_PASSAGE_MODEL": str(tiny_models[1])}
+    result = cli(*_invocation(name, command, empty_url), env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("Error: ") and "dpr-pg init" in result.stderr
 
 
 def test_init_then_init_again_is_a_no_op(cli, empty_url: str) -> None:

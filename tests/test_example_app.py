@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -162,3 +166,46 @@ def test_autogenerate_leaves_dpr_objects_alone_with_include_object(app_engine: s
 
     assert any("articles_dpr_hnsw" in str(diff) for diff in plain)  # what the hook is there to hide
     assert hooked == []
+
+
+def test_enable_dpr_before_dpr_pg_init_says_to_run_init(empty_url: str, app: ModuleType) -> None:
+    from dpr_pg import DprPgError
+
+    # As the app's developer types it: Alembic's own command line, in the app's folder.
+    result = subprocess.run([sys.executable, "-m", "alembic", "-c", str(APP_DIR / "alembic.ini"), "upgrade", "head"],
+                            capture_output=True, text=True, env={**os.environ, "DATABASE_URL": empty_url}, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "FAILED: op.enable_dpr('articles') needs dpr_pg's schema" in output and "run `dpr-pg init`" in output
+    engine = sa.create_engine(empty_url)
+    with engine.connect() as conn, pytest.raises(DprPgError, match="run `dpr-pg init`"):
+        command.upgrade(app.alembic_config(conn), "head")
+    engine.dispose()
+
+
+@pytest.mark.parametrize("with_url", [True, False], ids=["DATABASE_URL", "embedded"])
+def test_the_app_runs_as_the_readme_says(empty_url: str, tiny_models: tuple[Path, Path], with_url: bool) -> None:
+    home = Path(tempfile.mkdtemp(prefix="dpr_pg_app_"))  # short: the embedded server's socket lives in it
+    env = {**os.environ, "DPR_PG_HOME": str(home), "DPR_PG_QUESTION_MODEL": str(tiny_models[0]),
+           "DPR_PG_PASSAGE_MODEL": str(tiny_models[1])}
+    env.pop("DATABASE_URL", None)
+    if with_url:
+        env["DATABASE_URL"] = empty_url
+    try:
+        runs = [subprocess.run([sys.executable, str(APP_DIR / "app.py")], capture_output=True, text=True, env=env,
+                               cwd=ROOT, timeout=300) for _ in range(1 if with_url else 2)]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+        assert sorted(line.split(maxsplit=1)[1] for line in result.stdout.splitlines()) == [
+            "El Quijote", "Novelas ejemplares"]  # the second run adds no duplicates
+    assert ("DATABASE_URL is not set" in runs[0].stderr) is not with_url
+
+
+def test_the_app_without_models_says_what_to_set(empty_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_url, "DPR_PG_QUESTION_MODEL": "/nonexistent/question"}
+    result = subprocess.run([sys.executable, str(APP_DIR / "app.py")], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("articles_app: cannot load the question encoder '/nonexistent/question'")

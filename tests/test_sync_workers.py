@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +160,18 @@ def test_cli_flow_insert_update_delete_worker_once_status(
     with engine.connect() as conn:
         ids = conn.execute(sa.text("SELECT id FROM articles WHERE embedding IS NOT NULL ORDER BY id")).scalars().all()
     assert ids == [1, 3, 4, 5]
+
+
+def test_worker_on_the_embedded_server_prints_only_its_own_lines(
+    model_env: dict[str, str], cli
+) -> None:
+    home = Path(tempfile.mkdtemp(prefix="dpr_pg_w_"))  # short: the server's socket lives in it
+    env = {**model_env, "DPR_PG_HOME": str(home)}
+    try:
+        cli("init", env=env, check=True)
+        result = cli("worker", "--once", env=env, check=True)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    others = [line for line in result.stderr.splitlines() if " dpr_pg" not in line]
+    assert others == []  # neither the embedded server's nor Alembic's INFO lines
+    assert result.stdout.startswith("batches 0, embedded 0")

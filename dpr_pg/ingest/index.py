@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.errors import ConfigError, IndexBuildError
-from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_INDEX
+from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_INDEX, require_schema
 from dpr_pg.storage import Storage, index_method, read_storage, write_storage
 from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
 
@@ -259,6 +259,8 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
         812.4
     """
     parameters = HnswParameters(m=m, ef_construction=ef_construction)
+    with engine.connect() as conn:
+        require_schema(conn)  # before init: say so, not "the index was not rebuilt"
     try:
         with _autocommit(engine) as conn, _index_lock(conn, wait=wait):
             conn.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{_NEW_INDEX}"))  # a killed build's

@@ -2,7 +2,8 @@
 
 The whole flow, as tests/test_example_app.py runs it::
 
-    DATABASE_URL=postgresql+psycopg://... python examples/articles_app/app.py
+    DATABASE_URL=postgresql://user:password@host/db python examples/articles_app/app.py
+    python examples/articles_app/app.py    # no DATABASE_URL: the embedded server, database articles_app
 
 1. ``dpr_pg.init``: dpr_pg's schema (its own Alembic history, its own version table);
 2. ``alembic upgrade head``: the app's migrations, the last of which is ``op.enable_dpr("articles", ...)``;
@@ -30,6 +31,8 @@ from models import Article, Author  # noqa: E402
 
 import dpr_pg  # noqa: E402
 from dpr_pg.mixin import dpr_order, dpr_score, encoder_guard  # noqa: E402
+
+EMBEDDED_DATABASE = "articles_app"
 
 
 def migrate(engine: sa.Engine, revision: str = "head") -> None:
@@ -66,24 +69,49 @@ def search(session: Session, question_vector: Any, *, k: int = 5, author: str | 
     return [(article, float(score)) for article, score in session.execute(statement).all()]
 
 
-def main() -> None:
+def app_engine() -> sa.Engine:
+    """The app's database: DATABASE_URL, else a database of its own on dpr_pg's embedded server."""
+    from dpr_pg.database import embedded_url, normalize_url
+
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return sa.create_engine(normalize_url(url, origin="DATABASE_URL"))
+    print("DATABASE_URL is not set, so the app runs on dpr_pg's embedded PostgreSQL, in a database of its own "
+          f"({EMBEDDED_DATABASE!r}); set DATABASE_URL=postgresql://user:password@host/db to run it on yours",
+          file=sys.stderr)
+    server = sa.engine.make_url(embedded_url())
+    with sa.create_engine(server, isolation_level="AUTOCOMMIT").connect() as conn:
+        if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                            {"name": EMBEDDED_DATABASE}).scalar():
+            conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DATABASE}"'))
+    return sa.create_engine(server.set(database=EMBEDDED_DATABASE))
+
+
+def run(engine: sa.Engine) -> None:
     from dpr_pg.encoders import EncoderPair
     from dpr_pg.sync import run_worker
 
-    engine = sa.create_engine(os.environ["DATABASE_URL"])
     migrate(engine)
     pair = EncoderPair.load()
     with Session(engine) as session, session.begin():
-        cervantes = Author(name="Cervantes")
-        session.add_all([
-            Article(author=cervantes, title="El Quijote", body="Un hidalgo de La Mancha lee libros de caballerías."),
-            Article(author=cervantes, title="Novelas ejemplares", body="Doce novelas cortas publicadas en 1613."),
-        ])
+        if session.scalar(sa.select(sa.func.count()).select_from(Article)) == 0:  # a second run adds nothing
+            cervantes = Author(name="Cervantes")
+            session.add_all([
+                Article(author=cervantes, title="El Quijote", body="Un hidalgo de La Mancha lee libros de caballerías."),
+                Article(author=cervantes, title="Novelas ejemplares", body="Doce novelas cortas publicadas en 1613."),
+            ])
     run_worker(engine, pair, once=True)
     with Session(engine) as session:
         question = pair.question.encode("¿Quién es el hidalgo de La Mancha?")
         for article, score in search(session, question, encoder=pair):
             print(f"{score:8.3f}  {article.title}")
+
+
+def main() -> None:
+    try:
+        run(app_engine())
+    except dpr_pg.DprPgError as e:  # a missing model or an unreachable database: say what to do, not a traceback
+        raise SystemExit(f"articles_app: {e}") from None
 
 
 if __name__ == "__main__":
