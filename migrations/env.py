@@ -36,10 +36,20 @@ def _configure(**kwargs: object) -> None:
 
 def run_migrations_offline() -> None:
     """Emit SQL to stdout (``alembic upgrade head --sql``)."""
+    from dpr_pg.schema import quoted_schema_name
+
     url = context.get_x_argument(as_dictionary=True).get("url") or "postgresql+psycopg://"
+    vector_schema = context.get_x_argument(as_dictionary=True).get("vector_schema", "public")
     _configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        if vector_schema != "public":
+            # The migrations name pgvector's types and operator classes unqualified: put its schema
+            # first on this session's path (CREATE EXTENSION IF NOT EXISTS also lands there).
+            quoted = quoted_schema_name(vector_schema).replace("'", "''")
+            context.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted_schema_name(vector_schema)}")
+            context.execute(f"DO $$ BEGIN PERFORM pg_catalog.set_config('search_path', '{quoted}, ' || "
+                            "pg_catalog.current_setting('search_path'), false); END $$")
         context.run_migrations()
 
 
@@ -61,11 +71,24 @@ def run_migrations_online() -> None:
 def _run_on(connection: sa.Connection) -> None:
     # The version table lives in our schema, so the schema must exist before Alembic looks.
     connection.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+    # pgvector installed in a schema off the path (CREATE EXTENSION vector SCHEMA extensions): the
+    # migrations name its types unqualified, so it goes first on the path while they run.
+    saved = connection.execute(sa.text(
+        "SELECT pg_catalog.current_setting('search_path'), pg_catalog.set_config('search_path', "
+        "pg_catalog.quote_ident(n.nspname) || ', ' || pg_catalog.current_setting('search_path'), false) "
+        "FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'vector' AND n.nspname <> ALL (pg_catalog.current_schemas(false))")).scalar()
     connection.commit()
-    _configure(connection=connection)
-    with context.begin_transaction():
-        context.run_migrations()
-    connection.commit()
+    try:
+        _configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+    finally:
+        if saved is not None:  # the caller's connection gets its own path back
+            connection.rollback()
+            connection.execute(sa.text("SELECT pg_catalog.set_config('search_path', :path, false)"), {"path": saved})
+            connection.commit()
 
 
 if context.is_offline_mode():

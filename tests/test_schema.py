@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from sqlalchemy.engine import make_url
 from hypothesis import given
 from hypothesis import strategies as st
 from alembic.config import Config
@@ -506,3 +507,43 @@ def test_vector_schema_is_refused_or_names_exactly_that_schema(server, name: str
         assert conn.execute(sa.text("SELECT (parse_ident(:quoted))[1]"), {"quoted": quoted}).scalar_one() == name
         conn.rollback()
     engine.dispose()
+
+
+def _database_with_pgvector_in(server, schema_name: str) -> str:
+    url = server.url_for(server.create_database())
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema_name}"))
+        conn.execute(sa.text(f"CREATE EXTENSION vector SCHEMA {schema_name}"))
+    engine.dispose()
+    return url
+
+
+def _search_works(url: str, schema_name: str) -> tuple[str | None, int | None, int]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        found = conn.execute(sa.text(
+            f"SELECT count(*) FROM dpr_pg.search(array_fill(0.5, ARRAY[8])::{schema_name}.vector, 3)")).scalar_one()
+        result = (schema.current_revision(conn), schema.embedding_dim(conn), found)
+    engine.dispose()
+    return result
+
+
+def test_cli_init_sql_with_vector_schema_applies_where_pgvector_lives_elsewhere(cli, server, tmp_path: Path) -> None:
+    url = _database_with_pgvector_in(server, "ext")
+    try:
+        result = cli("--database-url", UNREACHABLE_URL, "init", "--sql", "--dim", "8", "--vector-schema", "ext",
+                     check=True)
+        _apply_with_psql(result.stdout, url, tmp_path)
+        assert _search_works(url, "ext") == (schema.head_revision(), 8, 0)
+    finally:
+        server.drop_database(make_url(url).database)
+
+
+def test_init_works_where_pgvector_lives_off_the_search_path(cli, server) -> None:
+    url = _database_with_pgvector_in(server, "extensions")
+    try:
+        cli("--database-url", url, "init", "--dim", "8", check=True)
+        assert _search_works(url, "extensions") == (schema.head_revision(), 8, 0)
+    finally:
+        server.drop_database(make_url(url).database)
