@@ -131,7 +131,7 @@ def audit_ann(
         raise EvaluationError(f"expected ef_search values between 1 and 1000 (pgvector's limit), not {list(ef_search_values)}")
     items = load_questions(questions, limit=sample)
     with engine.connect() as conn:
-        check_collection(conn, collection)
+        check_collection(conn, collection, filter)
     started = time.perf_counter()
     vectors = list(question_vectors(encoder, items, query_vectors))
     options = {"encoder": encoder, "k": k, "filter": filter, "collection": collection}

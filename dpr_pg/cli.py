@@ -744,7 +744,8 @@ class ByteSize(click.ParamType):
                    "A glob without / matches names, one with / the path inside the folder.")
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="Documents: files and folders to skip (repeatable; default hidden ones and ~$ lock files).")
-@click.option("--id-field", default="id", show_default=True, help="Field with the passage id (default: record number).")
+@click.option("--id-field", default="id", show_default=True,
+              help="Field with the passage id; a record without it gets its record number.")
 @click.option("--title-field", default="title", show_default=True, help="Field with the title (optional).")
 @click.option("--text-field", default="text", show_default=True, help="Field with the passage text (required).")
 @click.option("--metadata-field", "metadata_fields", multiple=True, metavar="NAME",
@@ -1299,7 +1300,11 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
     """
     from dpr_pg.encoders import EncoderPair
 
-    engine = ctx.engine_with_schema()  # a wrong URL or a missing schema fails before the models load
+    from dpr_pg.evaluate import check_collection
+
+    engine = ctx.engine  # a wrong URL, no schema, a bad filter or no passages fail before the models load
+    with engine.connect() as conn:
+        check_collection(conn, collection, filter_doc)
     reader = None
     if use_reader:
         from dpr_pg.reader import Reader

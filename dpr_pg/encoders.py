@@ -45,6 +45,7 @@ __all__ = [
     "PassageTokens",
     "QuestionEncoder",
     "check_encoder",
+    "check_options",
     "check_table_encoder",
     "fingerprint_of",
     "make_tiny_models",
@@ -294,6 +295,7 @@ class EncoderPair:
         """
         options = {"device": device, "precision": precision, "batch_size": batch_size, "runtime": runtime,
                    "cache_dir": cache_dir}
+        check_options(device=device, precision=precision, runtime=runtime)  # before any weights are read
         question = QuestionEncoder.load(question_model, revision=question_revision, cache_size=cache_size,
                                         cuda_graphs=cuda_graphs, **options)
         passage = PassageEncoder.load(passage_model, revision=passage_revision, **options)
@@ -317,6 +319,26 @@ class EncoderPair:
             max_length=self.passage.max_length,
             pooling=POOLING,
         )
+
+
+def check_options(*, device: str | None = None, precision: str | None = None, runtime: str | None = None) -> None:
+    """Raise :class:`EncoderError` for a precision or runtime this device cannot run, before any model loads.
+
+    Example:
+        >>> check_options(precision="fp16", device="cpu")  # doctest: +SKIP
+        Traceback (most recent call last):
+        dpr_pg.errors.EncoderError: precision 'fp16' needs a GPU; on CPU use 'bf16', 'int8' or 'fp32'
+    """
+    import torch
+
+    from dpr_pg._batching import _default_device
+    from dpr_pg._onnx import resolve_runtime
+    from dpr_pg._precision import resolve_precision
+
+    chosen = torch.device(device or _default_device(precision, runtime))
+    resolved = resolve_precision(precision, chosen)
+    for kind in ("question", "passage"):
+        resolve_runtime(runtime, kind=kind, device=chosen, precision=resolved)
 
 
 def fingerprint_of(

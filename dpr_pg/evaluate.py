@@ -147,18 +147,19 @@ def question_vectors(encoder: EncoderPair | None, items: Sequence[QAItem], query
     return vectors[:len(items)]
 
 
-def check_collection(conn: Connection, collection: str | None) -> None:
-    """Fail early when the schema is missing or the collection holds no passages (nothing to evaluate)."""
+def check_collection(conn: Connection, collection: str | None, filter: Filter = None) -> None:
+    """Fail early when the schema is missing, or no passage of the collection matches the filter (nothing to evaluate).
+
+    The CLI calls it before loading the encoders.
+    """
+    from dpr_pg.no_hits import explain_no_hits
     from dpr_pg.schema import require_schema
 
     require_schema(conn)
-    found = conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM dpr_pg.passages WHERE "
-                                 "CAST(:collection AS text) IS NULL OR collection = :collection)"),
-                         {"collection": collection}).scalar()
-    if not found:
-        where = f"collection {collection!r}" if collection is not None else "this database"
-        raise EvaluationError(f"expected passages to search, but {where} holds none; check --collection "
-                              "(dpr-pg doctor lists the collections) or run dpr-pg ingest first")
+    nothing = explain_no_hits(conn, collection=collection, filter=filter)
+    if nothing is not None:
+        raise EvaluationError(f"expected passages to search, but {nothing.message} (dpr-pg doctor lists the "
+                              "collections)")
 
 
 def _stored_ids(conn: Connection, collection: str | None, ids: set[str]) -> set[str]:
@@ -239,7 +240,7 @@ def evaluate(
     items = load_questions(questions, limit=limit)
     started = time.perf_counter()
     with engine.connect() as conn:
-        check_collection(conn, collection)
+        check_collection(conn, collection, filter)
         stored = _stored_ids(conn, collection, {g for item in items for g in item.gold_ids})
     vectors = question_vectors(encoder, items, query_vectors)
     outcomes: list[QuestionOutcome] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -204,10 +205,12 @@ def test_bad_requests_are_refused_before_searching(corpus, tmp_path):
 
 def test_an_empty_collection_or_a_database_without_schema_is_refused(corpus, empty_url):
     _, engine, pair = corpus
-    with pytest.raises(EvaluationError, match="collection 'nope' holds none"):
+    with pytest.raises(EvaluationError, match="collection 'nope' does not exist in this database; it holds demo"):
         evaluate(engine, pair, QUESTIONS, collection="nope")
-    with pytest.raises(EvaluationError, match="collection 'nope' holds none"):
+    with pytest.raises(EvaluationError, match="collection 'nope' does not exist"):
         audit_ann(engine, pair, QUESTIONS, collection="nope")
+    with pytest.raises(EvaluationError, match="the filter matched none of the .* passages in collection 'demo'"):
+        evaluate(engine, pair, QUESTIONS, collection="demo", filter={"topic": "no such topic"})
     bare = sa.create_engine(empty_url)
     try:
         with pytest.raises(SchemaError, match="run dpr-pg init"):
@@ -281,3 +284,20 @@ def test_cli_eval_rejects_a_malformed_filter(corpus, tiny_models):
     result = CliRunner().invoke(main, ["--database-url", url, "eval", str(QUESTIONS), "--filter", "{bad"])
     assert result.exit_code == 2
     assert "expected a JSON filter document" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--collection", "nope"), "collection 'nope' does not exist in this database; it holds demo"),
+    (("--filter", '{"year": {"$regex": "19"}}'), "unknown operator '$regex' on field 'year'"),
+    (("--runtime", "onnx", "--precision", "int8"), "runtime 'onnx' runs fp32 on CPU only"),
+])
+def test_cli_eval_refuses_before_loading_the_models(corpus, tiny_models, tmp_path, args, message):
+    url, _, _ = corpus
+    # A copy of the pair without its weights: reading them would fail with "cannot load".
+    env = {}
+    for kind, folder in zip(("QUESTION", "PASSAGE"), tiny_models):
+        copy = tmp_path / kind.lower()
+        shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("model.safetensors"))
+        env[f"DPR_PG_{kind}_MODEL"] = str(copy)
+    result = CliRunner().invoke(main, ["--database-url", url, "eval", str(QUESTIONS), *args], env=env)
+    assert result.exit_code == 1 and message in result.output and "cannot load" not in result.output

@@ -166,3 +166,13 @@ def test_precomputed_vectors_of_a_hub_pair_need_no_weights(cli, database_url: st
     assert tuple(recorded) == tuple(item for pair in commits.items() for item in pair)
     encoded = cli("--database-url", database_url, "ingest", str(source), "--collection", "hub2", env=env)
     assert encoded.returncode == 1 and "cannot load the question encoder" in encoded.stderr  # weights needed here
+
+
+def test_ingest_help_gives_each_default_once() -> None:
+    from click.testing import CliRunner
+
+    from dpr_pg.cli import main
+
+    help_text = " ".join(CliRunner().invoke(main, ["ingest", "--help"], terminal_width=200).output.split())
+    assert "Field with the passage id; a record without it gets its record number. [default: id]" in help_text
+    assert "(default: record number)" not in help_text
