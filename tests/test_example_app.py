@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -209,3 +210,19 @@ def test_the_app_without_models_says_what_to_set(empty_url: str) -> None:
                             timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("articles_app: cannot load the question encoder '/nonexistent/question'")
+
+
+def test_the_readme_search_table_query_finds_the_apps_rows(app_engine: sa.Engine, app: ModuleType,
+                                                           pair: EncoderPair) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (query,) = [block for block in re.findall(r"```sql\n(.*?)```", readme, re.DOTALL) if "search_table(" in block]
+    with Session(app_engine) as session, session.begin():
+        cervantes = app.Author(name="Cervantes")
+        session.add_all([app.Article(author=cervantes, title="El Quijote", body="Un hidalgo de La Mancha."),
+                         app.Article(author=cervantes, title="Borrador", body="Sin publicar.", published=False)])
+    run_worker(app_engine, pair, once=True)
+    question = pair.question.encode("¿Quién es el hidalgo?")
+    with app_engine.connect() as conn:
+        titles = conn.execute(sa.text(query.replace("$1::vector", "CAST(:q AS vector)")),
+                              {"q": str(question.tolist())}).scalars(2).all()
+    assert titles == ["El Quijote"]
