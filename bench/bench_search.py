@@ -87,7 +87,7 @@ def load(engine: sa.Engine, jsonl: Path, npy: Path, parameters: HnswParameters) 
     ingest_s = time.perf_counter() - started
     assert report.inserted == report.read, report.as_dict()
     started = time.perf_counter()
-    ensure_hnsw(engine, parameters)  # maintenance_work_mem: what the graph needs
+    ensure_hnsw(engine, parameters, progress=None)  # maintenance_work_mem: what the graph needs; a bar on a terminal
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE dpr_pg.passages"))
     return {"ingest_s": ingest_s, "ingest_rows_per_s": report.read / ingest_s, "index_s": time.perf_counter() - started}
@@ -166,7 +166,7 @@ def main() -> None:
     if args.reuse and exists:
         print(f"rows {args.rows}, queries {args.queries}, k {K}: reusing database {name}")
         if hnsw_parameters(engine) != parameters:
-            build = build_index(engine, m=args.m, ef_construction=args.ef_construction)
+            build = build_index(engine, m=args.m, ef_construction=args.ef_construction, progress=None)
             print(f"HNSW index rebuilt with {parameters.sql()}: {build.seconds:.1f} s")
     else:
         with admin.connect() as conn:

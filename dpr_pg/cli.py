@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dpr_pg import config
+from dpr_pg._progress import step
 from dpr_pg.errors import ConfigError, DprPgError
 from dpr_pg.tuning import MAX_DIM, MAX_EF_SEARCH, MAX_K
 
@@ -54,6 +55,10 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+PROGRESS_OPTION = click.option(
+    "--progress/--no-progress", default=None,
+    help="Progress on stderr for the slow steps (loading models, index builds; default: on a terminal only).")
 
 DATABASE_URL_HELP = "PostgreSQL URL. Default: $DPR_PG_DATABASE_URL, then $DATABASE_URL, then the embedded server."
 
@@ -458,10 +463,11 @@ def server_psql(postgres_version: str | None, database: str, psql_args: tuple[st
 @click.option("--wait", type=click.FloatRange(0), default=3600, show_default=True, metavar="SECONDS",
               help="How long to wait for another index build (or an ingest --defer-index) to finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@PROGRESS_OPTION
 @pass_context
 @reports_errors
 def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_mem: str | None, wait: float,
-                  as_json: bool) -> None:
+                  as_json: bool, progress: bool | None) -> None:
     """Rebuild the HNSW index with other parameters; searches and writes go on meanwhile.
 
     The new index is built CONCURRENTLY beside the old one, then swapped in. On a million
@@ -476,7 +482,7 @@ def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_m
     from dpr_pg.ingest.index import build_index
 
     build = build_index(ctx.engine, m=m, ef_construction=ef_construction, maintenance_work_mem=maintenance_work_mem,
-                        wait=wait)
+                        wait=wait, progress=progress)
     if as_json:
         print_json({"m": build.parameters.m, "ef_construction": build.parameters.ef_construction,
                     "rows": build.rows, "seconds": round(build.seconds, 3),
@@ -782,7 +788,7 @@ class ByteSize(click.ParamType):
               help="A document file (PDF, HTML, Markdown, DOCX) larger than this is rejected unread.")
 @click.option("--questions", "questions_path", type=click.Path(dir_okay=False, path_type=str),
               help="SQuAD input: where to write the questions (default ./<stem>.questions.jsonl).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
+@PROGRESS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @pass_context
 @reports_errors
@@ -827,7 +833,9 @@ def ingest_command(ctx: Context, paths: tuple[str, ...], collection: str, fmt: s
     if embeddings or ray is not None:  # the named pair's fingerprint, from its configs and tokenizers alone
         pair, fingerprint = None, fingerprint_of(question_model, passage_model)
     else:
-        pair, fingerprint = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime), None
+        with step("loading the encoder pair", progress):
+            pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
+        fingerprint = None
     try:
         report = ingest(engine, pair, paths[0] if len(paths) == 1 else list(paths), collection=collection,
                         format=fmt, fields=mapping, include=include or None, exclude=exclude or None,
@@ -889,12 +897,13 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
               help="hnsw.ef_search for the index path (default: the planner's); `dpr-pg eval --audit` recommends one.")
 @click.option("--explain", is_flag=True, help="Print the path that ran and PostgreSQL's plan on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
+@PROGRESS_OPTION
 @pass_context
 @reports_errors
 def search_command(ctx: Context, question: str, k: int, collection: str | None, filter_doc: str | None, mode: str,
                    vector_file: str | None, question_model: str | None, passage_model: str | None,
                    precision: str | None, runtime: str, ef_search: int | None, explain: bool,
-                   as_json: bool) -> None:
+                   as_json: bool, progress: bool | None) -> None:
     """Find the passages that best answer QUESTION (inner product of DPR vectors).
 
     \b
@@ -918,8 +927,9 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
         if vector_file is None:
             from dpr_pg.encoders import EncoderPair
 
-            pair = EncoderPair.load(question_model, passage_model, precision=precision,
-                                    runtime="torch" if runtime == "auto" else runtime)
+            with step("loading the encoder pair", progress):
+                pair = EncoderPair.load(question_model, passage_model, precision=precision,
+                                        runtime="torch" if runtime == "auto" else runtime)
         hits = search(engine, query, encoder=pair, k=k, filter=filter_doc, collection=collection,
                       mode=mode,  # type: ignore[arg-type]
                       query_text=question, ef_search=ef_search, explain=explain)
@@ -1028,7 +1038,8 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, max_
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     engine = ctx.engine_with_schema()  # a wrong URL or a missing schema fails before the models load
-    pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
+    with step("loading the encoder pair", None):
+        pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
     report = run_worker(engine, pair, once=once, batch_size=batch_size, poll_interval=poll_interval,
                         max_attempts=max_attempts, stop=stop)
     counts = {name: count for name, count in report.as_dict().items() if name != "refused"}
@@ -1275,6 +1286,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 @precision_option("Question encoder precision")
 @RUNTIME_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@PROGRESS_OPTION
 @pass_context
 @reports_errors
 def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc: Any, mode: str,
@@ -1282,7 +1294,7 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
                  hard_negatives: int, threshold: float | None, use_reader: bool, reader_model: str | None,
                  reader_passages: int, no_answer_threshold: float | None, audit: bool, audit_k: int, sample: int,
                  target_recall: float, question_model: str | None, passage_model: str | None,
-                 precision: str | None, runtime: str, as_json: bool) -> None:
+                 precision: str | None, runtime: str, as_json: bool, progress: bool | None) -> None:
     """Measure retrieval on QA_FILE (SQuAD JSON, or JSONL of question + gold_ids and/or answers).
 
     Reports top-k accuracy, MRR, the mean/median 0-based rank of the first gold passage (missing
@@ -1309,21 +1321,25 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
     if use_reader:
         from dpr_pg.reader import Reader
 
-        reader = Reader.load(reader_model, precision=precision)
-    pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
+        with step("loading the reader", progress):
+            reader = Reader.load(reader_model, precision=precision)
+    with step("loading the encoder pair", progress):
+        pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
     if audit:
         from dpr_pg.audit import audit_ann
 
-        audit_report = audit_ann(engine, pair, qa_file, collection=collection, filter=filter_doc, k=audit_k,
-                                 sample=sample, target_recall=target_recall)
+        with step("auditing the HNSW index against exact search", progress):
+            audit_report = audit_ann(engine, pair, qa_file, collection=collection, filter=filter_doc, k=audit_k,
+                                     sample=sample, target_recall=target_recall)
         _print_audit(audit_report, as_json)
         return
     from dpr_pg.evaluate import evaluate
 
-    report = evaluate(engine, pair, qa_file, collection=collection, filter=filter_doc, mode=mode,  # type: ignore[arg-type]
-                      ks=ks, depth=depth, ties=ties, gold=gold, answer_style=answer_style,  # type: ignore[arg-type]
-                      limit=limit, hard_negatives=hard_negatives, threshold=threshold, reader=reader,
-                      reader_passages=reader_passages, no_answer_threshold=no_answer_threshold)
+    with step("evaluating (the first question may export the encoder to ONNX)", progress):
+        report = evaluate(engine, pair, qa_file, collection=collection, filter=filter_doc, mode=mode,  # type: ignore[arg-type]
+                          ks=ks, depth=depth, ties=ties, gold=gold, answer_style=answer_style,  # type: ignore[arg-type]
+                          limit=limit, hard_negatives=hard_negatives, threshold=threshold, reader=reader,
+                          reader_passages=reader_passages, no_answer_threshold=no_answer_threshold)
     _print_evaluation(report, as_json)
     if use_reader and report.reader is None:
         err_console.print("[yellow]warning:[/yellow] no question has answer strings, so the reader was not scored")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +87,24 @@ def test_cli_index_as_a_user_types_it(database_url: str, cli) -> None:
         "m": 8, "ef_construction": 32, "rows": 0}
     refused = cli("--database-url", database_url, "index", "--m", "40", "--ef-construction", "64")
     assert refused.returncode == 1 and "ef_construction must be at least 80" in refused.stderr
+
+
+def test_cli_index_progress_shows_the_build_phase(database_url: str, engine: Engine, tmp_path: Path) -> None:
+    load(engine, tmp_path, 50)
+    log = tmp_path / "stderr.txt"
+    with engine.connect() as writer:
+        # An open write transaction: CREATE INDEX CONCURRENTLY waits for it, in a phase the bar must show.
+        writer.execute(sa.text("UPDATE dpr_pg.passages SET title = 'x' WHERE external_id = 'p0'"))
+        with log.open("w") as stderr:
+            build = subprocess.Popen([sys.executable, "-m", "dpr_pg.cli", "--database-url", database_url, "index",
+                                      "--progress"], stdout=subprocess.PIPE, stderr=stderr, text=True)
+        deadline = time.monotonic() + 300  # not a timing assertion: only a bound on waiting for the bar
+        while "waiting for writers before build" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        writer.commit()
+    out, _ = build.communicate(timeout=300)
+    assert build.returncode == 0 and "HNSW index rebuilt" in out
+    assert "HNSW index: waiting for writers before build" in log.read_text()
+    quiet = subprocess.run([sys.executable, "-m", "dpr_pg.cli", "--database-url", database_url, "index"],
+                           capture_output=True, text=True, check=True)
+    assert quiet.stderr == ""  # not a terminal: no bar unless asked

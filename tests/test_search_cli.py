@@ -196,3 +196,13 @@ def test_cli_search_checks_its_options_before_loading_models(cli: Any, database_
     assert bad_grammar.returncode == 1 and "unknown operator '$regex'" in bad_grammar.stderr
     for result in (precision, bad_json, bad_grammar):
         assert "cannot load" not in result.stderr  # no model was loaded
+
+
+def test_cli_search_progress_names_the_model_loading(cli: Any, database_url: str, engine: Engine, pair: EncoderPair,
+                                                     tiny_models: tuple[Path, Path]) -> None:
+    _store(engine, pair)
+    common = ("--database-url", database_url, "search", "¿Dónde está Sevilla?", "-k", "1", "--json")
+    shown = cli(*common, "--progress", env=_cli_env(tiny_models), check=True)
+    hidden = cli(*common, env=_cli_env(tiny_models), check=True)  # stderr is no terminal here
+    assert "loading the encoder pair" in shown.stderr and hidden.stderr == ""
+    assert json.loads(shown.stdout) == json.loads(hidden.stdout)

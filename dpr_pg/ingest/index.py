@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from dpr_pg import _progress
 from dpr_pg.errors import ConfigError, IndexBuildError
 from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_INDEX, require_schema
 from dpr_pg.storage import Storage, index_method, read_storage, write_storage
@@ -218,8 +219,11 @@ def drop_hnsw(engine: Engine, *, wait: float = INDEX_LOCK_WAIT) -> HnswParameter
 
 
 def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
-                maintenance_work_mem: str | None = None, wait: float = INDEX_LOCK_WAIT) -> bool:
+                maintenance_work_mem: str | None = None, wait: float = INDEX_LOCK_WAIT,
+                progress: bool | None = False) -> bool:
     """Build the HNSW index if it is missing (or INVALID); returns True when it built one.
+
+    ``progress`` shows a bar of the build on stderr (None: on a terminal only).
 
     Example:
         >>> ensure_hnsw(engine)  # doctest: +SKIP
@@ -233,7 +237,8 @@ def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
             conn.execute(sa.text(DROP_INVALID_HNSW))
             conn.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{_NEW_INDEX}"))  # no rebuild runs: we hold the lock
             _set_memory(conn, maintenance_work_mem, parameters)
-            conn.execute(sa.text(_definition(HNSW_INDEX, parameters, _method(conn))))
+            with _progress.index_build(engine, progress):
+                conn.execute(sa.text(_definition(HNSW_INDEX, parameters, _method(conn))))
             return True
     except sa.exc.DBAPIError as e:
         raise IndexBuildError(f"the HNSW index was not built: {_reason(e)}; searches run as exact scans "
@@ -242,7 +247,7 @@ def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
 
 def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION,
                 maintenance_work_mem: str | None = None, wait: float = INDEX_LOCK_WAIT,
-                storage: Storage | None = None) -> IndexBuild:
+                storage: Storage | None = None, progress: bool | None = False) -> IndexBuild:
     """(Re)build the HNSW index with these parameters; searches and writes go on meanwhile.
 
     The new index is built with CREATE INDEX CONCURRENTLY under a temporary name, then swapped
@@ -252,7 +257,8 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
     up to ``wait`` seconds. A failed build drops its temporary index and keeps the old one; a
     killed one leaves it INVALID, and the next call drops it. ``storage`` (see :mod:`dpr_pg.storage`)
     builds the index for another storage and records it in the swap's transaction; by default the
-    index keeps the storage the database records.
+    index keeps the storage the database records. ``progress`` shows a bar of the build on stderr,
+    from PostgreSQL's progress report (None: on a terminal only).
 
     Example:
         >>> build_index(engine, m=24, ef_construction=128).seconds  # doctest: +SKIP
@@ -267,7 +273,8 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
             memory = _set_memory(conn, maintenance_work_mem, parameters)
             try:
                 started = time.perf_counter()
-                conn.execute(sa.text(_definition(_NEW_INDEX, parameters, _method(conn, storage), concurrently=True)))
+                with _progress.index_build(engine, progress):
+                    conn.execute(sa.text(_definition(_NEW_INDEX, parameters, _method(conn, storage), concurrently=True)))
                 seconds = time.perf_counter() - started
                 _swap(engine, storage)
             except BaseException:

@@ -290,7 +290,7 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
     finally:
         if defer_index:  # also after a failure: never leave the table without its index
             built = time.perf_counter()
-            if ensure_hnsw(engine, dropped):  # with the parameters it had
+            if ensure_hnsw(engine, dropped, progress=progress):  # with the parameters it had
                 report.index_seconds = time.perf_counter() - built
     # Fresh statistics for the planner: after a load into a new collection it would take 0.5 % as the estimate.
     analyze_if_changed(engine, changed=report.inserted + report.updated + report.pruned + report.removed,
@@ -410,5 +410,6 @@ def _record_source(fmt: str, source: Path, report: IngestReport, questions_path:
 def _progress_bar(progress: bool | None, total: int | None) -> Any:
     from tqdm import tqdm
 
-    enabled = sys.stderr.isatty() if progress is None else progress
-    return tqdm(total=total, unit=" records", disable=not enabled, file=sys.stderr, mininterval=0.5)
+    from dpr_pg._progress import shown
+
+    return tqdm(total=total, unit=" records", disable=not shown(progress), file=sys.stderr, mininterval=0.5)
