@@ -219,8 +219,17 @@ class BatchingEncoder:
                 facts = _onnx.cache_facts(kind=self.kind, source=self.name, revision=self.revision,
                                           max_length=self.max_length)
                 self._onnx = _onnx.load_runner(self.model, facts=facts, cache_dir=self._cache_dir,
-                                               threads=torch.get_num_threads())
+                                               threads=torch.get_num_threads(), companions=self._companions())
             return self._onnx
+
+    def _companions(self) -> dict[str, str]:
+        """The tokenizer and settings kept beside an exported graph (see dpr_pg._question_side)."""
+        import json
+
+        settings = {"name": self.name, "revision": self.revision, "dim": self.dim, "max_length": self.max_length,
+                    "pad_id": self.pad_id}
+        return {"tokenizer.json": self.tokenizer.backend_tokenizer.to_str(),
+                "encoder.json": json.dumps(settings, sort_keys=True, indent=1)}
 
     def _runner_or_torch(self) -> _onnx.OnnxRunner | None:
         """The ONNX runner; None once the default runtime fell back to torch because it could not be built."""

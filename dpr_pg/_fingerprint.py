@@ -6,6 +6,7 @@ vector with passage vectors that another pair made (their inner products would b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from dpr_pg import config
 from dpr_pg.errors import EncoderMismatchError
 
 POOLING = "pooler_output"
@@ -71,26 +73,49 @@ def _short(revision: str | None) -> str:
     return (revision or "unknown")[:19]
 
 
-def folder_revision(folder: str | os.PathLike[str]) -> str:
+def folder_revision(folder: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None) -> str:
     """``sha256:<hex>`` over the relative names and bytes of a model folder's files (dot-files skipped).
+
+    Hashing a BERT-base pair reads 700-900 MB on every command that loads it, so the digest is
+    kept in ``cache_dir`` (default: :func:`dpr_pg.config.cache_dir`) with each file's size,
+    mtime, ctime and inode, and reused while none of those changed (as git's index and make do).
 
     Example:
         >>> folder_revision("/tmp/tiny/question")  # doctest: +SKIP
         'sha256:5f0c...'
     """
-    root = Path(folder)
-    digest = hashlib.sha256()
+    root = Path(folder).resolve()
     files = sorted(
         p for p in root.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
+    stats = [[path.relative_to(root).as_posix(), *_identity(path)] for path in files]
+    record = Path(cache_dir or config.cache_dir()) / "folder_digests" / (
+        hashlib.sha256(str(root).encode("utf-8")).hexdigest()[:32] + ".json")
+    with contextlib.suppress(OSError, ValueError):
+        kept = json.loads(record.read_text(encoding="utf-8"))
+        if kept.get("folder") == str(root) and kept.get("files") == stats:
+            return str(kept["revision"])
+    digest = hashlib.sha256()
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         digest.update(b"\0")
-    return "sha256:" + digest.hexdigest()
+    revision = "sha256:" + digest.hexdigest()
+    with contextlib.suppress(OSError):  # a read-only cache only costs the hashing next time
+        record.parent.mkdir(parents=True, exist_ok=True)
+        staging = record.with_name(f".{record.name}.{os.getpid()}")
+        staging.write_text(json.dumps({"folder": str(root), "files": stats, "revision": revision}), encoding="utf-8")
+        os.replace(staging, record)
+    return revision
+
+
+def _identity(path: Path) -> list[int]:
+    """What changes when a file's bytes may have: size, mtime, ctime (set by any write) and inode."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
 def vocab_hash(*vocabularies: dict[str, int]) -> str:

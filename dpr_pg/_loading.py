@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import socket
 import threading
 import urllib.parse
@@ -98,6 +99,27 @@ def token_limit(model_config: Any, tokenizer: Any) -> int:
     return int(min(tokenizer.model_max_length, int(model_config.max_position_embeddings)))
 
 
+MODEL_CLASSES = {"question": "DPRQuestionEncoder", "passage": "DPRContextEncoder"}
+_COMMIT = re.compile(r"snapshots/([0-9a-f]{40})/")  # as transformers' extract_commit_hash
+
+
+def failure(kind: str, name: str, reason: str) -> EncoderError:
+    """The error for a model that cannot be loaded: what was expected, and where to get it."""
+    reason = reason.rstrip(".")
+    return EncoderError(
+        f"cannot load the {kind} encoder {name!r}: {reason}. Expected a DPR {MODEL_CLASSES[kind]} "
+        "from the Hugging Face Hub or a local folder in from_pretrained format. To use a local copy, "
+        f"set {ENV_NAMES[kind]}=/path/to/folder or pass {kind}_model='/path/to/folder' "
+        "(`dpr-pg trained-models DIR` writes a small trained offline pair). Without network, "
+        "HF_HUB_OFFLINE=1 uses the local Hugging Face cache only, without probing the Hub.",
+        reason=f"cannot load the {kind} encoder {name!r}: {reason}",
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 class Location(NamedTuple):
     """Where a model is loaded from: see :func:`locate`."""
 
@@ -111,28 +133,37 @@ def locate(name: str, revision: str | None, fail: Callable[[str], Exception]) ->
     """Where the model named by a Hub id or a local folder loads from; ``fail(reason)`` is raised if nowhere.
 
     A Hub id must be loadable from here: from the Hub, or, when it cannot be reached (probed first,
-    since huggingface_hub retries for about 30 s before it gives up), from the local cache.
+    since huggingface_hub retries for about 30 s before it gives up), from the local cache. The
+    source is the Hub id, or the absolute path of a local folder (so that ``./m`` and ``/abs/m``
+    give the same fingerprint). Transformers is not imported: huggingface_hub's hf_hub_download is
+    what its cached_file calls.
 
     Example:
         >>> locate("/tmp/tiny/question", None, ValueError).pinned  # doctest: +SKIP
     """
-    from transformers.utils.hub import cached_file, extract_commit_hash
-
     local = Path(name).expanduser()
     if local.is_dir():
         return Location(str(local.resolve()), folder_revision(local), None, False)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise fail(f"the folder {str(local)!r} does not exist")
+    from huggingface_hub import hf_hub_download
+
     cache_only = not hub_offline() and not hub_reachable()
     try:
-        config_path = cached_file(name, "config.json", revision=revision, local_files_only=cache_only)
+        config_path = hf_hub_download(name, "config.json", revision=revision, local_files_only=cache_only)
     except Exception as e:  # OSError, HTTP and offline errors all mean: not loadable from here
         if cache_only:
             raise fail(f"the Hugging Face Hub ({hub_endpoint()}) cannot be reached from here, "
                        "and the model is not in the local Hugging Face cache") from e
-        raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
-    resolved = extract_commit_hash(config_path, None) or revision
+        raise fail(_first_line(e)) from e
+    commit = _COMMIT.search(Path(config_path).as_posix())
+    resolved = commit.group(1) if commit else revision
     return Location(name, resolved, resolved, cache_only)
+
+
+def resolve_source(kind: str, name: str, revision: str | None) -> Location:
+    """:func:`locate` for the question or passage encoder, failing with :func:`failure`'s error."""
+    return locate(name, revision, lambda reason: failure(kind, name, reason))
 
 
 def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple[Any, Any, str, str | None]:
@@ -148,19 +179,7 @@ def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple
         "question": (DPRQuestionEncoder, DPRQuestionEncoderTokenizerFast),
         "passage": (DPRContextEncoder, DPRContextEncoderTokenizerFast),
     }[kind]
-
-    def fail(reason: str) -> EncoderError:
-        reason = reason.rstrip(".")
-        return EncoderError(
-            f"cannot load the {kind} encoder {name!r}: {reason}. Expected a DPR {model_class.__name__} "
-            "from the Hugging Face Hub or a local folder in from_pretrained format. To use a local copy, "
-            f"set {ENV_NAMES[kind]}=/path/to/folder or pass {kind}_model='/path/to/folder' "
-            "(`dpr-pg trained-models DIR` writes a small trained offline pair). Without network, "
-            "HF_HUB_OFFLINE=1 uses the local Hugging Face cache only, without probing the Hub.",
-            reason=f"cannot load the {kind} encoder {name!r}: {reason}",
-        )
-
-    source, resolved, pinned, cache_only = locate(name, revision, fail)
+    source, resolved, pinned, cache_only = resolve_source(kind, name, revision)
     try:
         with quiet_progress():
             if weights:
@@ -171,16 +190,16 @@ def _load(kind: str, name: str, revision: str | None, *, weights: bool) -> tuple
                 model_config = AutoConfig.from_pretrained(source, revision=pinned, local_files_only=cache_only)
             tokenizer = tokenizer_class.from_pretrained(source, revision=pinned, local_files_only=cache_only)
     except Exception as e:
-        raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
+        raise failure(kind, name, _first_line(e)) from e
     if model_config.model_type != "dpr":
-        raise fail(f"its config is a {model_config.model_type!r} model, not 'dpr'")
+        raise failure(kind, name, f"its config is a {model_config.model_type!r} model, not 'dpr'")
     if not weights:
         return model_config, tokenizer, source, resolved
     if info.get("missing_keys"):
         # A question checkpoint loaded as a passage encoder (or a plain BERT) would run on random weights.
         missing = sorted(info["missing_keys"])
-        raise fail(f"{len(missing)} weights are missing from the checkpoint (e.g. {missing[0]!r}); "
-                   f"is it a {model_class.__name__} checkpoint?")
+        raise failure(kind, name, f"{len(missing)} weights are missing from the checkpoint (e.g. {missing[0]!r}); "
+                      f"is it a {model_class.__name__} checkpoint?")
     return model, tokenizer, source, resolved
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -78,11 +79,15 @@ def cache_facts(*, kind: str, source: str, revision: str | None, max_length: int
     """What identifies one exported graph, or None when the weights have no revision to name them by."""
     if not revision:
         return None
-    import torch
-    import transformers
-
+    # The installed versions, read without importing either: a search that finds its graph cached
+    # runs without torch (see dpr_pg._question_side).
     return {"kind": kind, "source": source, "revision": revision, "max_length": max_length, "opset": OPSET,
-            "torch": torch.__version__, "transformers": transformers.__version__}
+            "torch": importlib.metadata.version("torch"), "transformers": importlib.metadata.version("transformers")}
+
+
+def cached_folder(cache_dir: Path, facts: dict[str, Any]) -> Path:
+    """The folder of the graph that ``facts`` identify (it may not exist yet)."""
+    return cache_dir / "onnx" / _key(facts)
 
 
 def _key(facts: dict[str, Any]) -> str:
@@ -92,11 +97,12 @@ def _key(facts: dict[str, Any]) -> str:
 class OnnxRunner:
     """An onnxruntime session over one exported encoder: ``run(ids, mask, types)`` gives ``pooler_output``."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int | None) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)  # the torch thread count is respected
+        if threads is not None:  # the torch thread count is respected; None: onnxruntime's (the physical cores)
+            options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: no notices on stderr
         # Idle pool threads would otherwise spin after each run, taking the cores from whatever runs
@@ -110,11 +116,14 @@ class OnnxRunner:
         return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
 
 
-def load_runner(model: Any, *, facts: dict[str, Any] | None, cache_dir: Path, threads: int) -> OnnxRunner:
+def load_runner(model: Any, *, facts: dict[str, Any] | None, cache_dir: Path, threads: int,
+                companions: dict[str, str] | None = None) -> OnnxRunner:
     """The runner for ``model``: from the cache when its graph is there, else exported (and cached).
 
     A new graph replaces the cached ones of the same model source (an older revision, or older
     torch/transformers versions), so the cache holds one 440 MB graph per BERT-base model.
+    ``companions`` are files kept beside the graph (the tokenizer, the encoder's settings): with
+    them a later process encodes from the cache alone.
     """
     if facts is None:
         scratch = Path(tempfile.mkdtemp(prefix="dpr_pg_onnx_"))
@@ -126,9 +135,12 @@ def load_runner(model: Any, *, facts: dict[str, Any] | None, cache_dir: Path, th
     target = cache_dir / "onnx" / key / "model.onnx"
     if target.is_file():
         try:
-            return OnnxRunner(target, threads)
+            runner = OnnxRunner(target, threads)
         except Exception:  # truncated or corrupt (a killed export, a full disk): export it again
             shutil.rmtree(target.parent, ignore_errors=True)
+        else:
+            _write_missing(target.parent, companions or {})  # a graph cached before they were kept
+            return runner
     try:
         target.parent.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent.parent))
@@ -139,6 +151,8 @@ def load_runner(model: Any, *, facts: dict[str, Any] | None, cache_dir: Path, th
         # The session is built (and checked) from the staging copy: it no longer needs any file, so
         # neither a process that wins the race below nor one that prunes this graph can pull it away.
         runner = _export_checked(model, staging / "model.onnx", threads)
+        for name, text in (companions or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
         (staging / "facts.json").write_text(json.dumps(facts, sort_keys=True, indent=1), encoding="utf-8")
         with contextlib.suppress(OSError):  # another process won the race: its copy is the same
             os.replace(staging, target.parent)
@@ -146,6 +160,17 @@ def load_runner(model: Any, *, facts: dict[str, Any] | None, cache_dir: Path, th
         shutil.rmtree(staging, ignore_errors=True)
     _forget_older_graphs(target.parent.parent, facts, keep=key)
     return runner
+
+
+def _write_missing(folder: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        target = folder / name
+        if target.exists():
+            continue
+        with contextlib.suppress(OSError):  # without them the next process loads torch, nothing worse
+            staging = folder / f".{name}.{os.getpid()}"
+            staging.write_text(text, encoding="utf-8")
+            os.replace(staging, target)
 
 
 def _forget_older_graphs(folder: Path, facts: dict[str, Any], *, keep: str) -> None:

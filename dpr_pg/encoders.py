@@ -31,6 +31,7 @@ from dpr_pg._fingerprint import (
 from dpr_pg._loading import load_light, load_parts, output_dim, token_limit
 from dpr_pg._batching import EncodeResult, BatchingEncoder
 from dpr_pg._precision import PRECISIONS
+from dpr_pg._question_side import OnnxQuestionEncoder, QuestionSide, load_question_side
 from dpr_pg._tiny import make_tiny_models
 from dpr_pg._trained import make_trained_models
 from dpr_pg.errors import EncoderError
@@ -41,13 +42,16 @@ __all__ = [
     "EncodeResult",
     "EncoderFingerprint",
     "EncoderPair",
+    "OnnxQuestionEncoder",
     "PassageEncoder",
     "PassageTokens",
     "QuestionEncoder",
+    "QuestionSide",
     "check_encoder",
     "check_options",
     "check_table_encoder",
     "fingerprint_of",
+    "load_question_side",
     "make_tiny_models",
     "make_trained_models",
     "register_encoder",

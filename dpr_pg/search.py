@@ -35,7 +35,7 @@ from dpr_pg.storage import Storage, ann_distance, check_storage, read_storage
 from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS
 
 if TYPE_CHECKING:
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders import EncoderPair, QuestionSide
 
 Mode = Literal["dense", "hybrid", "exact"]
 MODES = ("dense", "hybrid", "exact")
@@ -454,7 +454,7 @@ def search_many(
     bind: Engine | Connection,
     queries: Sequence[Query],
     *,
-    encoder: EncoderPair | None = None,
+    encoder: EncoderPair | QuestionSide | None = None,
     k: int = 10,
     filter: Filter = None,
     collection: str | None = None,
@@ -528,7 +528,7 @@ def search(
     bind: Engine | Connection,
     query: Query,
     *,
-    encoder: EncoderPair | None = None,
+    encoder: EncoderPair | QuestionSide | None = None,
     k: int = 10,
     filter: Filter = None,
     collection: str | None = None,
