@@ -28,7 +28,7 @@ from dpr_pg.qa import QAItem
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders import EncoderPair, QuestionSide
     from dpr_pg.filters import Filter
     from dpr_pg.search import Hits
 
@@ -100,7 +100,7 @@ def _pairs(hits: Hits) -> list[tuple[str, float]]:
 
 def audit_ann(
     engine: Engine,
-    encoder: EncoderPair | None,
+    encoder: EncoderPair | QuestionSide | None,
     questions: str | Path | Sequence[QAItem | dict[str, Any]],
     *,
     collection: str | None = None,

@@ -1311,8 +1311,7 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
         dpr-pg eval squad.questions.jsonl --collection squad --audit --audit-k 10 --sample 200
         dpr-pg eval squad.questions.jsonl --collection squad --reader --reader-passages 5
     """
-    from dpr_pg.encoders import EncoderPair
-
+    from dpr_pg.encoders import load_question_side
     from dpr_pg.evaluate import check_collection
 
     engine = ctx.engine  # a wrong URL, no schema, a bad filter or no passages fail before the models load
@@ -1324,8 +1323,9 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
 
         with step("loading the reader", progress):
             reader = Reader.load(reader_model, precision=precision)
-    with step("loading the encoder pair", progress):
-        pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime=runtime)
+    with step("loading the question encoder", progress):  # questions only: no passage weights
+        pair = load_question_side(question_model, passage_model, precision=precision,
+                                  runtime=None if runtime == "auto" else runtime)
     if audit:
         from dpr_pg.audit import audit_ann
 

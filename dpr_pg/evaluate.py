@@ -48,7 +48,7 @@ from dpr_pg.qa import QAItem, as_items, read_questions
 from dpr_pg.replicas import read_connection
 
 if TYPE_CHECKING:
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders import EncoderPair, QuestionSide
     from dpr_pg.filters import Filter
     from dpr_pg.reader import Reader
     from dpr_pg.search import Hit, Mode
@@ -130,7 +130,7 @@ def load_questions(questions: str | Path | Sequence[QAItem | dict[str, Any]], *,
     return items
 
 
-def question_vectors(encoder: EncoderPair | None, items: Sequence[QAItem], query_vectors: Any = None) -> np.ndarray:
+def question_vectors(encoder: EncoderPair | QuestionSide | None, items: Sequence[QAItem], query_vectors: Any = None) -> np.ndarray:
     """The questions' vectors: the first ``len(items)`` rows of ``query_vectors``, else encoded by ``encoder``.
 
     >>> question_vectors(None, items, np.ones((len(items), 768))).shape  # doctest: +SKIP
@@ -197,7 +197,7 @@ def _check_options(ks: Sequence[int], depth: int, gold: str, hard_negatives: int
 
 def evaluate(
     engine: Engine,
-    encoder: EncoderPair | None,
+    encoder: EncoderPair | QuestionSide | None,
     questions: str | Path | Sequence[QAItem | dict[str, Any]],
     *,
     collection: str | None = None,
