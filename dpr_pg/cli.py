@@ -54,7 +54,7 @@ class Context:
         return self.engine
 
 
-pass_context = click.make_pass_decorator(Context)
+_pass_obj = click.make_pass_decorator(Context)
 
 PROGRESS_OPTION = click.option(
     "--progress/--no-progress", default=None,
@@ -69,16 +69,15 @@ def _take_database_url(ctx: click.Context, param: click.Parameter, value: str | 
         ctx.ensure_object(Context).explicit_url = value
 
 
-class DprGroup(click.Group):
-    """A group whose commands (and subgroups) all accept ``--database-url``, before or after their name."""
+def pass_context(func: F) -> F:
+    """Pass the invocation's :class:`Context`; the command also takes ``--database-url`` after its name.
 
-    group_class = type  # subgroups are DprGroups too
-
-    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        if not any(isinstance(p, click.Option) and "--database-url" in p.opts for p in cmd.params):
-            cmd.params.append(click.Option(["--database-url"], metavar="URL", expose_value=False,
-                                           callback=_take_database_url, help=DATABASE_URL_HELP))
-        super().add_command(cmd, name)
+    Every command that reaches a database takes its Context this way, so ``dpr-pg init
+    --database-url URL`` works as ``dpr-pg --database-url URL init`` does, for new commands too.
+    """
+    option = click.option("--database-url", metavar="URL", expose_value=False, callback=_take_database_url,
+                          help=DATABASE_URL_HELP)
+    return option(_pass_obj(func))  # type: ignore[return-value]
 
 
 def reports_errors(func: F) -> F:
@@ -146,7 +145,7 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, default=str))
 
 
-@click.group(cls=DprGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--database-url", metavar="URL", help=DATABASE_URL_HELP + " Also accepted after the command.")
 @click.option(
     "--read-urls",

@@ -28,6 +28,15 @@ def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Com
     return found
 
 
+# The embedded server's own commands act on that server, never on a database URL or dpr_pg's schema.
+EMBEDDED_SERVER_GROUP = "server"
+
+
+def _database_commands() -> list[tuple[str, click.Command]]:
+    return [(name, command) for name, command in _commands(main)
+            if not isinstance(command, click.Group) and name.split()[0] != EMBEDDED_SERVER_GROUP]
+
+
 @pytest.mark.parametrize("name,command", _commands(main), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_command_has_help_with_an_example(name: str, command: click.Command) -> None:
     result = CliRunner().invoke(main, [*name.split(), "--help"])
@@ -42,8 +51,7 @@ SAMPLE = ROOT / "dpr_pg" / "data" / "sample_es.jsonl"
 
 
 def _needs_schema() -> list[tuple[str, click.Command]]:
-    return [(name, command) for name, command in _commands(main)
-            if not isinstance(command, click.Group) and name not in WORK_BEFORE_INIT]
+    return [(name, command) for name, command in _database_commands() if name not in WORK_BEFORE_INIT]
 
 
 def _invocation(name: str, command: click.Command, database_url: str) -> list[str]:
@@ -59,6 +67,7 @@ def _invocation(name: str, command: click.Command, database_url: str) -> list[st
 
 def test_the_commands_that_work_before_init_exist() -> None:
     assert WORK_BEFORE_INIT <= {name for name, _ in _commands(main)}
+    assert EMBEDDED_SERVER_GROUP in main.commands
 
 
 @pytest.mark.parametrize("name,command", _needs_schema(), ids=lambda v: v if isinstance(v, str) else "")
@@ -136,7 +145,7 @@ def test_bad_database_url_gives_one_clear_error(cli, url: str, expected: str) ->
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("name,command", _commands(main), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("name,command", _database_commands(), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_command_takes_database_url_after_its_name(name: str, command: click.Command) -> None:
     result = CliRunner().invoke(main, [*name.split(), "--help"])
     assert "--database-url URL" in result.output
