@@ -204,5 +204,5 @@ def test_cli_search_progress_names_the_model_loading(cli: Any, database_url: str
     common = ("--database-url", database_url, "search", "¿Dónde está Sevilla?", "-k", "1", "--json")
     shown = cli(*common, "--progress", env=_cli_env(tiny_models), check=True)
     hidden = cli(*common, env=_cli_env(tiny_models), check=True)  # stderr is no terminal here
-    assert "loading the encoder pair" in shown.stderr and hidden.stderr == ""
+    assert "loading the question encoder" in shown.stderr and hidden.stderr == ""
     assert json.loads(shown.stdout) == json.loads(hidden.stdout)
