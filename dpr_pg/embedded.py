@@ -164,12 +164,17 @@ def _own_backends(socket_dir: Path | None) -> list[int]:
     done once, at exit.
     """
     import gc
+    import warnings
 
     import psycopg
 
-    return [conn.info.backend_pid for conn in gc.get_objects()
-            if isinstance(conn, psycopg.Connection) and not conn.closed
-            and socket_dir is not None and conn.info.host == str(socket_dir)]
+    # isinstance() on every object reaches deprecated module attributes (torch's reduce_op), whose
+    # FutureWarnings would otherwise end a command's output.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [conn.info.backend_pid for conn in gc.get_objects()
+                if isinstance(conn, psycopg.Connection) and not conn.closed
+                and socket_dir is not None and conn.info.host == str(socket_dir)]
 
 
 def _leave(pgdata: Path, version: int) -> None:
