@@ -3,8 +3,9 @@
 Each snippet runs in a fresh namespace, so it may use only the names it defines itself, and the
 snippets of one file run in order against one database, as a reader following the file would:
 the embedded PostgreSQL, the tiny models in DPR_PG_QUESTION_MODEL / DPR_PG_PASSAGE_MODEL, and the
-working directory at the top of the clone. The database starts as an existing app's would: the
-tables of examples/articles_app (authors, articles enabled with op.enable_dpr), with dpr_pg's schema.
+working directory at the top of the clone. The database starts as the README's reader has it after
+`make demo` (the sample in collection 'demo') in an existing app's database: the tables of
+examples/articles_app (authors, articles enabled with op.enable_dpr), with dpr_pg's schema.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from dpr_pg import EncoderPair, ingest, sample_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -33,14 +36,16 @@ def test_snippets_are_found_with_their_lines() -> None:
 
 
 @pytest.fixture
-def app_database(empty_url: str) -> Iterator[str]:
-    """The database a reader's app already has: examples/articles_app migrated (dpr_pg's schema first)."""
+def app_database(empty_url: str, tiny_models: tuple[Path, Path]) -> Iterator[str]:
+    """A reader's database: examples/articles_app migrated (dpr_pg's schema first), the demo's collection."""
     spec = importlib.util.spec_from_file_location("articles_app_for_docs", ROOT / "examples" / "articles_app" / "app.py")
     assert spec and spec.loader
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
     engine = sa.create_engine(empty_url)
     app.migrate(engine)
+    pair = EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]))
+    ingest(engine, pair, sample_corpus(), collection="demo", progress=False)  # what `make demo` leaves
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO authors (id, name) VALUES (1, 'Cervantes')"))
         conn.execute(sa.text("INSERT INTO articles (author_id, title, body) VALUES "
