@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
 
 from dpr_pg import EncoderPair, make_tiny_models, sample_corpus, sample_questions
 from dpr_pg._tiny import tiny_vocab
@@ -69,8 +70,22 @@ def _without_hub(tmp_path: Path) -> dict[str, str]:
     return {**env, "HF_ENDPOINT": UNREACHABLE_HUB, "HF_HOME": str(tmp_path / "hf")}
 
 
+def _store_one_passage(database_url: str) -> None:
+    """A stored passage: a search over an empty database answers 'no hits' before loading any model."""
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        encoder = conn.execute(sa.text(
+            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
+            "VALUES ('f', 'q', 'p', 't', 768, 512) RETURNING id")).scalar_one()
+        conn.execute(sa.text("INSERT INTO dpr_pg.passages (collection, external_id, text, content_hash, embedding, "
+                             "encoder_id) VALUES ('c', 'x', 'Sevilla.', 'h', :v, :e)"),
+                     {"v": str([0.1] * 768), "e": encoder})
+    engine.dispose()
+
+
 def test_default_models_without_the_hub_fail_with_a_clear_error_naming_the_way_out(cli, tmp_path: Path,
                                                                                    database_url: str) -> None:
+    _store_one_passage(database_url)
     result = subprocess.run(
         [sys.executable, "-m", "dpr_pg.cli", "--database-url", database_url, "search", "¿Dónde está Sevilla?"],
         capture_output=True, text=True, env=_without_hub(tmp_path), cwd=tmp_path, timeout=600,
