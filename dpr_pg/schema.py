@@ -221,6 +221,13 @@ def apply_definitions(conn: Connection) -> bool:
     Runs in ``conn``'s transaction; the caller commits. ``init`` calls it after the last migration.
     """
     before = conn.execute(sa.text(_DEFINITIONS_FINGERPRINT_SQL)).scalar()
+    # The functions' argument types name pgvector's vector unqualified: when the extension lives in a
+    # schema off the path, that schema goes first on it for this transaction.
+    conn.execute(sa.text(
+        "SELECT pg_catalog.set_config('search_path', pg_catalog.quote_ident(n.nspname) || ', ' || "
+        "pg_catalog.current_setting('search_path'), true) "
+        "FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'vector' AND n.nspname <> ALL (pg_catalog.current_schemas(false))"))
     script = definitions_script(conn.execute(sa.text(_VECTOR_SCHEMA_SQL)).scalar_one())
     # The script holds %, :name and $n that a parameter-aware layer would try to interpret.
     conn.connection.driver_connection.execute(script)
