@@ -61,6 +61,9 @@ _EXPORTS = {
     "RayEncoding": "dpr_pg.ingest",
     "RecordRejectedError": "dpr_pg.ingest",
     "ingest": "dpr_pg.ingest",
+    "ingest_records": "dpr_pg.ingest",
+    "delete_passages": "dpr_pg.ingest.delete",
+    "list_collections": "dpr_pg.collections",
     "HnswParameters": "dpr_pg.ingest.index",
     "IndexBuild": "dpr_pg.ingest.index",
     "build_index": "dpr_pg.ingest.index",
@@ -153,7 +156,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
         SyncError,
     )
     from dpr_pg.filters import compile_filter
-    from dpr_pg.ingest import FieldMapping, IngestReport, RayEncoding, RecordRejectedError, ingest
+    from dpr_pg.collections import list_collections
+    from dpr_pg.ingest import FieldMapping, IngestReport, RayEncoding, RecordRejectedError, ingest, ingest_records
+    from dpr_pg.ingest.delete import delete_passages
     from dpr_pg.ingest.index import HnswParameters, IndexBuild, build_index
     from dpr_pg.models import Encoder, Passage
     from dpr_pg.schema import InitResult, downgrade, init, init_sql, upgrade
@@ -274,15 +279,26 @@ __all__ = [
     "revoke",
     "set_tenancy",
     "tenancy_status",
+    "ingest_records",
+    "delete_passages",
+    "list_collections",
 ]
 
 
-
 def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use; else a submodule (``dpr_pg.config``, ``dpr_pg.aio``)."""
     module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dpr_pg' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     globals()[name] = value
     return value
 

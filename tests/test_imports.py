@@ -19,6 +19,25 @@ def test_every_public_name_resolves() -> None:
     assert missing == []
 
 
+def test_all_lists_every_lazily_loaded_name_once() -> None:
+    assert len(dpr_pg.__all__) == len(set(dpr_pg.__all__))
+    assert set(dpr_pg.__all__) == set(dpr_pg._EXPORTS)
+
+
+def test_a_public_name_is_the_object_its_module_defines() -> None:
+    import importlib
+
+    for name, module in dpr_pg._EXPORTS.items():
+        assert getattr(dpr_pg, name) is getattr(importlib.import_module(module), name), name
+
+
+def test_submodules_are_attributes_of_the_package_and_unknown_names_are_not() -> None:
+    probe = ("import dpr_pg; print(dpr_pg.config.DEFAULT_DIM, dpr_pg.errors.DprPgError.__name__, "
+             "callable(dpr_pg.aio.ask), hasattr(dpr_pg, 'no_such_name'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["768", "DprPgError", "True", "False"]
+
+
 def test_a_function_keeps_its_name_when_its_module_of_the_same_name_is_imported() -> None:
     probe = ("import dpr_pg, dpr_pg.search, dpr_pg.ingest.index, dpr_pg.doctor, dpr_pg.evaluate; "
              "print([callable(f) and f.__name__ for f in (dpr_pg.search, dpr_pg.ingest, dpr_pg.doctor, dpr_pg.evaluate)])")
