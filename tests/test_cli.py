@@ -48,10 +48,24 @@ def test_every_command_has_help_with_an_example(name: str, command: click.Comman
     assert command.help and "Example" in command.help, f"dpr-pg {name} needs help text with an Example"
 
 
-# Commands that work on a database without dpr_pg's schema: they create it or report on it. Every
-# other database command, including any added later, must fail in one line before `dpr-pg init`.
-WORK_BEFORE_INIT = {"init", "doctor", "demo"}
+# Commands that work on a database without dpr_pg's schema (they create it or report it missing), and
+# those that reach no database, with the arguments each is walked with ({tmp}: a folder of the test's
+# own). Every other database command, including any added later, must fail in one line before init.
+RUN_BEFORE_INIT = {
+    "init": ["--dim", "16"],
+    "doctor": [],
+    "demo": [],
+    "sample-path": [],
+    "tiny-models": ["{tmp}/tiny", "--dim", "16"],
+    "trained-models": ["{tmp}/trained"],
+}
+WORK_BEFORE_INIT = set(RUN_BEFORE_INIT) - NO_DATABASE
 SAMPLE = ROOT / "dpr_pg" / "data" / "sample_es.jsonl"
+
+
+def _leaves() -> list[str]:
+    """Every command a user can run, subcommands of groups included."""
+    return [name for name, command in _commands(main) if not isinstance(command, click.Group)]
 
 
 def _needs_schema() -> list[tuple[str, click.Command]]:
@@ -69,9 +83,13 @@ def _invocation(name: str, command: click.Command, database_url: str) -> list[st
     return args
 
 
-def test_the_commands_that_work_before_init_exist() -> None:
-    assert WORK_BEFORE_INIT | NO_DATABASE <= {name for name, _ in _commands(main)}
-    assert EMBEDDED_SERVER_GROUP in main.commands
+def test_the_walks_before_init_cover_every_command() -> None:
+    schema_commands = {name for name, _ in _needs_schema()}
+    server_commands = {name for name in _leaves() if name.split()[0] == EMBEDDED_SERVER_GROUP}
+    assert NO_DATABASE <= set(RUN_BEFORE_INIT)
+    assert set(RUN_BEFORE_INIT) | server_commands | schema_commands == set(_leaves())
+    assert not schema_commands & (set(RUN_BEFORE_INIT) | server_commands)
+    assert {f"{EMBEDDED_SERVER_GROUP} {name}" for name, *_ in SERVER_WALK} == server_commands
 
 
 @pytest.mark.parametrize("name,command", _needs_schema(), ids=lambda v: v if isinstance(v, str) else "")
@@ -82,6 +100,42 @@ def test_every_command_before_init_fails_in_one_line_that_says_init(
     assert result.returncode == 1, result.stdout + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("Error: ") and "dpr-pg init" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(RUN_BEFORE_INIT))
+def test_the_commands_that_need_no_schema_succeed_before_init(
+        cli, empty_url: str, tiny_models: tuple[Path, Path], tmp_path: Path, name: str) -> None:
+    env = {"DPR_PG_QUESTION_MODEL": str(tiny_models[0]), "DPR_PG_PASSAGE_MODEL": str(tiny_models[1])}
+    args = [arg.format(tmp=tmp_path) for arg in RUN_BEFORE_INIT[name]]
+    result = cli("--database-url", empty_url, name, *args, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and result.stdout.strip()
+    if name == "doctor":  # it reports the missing schema, and what to do about it
+        assert "dpr-pg init" in result.stdout + result.stderr
+
+
+# The embedded server's commands, in the order a user would walk them on a server no dpr-pg process has
+# started: each with its arguments, exit code and a line it must print. The server holds no dpr_pg schema.
+SERVER_WALK = [
+    ("status", [], 0, "not running"),
+    ("url", [], 1, "run dpr-pg server start"),
+    ("start", [], 0, "kept up until dpr-pg server stop"),
+    ("psql", ["-At", "-c", "SELECT 'psql works'"], 0, "psql works"),
+    ("stop", [], 0, "stopped"),
+]
+
+
+def test_the_embedded_server_commands_before_init(lifecycle_home: Path) -> None:
+    env = {**os.environ, "DPR_PG_HOME": str(lifecycle_home)}
+    for name in ("DPR_PG_DATABASE_URL", "DATABASE_URL"):
+        env.pop(name, None)
+    for name, args, code, says in SERVER_WALK:
+        result = subprocess.run([sys.executable, "-m", "dpr_pg.cli", EMBEDDED_SERVER_GROUP, name, *args], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == code, f"server {name}: {result.stdout}{result.stderr}"
+        assert says in result.stdout + result.stderr and "Traceback" not in result.stderr, f"server {name}"
+        if code:
+            assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("Error: ")
 
 
 def test_init_then_init_again_is_a_no_op(cli, empty_url: str) -> None:
