@@ -13,6 +13,8 @@ Commands run round-robin, so load from other processes falls on all of them alik
   search, torch       this tree with --runtime torch: the question encoder on torch, the passage side's
                       config and tokenizer only
   search, auto        this tree's default: the question encoder from the cached ONNX graph, no torch import
+  help, before/now    `dpr-pg --help` of the other source tree and of this one, to its exit: the cost of
+                      importing the command line itself
 
 Usage:
     flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_startup.py --runs 7
@@ -102,7 +104,9 @@ def main() -> None:
         }
         if args.baseline_tree:
             before_env = {**env, "PYTHONPATH": str(args.baseline_tree.resolve())}
+            commands["help, before (--baseline-tree)"] = ([*cli, "--help"], before_env, False)
             commands["search, before (--baseline-tree)"] = ([*cli, *search], before_env, True)
+        commands["help, now"] = ([*cli, "--help"], env, False)
         commands["search, torch (--runtime torch)"] = ([*cli, *search, "--runtime", "torch"], env, True)
         commands["search, auto (cached ONNX)"] = ([*cli, *search], env, True)
 
@@ -119,6 +123,8 @@ def main() -> None:
             print(f"  {name:48s} {medians[name]:6.2f}  ({min(values):.2f}-{max(values):.2f})")
         base = medians["imports, baseline (DPR classes)"]
         print(f"\nimports: baseline / contender = {base / medians['imports, contender (onnxruntime, tokenizers)']:.1f}x")
+        if "help, before (--baseline-tree)" in medians:
+            print(f"help: before / now = {medians['help, before (--baseline-tree)'] / medians['help, now']:.1f}x")
         for reference in ("search, before (--baseline-tree)", "search, torch (--runtime torch)"):
             if reference in medians:
                 print(f"search: {reference.split(', ', 1)[1]} / auto = "
