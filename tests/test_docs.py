@@ -2,8 +2,9 @@
 
 Each snippet runs in a fresh namespace, so it may use only the names it defines itself, and the
 snippets of one file run in order against one database, as a reader following the file would:
-the embedded PostgreSQL, the tiny models in DPR_PG_QUESTION_MODEL / DPR_PG_PASSAGE_MODEL, and the
-working directory at the top of the clone. The database starts as the README's reader has it after
+the embedded PostgreSQL, the tiny models in DPR_PG_QUESTION_MODEL / DPR_PG_PASSAGE_MODEL, the tiny
+reader in DPR_PG_READER_MODEL (as the README's Documents section exports it), and the working
+directory at the top of the clone. The database starts as the README's reader has it after
 `make demo` (the sample in collection 'demo') in an existing app's database: the tables of
 examples/articles_app (authors, articles enabled with op.enable_dpr), with dpr_pg's schema.
 """
@@ -56,12 +57,13 @@ def app_database(empty_url: str, tiny_models: tuple[Path, Path]) -> Iterator[str
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda path: str(path.relative_to(ROOT)))
 def test_python_snippets_run_as_written(doc: Path, app_database: str, tiny_models: tuple[Path, Path],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                        tiny_reader: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     snippets = python_snippets(doc.read_text(encoding="utf-8"))
     assert snippets or doc.name != "README.md"
     monkeypatch.setenv("DPR_PG_DATABASE_URL", app_database)
     monkeypatch.setenv("DPR_PG_QUESTION_MODEL", str(tiny_models[0]))
     monkeypatch.setenv("DPR_PG_PASSAGE_MODEL", str(tiny_models[1]))
+    monkeypatch.setenv("DPR_PG_READER_MODEL", str(tiny_reader))
     monkeypatch.chdir(ROOT)
     for line, code in snippets:
         where = f"{doc.relative_to(ROOT)}:{line}"
