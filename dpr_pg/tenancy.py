@@ -20,7 +20,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg.errors import ConfigError, DatabaseError, PrivilegeError
+from dpr_pg.errors import ConfigError, DatabaseError, PrivilegeError, SchemaError, explain_database_error
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ def _call(engine: Engine, statement: str, params: dict[str, Any], role: str | No
         raise ConfigError(f"expected a role name, not {role!r}")
     try:
         with engine.begin() as conn:
+            # before the role: on a database without the schema, the fix is dpr-pg init whatever the role
+            if conn.execute(sa.text("SELECT to_regclass('dpr_pg.collection_grants') IS NULL")).scalar():
+                raise SchemaError("this database has no dpr_pg schema, or one without tenancy; "
+                                  "run dpr-pg init to create or upgrade it")
             if role is not None:
                 exists = conn.execute(sa.text("SELECT to_regrole(quote_ident(:r)) IS NOT NULL"), {"r": role}).scalar()
                 if not exists:
@@ -72,6 +76,9 @@ def _call(engine: Engine, statement: str, params: dict[str, Any], role: str | No
                                  "or a superuser can change grants; connect as that role") from e
         if sqlstate == "22023":
             raise ConfigError(detail) from e
+        explained = explain_database_error(e)
+        if explained is not None:
+            raise explained from e
         raise DatabaseError(f"changing grants failed: {detail}") from e
 
 
