@@ -534,10 +534,11 @@ def storage_show(ctx: Context, as_json: bool) -> None:
 @click.option("--wait", type=click.FloatRange(0), default=3600, show_default=True, metavar="SECONDS",
               help="How long to wait for another index build (or an ingest --defer-index) to finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@PROGRESS_OPTION
 @pass_context
 @reports_errors
 def storage_set(ctx: Context, kind: str, m: int | None, ef_construction: int | None,
-                maintenance_work_mem: str | None, wait: float, as_json: bool) -> None:
+                maintenance_work_mem: str | None, wait: float, as_json: bool, progress: bool | None) -> None:
     """Switch the index to another storage; searches and writes go on meanwhile.
 
     The new index is built CONCURRENTLY beside the old one, then swapped in with the setting.
@@ -551,7 +552,7 @@ def storage_set(ctx: Context, kind: str, m: int | None, ef_construction: int | N
     from dpr_pg.storage import set_storage
 
     change = set_storage(ctx.engine, kind, m=m, ef_construction=ef_construction,
-                         maintenance_work_mem=maintenance_work_mem, wait=wait)
+                         maintenance_work_mem=maintenance_work_mem, wait=wait, progress=progress)
     if as_json:
         print_json({"previous": change.previous.kind, "storage": change.storage.kind,
                     "rerank_multiple": change.storage.rerank_multiple, "rebuilt": change.rebuilt,

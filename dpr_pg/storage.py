@@ -157,12 +157,13 @@ class StorageChange:
 
 def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None, m: int | None = None,
                 ef_construction: int | None = None, maintenance_work_mem: str | None = None,
-                wait: float | None = None) -> StorageChange:
+                wait: float | None = None, progress: bool | None = False) -> StorageChange:
     """Switch the index to ``kind``; searches and writes go on meanwhile.
 
     The new index is built CONCURRENTLY (with the current index's m and ef_construction unless
     given), then swapped in with the setting in one short transaction; until then searches use
     the old index. ``rerank_multiple`` (``bit``'s candidates per hit) alone changes no index.
+    ``progress`` shows a bar of the build on stderr, as :func:`~dpr_pg.ingest.index.build_index` does.
 
     >>> set_storage(engine, "halfvec").storage  # doctest: +SKIP
     Storage(kind='halfvec', rerank_multiple=4)
@@ -185,7 +186,7 @@ def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None
     current = hnsw_parameters(engine) or HnswParameters()
     build = build_index(engine, m=m or current.m, ef_construction=ef_construction or current.ef_construction,
                         storage=chosen, maintenance_work_mem=maintenance_work_mem,
-                        wait=INDEX_LOCK_WAIT if wait is None else wait)
+                        wait=INDEX_LOCK_WAIT if wait is None else wait, progress=progress)
     forget_storage(engine)
     return StorageChange(previous, chosen, build.rows, build.seconds)
 

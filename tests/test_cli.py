@@ -77,7 +77,10 @@ def _invocation(name: str, command: click.Command, database_url: str) -> list[st
     args = [*name.split(), "--database-url", database_url]
     for param in command.params:
         if param.required and isinstance(param, click.Argument):
-            args.append(str(SAMPLE) if isinstance(param.type, click.Path) else "sevilla")
+            if isinstance(param.type, click.Choice):
+                args.append(str(param.type.choices[0]))
+            else:
+                args.append(str(SAMPLE) if isinstance(param.type, click.Path) else "sevilla")
         elif param.required:
             args += [param.opts[0], "demo"]
     return args

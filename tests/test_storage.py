@@ -255,6 +255,9 @@ def test_cli_init_and_storage_commands(empty_url: str) -> None:
     switched = runner.invoke(main, ["--database-url", empty_url, "storage", "set", "vector", "--json"])
     assert switched.exit_code == 0, switched.output
     assert json.loads(switched.output)["previous"] == "halfvec" and json.loads(switched.output)["storage"] == "vector"
+    shown_build = runner.invoke(main, ["--database-url", empty_url, "storage", "set", "halfvec", "--progress"])
+    assert shown_build.exit_code == 0, shown_build.output
+    assert "storage vector -> halfvec" in shown_build.stdout and "HNSW index" in shown_build.stderr
 
 
 def test_downgrade_below_the_settings_puts_the_vector_index_back(empty_url: str) -> None:
