@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from pgvector.sqlalchemy import BIT, HALFVEC, VECTOR
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg.errors import ConfigError
+from dpr_pg.errors import ConfigError, SchemaError
 
 STORAGES = ("vector", "halfvec", "bit")
 DEFAULT_STORAGE = "vector"
@@ -114,10 +114,14 @@ def read_storage(conn: Connection) -> Storage:
 def current_storage(engine: Engine) -> Storage:
     """The storage of the dpr_pg index in this database (see :func:`read_storage`).
 
+    A database without dpr_pg's schema has no index to describe: that is a SchemaError.
+
     >>> current_storage(engine).kind  # doctest: +SKIP
     'vector'
     """
     with engine.connect() as conn:
+        if conn.execute(sa.text("SELECT to_regclass('dpr_pg.passages') IS NULL")).scalar():
+            raise SchemaError("this database has no dpr_pg schema yet; run dpr-pg init first")
         return read_storage(conn)
 
 
