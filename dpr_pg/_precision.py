@@ -2,7 +2,7 @@
 
 The default is the fastest mode that keeps cosine >= 0.999 to fp32 and top-10 neighbour
 agreement >= 0.99 with trained weights (bench/bench_precision.py on the trained all-MiniLM-L6-v2
-pair; speed from bench/bench_encoders.py on a BERT-base shape; figures in README.md):
+pair; speed from bench/bench_encoders.py on a BERT-base shape; figures in docs/encoders.md):
 
 - on a GPU, fp16 (not measured here: no GPU was available);
 - on a CPU, fp32, with questions on ONNX Runtime; passages run bf16 where the CPU has native bf16
@@ -115,7 +115,7 @@ def default_precision(kind: str, device: Any, *, runtime: str | None = None,
     (:func:`cpu_has_native_bf16`) and a bf16 matmul measures at least 1.25x as fast as fp32 on
     it (measured once per machine, :mod:`dpr_pg._bf16_probe`); fp32 otherwise, and always for
     questions, whose fp32 path runs on ONNX Runtime (faster per question than bf16 on torch where
-    it was measured; README, "Precision and speed"). bf16 keeps cosine >= 0.999 and top-10
+    it was measured; docs/encoders.md, "Precision and speed"). bf16 keeps cosine >= 0.999 and top-10
     agreement >= 0.99 with fp32 on a trained pair; int8 does not, and is never a default.
 
     Example:

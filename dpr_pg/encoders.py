@@ -287,7 +287,7 @@ class EncoderPair:
         """Load both encoders. Names: argument > ``DPR_PG_*_MODEL`` > the IIC Spanish defaults.
 
         ``precision`` is one of :data:`PRECISIONS`; None picks the default for the device
-        (see README, "Encoders"). ``runtime`` is ``"torch"`` or ``"onnx"`` for both sides; None
+        (see docs/encoders.md). ``runtime`` is ``"torch"`` or ``"onnx"`` for both sides; None
         runs the question encoder on ONNX Runtime on CPU in fp32 when onnxruntime is installed
         (same vectors, 2.4x faster per question) and everything else on torch. The exported
         graph is cached in ``cache_dir`` (default ``DPR_PG_CACHE_DIR``, else the per-user cache).

@@ -16,7 +16,7 @@ The language is MongoDB's query subset that vector stores commonly use::
 
 Keys, operators and values never become SQL text: operators come from an allow-list and every key
 and value is a bound parameter. The SQL functions (sql/search.sql) compile the same language in
-PL/pgSQL; tests/test_filters_sql.py proves the two agree.
+PL/pgSQL; tests/test_filters.py holds both to one pure-Python evaluator.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A newcomer's first steps: the demo's printed next step, then the README's commands in order.
+"""A newcomer's first steps: the demo's printed next step, then the commands of the README and the docs in order.
 
 Both run in fresh shells (no venv on PATH, none of the demo's variables), with the embedded server
 and an unreachable Hub, as on a machine without network.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from _doc_pages import ROOT, reading_order
 from dpr_pg.embedded import start_server, stop_server
 
-ROOT = Path(__file__).resolve().parent.parent
 UNREACHABLE_HUB = "http://127.0.0.1:9"
-# The README commands that read or write collections, encoder pairs or the schema's dimension, where
+# The documented commands that read or write collections, encoder pairs or the schema's dimension, where
 # following the sections in order could collide. The others (doctor, index, status, worker,
 # tiny-models, trained-models, init --sql) have their own tests.
 WALKED = ("dpr-pg init", "dpr-pg ingest", "dpr-pg search", "dpr-pg eval")
@@ -79,14 +79,15 @@ def test_the_demos_next_step_works_pasted_into_a_fresh_shell_in_the_clone(demo: 
     assert "Guernica" in first_hit
 
 
-def _readme_commands() -> list[str]:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"^```sh\n(.*?)^```", readme, flags=re.S | re.M)
+def _documented_commands() -> list[str]:
+    """The `dpr-pg` lines of every ```sh block: README.md's, then each page's in the site's nav order."""
+    blocks = [block for page in reading_order()
+              for block in re.findall(r"^```sh\n(.*?)^```", page.read_text(encoding="utf-8"), flags=re.S | re.M)]
     return [line for block in blocks for line in block.splitlines() if line.startswith("dpr-pg ")]
 
 
 @pytest.mark.slow
-def test_the_readme_commands_run_in_order_after_the_demo_from_any_folder(demo: tuple[Path, list[str]],
+def test_the_documented_commands_run_in_order_after_the_demo_from_any_folder(demo: tuple[Path, list[str]],
                                                                          tmp_path: Path, tiny_reader: Path) -> None:
     root, printed = demo
     env = _fresh_shell_env(root)
@@ -94,21 +95,25 @@ def test_the_readme_commands_run_in_order_after_the_demo_from_any_folder(demo: t
     for line in printed[:-1]:  # the demo's exports: its encoder pair
         name, value = line.removeprefix("export ").split("=", 1)
         env[name] = value.strip("'")
-    env["DPR_PG_READER_MODEL"] = str(tiny_reader)  # as the Documents section exports it, for eval --reader
+    env["DPR_PG_READER_MODEL"] = str(tiny_reader)  # as the Documents page exports it, for eval --reader
     elsewhere = tmp_path / "elsewhere"  # not the clone: sample files must come from the package
     elsewhere.mkdir()
-    commands = _readme_commands()
+    commands = _documented_commands()
     assert any(c.startswith("dpr-pg ingest") for c in commands) and any(c.startswith("dpr-pg eval") for c in commands)
     ran = []
     for command in commands:
         if not command.startswith(WALKED) or any(marker in command for marker in NOT_RUN):
             continue
-        # The clone's examples (examples/documents) are read in the clone, as the README says.
+        # The clone's examples (examples/documents) are read in the clone, as the docs say.
         folder = ROOT if "examples/" in command else elsewhere
         result = subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
         ran.append((command, result.stdout))
-    ingests = [json.loads(out) for command, out in ran if command.startswith("dpr-pg ingest") and "--json" in command]
-    assert ingests and ingests[0]["inserted"] == 47  # collection 'sample', new: no collision with 'demo'
+    ingests = [(command, json.loads(out)) for command, out in ran
+               if command.startswith("dpr-pg ingest") and "--json" in command]
+    first, report = ingests[0]
+    assert "--collection sample" in first and report["inserted"] == 47  # new: no collision with 'demo'
+    documents = [report for command, report in ingests if "examples/documents" in command]
+    assert documents and documents[-1]["documents_unchanged"] == 2  # its second run parses nothing
     assert len(ran) >= 10

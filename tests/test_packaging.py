@@ -102,7 +102,7 @@ def test_wheel_installed_in_a_clean_venv_runs_init(tmp_path: Path, empty_url: st
     assert located[0].startswith(str(target))
     assert located[1] == str(target / "dpr_pg" / "_migrations")
 
-    # The README's sample files, from a folder that is not the checkout.
+    # The documented sample files, from a folder that is not the checkout.
     for which, name in (("corpus", "sample_es.jsonl"), ("questions", "sample_questions_es.jsonl")):
         printed = subprocess.run([str(python), "-m", "dpr_pg.cli", "sample-path", which], cwd=workdir,
                                  capture_output=True, text=True, env=env, check=True).stdout.strip()

@@ -136,7 +136,7 @@ def test_forged_fresh_items_neither_stop_the_worker_nor_speak_for_it(engine: Eng
                             ).scalar() == 0
 
 
-# The README's grants for the worker's role (section "Existing applications"), for an app table `articles`.
+# The grants docs/sync.md gives the worker's role, for an app table `articles`.
 WORKER_GRANTS = """
 GRANT USAGE ON SCHEMA dpr_pg TO {role};
 GRANT SELECT, UPDATE, DELETE ON dpr_pg.sync_queue TO {role};

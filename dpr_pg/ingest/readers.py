@@ -1,6 +1,6 @@
 """Streaming readers for JSONL, CSV and Parquet: one :class:`SourceRecord` at a time, never the whole file.
 
-Policies (documented in README "Ingest"):
+Policies (documented in docs/ingest.md):
 
 * JSONL: one JSON object per line; blank lines are skipped and are not records. A line that is
   not valid UTF-8, not valid JSON (``NaN``/``Infinity`` included) or not an object is a rejected

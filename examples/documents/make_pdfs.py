@@ -1,6 +1,6 @@
 """Writes the two sample PDFs of this folder (run: python examples/documents/make_pdfs.py; needs fpdf2).
 
-The README's "Documents" example ingests this folder and asks it questions.
+The example of docs/documents.md ingests this folder and asks it questions.
 """
 
 from __future__ import annotations
