@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import pytest
 
+import dpr_pg
 from dpr_pg.cli import main
 from _doc_pages import DOCS, ROOT, nav_pages, reading_order
 
@@ -82,3 +83,8 @@ def test_every_exit_code_the_cli_uses_is_documented() -> None:
     used = set(re.findall(r"(?:sys\.exit|ctx\.exit|SystemExit)\((\d+)\)", source))
     used |= {"0", str(click.ClickException.exit_code), str(click.UsageError.exit_code)}
     assert used <= documented, f"exit codes used but not in docs/cli.md: {sorted(used - documented)}"
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    documented = set(re.findall(r"^::: dpr_pg\.(\w+)$", (DOCS / "api.md").read_text(encoding="utf-8"), flags=re.M))
+    assert set(dpr_pg.__all__) - documented == set(), "names of dpr_pg.__all__ missing from docs/api.md"
