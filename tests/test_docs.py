@@ -1,4 +1,4 @@
-"""Every ```python snippet of README.md (and of any docs/*.md) runs as written.
+"""Every ```python snippet of README.md and of docs/'s pages runs as written.
 
 Each snippet runs in a fresh namespace, so it may use only the names it defines itself, and the
 snippets of one file run in order against one database, as a reader following the file would:
@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from _doc_pages import ROOT, reading_order
 from dpr_pg import EncoderPair, ingest, sample_corpus
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+DOCS = reading_order()  # README.md, then the site's pages (tests/test_docs_site.py: every page is in its nav)
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 

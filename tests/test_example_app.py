@@ -212,10 +212,11 @@ def test_the_app_without_models_says_what_to_set(empty_url: str) -> None:
     assert result.stderr.startswith("articles_app: cannot load the question encoder '/nonexistent/question'")
 
 
-def test_the_readme_search_table_query_finds_the_apps_rows(app_engine: sa.Engine, app: ModuleType,
-                                                           pair: EncoderPair) -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    (query,) = [block for block in re.findall(r"```sql\n(.*?)```", readme, re.DOTALL) if "search_table(" in block]
+@pytest.mark.parametrize("page", ["README.md", "docs/sync.md"])
+def test_the_documented_search_table_query_finds_the_apps_rows(app_engine: sa.Engine, app: ModuleType,
+                                                               pair: EncoderPair, page: str) -> None:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    (query,) = [block for block in re.findall(r"```sql\n(.*?)```", text, re.DOTALL) if "search_table(" in block]
     with Session(app_engine) as session, session.begin():
         cervantes = app.Author(name="Cervantes")
         session.add_all([app.Article(author=cervantes, title="El Quijote", body="Un hidalgo de La Mancha."),
