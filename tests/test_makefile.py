@@ -129,3 +129,11 @@ def test_make_installs_ray_for_the_tests_of_ingest_on_ray() -> None:
                            capture_output=True, text=True, check=True).stdout
     extras = re.findall(r'pip install --quiet -e "\.\[([a-z,]+)\]"', shown)
     assert len(extras) == 1 and "ray" in extras[0].split(",") and "test" in extras[0].split(",")
+
+
+def test_make_installs_the_docs_extra_whose_site_the_tests_build() -> None:
+    # tests/test_docs_site.py runs `mkdocs build --strict`: without the extra it fails, it never skips.
+    shown = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "install", "HAS_TORCH=true"],
+                           capture_output=True, text=True, check=True).stdout
+    extras = re.findall(r'pip install --quiet -e "\.\[([a-z,]+)\]"', shown)
+    assert len(extras) == 1 and "docs" in extras[0].split(",")
