@@ -206,11 +206,13 @@ def test_an_error_in_any_stage_surfaces_and_the_committed_batches_are_kept(
         time.sleep(0.05)  # a closed connection's backend exits just after
     assert ingest_connections(engine) == 0
     kept = stored(engine)
-    assert before <= set(kept) <= every and not failing & set(kept)  # whole batches, none of the failing one
+    assert before <= set(kept) <= every
+    if stage == "read":  # the failing batch was handed on before the fault: stored whole, or not at all
+        assert set(kept) - before in (set(), failing)
+    else:  # whole batches, none of the failing one
+        assert not failing & set(kept)
     if stage in ("lookup", "tokenize", "encode"):  # one thread runs these: nothing after the fault went on
         assert set(kept) == before
-    if stage == "read":
-        assert set(kept) <= before | failing
 
     monkeypatch.undo()
     if stage == "write":
