@@ -11,6 +11,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from dpr_pg.errors import ConfigError
+from dpr_pg.validation import check_dim
+
 TINY_HIDDEN = 64
 TINY_LAYERS = 2
 TINY_HEADS = 2
@@ -45,7 +48,7 @@ def tiny_vocab() -> dict[str, int]:
     tokens = text.splitlines()
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != TINY_VOCAB or len(tokens) != TINY_VOCAB:
-        raise ValueError(f"expected {TINY_VOCAB} distinct tokens in dpr_pg/data/tiny_vocab.txt, "
+        raise ConfigError(f"expected {TINY_VOCAB} distinct tokens in dpr_pg/data/tiny_vocab.txt, "
                          f"found {len(vocab)} of {len(tokens)} lines; reinstall dpr-pg")
     return vocab
 
@@ -91,8 +94,7 @@ def make_tiny_models(directory: str | os.PathLike[str], *, dim: int = 768, seed:
         DPRQuestionEncoderTokenizerFast,
     )
 
-    if dim < 1:
-        raise ValueError(f"dim must be a positive integer, not {dim}")
+    check_dim(dim)
     from dpr_pg._loading import quiet_progress
 
     root = Path(directory)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dpr_pg.errors import EvaluationError
+
 POSITIVE = "positive"
 HARD_NEGATIVE = "hard_negative"
 
@@ -57,9 +59,9 @@ def _class_scores(true_pos: int, predicted: int, actual: int) -> ClassScores:
 
 def _check(scores: Sequence[float], is_positive: Sequence[bool]) -> None:
     if len(scores) != len(is_positive):
-        raise ValueError(f"expected one label per score, not {len(is_positive)} labels for {len(scores)} scores")
+        raise EvaluationError(f"expected one label per score, not {len(is_positive)} labels for {len(scores)} scores")
     if not scores:
-        raise ValueError("expected at least one candidate score, not none")
+        raise EvaluationError("expected at least one candidate score, not none")
 
 
 def best_threshold(scores: Sequence[float], is_positive: Sequence[bool]) -> float:

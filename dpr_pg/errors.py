@@ -10,8 +10,11 @@ class DprPgError(Exception):
     """Base class of every error raised by dpr_pg."""
 
 
-class ConfigError(DprPgError):
-    """A setting (URL, model name, option) is missing or malformed."""
+class ConfigError(DprPgError, ValueError):
+    """A setting (URL, model name, option, dimension) is missing or malformed.
+
+    Also a ValueError, so code written for the ValueErrors some checks raised before still catches it.
+    """
 
 
 class DatabaseError(DprPgError):
@@ -62,6 +65,17 @@ class SearchError(DprPgError):
     """A search request is malformed: a missing or non-finite query vector, a bad k or mode."""
 
 
+class InvalidKError(SearchError):
+    """k (hits asked for) is not an integer between 1 and the limit (``dpr_pg.tuning.MAX_K``)."""
+
+
+class QueryVectorError(SearchError):
+    """A query vector is missing, not numbers, or holds NaN, infinity or values beyond float32.
+
+    A vector of the wrong length raises :class:`DimensionError` instead.
+    """
+
+
 class IngestError(DprPgError):
     """An input file or record cannot be ingested."""
 
@@ -70,8 +84,11 @@ class ReaderError(DprPgError):
     """The extractive reader cannot be loaded, or a question cannot be read (empty, or too long for the model)."""
 
 
-class EvaluationError(DprPgError):
-    """A question/answer file or an evaluation request is malformed."""
+class EvaluationError(DprPgError, ValueError):
+    """A question/answer file, an evaluation request or a metric's input is malformed.
+
+    Also a ValueError, so code written for the ValueErrors the metrics raised before still catches it.
+    """
 
 
 class SyncError(DprPgError):

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from dpr_pg.errors import EvaluationError
+
 TieRule = Literal["pessimistic", "optimistic", "order"]
 TIE_RULES: tuple[TieRule, ...] = ("pessimistic", "optimistic", "order")
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 100)
@@ -34,9 +36,9 @@ def gold_ranks(scores: Sequence[float], is_gold: Sequence[bool], *, ties: TieRul
     [1]
     """
     if len(scores) != len(is_gold):
-        raise ValueError(f"expected as many gold flags as scores, not {len(is_gold)} flags for {len(scores)} scores")
+        raise EvaluationError(f"expected as many gold flags as scores, not {len(is_gold)} flags for {len(scores)} scores")
     if ties not in TIE_RULES:
-        raise ValueError(f"expected ties in {TIE_RULES}, not {ties!r}")
+        raise EvaluationError(f"expected ties in {TIE_RULES}, not {ties!r}")
     order = range(len(scores))
     if ties != "order":
         gold_last = ties == "pessimistic"
@@ -63,7 +65,7 @@ def recall_at(ranks: Sequence[int], gold_count: int, k: int) -> float:
     0.5
     """
     if gold_count <= 0:
-        raise ValueError(f"expected at least one gold passage, not {gold_count}")
+        raise EvaluationError(f"expected at least one gold passage, not {gold_count}")
     return min(sum(1 for r in ranks if r < k), gold_count) / gold_count
 
 
@@ -118,10 +120,10 @@ def aggregate(outcomes: Sequence[QuestionOutcome], *, depth: int, ks: Sequence[i
     ({1: 0.5, 10: 0.5}, 0.5, 5.0)
     """
     if not outcomes:
-        raise ValueError("expected at least one question to aggregate, not none")
+        raise EvaluationError("expected at least one question to aggregate, not none")
     bad = [k for k in ks if k < 1 or k > depth]
     if bad:
-        raise ValueError(f"expected every k between 1 and the depth {depth}, not {bad}")
+        raise EvaluationError(f"expected every k between 1 and the depth {depth}, not {bad}")
     n = len(outcomes)
     ranks = [o.rank if o.found else depth for o in outcomes]
     with_recall = [o.recall for o in outcomes if o.recall is not None]
@@ -168,7 +170,7 @@ def reader_metrics(predictions: Sequence[str | None], answers: Sequence[Sequence
     from dpr_pg.answers import exact_match, token_f1
 
     if len(predictions) != len(answers) or not predictions:
-        raise ValueError(f"expected one prediction per question and at least one, not {len(predictions)} "
+        raise EvaluationError(f"expected one prediction per question and at least one, not {len(predictions)} "
                          f"predictions for {len(answers)} questions")
     em = [exact_match(p, a, style=style) if p is not None else 0.0 for p, a in zip(predictions, answers)]  # type: ignore[arg-type]
     f1 = [token_f1(p, a, style=style) if p is not None else 0.0 for p, a in zip(predictions, answers)]  # type: ignore[arg-type]

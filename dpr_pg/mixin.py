@@ -18,8 +18,8 @@ from sqlalchemy.dialects.postgresql import JSONB, REGCLASS
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from dpr_pg.config import DEFAULT_DIM
-from dpr_pg.errors import DimensionError, SearchError
-from dpr_pg.tuning import MAX_K
+from dpr_pg.errors import SearchError
+from dpr_pg.validation import check_k, check_query_vector
 
 DPR_COLUMNS = ("embedding", "dpr_encoder_id", "dpr_content_hash")
 # The filter language's column fields, and the column types that stand for them (as in sql/search_table.sql).
@@ -63,13 +63,7 @@ class DprSearchable:
 
 
 def _query_vector(model: Any, query: Any) -> list[float]:
-    vector = np.asarray(query, dtype=np.float32)
-    dim = getattr(model, "__dpr_dim__", DEFAULT_DIM)
-    if vector.ndim != 1 or vector.shape[0] != dim:
-        raise DimensionError(f"expected a {dim}-dimension query vector for {model.__name__}, not shape {vector.shape}")
-    if not np.isfinite(vector).all():
-        raise DimensionError("the query vector has NaN or infinite values; encode the question again")
-    return vector.tolist()
+    return check_query_vector(query, getattr(model, "__dpr_dim__", DEFAULT_DIM)).tolist()
 
 
 def dpr_score(model: Any, query: Any) -> sa.ColumnElement[float]:
@@ -153,8 +147,7 @@ def model_search_statement(
     """
     from dpr_pg.filters import compile_filter
 
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-        raise SearchError(f"expected k between 1 and {MAX_K}, not {k!r}")
+    check_k(k)
     if isinstance(query, str):
         if encoder is None:
             raise SearchError("a question needs an encoder: pass encoder=EncoderPair.load(...), or a query vector")

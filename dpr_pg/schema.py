@@ -30,8 +30,9 @@ from dpr_pg import tuning
 from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
 from dpr_pg.models import SCHEMA
-from dpr_pg.storage import check_dim, check_storage, read_storage
-from dpr_pg.tuning import MAX_DIM
+from dpr_pg.storage import check_dim as check_storage_dim
+from dpr_pg.storage import check_storage, read_storage
+from dpr_pg.validation import check_dim
 
 # The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
 HNSW_INDEX = "passages_embedding_hnsw"
@@ -150,8 +151,7 @@ def init_sql(
     CREATE SCHEMA IF NOT EXISTS dpr_pg;
     ...
     """
-    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
-        raise ConfigError(f"expected --dim between 1 and {MAX_DIM} (pgvector's limit), not {dim!r}")
+    check_dim(dim)
     quoted = quoted_schema_name(vector_schema)
     cfg = alembic_config(dim=dim)
     target, start = _resolve_range(cfg, revision, start)
@@ -316,8 +316,8 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) 
     >>> init(engine, dim=768)  # doctest: +SKIP
     InitResult(previous_revision=None, revision='0013', dim=768, definitions_changed=True)
     """
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM):
-        raise SchemaError(f"expected --dim between 1 and {MAX_DIM} (pgvector's limit), not {dim!r}")
+    if dim is not None:
+        check_dim(dim)
     if storage is not None:
         check_storage(storage)
     with engine.connect() as conn, _init_lock(conn):
@@ -366,7 +366,7 @@ def _init_locked(conn: Connection, dim: int | None, storage: str | None = None) 
         )
     stored = read_storage(conn).kind if existing is not None else None
     if storage is not None:
-        check_dim(storage, dim)
+        check_storage_dim(storage, dim)
         if stored is not None and stored != storage:
             raise SchemaError(
                 f"the dpr_pg index in this database stores {stored}, not {storage}; run dpr-pg storage set "

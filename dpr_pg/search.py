@@ -28,11 +28,12 @@ from dpr_pg._planner import Explain, SearchPlan
 from dpr_pg._query_vector import vector_binding
 from dpr_pg._statistics import TABLE_FACTS
 from dpr_pg.errors import DimensionError, SchemaError, SearchError
-from dpr_pg.filters import Filter, compile_filter, parse, to_sql
+from dpr_pg.filters import Filter, compile_filter, to_sql
 from dpr_pg.models import Passage
 from dpr_pg.replicas import read_connection
 from dpr_pg.storage import Storage, ann_distance, check_storage, read_storage
 from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS
+from dpr_pg.validation import check_filter, check_k, check_query_vector
 
 if TYPE_CHECKING:
     from dpr_pg.encoders import EncoderPair, QuestionSide
@@ -78,28 +79,12 @@ class Hits(list[Hit]):
 def query_vector(value: Any, dim: int) -> np.ndarray:
     """Check a query vector at the boundary: present, 1-d, ``dim`` long, finite; as float32.
 
+    The same check as :func:`dpr_pg.validation.check_query_vector`, which every face calls.
+
     >>> query_vector([0.5, 1.0], 2)
     array([0.5, 1. ], dtype=float32)
     """
-    if value is None:
-        raise SearchError("expected a question or a query vector, not None")
-    try:
-        vector = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise SearchError(f"expected a query vector of {dim} numbers, not {type(value).__name__}") from e
-    if vector.ndim != 1 or vector.size == 0:
-        raise DimensionError(f"expected a query vector of {dim} dimensions, not shape {vector.shape}")
-    if vector.size != dim:
-        raise DimensionError(f"expected a query vector of {dim} dimensions, not {vector.size}; "
-                             "encode the question with the encoder pair that made the passages")
-    if not np.isfinite(vector).all() or np.abs(vector).max() > np.finfo(np.float32).max:
-        raise SearchError("the query vector holds NaN, infinity or values beyond float32; check the encoder output")
-    return vector.astype(np.float32)
-
-
-def _check_k(k: int) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-        raise SearchError(f"expected k between 1 and {MAX_K}, not {k!r}")
+    return check_query_vector(value, dim)
 
 
 def _is_real(value: Any) -> bool:
@@ -118,7 +103,7 @@ def _check_text(text: Any) -> None:
 
 
 def _where(filter: Filter, collection: str | None, table: Any = Passage) -> sa.ColumnElement[bool] | None:
-    node = parse(filter)
+    node = check_filter(filter)
     parts = [] if node is None else [to_sql(node, table)]
     if collection is not None:
         if not isinstance(collection, str):
@@ -162,7 +147,7 @@ def search_statement(
         return model_search_statement(model, query, k=k, filter=filter, exact=exact, encoder=encoder)
     if encoder is not None:
         raise SearchError("encoder= goes with model=; for dpr_pg.passages, search() checks the encoder pair")
-    _check_k(k)
+    check_k(k)
     if dim is None:  # without the schema's dimension the server checks it when the statement runs
         dim = len(query) if query is not None and hasattr(query, "__len__") else 0
     vector = query_vector(query, dim)
@@ -429,13 +414,13 @@ def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collect
     """Check a search's options before anything is encoded or sent: k, mode, hybrid mode's rrf_k,
     weights and candidates, the questions or query texts (``texts``), and the filter.
 
-    Returns the compiled WHERE clause (None without filter and collection); raises SearchError or
-    FilterError. :func:`search_many` and :mod:`dpr_pg.aio` call it first.
+    Returns the compiled WHERE clause (None without filter and collection); raises SearchError
+    (InvalidKError for k) or FilterError, as :mod:`dpr_pg.validation` does on every face. :func:`search_many` and :mod:`dpr_pg.aio` call it first.
 
     >>> check_request(k=0)  # doctest: +SKIP
-    SearchError: expected k between 1 and 10000, not 0
+    InvalidKError: expected k between 1 and 10000, not 0
     """
-    _check_k(k)
+    check_k(k)
     if mode not in MODES:
         raise SearchError(f"expected mode to be one of {', '.join(MODES)}, not {mode!r}")
     if not _is_real(rrf_k) or rrf_k < 0 or not math.isfinite(rrf_k):
@@ -443,8 +428,7 @@ def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collect
     if not (_is_real(dense_weight) and _is_real(text_weight)
             and math.isfinite(dense_weight) and math.isfinite(text_weight)):
         raise SearchError(f"expected finite weights, not dense_weight {dense_weight!r} and text_weight {text_weight!r}")
-    if not isinstance(candidates, int) or isinstance(candidates, bool) or not 1 <= candidates <= MAX_K:
-        raise SearchError(f"expected candidates between 1 and {MAX_K}, not {candidates!r}")
+    check_k(candidates, name="candidates")
     for text in texts:
         _check_text(text)
     return _where(filter, collection)  # validates the filter

@@ -136,7 +136,7 @@ def test_search_table_refuses_bad_requests(engine: Engine, docs: np.ndarray) -> 
         run("SELECT * FROM dpr_pg.search_table('plain', :q, 5)", q=str(docs.tolist()))
     with pytest.raises(FilterError), Session(engine) as session:
         session.execute(model_search_statement(Doc, docs, filter={"lang": {"$regex": "x"}}))
-    with pytest.raises(DimensionError, match="expected a 8-dimension query vector for Doc"):
+    with pytest.raises(DimensionError, match="expected a query vector of 8 dimensions, not 2"):
         model_search_statement(Doc, [1.0, 2.0])
 
 

@@ -1,0 +1,93 @@
+"""The checks every face shares: k, query vectors, filters and the embedding dimension.
+
+The Python API (:mod:`dpr_pg.search`), the ORM helpers (:mod:`dpr_pg.mixin`), the CLI and the
+HTTP service call these functions, so one mistake raises one error class with one message
+wherever it is made:
+
+=====================================  ===========================  ===============================
+mistake                                error                        function
+=====================================  ===========================  ===============================
+k not an integer in 1..limit           :class:`InvalidKError`       :func:`check_k`
+vector missing, not numbers, NaN/inf   :class:`QueryVectorError`    :func:`check_query_vector`
+vector of the wrong length             :class:`DimensionError`      :func:`check_query_vector`
+filter outside the filter language     :class:`FilterError`         :func:`check_filter`
+embedding dimension out of range       :class:`ConfigError`         :func:`check_dim`
+=====================================  ===========================  ===============================
+
+The first two are :class:`SearchError` subclasses, and all are :class:`DprPgError` subclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dpr_pg.errors import ConfigError, DimensionError, InvalidKError, QueryVectorError
+from dpr_pg.filters import Filter, Node, parse
+from dpr_pg.tuning import MAX_DIM, MAX_K
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_k(k: Any, *, limit: int = MAX_K, name: str = "k") -> int:
+    """``k`` when it is an integer between 1 and ``limit``; else :class:`InvalidKError`.
+
+    >>> check_k(5)
+    5
+    >>> check_k(0)
+    Traceback (most recent call last):
+    dpr_pg.errors.InvalidKError: expected k between 1 and 10000, not 0
+    """
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= limit:
+        raise InvalidKError(f"expected {name} between 1 and {limit}, not {k!r}")
+    return int(k)
+
+
+def check_query_vector(value: Any, dim: int) -> np.ndarray:
+    """A query vector checked at the boundary: present, numbers, 1-d, ``dim`` long, finite; as float32.
+
+    >>> check_query_vector([0.5, 1.0], 2)
+    array([0.5, 1. ], dtype=float32)
+    >>> check_query_vector([0.5, float("nan")], 2)
+    Traceback (most recent call last):
+    dpr_pg.errors.QueryVectorError: the query vector holds NaN, infinity or values beyond float32; check the encoder output
+    """
+    if value is None:
+        raise QueryVectorError("expected a question or a query vector, not None")
+    try:
+        vector = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise QueryVectorError(f"expected a query vector of {dim} numbers, not {type(value).__name__}") from e
+    if vector.ndim != 1 or vector.size == 0:
+        raise DimensionError(f"expected a query vector of {dim} dimensions, not shape {vector.shape}")
+    if vector.size != dim:
+        raise DimensionError(f"expected a query vector of {dim} dimensions, not {vector.size}; "
+                             "encode the question with the encoder pair that made the passages")
+    if not np.isfinite(vector).all() or np.abs(vector).max() > _FLOAT32_MAX:
+        raise QueryVectorError("the query vector holds NaN, infinity or values beyond float32; "
+                               "check the encoder output")
+    return vector.astype(np.float32)
+
+
+def check_filter(document: Filter) -> Node | None:
+    """The filter document's tree (None for no filter); :class:`FilterError` when it breaks the language.
+
+    >>> check_filter({"lang": "es"})
+    Leaf(column=None, path=('lang',), op='$eq', value='es')
+    """
+    return parse(document)
+
+
+def check_dim(dim: Any) -> int:
+    """An embedding dimension between 1 and pgvector's limit; else :class:`ConfigError`.
+
+    >>> check_dim(768)
+    768
+    """
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= MAX_DIM:
+        raise ConfigError(f"expected --dim between 1 and {MAX_DIM} (pgvector's limit), not {dim!r}")
+    return int(dim)
+
+
+__all__ = ["check_dim", "check_filter", "check_k", "check_query_vector"]
