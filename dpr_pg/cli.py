@@ -80,6 +80,48 @@ def pass_context(func: F) -> F:
     return option(_pass_obj(func))  # type: ignore[return-value]
 
 
+def _options(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """Apply ``options`` in the order given (the order --help lists them)."""
+
+    def apply(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+RUNTIME_HELP = ("Inference runtime. auto: ONNX Runtime for the question encoder on CPU in fp32 (same vectors, "
+                "faster), torch for the rest.")
+
+
+def encoder_options(precision_help: str = "Encoder precision", *, runtime_help: str | None = RUNTIME_HELP,
+                    reader: bool = False) -> Callable[[F], F]:
+    """The model bundle: --question-model, --passage-model, --precision and (with ``runtime_help``) --runtime.
+
+    --precision is checked by name before any model loads (fp16 on a CPU is refused before the
+    weights). ``reader`` says the precision also applies to the reader.
+    """
+    from dpr_pg._precision import PRECISIONS
+
+    which = "Encoder and reader precision" if reader else precision_help
+    options = [
+        click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's."),
+        click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's."),
+        click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default=None,
+                     help=f"{which} (default auto: fp32 on CPU, fp16 on GPU; int8 and bf16 on CPU by name)."),
+    ]
+    if runtime_help is not None:
+        options.append(click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto",
+                                    show_default=True, help=runtime_help))
+    return _options(*options)
+
+
+def json_option(what: str = "one JSON object") -> Callable[[F], F]:
+    """The output bundle: ``--json``, passed as ``as_json``; ``what`` says what it prints."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what}.")
+
+
 def reports_errors(func: F) -> F:
     """Turn every error into one clear line on stderr and exit code 1: no traceback reaches a user.
 
@@ -133,19 +175,76 @@ def _one_line(error: Exception) -> str:
 
 
 def _filter_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """The --filter document, checked by the core (:func:`dpr_pg.validation.check_filter`) as it is parsed."""
+    from dpr_pg.errors import FilterError
+    from dpr_pg.validation import check_filter
+
     if value is None:
         return None
     try:
-        return json.loads(value)
+        document = json.loads(value)
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"expected a JSON filter document like '{{\"lang\": \"es\"}}', not {value!r}: {e.msg}") from e
+    try:
+        check_filter(document)
+    except FilterError as e:
+        raise click.BadParameter(str(e)) from e
+    return document
+
+
+class HitCount(click.ParamType):
+    """k: an integer the core accepts (:func:`dpr_pg.validation.check_k`), with its message when not."""
+
+    name = "integer"
+
+    def __init__(self, limit: int = MAX_K, what: str = "k") -> None:
+        self.limit, self.what = limit, what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from dpr_pg.errors import InvalidKError
+        from dpr_pg.validation import check_k
+
+        try:
+            number = value if isinstance(value, int) else int(str(value).strip())
+        except ValueError:
+            self.fail(f"expected {self.what} as an integer, not {value!r}", param, ctx)
+        try:
+            return check_k(number, limit=self.limit, name=self.what)
+        except InvalidKError as e:
+            self.fail(str(e), param, ctx)
 
 
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+EX_USAGE = 64  # sysexits.h: the command line is wrong (an unknown option, a bad value)
+
+
+class DprPgGroup(click.Group):
+    """The top-level group: a usage error of any command exits with EX_USAGE (64), not click's 2.
+
+    2 stays free for ``dpr-pg ingest``'s "some records were rejected". Parsing the group's own
+    options happens in :meth:`make_context`; a command's (and a subgroup's), in :meth:`invoke`.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            e.exit_code = EX_USAGE
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            e.exit_code = EX_USAGE
+            raise
+
+
+@click.group(cls=DprPgGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--database-url", metavar="URL", help=DATABASE_URL_HELP + " Also accepted after the command.")
 @click.option(
     "--read-urls",
@@ -162,6 +261,15 @@ def main(ctx: click.Context, database_url: str | None, read_urls: str | None) ->
     Example:
         dpr-pg init
         dpr-pg doctor --database-url postgresql://app@db/app
+
+    \b
+    Exit codes:
+        0   success
+        1   an error (the message on stderr says what to do)
+        2   dpr-pg ingest: some records were rejected (listed in its report)
+        64  a usage error: an unknown command or option, or a bad option value
+    dpr-pg server psql exits with psql's own code, and dpr-pg worker --once with 1 when it left
+    a table alone.
     """
     ctx.obj = Context(database_url, read_urls=read_urls)
 
@@ -225,7 +333,7 @@ def init(ctx: Context, dim: int | None, storage: str | None, as_sql: bool, vecto
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
 @click.option("--show-password", is_flag=True, help="Print the database URL with its password, not ***.")
 @pass_context
 @reports_errors
@@ -310,7 +418,7 @@ def server_group() -> None:
 
 @server_group.command("start")
 @POSTGRES_VERSION_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+@json_option("the status as one JSON object")
 @reports_errors
 def server_start(postgres_version: str | None, as_json: bool) -> None:
     """Start the embedded PostgreSQL and keep it up for any client until `dpr-pg server stop`.
@@ -356,7 +464,7 @@ def server_stop(postgres_version: str | None, force: bool) -> None:
 
 @server_group.command("status")
 @POSTGRES_VERSION_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
 @reports_errors
 def server_status_command(postgres_version: str | None, as_json: bool) -> None:
     """Show whether the embedded PostgreSQL runs, where, and who is connected; starts nothing.
@@ -461,7 +569,7 @@ def server_psql(postgres_version: str | None, database: str, psql_args: tuple[st
               help="Memory for the build, e.g. 4GB (default: what the table's graph needs, at most 16GB).")
 @click.option("--wait", type=click.FloatRange(0), default=3600, show_default=True, metavar="SECONDS",
               help="How long to wait for another index build (or an ingest --defer-index) to finish.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
 @PROGRESS_OPTION
 @pass_context
 @reports_errors
@@ -504,7 +612,7 @@ def storage_group() -> None:
 
 
 @storage_group.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
 @pass_context
 @reports_errors
 def storage_show(ctx: Context, as_json: bool) -> None:
@@ -533,7 +641,7 @@ def storage_show(ctx: Context, as_json: bool) -> None:
               help="Memory for the build, e.g. 4GB (default: what the table's graph needs, at most 16GB).")
 @click.option("--wait", type=click.FloatRange(0), default=3600, show_default=True, metavar="SECONDS",
               help="How long to wait for another index build (or an ingest --defer-index) to finish.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
 @PROGRESS_OPTION
 @pass_context
 @reports_errors
@@ -651,21 +759,7 @@ def sample_path(which: str) -> None:
     click.echo(str(sample_corpus() if which == "corpus" else sample_questions()))
 
 
-# ---- encoders (issue 3) ---------------------------------------------------------------------------
-
-def precision_option(what: str) -> Callable[[F], F]:
-    """``--precision``, checked by name before any model loads (fp16 on a CPU is refused before the weights)."""
-    from dpr_pg._precision import PRECISIONS
-
-    return click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default=None,
-                        help=f"{what} (default auto: fp32 on CPU, fp16 on GPU; int8 and bf16 on CPU by name).")
-
-
-RUNTIME_OPTION = click.option(
-    "--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
-    help="Inference runtime. auto: ONNX Runtime for the question encoder on CPU in fp32 (same vectors, "
-         "faster), torch for the rest.")
-
+# ---- encoders ------------------------------------------------------------------------------------
 
 @main.command("tiny-models")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=str))
@@ -717,7 +811,7 @@ def trained_models(ctx: Context, directory: str) -> None:
     click.echo(f"passage encoder:  {passage_dir}")
 
 
-# ---- ingest (issue 4) -----------------------------------------------------------------------------
+# ---- ingest ----------------------------------------------------------------------------------------
 
 
 class ByteSize(click.ParamType):
@@ -763,10 +857,7 @@ class ByteSize(click.ParamType):
 @click.option("--embeddings", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="Precomputed vectors (.npy, or a .parquet column), one row per record, in input order.")
 @click.option("--embeddings-column", default="embedding", show_default=True, help="Parquet column of --embeddings.")
-@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
-@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@precision_option("Encoder precision")
-@RUNTIME_OPTION
+@encoder_options()
 @click.option("--batch-size", type=click.IntRange(1),
               help="Passages per batch (default 256; 2000 with --embeddings). A kill -9 loses at most the "
                    "6 batches between reading and committing; re-running redoes them.")
@@ -789,7 +880,7 @@ class ByteSize(click.ParamType):
 @click.option("--questions", "questions_path", type=click.Path(dir_okay=False, path_type=str),
               help="SQuAD input: where to write the questions (default ./<stem>.questions.jsonl).")
 @PROGRESS_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@json_option("the report as one JSON object")
 @pass_context
 @reports_errors
 def ingest_command(ctx: Context, paths: tuple[str, ...], collection: str, fmt: str | None, include: tuple[str, ...],
@@ -874,12 +965,15 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
         err_console.print(f"prune skipped: {report.prune_skipped}", highlight=False, markup=False)
 
 
-# ---- search (issue 5) -----------------------------------------------------------------------------
+# ---- search -----------------------------------------------------------------------------------------
+
+QUESTION_RUNTIME_HELP = ("Inference runtime. auto: on CPU in fp32, ONNX Runtime from the graph cached by the first "
+                         "run (no torch import: seconds faster to start); torch otherwise.")
 
 
 @main.command("search")
 @click.argument("question")
-@click.option("-k", "k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="Number of hits.")
+@click.option("-k", "k", type=HitCount(), default=10, show_default=True, help="Number of hits (1 to 10000).")
 @click.option("--collection", help="Search this collection only (default: every collection).")
 @click.option("--filter", "filter_doc", callback=_filter_json, metavar="JSON",
               help='Metadata filter document, e.g. \'{"lang": "es"}\'.')
@@ -887,16 +981,11 @@ def _print_ingest_report(report: Any, as_json: bool) -> None:
               help="dense: planned HNSW/exact; exact: exact scan; hybrid: dense + Spanish full text (RRF).")
 @click.option("--vector", "vector_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="Use this query vector (.npy, or a JSON array) instead of encoding QUESTION.")
-@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
-@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@precision_option("Question encoder precision")
-@click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
-              help="Inference runtime. auto: on CPU in fp32, ONNX Runtime from the graph cached by the first run "
-                   "(no torch import: seconds faster to start); torch otherwise.")
+@encoder_options("Question encoder precision", runtime_help=QUESTION_RUNTIME_HELP)
 @click.option("--ef-search", type=click.IntRange(1, MAX_EF_SEARCH), metavar="N",
-              help="hnsw.ef_search for the index path (default: the planner's); `dpr-pg eval --audit` recommends one.")
+              help="hnsw.ef_search for the index path (default: the planner's); `dpr-pg audit` recommends one.")
 @click.option("--explain", is_flag=True, help="Print the path that ran and PostgreSQL's plan on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
+@json_option("one JSON array of hits")
 @PROGRESS_OPTION
 @pass_context
 @reports_errors
@@ -999,11 +1088,8 @@ def _read_query_vector(path: str) -> Any:
               help="Seconds to wait when the queue has nothing due.")
 @click.option("--max-attempts", type=click.IntRange(1), default=5, show_default=True,
               help="Failures after which an item is parked as dead (see dpr-pg sync retry|discard).")
-@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
-@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@precision_option("Encoder precision")
-@RUNTIME_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON object.")
+@encoder_options()
+@json_option("the final report as one JSON object")
 @pass_context
 @reports_errors
 def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, max_attempts: int,
@@ -1053,7 +1139,7 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, max_
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@json_option("one JSON array")
 @pass_context
 @reports_errors
 def status(ctx: Context, as_json: bool) -> None:
@@ -1202,7 +1288,7 @@ def revoke_command(ctx: Context, role: str, collections: list[str] | None, write
 
 @main.command("tenancy")
 @click.argument("switch", required=False, type=click.Choice(["on", "off"]))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
 @pass_context
 @reports_errors
 def tenancy_command(ctx: Context, switch: str | None, as_json: bool) -> None:
@@ -1236,7 +1322,7 @@ def tenancy_command(ctx: Context, switch: str | None, as_json: bool) -> None:
         console.print(view)
 
 
-# ---- evaluation (issue 7) -------------------------------------------------------------------------
+# ---- evaluation ----------------------------------------------------------------------------------
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -1257,7 +1343,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
               help="Search mode, as in dpr-pg search.")
 @click.option("--k", "ks", callback=_int_list, default="1,5,10,20,100", show_default=True, metavar="K,K,...",
               help="Cut-offs for top-k accuracy and recall@k.")
-@click.option("--depth", type=click.IntRange(1, MAX_K), help="Hits retrieved per question (default: the largest k).")
+@click.option("--depth", type=HitCount(what="--depth"), help="Hits retrieved per question (default: the largest k).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N questions.")
 @click.option("--gold", type=click.Choice(["auto", "ids", "answers"]), default="auto", show_default=True,
               help="Judge hits by gold ids, by answers (DPR's has_answer), or ids when stored else answers.")
@@ -1277,16 +1363,13 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
               help="With --reader: hits the reader reads per question.")
 @click.option("--no-answer-threshold", type=click.FloatRange(0, 1), metavar="SCORE",
               help="With --reader: answer 'no answer' below this span score (as dpr-pg ask).")
-@click.option("--audit", is_flag=True, help="Instead: recall@k of the HNSW path against exact search, per ef_search.")
-@click.option("--audit-k", type=click.IntRange(1, 1000), default=10, show_default=True, help="k of the audit.")
-@click.option("--sample", type=click.IntRange(1), default=100, show_default=True, help="Questions the audit uses.")
-@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
-              help="The audit recommends the smallest ef_search reaching this recall@k.")
-@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
-@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@precision_option("Question encoder precision")
-@RUNTIME_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+# Deprecated: `dpr-pg audit` is the audit now. Hidden, and kept so that existing scripts still run.
+@click.option("--audit", is_flag=True, hidden=True)
+@click.option("--audit-k", type=HitCount(1000), default=10, hidden=True)
+@click.option("--sample", type=click.IntRange(1), default=100, hidden=True)
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, hidden=True)
+@encoder_options("Question encoder precision")
+@json_option()
 @PROGRESS_OPTION
 @pass_context
 @reports_errors
@@ -1301,16 +1384,21 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
     Reports top-k accuracy, MRR, the mean/median 0-based rank of the first gold passage (missing
     counts as the depth), recall@k, and the seed card's positive vs hard-negative table.
     With --reader it also reports the extractive reader's exact match and F1 on the questions'
-    answer strings. With --audit it reports recall@k of the HNSW path against exact search for
-    each hnsw.ef_search, and the smallest one that reaches --target-recall.
+    answer strings. `dpr-pg audit` measures the HNSW index against exact search instead.
 
     \b
     Example:
         dpr-pg ingest squad_es_dev.json --collection squad --questions squad.questions.jsonl
         dpr-pg eval squad.questions.jsonl --collection squad --json
-        dpr-pg eval squad.questions.jsonl --collection squad --audit --audit-k 10 --sample 200
         dpr-pg eval squad.questions.jsonl --collection squad --reader --reader-passages 5
     """
+    if audit:
+        err_console.print("note: dpr-pg eval --audit is now dpr-pg audit QA_FILE (--audit-k is its -k); "
+                          "eval --audit goes away in a later release", highlight=False, soft_wrap=True)
+        _run_audit(ctx, qa_file, collection=collection, filter_doc=filter_doc, k=audit_k, sample=sample,
+                   target_recall=target_recall, question_model=question_model, passage_model=passage_model,
+                   precision=precision, runtime=runtime, as_json=as_json, progress=progress)
+        return
     from dpr_pg.encoders import load_question_side
     from dpr_pg.evaluate import check_collection
 
@@ -1326,14 +1414,6 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
     with step("loading the question encoder", progress):  # questions only: no passage weights
         pair = load_question_side(question_model, passage_model, precision=precision,
                                   runtime=None if runtime == "auto" else runtime)
-    if audit:
-        from dpr_pg.audit import audit_ann
-
-        with step("auditing the HNSW index against exact search", progress):
-            audit_report = audit_ann(engine, pair, qa_file, collection=collection, filter=filter_doc, k=audit_k,
-                                     sample=sample, target_recall=target_recall)
-        _print_audit(audit_report, as_json)
-        return
     from dpr_pg.evaluate import evaluate
 
     with step("evaluating (the first question may export the encoder to ONNX)", progress):
@@ -1385,6 +1465,58 @@ def _print_evaluation(report: Any, as_json: bool) -> None:
                    f"no answer {reading.no_answer}   ({reading.seconds:.1f} s)")
 
 
+@main.command("audit")
+@click.argument("qa_file", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--collection", help="Collection to audit (default: every collection).")
+@click.option("--filter", "filter_doc", callback=_filter_json, metavar="JSON", help="Metadata filter document.")
+@click.option("-k", "k", type=HitCount(1000), default=10, show_default=True, help="k of recall@k (1 to 1000).")
+@click.option("--sample", type=click.IntRange(1), default=100, show_default=True, help="Questions the audit uses.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="Recommend the smallest ef_search reaching this recall@k.")
+@encoder_options("Question encoder precision")
+@json_option()
+@PROGRESS_OPTION
+@pass_context
+@reports_errors
+def audit_command(ctx: Context, qa_file: str, collection: str | None, filter_doc: Any, k: int, sample: int,
+                  target_recall: float, question_model: str | None, passage_model: str | None,
+                  precision: str | None, runtime: str, as_json: bool, progress: bool | None) -> None:
+    """Measure the HNSW index against exact search on the questions of QA_FILE, per hnsw.ef_search.
+
+    For a sample of the questions, the exact top k is the truth: it reports recall@k of the path
+    the planner picks now, then of the HNSW path at each ef_search from 10 to 1000 with its median
+    milliseconds, and recommends the smallest ef_search that reaches --target-recall (pass it to
+    dpr-pg search --ef-search).
+
+    \b
+    Example:
+        dpr-pg audit squad.questions.jsonl --collection squad -k 10 --sample 200
+        dpr-pg audit "$(dpr-pg sample-path questions)" --collection demo --json
+    """
+    _run_audit(ctx, qa_file, collection=collection, filter_doc=filter_doc, k=k, sample=sample,
+               target_recall=target_recall, question_model=question_model, passage_model=passage_model,
+               precision=precision, runtime=runtime, as_json=as_json, progress=progress)
+
+
+def _run_audit(ctx: Context, qa_file: str, *, collection: str | None, filter_doc: Any, k: int, sample: int,
+               target_recall: float, question_model: str | None, passage_model: str | None, precision: str | None,
+               runtime: str, as_json: bool, progress: bool | None) -> None:
+    from dpr_pg.audit import audit_ann
+    from dpr_pg.encoders import load_question_side
+    from dpr_pg.evaluate import check_collection
+
+    engine = ctx.engine  # a wrong URL, no schema, a bad filter or no passages fail before the models load
+    with engine.connect() as conn:
+        check_collection(conn, collection, filter_doc)
+    with step("loading the question encoder", progress):
+        pair = load_question_side(question_model, passage_model, precision=precision,
+                                  runtime=None if runtime == "auto" else runtime)
+    with step("auditing the HNSW index against exact search", progress):
+        report = audit_ann(engine, pair, qa_file, collection=collection, filter=filter_doc, k=k, sample=sample,
+                           target_recall=target_recall)
+    _print_audit(report, as_json)
+
+
 def _print_audit(report: Any, as_json: bool) -> None:
     if as_json:
         print_json(report.as_dict())
@@ -1410,7 +1542,7 @@ def _print_audit(report: Any, as_json: bool) -> None:
 
 
 @main.command("collections")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@json_option("one JSON array")
 @pass_context
 @reports_errors
 def collections_command(ctx: Context, as_json: bool) -> None:
@@ -1459,13 +1591,10 @@ def delete_command(ctx: Context, external_ids: tuple[str, ...], collection: str)
               help="Worker processes, each with its own encoders (memory: ~1 GB each for BERT-base).")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Serve a non-loopback address without any API key (anyone who reaches it can write).")
-@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
-@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
+@encoder_options(reader=True)
 @click.option("--reader", "reader_model", metavar="NAME_OR_DIR",
               help="Extractive reader for POST /v1/ask, loaded at start. Default: $DPR_PG_READER_MODEL, else "
                    "none (/v1/ask then answers 404).")
-@click.option("--precision", help="Encoder and reader precision (fp32, bf16, int8; default: best for the device).")
-@RUNTIME_OPTION
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=1_000_000, show_default=True,
               help="Largest request body; a larger one gets 413.")
 @click.option("--batch-max", type=click.IntRange(1, 1024), default=32, show_default=True,
@@ -1537,7 +1666,7 @@ def keys() -> None:
               "default: every collection).")
 @click.option("--scope", "scopes", multiple=True, type=click.Choice(["search", "write"]),
               help="search (search, encode, list) or write (upsert, delete); repeatable; default: search.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, with the key.")
+@json_option("one JSON object, with the key")
 @pass_context
 @reports_errors
 def keys_create(ctx: Context, name: str, collections: tuple[str, ...], scopes: tuple[str, ...], as_json: bool) -> None:
@@ -1561,7 +1690,7 @@ def keys_create(ctx: Context, name: str, collections: tuple[str, ...], scopes: t
 
 @keys.command("list")
 @click.option("--revoked", is_flag=True, help="Include revoked keys.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@json_option("one JSON array")
 @pass_context
 @reports_errors
 def keys_list(ctx: Context, revoked: bool, as_json: bool) -> None:
@@ -1611,8 +1740,8 @@ def keys_revoke(ctx: Context, name: str) -> None:
 @click.option("--collection", help="Ask this collection only (default: every collection).")
 @click.option("--filter", "filter_doc", callback=_filter_json,
               metavar="JSON", help='Metadata filter document, e.g. \'{"source": "guia.pdf"}\'.')
-@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True,
-              help="Passages retrieved and read.")
+@click.option("-k", "k", type=HitCount(1000), default=10, show_default=True,
+              help="Passages retrieved and read (1 to 1000).")
 @click.option("--top-answers", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Answers to return, best first.")
 @click.option("--no-answer-threshold", type=click.FloatRange(0, 1), metavar="SCORE",
@@ -1622,10 +1751,8 @@ def keys_revoke(ctx: Context, name: str) -> None:
               help="Retrieval: dense (planned HNSW/exact), exact, or hybrid (dense + Spanish full text).")
 @click.option("--reader-model", metavar="NAME_OR_DIR",
               help=f"Extractive reader. Default: $DPR_PG_READER_MODEL, then {config.DEFAULT_READER_MODEL}.")
-@click.option("--question-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_QUESTION_MODEL, then IIC's.")
-@click.option("--passage-model", metavar="NAME_OR_DIR", help="Default: $DPR_PG_PASSAGE_MODEL, then IIC's.")
-@click.option("--precision", help="Encoder and reader precision (fp32, bf16, int8; default: best for the device).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@encoder_options(reader=True, runtime_help=None)
+@json_option()
 @pass_context
 @reports_errors
 def ask_command(ctx: Context, question: str, collection: str | None, filter_doc: Any, k: int, top_answers: int,

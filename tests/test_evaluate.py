@@ -270,8 +270,8 @@ def test_cli_eval_prints_a_table_with_the_card_view(corpus, tiny_models):
 def test_cli_audit_json(corpus, tiny_models):
     url, _, _ = corpus
 
-    output = _run_in_process(url, tiny_models, "eval", str(QUESTIONS), "--collection", "demo", "--audit",
-                             "--audit-k", "3", "--sample", "2", "--json")
+    output = _run_in_process(url, tiny_models, "audit", str(QUESTIONS), "--collection", "demo",
+                             "-k", "3", "--sample", "2", "--json")
 
     printed = json.loads(output)
     assert printed["questions"] == 2 and printed["k"] == 3
@@ -279,10 +279,23 @@ def test_cli_audit_json(corpus, tiny_models):
     assert printed["recommended_ef_search"] in (None, 10, 20, 40, 64, 100, 200, 400, 800, 1000)
 
 
+def test_cli_eval_audit_still_runs_the_audit_and_points_to_dpr_pg_audit(corpus, tiny_models):
+    url, _, _ = corpus
+    env = {"DPR_PG_QUESTION_MODEL": str(tiny_models[0]), "DPR_PG_PASSAGE_MODEL": str(tiny_models[1])}
+
+    result = CliRunner().invoke(main, ["--database-url", url, "eval", str(QUESTIONS), "--collection", "nosuch",
+                                       "--audit", "--audit-k", "3"], env=env)
+
+    assert result.exit_code == 1  # the audit's own check of the collection ran
+    assert "dpr-pg eval --audit is now dpr-pg audit QA_FILE" in result.output
+    assert "nosuch" in result.output
+    assert "--audit" not in CliRunner().invoke(main, ["eval", "--help"]).output
+
+
 def test_cli_eval_rejects_a_malformed_filter(corpus, tiny_models):
     url, _, _ = corpus
     result = CliRunner().invoke(main, ["--database-url", url, "eval", str(QUESTIONS), "--filter", "{bad"])
-    assert result.exit_code == 2
+    assert result.exit_code == 64
     assert "expected a JSON filter document" in result.output
 
 

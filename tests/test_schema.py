@@ -476,7 +476,7 @@ def test_cli_init_sql_refuses_a_vector_schema_that_is_not_a_plain_identifier(cli
     assert "expected --vector-schema to be a plain SQL identifier" in refused.stderr
     assert "'public; DROP TABLE x'" in refused.stderr
     without_sql = cli("--database-url", UNREACHABLE_URL, "init", "--vector-schema", "extensions")
-    assert without_sql.returncode == 2
+    assert without_sql.returncode == 64  # EX_USAGE
     assert "--vector-schema only applies to the printed script: add --sql" in without_sql.stderr
 
 

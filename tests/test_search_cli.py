@@ -117,7 +117,7 @@ def test_cli_search_takes_the_audit_recommended_ef_search(cli: Any, database_url
     default = cli(*common, check=True)
     refused = cli(*common, "--ef-search", "0")
     assert json.loads(tuned.stdout) == json.loads(default.stdout)
-    assert refused.returncode == 2 and "--ef-search" in refused.stderr
+    assert refused.returncode == 64 and "--ef-search" in refused.stderr
 
 
 def test_cli_search_runtimes_give_the_same_hits(cli: Any, database_url: str, engine: Engine, pair: EncoderPair,
@@ -191,9 +191,9 @@ def test_cli_search_checks_its_options_before_loading_models(cli: Any, database_
     precision = cli("--database-url", database_url, "search", "x", "--precision", "fp64", env=env)
     bad_json = cli("--database-url", database_url, "search", "x", "--filter", "{bad", env=env)
     bad_grammar = cli("--database-url", database_url, "search", "x", "--filter", '{"a": {"$regex": 1}}', env=env)
-    assert precision.returncode == 2 and "'fp64' is not one of 'auto', 'fp32'" in precision.stderr
-    assert bad_json.returncode == 2 and "expected a JSON filter document" in bad_json.stderr
-    assert bad_grammar.returncode == 1 and "unknown operator '$regex'" in bad_grammar.stderr
+    assert precision.returncode == 64 and "'fp64' is not one of 'auto', 'fp32'" in precision.stderr
+    assert bad_json.returncode == 64 and "expected a JSON filter document" in bad_json.stderr
+    assert bad_grammar.returncode == 64 and "unknown operator '$regex'" in bad_grammar.stderr
     for result in (precision, bad_json, bad_grammar):
         assert "cannot load" not in result.stderr  # no model was loaded
 

@@ -30,7 +30,8 @@ The other pages explain the commands with examples; each help text below carries
 | ---: | --- |
 | 0 | success, including a search that finds no hits (stderr says why) |
 | 1 | an error: one line on stderr saying what was expected, what came and what to do; never a traceback. Also `dpr-pg index` (and `ingest --defer-index`) giving up after `--wait` seconds, `dpr-pg worker --once` when it left a table alone, and Ctrl-C |
-| 2 | a usage error (an unknown option, a bad value, a missing argument), with the command's usage on stderr; and `dpr-pg ingest` when records were rejected: the others are written (with `--strict`, nothing of the failing batch) |
+| 2 | `dpr-pg ingest` when records were rejected: the others are written (with `--strict`, nothing of the failing batch) |
+| 64 | a usage error (sysexits' EX_USAGE): an unknown command or option, a bad value (`-k 0`, a `--filter` outside the filter language), a missing argument, with the command's usage on stderr |
 | psql's | `dpr-pg server psql` exits with psql's own status (0, 1, 2 for a lost connection, 3 for an error in a script under `ON_ERROR_STOP`) |
 | SIGTERM's | `dpr-pg serve` stopped by SIGTERM finishes the requests in flight, then re-raises the signal: 143 in a shell |
 """

@@ -1,9 +1,9 @@
 """Request and response bodies of the HTTP API (pydantic models: they make the OpenAPI schema).
 
-Bounds here are the core's own (``k`` up to ``dpr_pg.tuning.MAX_K``, ``ef_search`` up to
-pgvector's ``MAX_EF_SEARCH``) or protect the server (list lengths). Everything the core checks itself
-(filters, dimensions, finiteness) is left to the core, which answers with the same messages as
-in Python and on the command line.
+Bounds here are pgvector's (``ef_search`` up to ``MAX_EF_SEARCH``) or protect the server (list
+lengths). Everything the core checks itself (k, filters, dimensions, finiteness; see
+:mod:`dpr_pg.validation`) is left to the core, which answers with the same messages as in Python
+and on the command line; the schema still shows k's bounds.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class _Strict(BaseModel):
 
 
 class SearchOptions(_Strict):
-    k: int = Field(10, ge=1, le=MAX_K, description="Number of hits.")
+    # k is checked by the core (dpr_pg.validation.check_k), so a bad k gets the same error and message
+    # here as in Python and the CLI; the schema still shows the bounds.
+    k: int = Field(10, description="Number of hits.", json_schema_extra={"minimum": 1, "maximum": MAX_K})
     filter: dict[str, Any] | None = Field(None, description="Metadata filter document (MongoDB's query subset).")
     collection: str | None = Field(None, min_length=1, max_length=256, description="Search this collection only.")
     mode: Mode = Field("dense", description="dense: planned HNSW/exact; exact; hybrid: dense + Spanish full text.")
