@@ -18,8 +18,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from click.testing import CliRunner
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
 import dpr_pg
 from dpr_pg import embedded
+from dpr_pg.cli import main
+from dpr_pg.errors import DimensionError, FilterError, InvalidKError, QueryVectorError
+from dpr_pg.mixin import DprSearchable, model_search_statement
 from dpr_pg.encoders import EncoderPair
 from dpr_pg.ingest import ingest, ingest_records
 from dpr_pg.reader import Reader
@@ -520,3 +526,57 @@ def test_sigterm_lets_the_request_in_flight_finish(service_db: tuple[str, str], 
     assert running.process.wait(120) == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down
     assert reply and reply[0].status_code == 200 and reply[0].json()["deleted"] == 1
     assert "Shutting down" in running.output and "Finished server process" in running.output
+
+
+# ---- one validation path: the same mistake, the same error on every face ------------------------------
+
+_GOOD = [0.1] * 768
+FACE_CASES = {
+    "k-0": ({"k": 0}, InvalidKError, "search_error", "expected k between 1 and 10000, not 0"),
+    "k-too-large": ({"k": 10_001}, InvalidKError, "search_error", "expected k between 1 and 10000, not 10001"),
+    "nan-vector": ({"vector": [float("nan")] + _GOOD[1:]}, QueryVectorError, "search_error",
+                   "the query vector holds NaN, infinity or values beyond float32"),
+    "wrong-dimension": ({"vector": [0.5, 1.0, 2.0]}, DimensionError, "dimension_error",
+                        "expected a query vector of 768 dimensions, not 3"),
+    "bad-filter": ({"filter": {"lang": {"$regex": "x"}}}, FilterError, "filter_error",
+                   "unknown operator '$regex' on field 'lang'"),
+}
+
+
+class _FacesBase(DeclarativeBase):
+    pass
+
+
+class _FacesDoc(DprSearchable, _FacesBase):
+    __tablename__ = "faces_docs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+@pytest.mark.parametrize("case", list(FACE_CASES), ids=list(FACE_CASES))
+def test_the_same_mistake_gets_the_same_error_on_every_face(case: str, engine: Engine, client: httpx.Client,
+                                                            service_db: tuple[str, str], tmp_path: Path) -> None:
+    change, kind, service_error, expected = FACE_CASES[case]
+    request = {"vector": _GOOD, "k": 5, "filter": None} | change
+
+    with pytest.raises(kind) as python_face:
+        dpr_pg.search(engine, request["vector"], k=request["k"], filter=request["filter"])
+    message = str(python_face.value)
+    assert expected in message
+
+    with pytest.raises(kind) as orm_face:
+        model_search_statement(_FacesDoc, request["vector"], k=request["k"], filter=request["filter"])
+    assert str(orm_face.value) == message
+
+    body = {"vector": request["vector"], "k": request["k"]} | ({"filter": request["filter"]} if request["filter"] else {})
+    response = client.post("/v1/search", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()["error"], response.json()["message"]) == (422, service_error, message)
+
+    vector_file = tmp_path / "q.json"
+    vector_file.write_text(json.dumps(request["vector"]))
+    args = ["--database-url", service_db[0], "search", "x", "--vector", str(vector_file), "-k", str(request["k"])]
+    if request["filter"]:
+        args += ["--filter", json.dumps(request["filter"])]
+    result = CliRunner().invoke(main, args)
+    # An option the core refuses is a usage error (64); a vector file it refuses, an error (1).
+    assert result.exit_code == (64 if "k" in change or "filter" in change else 1), result.output
+    assert message in " ".join(result.output.split()), result.output
