@@ -268,8 +268,8 @@ def main(ctx: click.Context, database_url: str | None, read_urls: str | None) ->
         1   an error (the message on stderr says what to do)
         2   dpr-pg ingest: some records were rejected (listed in its report)
         64  a usage error: an unknown command or option, or a bad option value
-    dpr-pg server psql exits with psql's own code, and dpr-pg worker --once with 1 when it left
-    a table alone.
+    dpr-pg server psql exits with psql's own code; dpr-pg worker --once exits 1 when it left a
+    table alone, Ctrl-C exits 1, and dpr-pg serve stopped by SIGTERM re-raises it (143 in a shell).
     """
     ctx.obj = Context(database_url, read_urls=read_urls)
 

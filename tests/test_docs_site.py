@@ -81,7 +81,8 @@ def test_every_exit_code_the_cli_uses_is_documented() -> None:
     documented = set(re.findall(r"^\| (\d+) \|", table, flags=re.M))
     source = (ROOT / "dpr_pg" / "cli.py").read_text(encoding="utf-8")
     used = set(re.findall(r"(?:sys\.exit|ctx\.exit|SystemExit)\((\d+)\)", source))
-    used |= {"0", str(click.ClickException.exit_code), str(click.UsageError.exit_code)}
+    used |= set(re.findall(r"^EX_\w+ = (\d+)", source, flags=re.M))  # EX_USAGE: every usage error
+    used |= {"0", str(click.ClickException.exit_code)}
     assert used <= documented, f"exit codes used but not in docs/cli.md: {sorted(used - documented)}"
 
 
