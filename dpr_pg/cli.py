@@ -122,6 +122,15 @@ def json_option(what: str = "one JSON object") -> Callable[[F], F]:
     return click.option("--json", "as_json", is_flag=True, help=f"Print {what}.")
 
 
+def index_build_options(func: F) -> F:
+    """The index build bundle: --maintenance-work-mem and --wait, on every command that builds the HNSW index."""
+    func = click.option("--wait", type=click.FloatRange(0), default=3600, show_default=True, metavar="SECONDS",
+                        help="How long to wait for another index build (or an ingest --defer-index) to finish.")(func)
+    return click.option("--maintenance-work-mem", metavar="SIZE",
+                        help="Memory for the build, e.g. 4GB (default: what the table's graph needs, "
+                             "at most 16GB).")(func)
+
+
 def reports_errors(func: F) -> F:
     """Turn every error into one clear line on stderr and exit code 1: no traceback reaches a user.
 
@@ -565,10 +574,7 @@ def server_psql(postgres_version: str | None, database: str, psql_args: tuple[st
               help="Links per node: more links, better recall on large corpora, a bigger index.")
 @click.option("--ef-construction", type=click.IntRange(4, 1000), default=64, show_default=True,
               help="Candidate list while building (at least 2 x m): larger, a better graph and a slower build.")
-@click.option("--maintenance-work-mem", metavar="SIZE",
-              help="Memory for the build, e.g. 4GB (default: what the table's graph needs, at most 16GB).")
-@click.option("--wait", type=click.FloatRange(0), default=3600, show_default=True, metavar="SECONDS",
-              help="How long to wait for another index build (or an ingest --defer-index) to finish.")
+@index_build_options
 @json_option()
 @PROGRESS_OPTION
 @pass_context
@@ -637,10 +643,7 @@ def storage_show(ctx: Context, as_json: bool) -> None:
 @click.option("--m", type=click.IntRange(2, 100), default=None, help="HNSW m of the new index (default: the current).")
 @click.option("--ef-construction", type=click.IntRange(4, 1000), default=None,
               help="HNSW ef_construction of the new index (default: the current).")
-@click.option("--maintenance-work-mem", metavar="SIZE",
-              help="Memory for the build, e.g. 4GB (default: what the table's graph needs, at most 16GB).")
-@click.option("--wait", type=click.FloatRange(0), default=3600, show_default=True, metavar="SECONDS",
-              help="How long to wait for another index build (or an ingest --defer-index) to finish.")
+@index_build_options
 @json_option()
 @PROGRESS_OPTION
 @pass_context

@@ -348,7 +348,7 @@ DECLARE
     plan json;
     table_rows double precision;
     rls boolean := row_security_active(relation);
-    analyzed boolean := true;
+    trusted boolean := true;  -- statistics the plan may trust; else the bounded count decides
 BEGIN
     IF where_sql = 'true' AND NOT rls THEN
         IF k > @MAX_EF_SEARCH@ THEN
@@ -368,19 +368,9 @@ BEGIN
     IF rls AND estimate IS NULL THEN
         -- Row-level security (a tenant role, see dpr_pg.grant_access) hides rows, and PostgreSQL
         -- estimates a non-leakproof condition such as @> without statistics for the caller; the
-        -- policy filters every search, filter or not: count the visible matches, bounded.
-        EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM ' || source || ' WHERE ' || where_sql || ' LIMIT $5) AS m'
-            INTO matching_rows USING params, NULL::text, k, collection, exact_threshold + 1;
-        IF matching_rows <= exact_threshold THEN
-            path := 'exact';
-        ELSE
-            path := 'hnsw-iterative';
-            ef_search := greatest(k, @FILTERED_EF_SEARCH@);
-        END IF;
-        RETURN;
-    END IF;
-    -- statistics first; a bounded count only when they say the filter may be narrow
-    IF estimate IS NULL THEN
+        -- policy filters every search, filter or not: the bounded count of the visible matches decides.
+        trusted := false;
+    ELSIF estimate IS NULL THEN  -- statistics first; a bounded count only when they say the filter may be narrow
         EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM ' || source || ' WHERE ' || where_sql
             INTO plan USING params, NULL::text, k, collection;
         estimated_rows := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
@@ -389,13 +379,13 @@ BEGIN
         -- pg_stats shows only what the role may read (nothing under row-level security): a count too.
         IF estimated_rows <= greatest(@COUNT_BAND@ * exact_threshold, @EXACT_MAX_ROWS@) THEN
             SELECT c.reltuples, EXISTS (SELECT 1 FROM pg_stats s WHERE s.schemaname = n.nspname AND s.tablename = c.relname)
-            INTO table_rows, analyzed
+            INTO table_rows, trusted
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relation;
         END IF;
     ELSE
         estimated_rows := estimate;
     END IF;
-    IF NOT analyzed THEN
+    IF NOT trusted THEN
         EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM ' || source || ' WHERE ' || where_sql || ' LIMIT $5) AS m'
             INTO matching_rows USING params, NULL::text, k, collection, exact_threshold + 1;
         IF matching_rows <= exact_threshold THEN
