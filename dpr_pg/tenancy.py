@@ -53,15 +53,19 @@ def _collections(collections: Iterable[str] | str | None) -> list[str] | None:
     return list(dict.fromkeys(n.strip() for n in names))
 
 
+def _require_tenancy_schema(conn: Connection) -> None:
+    """On a database without the schema the fix is dpr-pg init, whatever the role: say so first."""
+    if conn.execute(sa.text("SELECT to_regclass('dpr_pg.collection_grants') IS NULL")).scalar():
+        raise SchemaError("this database has no dpr_pg schema, or one without tenancy; "
+                          "run dpr-pg init to create or upgrade it")
+
+
 def _call(engine: Engine, statement: str, params: dict[str, Any], role: str | None) -> None:
     if role is not None and (not isinstance(role, str) or not role):
         raise ConfigError(f"expected a role name, not {role!r}")
     try:
         with engine.begin() as conn:
-            # before the role: on a database without the schema, the fix is dpr-pg init whatever the role
-            if conn.execute(sa.text("SELECT to_regclass('dpr_pg.collection_grants') IS NULL")).scalar():
-                raise SchemaError("this database has no dpr_pg schema, or one without tenancy; "
-                                  "run dpr-pg init to create or upgrade it")
+            _require_tenancy_schema(conn)
             if role is not None:
                 exists = conn.execute(sa.text("SELECT to_regrole(quote_ident(:r)) IS NOT NULL"), {"r": role}).scalar()
                 if not exists:
@@ -121,6 +125,7 @@ def tenancy_status(engine: Engine) -> Tenancy:
     True
     """
     with engine.connect() as conn:
+        _require_tenancy_schema(conn)
         enabled = conn.execute(sa.text(
             "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass('dpr_pg.passages')")).scalar()
         rows = conn.execute(sa.text(

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from dpr_pg import (ConfigError, PrivilegeError, grant, ingest, make_tiny_models, revoke, search, search_statement,
-                    set_tenancy, tenancy_status)
+from dpr_pg import (ConfigError, PrivilegeError, SchemaError, grant, ingest, make_tiny_models, revoke, search,
+                    search_statement, set_tenancy, tenancy_status)
 from dpr_pg._fingerprint import EncoderFingerprint
 from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
 from dpr_pg.sync import enable_table
@@ -443,3 +443,12 @@ def test_the_least_privilege_role_searches_through_every_face_and_writes_nothing
         owner.dispose()
         server.drop_database(name)
         roles.drop_roles()
+
+
+def test_tenancy_status_before_init_says_to_run_init(empty_url: str) -> None:
+    engine = sa.create_engine(empty_url)
+    try:
+        with pytest.raises(SchemaError, match="run dpr-pg init"):
+            tenancy_status(engine)
+    finally:
+        engine.dispose()
