@@ -52,7 +52,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dpr-pg demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
