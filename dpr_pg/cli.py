@@ -372,7 +372,7 @@ def doctor(ctx: Context, as_json: bool, show_password: bool) -> None:
     table.add_row("schema", f"{report.schema_revision or 'none'} (head {report.head_revision})")
     table.add_row("dimension", str(report.dim) if report.dim else "-")
     if report.dim:
-        table.add_row("hnsw index", "m {m}, ef_construction {ef_construction}".format(**report.hnsw)
+        table.add_row("hnsw index", "m {m}, ef_construction {ef_construction}, storage {storage}".format(**report.hnsw)
                       if report.hnsw else "missing")
     for collection, count in report.passages.items():
         table.add_row(f"collection {collection}", f"{count} passages")

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 from dpr_pg.database import psql_url
 from dpr_pg.replicas import ReplicaStatus, probe_replica, reason_of, route_of
 from dpr_pg.schema import HNSW_INDEX, current_revision, embedding_dim, head_revision
+from dpr_pg.storage import read_storage
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -134,7 +135,7 @@ class DoctorReport:
     dim: int | None
     passages: dict[str, int] = field(default_factory=dict)
     encoders: list[dict[str, Any]] = field(default_factory=list)
-    hnsw: dict[str, int] | None = None  # the HNSW index's m and ef_construction; None when missing or INVALID
+    hnsw: dict[str, Any] | None = None  # the HNSW index's m, ef_construction and storage; None when missing/INVALID
     warnings: list[str] = field(default_factory=list)
     replicas: list[dict[str, Any]] = field(default_factory=list)  # ReplicaStatus of each read URL, as dicts
 
@@ -183,8 +184,9 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
             warnings.append("the HNSW index on dpr_pg.passages is missing or INVALID (an interrupted build): "
                             "searches run as exact scans; run dpr-pg index to build it")
         else:
-            hnsw = {"m": parameters.m, "ef_construction": parameters.ef_construction}
             with engine.connect() as conn:
+                hnsw = {"m": parameters.m, "ef_construction": parameters.ef_construction,
+                        "storage": read_storage(conn).kind}
                 sizes = conn.execute(sa.text(
                     "SELECT pg_relation_size(to_regclass(:index)), pg_size_bytes(current_setting('shared_buffers'))"),
                     {"index": f"dpr_pg.{HNSW_INDEX}"}).one()

@@ -258,6 +258,8 @@ def test_cli_init_and_storage_commands(empty_url: str) -> None:
     shown_build = runner.invoke(main, ["--database-url", empty_url, "storage", "set", "halfvec", "--progress"])
     assert shown_build.exit_code == 0, shown_build.output
     assert "storage vector -> halfvec" in shown_build.stdout and "HNSW index" in shown_build.stderr
+    doctor = runner.invoke(main, ["--database-url", empty_url, "doctor", "--json"])
+    assert json.loads(doctor.stdout)["hnsw"]["storage"] == "halfvec"
 
 
 def test_downgrade_below_the_settings_puts_the_vector_index_back(empty_url: str) -> None:
