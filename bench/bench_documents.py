@@ -61,13 +61,13 @@ def main() -> None:
 
     import sqlalchemy as sa
 
-    from dpr_pg.database import embedded_server
-    from dpr_pg.embedded import stop_server
+    from dpr_pg.db.engine import embedded_server
+    from dpr_pg.db.embedded import stop_server
     from dpr_pg.encoders import EncoderPair, make_tiny_models
     from dpr_pg.ingest import ingest
     from dpr_pg.ingest.documents import source as document_source
     from dpr_pg.ingest.documents.source import _parser
-    from dpr_pg.schema import init
+    from dpr_pg.db.schema import init
 
     work = Path(tempfile.mkdtemp(prefix="dpr_pg_bench_documents_"))
     folder = work / "docs"

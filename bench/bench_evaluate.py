@@ -35,10 +35,10 @@ import sqlalchemy as sa
 
 from dpr_pg._fingerprint import EncoderFingerprint
 from dpr_pg.audit import audit_ann
-from dpr_pg.database import embedded_url
+from dpr_pg.db.engine import embedded_url
 from dpr_pg.evaluate import evaluate
 from dpr_pg.ingest import ingest
-from dpr_pg.schema import HNSW_INDEX, init
+from dpr_pg.db.schema import HNSW_INDEX, init
 
 DIM = 768
 

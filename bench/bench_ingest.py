@@ -69,7 +69,7 @@ def fresh_database(admin_url: str, name: str, *, drop_hnsw: bool = True) -> str:
     import sqlalchemy as sa
 
     from dpr_pg.ingest.index import drop_hnsw as drop
-    from dpr_pg.schema import init
+    from dpr_pg.db.schema import init
 
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -106,7 +106,7 @@ def method_orm(url: str, source: Path, emb: Path) -> int:
     from sqlalchemy.orm import Session
 
     from dpr_pg.ingest import content_hash
-    from dpr_pg.models import Passage
+    from dpr_pg.db.models import Passage
 
     engine = sa.create_engine(url)
     eid = encoder_id(engine)
@@ -166,7 +166,7 @@ def method_ceiling(url: str, source: Path, emb: Path) -> tuple[int, float]:
 
     import psycopg
 
-    from dpr_pg.database import libpq_url
+    from dpr_pg.db.engine import libpq_url
     from dpr_pg.ingest.copybin import copy_payload
 
     vectors = np.load(emb)
@@ -291,7 +291,7 @@ def main() -> None:
         return
     folder = Path(tempfile.mkdtemp(prefix="dpr_bench_"))
     os.environ.setdefault("DPR_PG_HOME", str(folder / "home"))
-    from dpr_pg.database import embedded_url
+    from dpr_pg.db.engine import embedded_url
     from dpr_pg.ingest.index import ensure_hnsw
 
     admin_url = embedded_url()

@@ -62,7 +62,7 @@ def chunks_of(rows: list[dict]) -> list[tuple[str, str]]:
 def fresh_database(admin_url: str, name: str) -> str:
     import sqlalchemy as sa
 
-    from dpr_pg.schema import init
+    from dpr_pg.db.schema import init
 
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -202,7 +202,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="dpr_bench_pipeline_"))
     os.environ.setdefault("DPR_PG_HOME", str(folder / "home"))
-    from dpr_pg.database import embedded_url
+    from dpr_pg.db.engine import embedded_url
     from dpr_pg.ingest.pipeline import ENCODER_BATCH
 
     admin_url = embedded_url()

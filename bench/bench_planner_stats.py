@@ -36,10 +36,10 @@ from dpr_pg import _planner
 from dpr_pg._fingerprint import EncoderFingerprint
 from dpr_pg._planner import COUNT_BAND, EXACT_MAX_ROWS, Explain, SearchPlan
 from dpr_pg._statistics import analyze_if_changed
-from dpr_pg.database import embedded_url
+from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest import ingest
-from dpr_pg.models import Passage
-from dpr_pg.schema import init
+from dpr_pg.db.models import Passage
+from dpr_pg.db.schema import init
 from dpr_pg.search import search
 
 DIM = 768

@@ -36,10 +36,10 @@ import numpy as np
 import sqlalchemy as sa
 
 from dpr_pg._fingerprint import EncoderFingerprint
-from dpr_pg.database import embedded_url
+from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest import ingest
 from dpr_pg.ingest.index import HnswParameters, build_index, drop_hnsw, ensure_hnsw, hnsw_parameters
-from dpr_pg.schema import init
+from dpr_pg.db.schema import init
 from dpr_pg.search import search, search_statement
 
 DIM = 768

@@ -147,7 +147,7 @@ def main() -> None:
     os.environ.setdefault("DPR_PG_HOME", str(work / "home"))
     os.environ.setdefault("DPR_PG_CACHE_DIR", str(work / "cache"))
     models = make_base_models(work / "models", seed=0, init_std=0.06)
-    from dpr_pg.database import resolve_url
+    from dpr_pg.db.engine import resolve_url
 
     url = resolve_url(None)
     prepare_database(url, models, args.passages)

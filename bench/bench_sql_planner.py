@@ -25,8 +25,8 @@ from typing import Any, Callable
 import numpy as np
 import sqlalchemy as sa
 
-from dpr_pg.database import embedded_url
-from dpr_pg.schema import init, resource_dir
+from dpr_pg.db.engine import embedded_url
+from dpr_pg.db.schema import init, resource_dir
 from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
 
 K = 10

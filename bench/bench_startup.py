@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--baseline-tree", type=Path, help="Another source tree whose search is the 'before' row.")
     args = parser.parse_args()
 
-    from dpr_pg.database import embedded_server
+    from dpr_pg.db.engine import embedded_server
 
     work = Path(tempfile.mkdtemp(prefix="dpr_pg_startup_"))
     try:

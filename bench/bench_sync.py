@@ -35,9 +35,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from dpr_pg._fingerprint import EncoderFingerprint
-from dpr_pg.database import embedded_url
-from dpr_pg.embedded import stop_server
-from dpr_pg.schema import init
+from dpr_pg.db.engine import embedded_url
+from dpr_pg.db.embedded import stop_server
+from dpr_pg.db.schema import init
 from dpr_pg.sync import enable_table, run_worker
 
 DIM = 768

@@ -37,11 +37,11 @@ from psycopg.types.json import Jsonb
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import DIM, K, measure, queries_near, synthetic  # noqa: E402
 
-from dpr_pg.database import embedded_url  # noqa: E402
+from dpr_pg.db.engine import embedded_url  # noqa: E402
 from dpr_pg.ingest.index import HnswParameters, drop_hnsw, ensure_hnsw  # noqa: E402
-from dpr_pg.schema import init  # noqa: E402
+from dpr_pg.db.schema import init  # noqa: E402
 from dpr_pg.search import search  # noqa: E402
-from dpr_pg.tenancy import grant  # noqa: E402
+from dpr_pg.db.tenancy import grant  # noqa: E402
 
 TENANTS = {"bench_tenant_big": "big", "bench_tenant_mid": "mid3", "bench_tenant_small": "small7"}
 FILTERS = [("none", None), ("10%", {"tenth": True})]

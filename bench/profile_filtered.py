@@ -30,7 +30,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import queries_near, synthetic, truth  # noqa: E402
 
-from dpr_pg.database import embedded_url  # noqa: E402
+from dpr_pg.db.engine import embedded_url  # noqa: E402
 
 EXACT = ("SELECT id FROM dpr_pg.passages WHERE metadata @> %(f)s::jsonb "
          "ORDER BY inner_product(embedding, %(q)s::vector) DESC LIMIT 10")

@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import DIM, K, queries_near, synthetic, truth  # noqa: E402
 
-from dpr_pg.database import embedded_url  # noqa: E402
+from dpr_pg.db.engine import embedded_url  # noqa: E402
 from dpr_pg.search import query_vector, search, search_statement  # noqa: E402
 
 

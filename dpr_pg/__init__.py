@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "create_engine": "dpr_pg.database",
-    "DoctorReport": "dpr_pg.doctor",
-    "doctor": "dpr_pg.doctor",
-    "ServerStatus": "dpr_pg.embedded",
-    "server_status": "dpr_pg.embedded",
-    "start_server": "dpr_pg.embedded",
-    "stop_server": "dpr_pg.embedded",
+    "create_engine": "dpr_pg.db.engine",
+    "DoctorReport": "dpr_pg.db.doctor",
+    "doctor": "dpr_pg.db.doctor",
+    "ServerStatus": "dpr_pg.db.embedded",
+    "server_status": "dpr_pg.db.embedded",
+    "start_server": "dpr_pg.db.embedded",
+    "stop_server": "dpr_pg.db.embedded",
     "EncodeResult": "dpr_pg.encoders",
     "EncoderFingerprint": "dpr_pg.encoders",
     "EncoderPair": "dpr_pg.encoders",
@@ -63,17 +63,17 @@ _EXPORTS = {
     "ingest": "dpr_pg.ingest",
     "ingest_records": "dpr_pg.ingest",
     "delete_passages": "dpr_pg.ingest.delete",
-    "list_collections": "dpr_pg.collections",
+    "list_collections": "dpr_pg.db.collections",
     "HnswParameters": "dpr_pg.ingest.index",
     "IndexBuild": "dpr_pg.ingest.index",
     "build_index": "dpr_pg.ingest.index",
-    "Encoder": "dpr_pg.models",
-    "Passage": "dpr_pg.models",
-    "InitResult": "dpr_pg.schema",
-    "downgrade": "dpr_pg.schema",
-    "init": "dpr_pg.schema",
-    "init_sql": "dpr_pg.schema",
-    "upgrade": "dpr_pg.schema",
+    "Encoder": "dpr_pg.db.models",
+    "Passage": "dpr_pg.db.models",
+    "InitResult": "dpr_pg.db.schema",
+    "downgrade": "dpr_pg.db.schema",
+    "init": "dpr_pg.db.schema",
+    "init_sql": "dpr_pg.db.schema",
+    "upgrade": "dpr_pg.db.schema",
     "AuditReport": "dpr_pg.audit",
     "audit_ann": "dpr_pg.audit",
     "has_answer": "dpr_pg.answers",
@@ -92,11 +92,11 @@ _EXPORTS = {
     "search": "dpr_pg.search",
     "search_many": "dpr_pg.search",
     "search_statement": "dpr_pg.search",
-    "STORAGES": "dpr_pg.storage",
-    "Storage": "dpr_pg.storage",
-    "StorageChange": "dpr_pg.storage",
-    "current_storage": "dpr_pg.storage",
-    "set_storage": "dpr_pg.storage",
+    "STORAGES": "dpr_pg.db.storage",
+    "Storage": "dpr_pg.db.storage",
+    "StorageChange": "dpr_pg.db.storage",
+    "current_storage": "dpr_pg.db.storage",
+    "set_storage": "dpr_pg.db.storage",
     "NoHits": "dpr_pg.no_hits",
     "explain_no_hits": "dpr_pg.no_hits",
     "DprSearchable": "dpr_pg.mixin",
@@ -110,18 +110,18 @@ _EXPORTS = {
     "enable_table": "dpr_pg.sync",
     "run_worker": "dpr_pg.sync",
     "sync_status": "dpr_pg.sync",
-    "CollectionGrant": "dpr_pg.tenancy",
-    "Tenancy": "dpr_pg.tenancy",
-    "grant": "dpr_pg.tenancy",
-    "revoke": "dpr_pg.tenancy",
-    "set_tenancy": "dpr_pg.tenancy",
-    "tenancy_status": "dpr_pg.tenancy",
+    "CollectionGrant": "dpr_pg.db.tenancy",
+    "Tenancy": "dpr_pg.db.tenancy",
+    "grant": "dpr_pg.db.tenancy",
+    "revoke": "dpr_pg.db.tenancy",
+    "set_tenancy": "dpr_pg.db.tenancy",
+    "tenancy_status": "dpr_pg.db.tenancy",
 }
 
 if TYPE_CHECKING:  # the same names, for type checkers and IDEs
-    from dpr_pg.database import create_engine
-    from dpr_pg.doctor import DoctorReport, doctor
-    from dpr_pg.embedded import ServerStatus, server_status, start_server, stop_server
+    from dpr_pg.db.engine import create_engine
+    from dpr_pg.db.doctor import DoctorReport, doctor
+    from dpr_pg.db.embedded import ServerStatus, server_status, start_server, stop_server
     from dpr_pg.encoders import (
         EncodeResult,
         EncoderFingerprint,
@@ -156,19 +156,19 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
         SyncError,
     )
     from dpr_pg.filters import compile_filter
-    from dpr_pg.collections import list_collections
+    from dpr_pg.db.collections import list_collections
     from dpr_pg.ingest import FieldMapping, IngestReport, RayEncoding, RecordRejectedError, ingest, ingest_records
     from dpr_pg.ingest.delete import delete_passages
     from dpr_pg.ingest.index import HnswParameters, IndexBuild, build_index
-    from dpr_pg.models import Encoder, Passage
-    from dpr_pg.schema import InitResult, downgrade, init, init_sql, upgrade
+    from dpr_pg.db.models import Encoder, Passage
+    from dpr_pg.db.schema import InitResult, downgrade, init, init_sql, upgrade
     from dpr_pg.audit import AuditReport, audit_ann
     from dpr_pg.answers import has_answer
     from dpr_pg.evaluate import EvaluationReport, evaluate
     from dpr_pg.qa import QAItem
     from dpr_pg.reader import Answer, AskResult, Reader, ask, make_tiny_reader
     from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
-    from dpr_pg.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
+    from dpr_pg.db.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
     from dpr_pg.no_hits import NoHits, explain_no_hits
     from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
     from dpr_pg.sync import (
@@ -181,7 +181,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
         run_worker,
         sync_status,
     )
-    from dpr_pg.tenancy import CollectionGrant, Tenancy, grant, revoke, set_tenancy, tenancy_status
+    from dpr_pg.db.tenancy import CollectionGrant, Tenancy, grant, revoke, set_tenancy, tenancy_status
 
 __all__ = [
     "EncodeResult",
@@ -310,7 +310,7 @@ def __dir__() -> list[str]:
 class _Package(types.ModuleType):
     """Keeps a public function from being shadowed by its own submodule.
 
-    ``dpr_pg.search``, ``dpr_pg.doctor``, ``dpr_pg.evaluate`` and ``dpr_pg.ingest`` are functions and
+    ``dpr_pg.search``, ``dpr_pg.db.doctor``, ``dpr_pg.evaluate`` and ``dpr_pg.ingest`` are functions and
     modules of the same name. Importing the module makes Python set the package attribute to the
     module; here it becomes the function, as when every name was imported eagerly.
     """

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 
 from dpr_pg._statistics import TABLE_FACTS
-from dpr_pg.models import Passage
+from dpr_pg.db.models import Passage
 # The numbers live in dpr_pg.tuning, shared with the SQL functions; re-exported here for callers.
 from dpr_pg.tuning import (COUNT_BAND, EXACT_MAX_ROWS, EXACT_SELECTIVITY, EXACT_THRESHOLD, FILTERED_EF_SEARCH,
                            ITERATIVE_SCAN_VERSION, MAX_EF_SEARCH, UNFILTERED_EF_SEARCH)
@@ -38,8 +38,8 @@ class SearchPlan:
     ``"hybrid"``. ``estimated_rows`` is PostgreSQL's estimate of the matching rows and
     ``matching_rows`` a count bounded at the threshold + 1 (None when not needed).
     ``explain`` holds PostgreSQL's EXPLAIN of the query that ran when ``explain=True``.
-    ``row_security``: row-level security limited the rows this role sees (see :mod:`dpr_pg.tenancy`).
-    ``storage``: what the HNSW index compares (see :mod:`dpr_pg.storage`).
+    ``row_security``: row-level security limited the rows this role sees (see :mod:`dpr_pg.db.tenancy`).
+    ``storage``: what the HNSW index compares (see :mod:`dpr_pg.db.storage`).
     """
 
     path: str
@@ -93,7 +93,7 @@ def plan(
 ) -> SearchPlan:
     """Choose the path for a top-``k`` dense search over the rows matching ``where`` (None: all rows).
 
-    ``row_security``: row-level security hides rows from this role (see :mod:`dpr_pg.tenancy`).
+    ``row_security``: row-level security hides rows from this role (see :mod:`dpr_pg.db.tenancy`).
     PostgreSQL then estimates non-leakproof conditions (a metadata filter's ``@>``) without its
     statistics, and every search is filtered by the policy: the planner counts the visible matches
     instead, bounded at ``exact_threshold + 1``.

@@ -26,7 +26,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from dpr_pg import replicas
+from dpr_pg.db import replicas
 from dpr_pg.search import check_request
 from dpr_pg.search import search_many as _search_many
 from dpr_pg.errors import DimensionError, SearchError
@@ -60,7 +60,7 @@ async def create_async_engine(url: str | None = None, *, read_urls: str | Sequen
     """
     from sqlalchemy.ext.asyncio import create_async_engine as create
 
-    from dpr_pg.database import read_route, resolve_url
+    from dpr_pg.db.engine import read_route, resolve_url
 
     route = read_route(read_urls, max_replica_lag=max_replica_lag, read_your_writes=read_your_writes,
                        replica_wait=replica_wait, engine_options=kwargs, asynchronous=True)

@@ -40,14 +40,14 @@ class Context:
     @property
     def engine(self):  # noqa: ANN201 - sqlalchemy Engine, imported lazily to keep --help fast
         if self._engine is None:
-            from dpr_pg.database import create_engine
+            from dpr_pg.db.engine import create_engine
 
             self._engine = create_engine(self.explicit_url, origin="--database-url", read_urls=self.read_urls)
         return self._engine
 
     def engine_with_schema(self):  # noqa: ANN201 - sqlalchemy Engine
         """The engine, once dpr_pg's schema is known to be there: checked before any model loads."""
-        from dpr_pg.schema import require_schema
+        from dpr_pg.db.schema import require_schema
 
         with self.engine.connect() as conn:
             require_schema(conn)
@@ -317,7 +317,7 @@ def init(ctx: Context, dim: int | None, storage: str | None, as_sql: bool, vecto
         psql -v ON_ERROR_STOP=1 -f dpr_pg.sql "$DATABASE_URL"
     """
     if as_sql:
-        from dpr_pg.schema import init_sql
+        from dpr_pg.db.schema import init_sql
 
         if storage not in (None, "vector"):
             raise click.UsageError("--sql prints the schema with the vector index; run dpr-pg storage set "
@@ -328,7 +328,7 @@ def init(ctx: Context, dim: int | None, storage: str | None, as_sql: bool, vecto
     for name, value in (("--vector-schema", vector_schema), ("--from", start)):
         if value is not None:
             raise click.UsageError(f"{name} only applies to the printed script: add --sql")
-    from dpr_pg.schema import init as init_schema
+    from dpr_pg.db.schema import init as init_schema
 
     result = init_schema(ctx.engine, dim=dim, storage=storage)
     shape = f"vector({result.dim})" + ("" if result.storage == "vector" else f", {result.storage} index")
@@ -356,7 +356,7 @@ def doctor(ctx: Context, as_json: bool, show_password: bool) -> None:
         dpr-pg doctor --json
         dpr-pg doctor --show-password
     """
-    from dpr_pg.doctor import doctor as run_doctor
+    from dpr_pg.db.doctor import doctor as run_doctor
 
     report = run_doctor(ctx.engine, show_password=show_password)
     if as_json:
@@ -437,7 +437,7 @@ def server_start(postgres_version: str | None, as_json: bool) -> None:
         dpr-pg server start
         psql "$(dpr-pg server url)"
     """
-    from dpr_pg.embedded import start_server
+    from dpr_pg.db.embedded import start_server
 
     status = start_server(postgres_version=_version(postgres_version))
     if as_json:
@@ -461,7 +461,7 @@ def server_stop(postgres_version: str | None, force: bool) -> None:
         dpr-pg server stop
         dpr-pg server stop --force
     """
-    from dpr_pg.embedded import server_status, stop_server
+    from dpr_pg.db.embedded import server_status, stop_server
 
     version = _version(postgres_version)
     if not server_status(postgres_version=version).running:
@@ -483,7 +483,7 @@ def server_status_command(postgres_version: str | None, as_json: bool) -> None:
         dpr-pg server status
         dpr-pg server status --json --postgres-version 16
     """
-    from dpr_pg.embedded import running_versions, server_status
+    from dpr_pg.db.embedded import running_versions, server_status
 
     status = server_status(postgres_version=_version(postgres_version))
     if as_json:
@@ -532,8 +532,8 @@ def server_url(postgres_version: str | None, database: str) -> None:
     """
     from sqlalchemy.engine import make_url
 
-    from dpr_pg.database import psql_url
-    from dpr_pg.embedded import server_status
+    from dpr_pg.db.engine import psql_url
+    from dpr_pg.db.embedded import server_status
     from dpr_pg.errors import DatabaseError
 
     version = _version(postgres_version)
@@ -563,7 +563,7 @@ def server_psql(postgres_version: str | None, database: str, psql_args: tuple[st
         dpr-pg server psql -c 'SELECT collection, count(*) FROM dpr_pg.passages GROUP BY 1'
         dpr-pg server psql --database reviewed -v ON_ERROR_STOP=1 -f dpr_pg.sql
     """
-    from dpr_pg.embedded import run_psql
+    from dpr_pg.db.embedded import run_psql
 
     _note_configured_url()
     sys.exit(run_psql(psql_args, database=database, postgres_version=_version(postgres_version)))
@@ -628,7 +628,7 @@ def storage_show(ctx: Context, as_json: bool) -> None:
     Example:
         dpr-pg storage show --json
     """
-    from dpr_pg.storage import current_storage
+    from dpr_pg.db.storage import current_storage
 
     chosen = current_storage(ctx.engine)
     if as_json:
@@ -660,7 +660,7 @@ def storage_set(ctx: Context, kind: str, m: int | None, ef_construction: int | N
     Example:
         dpr-pg storage set halfvec
     """
-    from dpr_pg.storage import set_storage
+    from dpr_pg.db.storage import set_storage
 
     change = set_storage(ctx.engine, kind, m=m, ef_construction=ef_construction,
                          maintenance_work_mem=maintenance_work_mem, wait=wait, progress=progress)
@@ -1249,7 +1249,7 @@ def grant_command(ctx: Context, role: str, collections: list[str] | None, write:
         dpr-pg grant tenant_a --collections wiki,news
         dpr-pg grant tenant_a_loader --collections wiki --write
     """
-    from dpr_pg.tenancy import grant, tenancy_status
+    from dpr_pg.db.tenancy import grant, tenancy_status
 
     grant(ctx.engine, role, collections=collections, write=write)
     what = "search and ingest" if write else "search"
@@ -1282,7 +1282,7 @@ def revoke_command(ctx: Context, role: str, collections: list[str] | None, write
         dpr-pg revoke tenant_a --collections news
         dpr-pg revoke tenant_a
     """
-    from dpr_pg.tenancy import revoke
+    from dpr_pg.db.tenancy import revoke
 
     revoke(ctx.engine, role, collections=collections, write=write)
     what = "writing" if write else "access to"
@@ -1306,7 +1306,7 @@ def tenancy_command(ctx: Context, switch: str | None, as_json: bool) -> None:
         dpr-pg tenancy
         dpr-pg tenancy off
     """
-    from dpr_pg.tenancy import set_tenancy, tenancy_status
+    from dpr_pg.db.tenancy import set_tenancy, tenancy_status
 
     if switch is not None:
         set_tenancy(ctx.engine, switch == "on")
@@ -1555,7 +1555,7 @@ def collections_command(ctx: Context, as_json: bool) -> None:
     Example:
         dpr-pg collections --json
     """
-    from dpr_pg.collections import list_collections
+    from dpr_pg.db.collections import list_collections
 
     found = list_collections(ctx.engine)
     if as_json:

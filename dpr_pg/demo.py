@@ -117,7 +117,7 @@ def run_demo(
     >>> run_demo(engine, home=Path("~/.local/share/dpr_pg"), models_configured=False)  # doctest: +SKIP
     """
     from dpr_pg.ingest import ingest
-    from dpr_pg.schema import embedding_dim, init
+    from dpr_pg.db.schema import embedding_dim, init
     from dpr_pg.search import search
 
     pair, source = load_demo_encoders(home, models_configured=models_configured, say=say)

@@ -45,7 +45,7 @@ from dpr_pg.metrics import (
     reader_metrics,
 )
 from dpr_pg.qa import QAItem, as_items, read_questions
-from dpr_pg.replicas import read_connection
+from dpr_pg.db.replicas import read_connection
 
 if TYPE_CHECKING:
     from dpr_pg.encoders import EncoderPair, QuestionSide
@@ -153,7 +153,7 @@ def check_collection(conn: Connection, collection: str | None, filter: Filter = 
     The CLI calls it before loading the encoders.
     """
     from dpr_pg.no_hits import explain_no_hits
-    from dpr_pg.schema import require_schema
+    from dpr_pg.db.schema import require_schema
 
     require_schema(conn)
     nothing = explain_no_hits(conn, collection=collection, filter=filter)

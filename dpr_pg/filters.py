@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from dpr_pg import tuning
 from dpr_pg.errors import FilterError
-from dpr_pg.models import Passage
+from dpr_pg.db.models import Passage
 
 COMPARISON_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$between",
                         "$like", "$ilike", "$exists", "$contains")

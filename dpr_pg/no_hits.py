@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.errors import SchemaError
 from dpr_pg.filters import Filter
-from dpr_pg.models import Passage
+from dpr_pg.db.models import Passage
 
 Reason = Literal["no_passages", "unknown_collection", "filter_matched_nothing"]
 _LISTED = 5  # collections named when the one asked for does not exist

@@ -29,9 +29,9 @@ from dpr_pg._query_vector import vector_binding
 from dpr_pg._statistics import TABLE_FACTS
 from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, to_sql
-from dpr_pg.models import Passage
-from dpr_pg.replicas import read_connection
-from dpr_pg.storage import Storage, ann_distance, check_storage, read_storage
+from dpr_pg.db.models import Passage
+from dpr_pg.db.replicas import read_connection
+from dpr_pg.db.storage import Storage, ann_distance, check_storage, read_storage
 from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS
 from dpr_pg.validation import check_filter, check_k, check_query_vector
 
@@ -181,7 +181,7 @@ def ann_settings(conn: Connection, *, ef_search: int, iterative: bool, restore: 
     The previous values come back afterwards (``restore=False`` leaves that to the transaction's end).
     ``index_order=True`` also sets enable_sort off, so that PostgreSQL reads the HNSW index in order
     rather than sorting the rows another index finds: under row-level security it cannot see how many
-    rows the policy keeps (see :mod:`dpr_pg.tenancy`) and guesses few.
+    rows the policy keeps (see :mod:`dpr_pg.db.tenancy`) and guesses few.
 
     >>> with ann_settings(conn, ef_search=200, iterative=True):  # doctest: +SKIP
     ...     conn.execute(search_statement(vector, filter={"lang": "es"}))
@@ -398,7 +398,7 @@ def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
 
 
 def _storage(conn: Connection) -> Storage:
-    """The index's storage (see :mod:`dpr_pg.storage`), read again after STORAGE_TTL seconds."""
+    """The index's storage (see :mod:`dpr_pg.db.storage`), read again after STORAGE_TTL seconds."""
     now = time.monotonic()
     cached = _STORAGE.get(conn.engine)
     if cached is not None and now - cached[0] < STORAGE_TTL:

@@ -2,7 +2,7 @@
 
 The Python planner (:mod:`dpr_pg._planner`), the API, the CLI and the SQL functions all read them
 here. The SQL files in sql/ name them as placeholders, ``@EXACT_THRESHOLD@``, which
-:func:`dpr_pg.schema.definitions_script` fills in from :func:`sql_values` whenever ``dpr-pg init``
+:func:`dpr_pg.db.schema.definitions_script` fills in from :func:`sql_values` whenever ``dpr-pg init``
 applies them; so a change here reaches ``dpr_pg.search`` at the next ``dpr-pg init``, without a
 migration. Migrations never read this module: what they ran stays as it was.
 

@@ -5,10 +5,10 @@ application's Alembic history in the same database.
 
 Each migration carries the SQL it ran (inline or in versions/sql/) and never reads sql/ or the
 package's constants; sql/'s idempotent functions are applied after the last migration by
-:func:`dpr_pg.schema.init` / :func:`dpr_pg.schema.upgrade` / ``init_sql``, not by Alembic alone.
+:func:`dpr_pg.db.schema.init` / :func:`dpr_pg.db.schema.upgrade` / ``init_sql``, not by Alembic alone.
 Which change goes where: migrations/README.md.
 
-Settings: ``config.attributes["connection"]`` (set by :func:`dpr_pg.schema.upgrade`) or the URL from
+Settings: ``config.attributes["connection"]`` (set by :func:`dpr_pg.db.schema.upgrade`) or the URL from
 ``-x url=...``, ``DPR_PG_DATABASE_URL``, ``DATABASE_URL`` or the embedded server; the embedding
 dimension from ``config.attributes["dim"]`` or ``-x dim=N`` (768 by default).
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from dpr_pg.models import SCHEMA
+from dpr_pg.db.models import SCHEMA
 
 VERSION_TABLE = "alembic_version"
 
@@ -36,7 +36,7 @@ def _configure(**kwargs: object) -> None:
 
 def run_migrations_offline() -> None:
     """Emit SQL to stdout (``alembic upgrade head --sql``)."""
-    from dpr_pg.schema import quoted_schema_name
+    from dpr_pg.db.schema import quoted_schema_name
 
     url = context.get_x_argument(as_dictionary=True).get("url") or "postgresql+psycopg://"
     vector_schema = context.get_x_argument(as_dictionary=True).get("vector_schema", "public")
@@ -58,7 +58,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run_on(connection)
         return
-    from dpr_pg.database import create_engine
+    from dpr_pg.db.engine import create_engine
 
     engine = create_engine(context.get_x_argument(as_dictionary=True).get("url"))
     try:

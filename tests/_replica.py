@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psycopg
 
-from dpr_pg import _pgserver
-from dpr_pg.embedded import EmbeddedServer
+from dpr_pg.db import _pgserver
+from dpr_pg.db.embedded import EmbeddedServer
 
 REPLICA_PORT = 5433  # its socket lives in its own data folder, so the port only has to differ from nothing
 

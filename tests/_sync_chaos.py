@@ -189,9 +189,9 @@ def main() -> None:
     if args.worker:
         _serve(args.worker, args.name, args.delay)
         return
-    from dpr_pg.database import embedded_server
-    from dpr_pg.embedded import stop_server
-    from dpr_pg.schema import init
+    from dpr_pg.db.engine import embedded_server
+    from dpr_pg.db.embedded import stop_server
+    from dpr_pg.db.schema import init
 
     with tempfile.TemporaryDirectory() as home:
         url = embedded_server(home=Path(home)).url(driver="psycopg")

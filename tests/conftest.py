@@ -21,9 +21,9 @@ from hypothesis import settings
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from dpr_pg.database import embedded_server, normalize_url
-from dpr_pg.embedded import stop_server
-from dpr_pg.schema import init
+from dpr_pg.db.engine import embedded_server, normalize_url
+from dpr_pg.db.embedded import stop_server
+from dpr_pg.db.schema import init
 
 ROOT = Path(__file__).resolve().parent.parent
 

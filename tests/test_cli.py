@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from dpr_pg import schema
+from dpr_pg.db import schema
 from dpr_pg.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

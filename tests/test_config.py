@@ -11,7 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import URL
 
 from dpr_pg import config
-from dpr_pg.database import hide_password, normalize_url, psql_url
+from dpr_pg.db.engine import hide_password, normalize_url, psql_url
 from dpr_pg.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from dpr_pg import _trained
 from dpr_pg.demo import DEFAULT, TINY, TRAINED, DemoResult, next_commands, run_demo, sample_corpus, sample_questions
-from dpr_pg.schema import embedding_dim
+from dpr_pg.db.schema import embedding_dim
 
 
 

@@ -18,14 +18,14 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from dpr_pg.database import libpq_url
-from dpr_pg.embedded import psql_path
+from dpr_pg.db.engine import libpq_url
+from dpr_pg.db.embedded import psql_path
 
 # A process that uses the embedded server through the Python API, as an application would: it holds
 # an engine (with a pooled connection), prints the server's URL and waits for a line on stdin.
 HOLDER = (
     "import sys\n"
-    "from dpr_pg.database import create_engine, libpq_url\n"
+    "from dpr_pg.db.engine import create_engine, libpq_url\n"
     "engine = create_engine()\n"
     "print(libpq_url(engine.url.render_as_string(hide_password=False)), flush=True)\n"
     "sys.stdin.readline()\n"
@@ -225,7 +225,7 @@ def test_doctor_prints_a_psql_ready_url_masked_unless_asked(database_url: str, h
 
 def test_an_application_engine_on_the_embedded_url_does_not_keep_the_server_up(home: Path) -> None:
     app = ("import sqlalchemy as sa\n"
-           "from dpr_pg.database import embedded_server\n"
+           "from dpr_pg.db.engine import embedded_server\n"
            "server = embedded_server()\n"
            "engine = sa.create_engine(server.url(driver='psycopg'))\n"
            "with engine.connect() as conn:\n"

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from dpr_pg.errors import FilterError
 from dpr_pg.filters import (MAX_CHARS, MAX_DEPTH, MAX_NODES, MAX_NUMBER_CHARS, MAX_TEXT_INPUT_CHARS, _measure,
                             compile_filter, parse)
-from dpr_pg.models import Passage
+from dpr_pg.db.models import Passage
 
 UNIVERSE: list[Any] = [0, 1, 1.0, 2.5, -3, "a", "b", "ab", "B", "", "é", "A", True, False, None,
                        [1, "a"], ["a"], [], {"b": 1}, {"b": "a"}, {"b": {"c": 2}}]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from _doc_pages import ROOT, reading_order
-from dpr_pg.embedded import start_server, stop_server
+from dpr_pg.db.embedded import start_server, stop_server
 
 UNREACHABLE_HUB = "http://127.0.0.1:9"
 # The documented commands that read or write collections, encoder pairs or the schema's dimension, where

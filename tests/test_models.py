@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from dpr_pg import Encoder, Passage
-from dpr_pg.doctor import index_memory_warning, pgvector_warnings
+from dpr_pg.db.doctor import index_memory_warning, pgvector_warnings
 
 
 def test_models_round_trip_through_an_application_session(engine: sa.Engine) -> None:

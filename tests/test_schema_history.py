@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
-from dpr_pg import schema
+from dpr_pg.db import schema
 from dpr_pg.errors import SchemaError
 
 DIM = 4

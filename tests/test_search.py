@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from dpr_pg import DimensionError, FilterError, SearchError
-from dpr_pg.models import Passage
+from dpr_pg.db.models import Passage
 from dpr_pg.search import search, search_many, search_statement
 
 DIM = 32

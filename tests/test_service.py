@@ -22,14 +22,14 @@ from click.testing import CliRunner
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dpr_pg
-from dpr_pg import embedded
+from dpr_pg.db import embedded
 from dpr_pg.cli import main
 from dpr_pg.errors import DimensionError, FilterError, InvalidKError, QueryVectorError
 from dpr_pg.mixin import DprSearchable, model_search_statement
 from dpr_pg.encoders import EncoderPair
 from dpr_pg.ingest import ingest, ingest_records
 from dpr_pg.reader import Reader
-from dpr_pg.schema import head_revision
+from dpr_pg.db.schema import head_revision
 from dpr_pg.service.keys import create_key, revoke_key
 import _served
 from _devices import assert_same_vectors

@@ -256,7 +256,7 @@ def test_trigger_works_under_any_search_path_of_the_app(engine: Engine) -> None:
 
 
 def test_downgrading_dpr_pg_refuses_while_an_app_table_is_enabled(engine: Engine) -> None:
-    from dpr_pg.schema import downgrade
+    from dpr_pg.db.schema import downgrade
 
     create_articles(engine)
 

@@ -9,7 +9,7 @@ from _sync_app import HashPair, create_articles, wrong_rows
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from dpr_pg import schema
+from dpr_pg.db import schema
 from dpr_pg.errors import EncoderMismatchError, SearchError
 from dpr_pg.mixin import DprSearchable, model_search_statement
 from dpr_pg.search import search_statement

@@ -30,8 +30,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import _progress
 from dpr_pg.errors import ConfigError, IndexBuildError
-from dpr_pg.schema import DROP_INVALID_HNSW, HNSW_INDEX, require_schema
-from dpr_pg.storage import Storage, index_method, read_storage, write_storage
+from dpr_pg.db.schema import DROP_INVALID_HNSW, HNSW_INDEX, require_schema
+from dpr_pg.db.storage import Storage, index_method, read_storage, write_storage
 from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class IndexBuild:
 
 
 def _definition(name: str, parameters: HnswParameters, method: str, *, concurrently: bool = False) -> str:
-    """``method`` is :func:`dpr_pg.storage.index_method`'s, for the storage the index gets."""
+    """``method`` is :func:`dpr_pg.db.storage.index_method`'s, for the storage the index gets."""
     how = "CONCURRENTLY" if concurrently else "IF NOT EXISTS"
     return f"CREATE INDEX {how} {name} ON dpr_pg.passages {method} WITH ({parameters.sql()})"
 
@@ -255,7 +255,7 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
     needs (estimated from the table, at most 16GB): a build that outgrows it slows sharply.
     Another index change in progress (a rebuild, an ingest with ``defer_index``) is waited for,
     up to ``wait`` seconds. A failed build drops its temporary index and keeps the old one; a
-    killed one leaves it INVALID, and the next call drops it. ``storage`` (see :mod:`dpr_pg.storage`)
+    killed one leaves it INVALID, and the next call drops it. ``storage`` (see :mod:`dpr_pg.db.storage`)
     builds the index for another storage and records it in the swap's transaction; by default the
     index keeps the storage the database records. ``progress`` shows a bar of the build on stderr,
     from PostgreSQL's progress report (None: on a terminal only).

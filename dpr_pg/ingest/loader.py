@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import DatabaseError
 from dpr_pg.ingest.copybin import copy_payload, int4_field, text_field
-from dpr_pg.models import TSV_EXPRESSION
+from dpr_pg.db.models import TSV_EXPRESSION
 
 T = TypeVar("T")
 APPLICATION_NAME = "dpr_pg ingest"
@@ -127,7 +127,7 @@ class PassageWriter:
                 f"embedding vector({int(self.dim)}) NOT NULL) ON COMMIT DELETE ROWS")
             conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_KEEP} (external_id text NOT NULL) ON COMMIT DELETE ROWS")
             # PostgreSQL refuses COPY FROM into a table whose row-level security applies to the role
-            # (a tenant, see dpr_pg.tenancy): such a writer always goes through staging + upsert.
+            # (a tenant, see dpr_pg.db.tenancy): such a writer always goes through staging + upsert.
             self._copy_direct = not conn.execute("SELECT row_security_active('dpr_pg.passages')").fetchone()[0]
             self._conn = conn
         return self._conn

@@ -367,9 +367,9 @@ def _resolve_fingerprint(encoder: EncoderPair | None, fingerprint: EncoderFinger
 
 def _check_database(engine: Engine, fingerprint: EncoderFingerprint, collection: str, *, prune: bool) -> int:
     from dpr_pg._fingerprint import check_encoder
-    from dpr_pg.schema import require_schema
+    from dpr_pg.db.schema import require_schema
 
-    from dpr_pg.tenancy import check_write_access
+    from dpr_pg.db.tenancy import check_write_access
 
     with engine.connect() as conn:
         dim = require_schema(conn)

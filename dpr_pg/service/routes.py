@@ -224,7 +224,7 @@ def install(app: FastAPI) -> None:
              tags=["collections"], summary="Collections, counts and encoders")
     async def collections(request: Request, key: ApiKey | None = _SEARCH) -> dict[str, Any]:
         """Each collection the key reaches: its passage count, last write and encoder pairs."""
-        from dpr_pg.collections import list_collections
+        from dpr_pg.db.collections import list_collections
 
         names = key.collections if key is not None else None
         found = await _service(request).database("collections", lambda conn: list_collections(conn, names=names))
@@ -240,7 +240,7 @@ def install(app: FastAPI) -> None:
         service = _service(request)
         if not service.warm or service.pair is None:
             raise ApiError(503, "not_ready", "the encoders are still loading", {"Retry-After": "1"})
-        from dpr_pg.schema import current_revision, require_schema
+        from dpr_pg.db.schema import current_revision, require_schema
 
         def check(conn: Any) -> tuple[int, str | None]:
             return require_schema(conn), current_revision(conn)

@@ -30,7 +30,7 @@ def check_binding(engine: Engine, settings: ServiceSettings) -> str:
     >>> check_binding(engine, ServiceSettings(host="0.0.0.0"))  # doctest: +SKIP
     ConfigError: no API key is live, and 0.0.0.0 is not a loopback address ...
     """
-    from dpr_pg.schema import require_schema
+    from dpr_pg.db.schema import require_schema
     from dpr_pg.service.keys import live_key_count
 
     with engine.connect() as conn:
@@ -71,7 +71,7 @@ def run(settings: ServiceSettings, *, workers: int = 1, say: Callable[[str], Non
 
 def _leave_then_die(signum: int, frame: object) -> None:
     """Dying by a signal skips the exit handlers: leave the embedded server first, so that it does not outlive us."""
-    from dpr_pg import embedded
+    from dpr_pg.db import embedded
 
     embedded.leave()
     signal.signal(signum, signal.SIG_DFL)

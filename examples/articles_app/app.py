@@ -71,7 +71,7 @@ def search(session: Session, question_vector: Any, *, k: int = 5, author: str | 
 
 def app_engine() -> sa.Engine:
     """The app's database: DATABASE_URL, else a database of its own on dpr_pg's embedded server."""
-    from dpr_pg.database import embedded_url, normalize_url
+    from dpr_pg.db.engine import embedded_url, normalize_url
 
     url = os.environ.get("DATABASE_URL")
     if url:

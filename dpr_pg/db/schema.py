@@ -29,9 +29,9 @@ from sqlalchemy.engine import Connection, Engine
 from dpr_pg import tuning
 from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
-from dpr_pg.models import SCHEMA
-from dpr_pg.storage import check_dim as check_storage_dim
-from dpr_pg.storage import check_storage, read_storage
+from dpr_pg.db.models import SCHEMA
+from dpr_pg.db.storage import check_dim as check_storage_dim
+from dpr_pg.db.storage import check_storage, read_storage
 from dpr_pg.validation import check_dim
 
 # The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
@@ -309,7 +309,7 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) 
 
     ``dim`` is the embedding dimension. None keeps the dimension an existing schema stores, and
     gives 768 (the IIC models') to a new one; a number that differs from the stored one is refused.
-    ``storage`` is what the HNSW index compares (see :mod:`dpr_pg.storage`): None keeps an existing
+    ``storage`` is what the HNSW index compares (see :mod:`dpr_pg.db.storage`): None keeps an existing
     schema's and gives ``vector`` to a new one; another storage than an existing schema's is
     refused (``dpr-pg storage set`` switches it without downtime).
 
@@ -323,7 +323,7 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) 
     with engine.connect() as conn, _init_lock(conn):
         result = _init_locked(conn, dim, storage)
     if storage is not None and storage != result.storage:  # a new schema: its empty index, rebuilt at once
-        from dpr_pg.storage import set_storage
+        from dpr_pg.db.storage import set_storage
 
         result = replace(result, storage=set_storage(engine, storage).storage.kind)
     return result

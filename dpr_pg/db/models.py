@@ -1,7 +1,7 @@
 """SQLAlchemy 2.0 models of the dpr_pg schema, usable from an application's own Session.
 
 The embedding column is declared without a dimension: the dimension is fixed in the database
-at ``dpr-pg init --dim N`` and read back with :func:`dpr_pg.schema.embedding_dim`.
+at ``dpr-pg init --dim N`` and read back with :func:`dpr_pg.db.schema.embedding_dim`.
 """
 
 from __future__ import annotations

@@ -34,8 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpr_pg import _pgserver, config
-from dpr_pg._pgserver import Client, EmbeddedServer, psql_path
+from dpr_pg import config
+from dpr_pg.db import _pgserver
+from dpr_pg.db._pgserver import Client, EmbeddedServer, psql_path
 from dpr_pg.errors import DatabaseError
 
 __all__ = ["Client", "EmbeddedServer", "ServerStatus", "join", "leave", "own_engine", "psql_path", "run_psql",
@@ -158,7 +159,7 @@ def own_engine(engine: Any) -> None:
 def _own_backends(socket_dir: Path | None) -> list[int]:
     """Server processes of the psycopg connections this process still holds to the server.
 
-    An application's own engine on :func:`dpr_pg.database.embedded_url` keeps its pool open until
+    An application's own engine on :func:`dpr_pg.db.engine.embedded_url` keeps its pool open until
     the interpreter ends, after the exit handlers; those connections end with the process, so they
     must not count as another client. Nothing records open connections, hence the walk over the heap,
     done once, at exit.

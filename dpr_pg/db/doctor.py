@@ -8,10 +8,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg.database import psql_url
-from dpr_pg.replicas import ReplicaStatus, probe_replica, reason_of, route_of
-from dpr_pg.schema import HNSW_INDEX, current_revision, embedding_dim, head_revision
-from dpr_pg.storage import read_storage
+from dpr_pg.db.engine import psql_url
+from dpr_pg.db.replicas import ReplicaStatus, probe_replica, reason_of, route_of
+from dpr_pg.db.schema import HNSW_INDEX, current_revision, embedding_dim, head_revision
+from dpr_pg.db.storage import read_storage
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

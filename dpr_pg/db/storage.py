@@ -173,7 +173,7 @@ def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None
     Storage(kind='halfvec', rerank_multiple=4)
     """
     from dpr_pg.ingest.index import INDEX_LOCK_WAIT, HnswParameters, build_index, hnsw_parameters
-    from dpr_pg.schema import require_schema
+    from dpr_pg.db.schema import require_schema
 
     check_storage(kind)
     with engine.connect() as conn:
