@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 def write_corpus(folder: Path, per_format: int, sections: int) -> dict[str, list[Path]]:
     from _documents import html_page, make_docx, make_pdf, markdown_text
 
-    from dpr_pg._tiny import spanish_sentences
+    from dpr_pg.encoders.tiny import spanish_sentences
 
     sentences = spanish_sentences()
     rng = random.Random(0)
@@ -63,7 +63,7 @@ def main() -> None:
 
     from dpr_pg.db.engine import embedded_server
     from dpr_pg.db.embedded import stop_server
-    from dpr_pg.encoders import EncoderPair, make_tiny_models
+    from dpr_pg.encoders.pair import EncoderPair, make_tiny_models
     from dpr_pg.ingest import ingest
     from dpr_pg.ingest.documents import source as document_source
     from dpr_pg.ingest.documents.source import _parser

@@ -41,11 +41,11 @@ from transformers import (
     DPRQuestionEncoderTokenizerFast,
 )
 
-from dpr_pg._loading import quiet_progress
-from dpr_pg._onnx import onnx_available
-from dpr_pg._precision import cpu_has_native_bf16, cpu_supports_bf16
-from dpr_pg._tiny import spanish_sentences, tiny_vocab
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.loading import quiet_progress
+from dpr_pg.encoders.onnx_runtime import onnx_available
+from dpr_pg.encoders.precision import cpu_has_native_bf16, cpu_supports_bf16
+from dpr_pg.encoders.tiny import spanish_sentences, tiny_vocab
+from dpr_pg.encoders.pair import EncoderPair
 
 
 def make_base_models(directory: Path, *, seed: int, init_std: float) -> tuple[str, str]:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.audit import audit_ann
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.evaluate import evaluate

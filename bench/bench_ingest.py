@@ -36,7 +36,7 @@ DIM = 768
 
 
 def passages(n: int, seed: int = 0) -> list[dict]:
-    from dpr_pg._tiny import spanish_sentences
+    from dpr_pg.encoders.tiny import spanish_sentences
 
     sentences = spanish_sentences()
     rng = np.random.default_rng(seed)
@@ -89,7 +89,7 @@ FINGERPRINT_ARGS = ("bench/question", "r1", "bench/passage", "r1", "tok", DIM, 5
 
 
 def encoder_id(engine) -> int:  # noqa: ANN001
-    from dpr_pg._fingerprint import EncoderFingerprint, register_encoder
+    from dpr_pg.encoders.fingerprint import EncoderFingerprint, register_encoder
 
     with engine.begin() as conn:
         return register_encoder(conn, EncoderFingerprint(*FINGERPRINT_ARGS))
@@ -148,7 +148,7 @@ def method_executemany(url: str, source: Path, emb: Path) -> int:
 def method_dpr_pg(url: str, source: Path, emb: Path) -> int:
     import sqlalchemy as sa
 
-    from dpr_pg._fingerprint import EncoderFingerprint
+    from dpr_pg.encoders.fingerprint import EncoderFingerprint
     from dpr_pg.ingest import ingest
 
     engine = sa.create_engine(url)
@@ -221,7 +221,7 @@ def run_child(method: str, url: str, source: Path, emb: Path) -> dict:
 def reingest(admin_url: str, folder: Path, n: int) -> tuple:
     import sqlalchemy as sa
 
-    from dpr_pg.encoders import EncoderPair, make_tiny_models
+    from dpr_pg.encoders.pair import EncoderPair, make_tiny_models
     from dpr_pg.ingest import ingest
 
     url = fresh_database(admin_url, "bench_reingest", drop_hnsw=False)
@@ -249,7 +249,7 @@ def reingest_base(admin_url: str, folder: Path, n: int, again_seconds: float, pa
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_encoders import make_base_models
 
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.ingest import ingest
 
     url = fresh_database(admin_url, "bench_reingest_base", drop_hnsw=False)

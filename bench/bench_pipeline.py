@@ -39,7 +39,7 @@ STAGES = ("read_seconds", "lookup_seconds", "tokenize_seconds", "encode_seconds"
 
 
 def records(n: int, *, seed: int) -> list[dict]:
-    from dpr_pg._tiny import spanish_sentences
+    from dpr_pg.encoders.tiny import spanish_sentences
 
     rng = random.Random(seed)
     words = [w for s in spanish_sentences() for w in s.split()]
@@ -77,7 +77,7 @@ def fresh_database(admin_url: str, name: str) -> str:
 
 
 def load_pair(shape: str, device: str, folder: Path, precision: str | None):
-    from dpr_pg.encoders import EncoderPair, make_tiny_models
+    from dpr_pg.encoders.pair import EncoderPair, make_tiny_models
 
     if shape == "tiny":
         question, passage = make_tiny_models(folder / "tiny", dim=DIM)

@@ -33,7 +33,7 @@ from bench_search import queries_near, synthetic, write_input
 
 from dpr_pg.ingest import pipeline
 from dpr_pg import _planner
-from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg._planner import COUNT_BAND, EXACT_MAX_ROWS, Explain, SearchPlan
 from dpr_pg._statistics import analyze_if_changed
 from dpr_pg.db.engine import embedded_url

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from dpr_pg import sample_corpus, sample_questions
-from dpr_pg._precision import cpu_has_native_bf16, cpu_supports_bf16
-from dpr_pg.encoders import EncoderPair, make_trained_models
+from dpr_pg.encoders.precision import cpu_has_native_bf16, cpu_supports_bf16
+from dpr_pg.encoders.pair import EncoderPair, make_trained_models
 
 MODULES = (
     "argparse asyncio bisect calendar collections concurrent.futures configparser contextlib copy csv dataclasses "

@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encoders import make_base_models, make_questions  # noqa: E402
 
-from dpr_pg._onnx import onnx_available  # noqa: E402
-from dpr_pg._precision import cpu_supports_bf16  # noqa: E402
-from dpr_pg.encoders import QuestionEncoder  # noqa: E402
+from dpr_pg.encoders.onnx_runtime import onnx_available  # noqa: E402
+from dpr_pg.encoders.precision import cpu_supports_bf16  # noqa: E402
+from dpr_pg.encoders.pair import QuestionEncoder  # noqa: E402
 from dpr_pg.service.batching import QuestionBatcher  # noqa: E402
 
 

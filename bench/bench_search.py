@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest import ingest
 from dpr_pg.ingest.index import HnswParameters, build_index, drop_hnsw, ensure_hnsw, hnsw_parameters

@@ -41,7 +41,7 @@ from bench_encoders import make_base_models, make_questions  # noqa: E402
 
 def prepare_database(url: str, models: tuple[str, str], passages: int) -> None:
     import dpr_pg
-    from dpr_pg.encoders import fingerprint_of
+    from dpr_pg.encoders.pair import fingerprint_of
     from dpr_pg.ingest import ingest
 
     engine = dpr_pg.create_engine(url)

@@ -63,7 +63,7 @@ def time_to_exit(command: list[str], env: dict[str, str]) -> float:
 
 def make_models(folder: Path, size: str) -> tuple[str, str]:
     if size == "tiny":
-        from dpr_pg.encoders import make_tiny_models
+        from dpr_pg.encoders.pair import make_tiny_models
 
         question, passage = make_tiny_models(folder, dim=768)
         return str(question), str(passage)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.db.embedded import stop_server
 from dpr_pg.db.schema import init

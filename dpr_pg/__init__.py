@@ -25,21 +25,21 @@ _EXPORTS = {
     "server_status": "dpr_pg.db.embedded",
     "start_server": "dpr_pg.db.embedded",
     "stop_server": "dpr_pg.db.embedded",
-    "EncodeResult": "dpr_pg.encoders",
-    "EncoderFingerprint": "dpr_pg.encoders",
-    "EncoderPair": "dpr_pg.encoders",
-    "PassageEncoder": "dpr_pg.encoders",
-    "QuestionEncoder": "dpr_pg.encoders",
-    "check_encoder": "dpr_pg.encoders",
-    "check_table_encoder": "dpr_pg.encoders",
-    "fingerprint_of": "dpr_pg.encoders",
-    "load_question_side": "dpr_pg.encoders",
-    "QuestionSide": "dpr_pg.encoders",
-    "make_tiny_models": "dpr_pg.encoders",
-    "make_trained_models": "dpr_pg.encoders",
+    "EncodeResult": "dpr_pg.encoders.batching",
+    "EncoderFingerprint": "dpr_pg.encoders.fingerprint",
+    "EncoderPair": "dpr_pg.encoders.pair",
+    "PassageEncoder": "dpr_pg.encoders.pair",
+    "QuestionEncoder": "dpr_pg.encoders.pair",
+    "check_encoder": "dpr_pg.encoders.fingerprint",
+    "check_table_encoder": "dpr_pg.encoders.fingerprint",
+    "fingerprint_of": "dpr_pg.encoders.pair",
+    "load_question_side": "dpr_pg.encoders.question_side",
+    "QuestionSide": "dpr_pg.encoders.question_side",
+    "make_tiny_models": "dpr_pg.encoders.tiny",
+    "make_trained_models": "dpr_pg.encoders.trained",
     "sample_corpus": "dpr_pg.demo",
     "sample_questions": "dpr_pg.demo",
-    "register_encoder": "dpr_pg.encoders",
+    "register_encoder": "dpr_pg.encoders.fingerprint",
     "ConfigError": "dpr_pg.errors",
     "DatabaseError": "dpr_pg.errors",
     "DimensionError": "dpr_pg.errors",
@@ -122,21 +122,12 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.db.engine import create_engine
     from dpr_pg.db.doctor import DoctorReport, doctor
     from dpr_pg.db.embedded import ServerStatus, server_status, start_server, stop_server
-    from dpr_pg.encoders import (
-        EncodeResult,
-        EncoderFingerprint,
-        EncoderPair,
-        PassageEncoder,
-        QuestionEncoder,
-        QuestionSide,
-        check_encoder,
-        check_table_encoder,
-        fingerprint_of,
-        load_question_side,
-        make_tiny_models,
-        make_trained_models,
-        register_encoder,
-    )
+    from dpr_pg.encoders.batching import EncodeResult
+    from dpr_pg.encoders.fingerprint import EncoderFingerprint, check_encoder, check_table_encoder, register_encoder
+    from dpr_pg.encoders.pair import EncoderPair, PassageEncoder, QuestionEncoder, fingerprint_of
+    from dpr_pg.encoders.question_side import QuestionSide, load_question_side
+    from dpr_pg.encoders.tiny import make_tiny_models
+    from dpr_pg.encoders.trained import make_trained_models
     from dpr_pg.demo import sample_corpus, sample_questions
     from dpr_pg.errors import (
         ConfigError,

@@ -103,7 +103,7 @@ class Batcher:
 
     def _ensure_encoder(self) -> int:
         if self._encoder_id is None:
-            from dpr_pg.encoders import register_encoder
+            from dpr_pg.encoders.pair import register_encoder
 
             with self.engine.begin() as conn:
                 self._encoder_id = register_encoder(conn, self.pair.fingerprint)

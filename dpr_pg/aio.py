@@ -32,7 +32,7 @@ from dpr_pg.search import search_many as _search_many
 from dpr_pg.errors import DimensionError, SearchError
 
 if TYPE_CHECKING:
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.filters import Filter
     from dpr_pg.ingest import FieldMapping, IngestReport
     from dpr_pg.reader import AskResult, Reader

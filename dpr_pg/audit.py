@@ -28,7 +28,7 @@ from dpr_pg.qa import QAItem
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from dpr_pg.encoders import EncoderPair, QuestionSide
+    from dpr_pg.encoders.pair import EncoderPair, QuestionSide
     from dpr_pg.filters import Filter
     from dpr_pg.search import Hits
 

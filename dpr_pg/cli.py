@@ -102,7 +102,7 @@ def encoder_options(precision_help: str = "Encoder precision", *, runtime_help: 
     --precision is checked by name before any model loads (fp16 on a CPU is refused before the
     weights). ``reader`` says the precision also applies to the reader.
     """
-    from dpr_pg._precision import PRECISIONS
+    from dpr_pg.encoders.precision import PRECISIONS
 
     which = "Encoder and reader precision" if reader else precision_help
     options = [
@@ -782,7 +782,7 @@ def tiny_models(ctx: Context, directory: str, dim: int, seed: int) -> None:
         dpr-pg tiny-models /tmp/tiny --dim 768
         DPR_PG_QUESTION_MODEL=/tmp/tiny/question DPR_PG_PASSAGE_MODEL=/tmp/tiny/passage dpr-pg doctor
     """
-    from dpr_pg.encoders import make_tiny_models
+    from dpr_pg.encoders.pair import make_tiny_models
     from dpr_pg.reader import make_tiny_reader
 
     question_dir, passage_dir = make_tiny_models(directory, dim=dim, seed=seed)
@@ -807,7 +807,7 @@ def trained_models(ctx: Context, directory: str) -> None:
         dpr-pg trained-models ~/dpr-minilm
         export DPR_PG_QUESTION_MODEL=~/dpr-minilm/question DPR_PG_PASSAGE_MODEL=~/dpr-minilm/passage
     """
-    from dpr_pg.encoders import make_trained_models
+    from dpr_pg.encoders.pair import make_trained_models
 
     question_dir, passage_dir = make_trained_models(directory)
     click.echo(f"question encoder: {question_dir}")
@@ -912,7 +912,7 @@ def ingest_command(ctx: Context, paths: tuple[str, ...], collection: str, fmt: s
         dpr-pg ingest manuales/ --collection manuales --exclude borradores --prune
         dpr-pg ingest wiki.jsonl --collection wiki --ray auto --defer-index
     """
-    from dpr_pg.encoders import EncoderPair, fingerprint_of
+    from dpr_pg.encoders.pair import EncoderPair, fingerprint_of
     from dpr_pg.ingest import FieldMapping, RecordLimits, RecordRejectedError, ingest
     from dpr_pg.ingest.ray_encoders import RayEncoding, import_ray
 
@@ -1017,7 +1017,7 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
     if nothing is None:
         pair = None
         if vector_file is None:
-            from dpr_pg.encoders import load_question_side
+            from dpr_pg.encoders.pair import load_question_side
 
             # The question side only; on CPU from the cached ONNX graph, without importing torch.
             with step("loading the question encoder", progress):
@@ -1114,7 +1114,7 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, max_
     import signal
     import threading
 
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.sync import run_worker
 
     # The worker's own lines only: the root logger stays as it is, so the embedded server's and
@@ -1402,7 +1402,7 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
                    target_recall=target_recall, question_model=question_model, passage_model=passage_model,
                    precision=precision, runtime=runtime, as_json=as_json, progress=progress)
         return
-    from dpr_pg.encoders import load_question_side
+    from dpr_pg.encoders.pair import load_question_side
     from dpr_pg.evaluate import check_collection
 
     engine = ctx.engine  # a wrong URL, no schema, a bad filter or no passages fail before the models load
@@ -1505,7 +1505,7 @@ def _run_audit(ctx: Context, qa_file: str, *, collection: str | None, filter_doc
                target_recall: float, question_model: str | None, passage_model: str | None, precision: str | None,
                runtime: str, as_json: bool, progress: bool | None) -> None:
     from dpr_pg.audit import audit_ann
-    from dpr_pg.encoders import load_question_side
+    from dpr_pg.encoders.pair import load_question_side
     from dpr_pg.evaluate import check_collection
 
     engine = ctx.engine  # a wrong URL, no schema, a bad filter or no passages fail before the models load
@@ -1772,7 +1772,7 @@ def ask_command(ctx: Context, question: str, collection: str | None, filter_doc:
         dpr-pg ask "¿Quién pintó el Guernica?" --collection docs --filter '{"format": "pdf"}' --top-answers 3
         dpr-pg ask "¿Cuándo abre el museo?" --no-answer-threshold 0.2 --json
     """
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.reader import Reader, ask
     from dpr_pg.reader.ask import check_ask
     from dpr_pg.search import check_request

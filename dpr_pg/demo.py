@@ -74,7 +74,7 @@ def load_demo_encoders(home: Path, *, models_configured: bool, say: Callable[[st
     The offline pairs are built once under ``home`` and reused, so that the demo collection keeps
     one encoder pair from run to run.
     """
-    from dpr_pg.encoders import EncoderPair, make_tiny_models, make_trained_models
+    from dpr_pg.encoders.pair import EncoderPair, make_tiny_models, make_trained_models
 
     if models_configured:
         return EncoderPair.load(), CONFIGURED

@@ -48,7 +48,7 @@ from dpr_pg.qa import QAItem, as_items, read_questions
 from dpr_pg.db.replicas import read_connection
 
 if TYPE_CHECKING:
-    from dpr_pg.encoders import EncoderPair, QuestionSide
+    from dpr_pg.encoders.pair import EncoderPair, QuestionSide
     from dpr_pg.filters import Filter
     from dpr_pg.reader import Reader
     from dpr_pg.search import Hit, Mode

@@ -137,7 +137,7 @@ def model_search_statement(
 
     ``filter`` is the filter language over the model's columns (see :func:`filter_target`).
     ``exact=True`` orders by the exact inner product instead of the HNSW index. With ``encoder``
-    (the :class:`~dpr_pg.encoders.EncoderPair` that encodes the questions), ``query`` may be the
+    (the :class:`~dpr_pg.encoders.pair.EncoderPair` that encodes the questions), ``query`` may be the
     question itself, and the statement refuses to run if the table's embeddings come from another
     pair (see :func:`encoder_guard`), as :func:`dpr_pg.search` refuses for passages.
 

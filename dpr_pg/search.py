@@ -36,7 +36,7 @@ from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS
 from dpr_pg.validation import check_filter, check_k, check_query_vector
 
 if TYPE_CHECKING:
-    from dpr_pg.encoders import EncoderPair, QuestionSide
+    from dpr_pg.encoders.pair import EncoderPair, QuestionSide
 
 Mode = Literal["dense", "hybrid", "exact"]
 MODES = ("dense", "hybrid", "exact")
@@ -478,7 +478,7 @@ def search_many(
         dim, version, oid, row_security = _database_facts(conn)
         storage = _storage(conn) if mode != "exact" else _VECTOR
         if encoder is not None:
-            from dpr_pg.encoders import check_encoder
+            from dpr_pg.encoders.pair import check_encoder
 
             check_encoder(conn, encoder.fingerprint, collection=collection)
         encoded = iter(encoder.question.encode(questions)) if questions and encoder is not None else iter(())

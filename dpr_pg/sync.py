@@ -208,7 +208,7 @@ def run_worker(
     reconnects: int = 10,
     stop: threading.Event | None = None,
 ) -> WorkerReport:
-    """Drain the sync queue with the encoder pair ``pair`` (an :class:`~dpr_pg.encoders.EncoderPair`).
+    """Drain the sync queue with the encoder pair ``pair`` (an :class:`~dpr_pg.encoders.pair.EncoderPair`).
 
     With ``once``, return when no due item is left (or a batch could complete none: its rows are
     locked by the app right now); otherwise poll every ``poll_interval`` seconds until ``stop`` is set.

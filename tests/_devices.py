@@ -23,7 +23,7 @@ def on_device(features: Any, encoder: Any) -> dict[str, torch.Tensor]:
 
 def pooled(encoder: Any, features: Any) -> np.ndarray:
     """``encoder.model(**features).pooler_output`` as float32 on the host: the model called directly."""
-    from dpr_pg._precision import forward_context
+    from dpr_pg.encoders.precision import forward_context
 
     with torch.inference_mode(), forward_context(encoder.precision, encoder.device):
         return encoder.model(**on_device(features, encoder)).pooler_output.float().cpu().numpy()

@@ -178,7 +178,7 @@ def cli():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(question_dir, passage_dir) of a tiny random 768-d DPR pair, made once per session."""
-    from dpr_pg.encoders import make_tiny_models
+    from dpr_pg.encoders.pair import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny_models"), dim=768)
 
@@ -194,6 +194,6 @@ def tiny_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(question_dir, passage_dir) of the trained 384-d offline pair (all-MiniLM-L6-v2), made once per session."""
-    from dpr_pg.encoders import make_trained_models
+    from dpr_pg.encoders.pair import make_trained_models
 
     return make_trained_models(tmp_path_factory.mktemp("trained_models"))

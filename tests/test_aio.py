@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 import dpr_pg
 from dpr_pg import aio
 from dpr_pg.db.collections import list_collections
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import ConfigError, EncoderMismatchError, FilterError, IngestError, ReaderError, SearchError
 from dpr_pg.ingest import ingest, ingest_records
 from dpr_pg.ingest.delete import delete_passages

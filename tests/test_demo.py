@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dpr_pg import _trained
+from dpr_pg.encoders import trained
 from dpr_pg.demo import DEFAULT, TINY, TRAINED, DemoResult, next_commands, run_demo, sample_corpus, sample_questions
 from dpr_pg.db.schema import embedding_dim
 
@@ -85,7 +85,7 @@ def test_demo_answers_from_the_trained_pair_rank_the_right_passage_first(
 
 def test_demo_without_the_trained_package_falls_back_to_tiny_models(
         empty_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_trained, "MODULE", "no_such_model_package")
+    monkeypatch.setattr(trained, "MODULE", "no_such_model_package")
     said: list[str] = []
     engine = sa.create_engine(empty_url)
     result = run_demo(engine, home=tmp_path / "home", models_configured=False, say=said.append)
@@ -121,7 +121,7 @@ def test_next_commands_export_the_pair_and_pass_a_given_url_on() -> None:
 
 def test_demo_after_the_encoder_pair_changed_replaces_its_collection(cli, empty_url: str, tmp_path: Path,
                                                                      tiny_models: tuple[Path, Path]) -> None:
-    from dpr_pg.encoders import make_tiny_models
+    from dpr_pg.encoders.pair import make_tiny_models
 
     other_question, other_passage = make_tiny_models(tmp_path / "other", dim=768, seed=1)
     first = {"DPR_PG_QUESTION_MODEL": str(tiny_models[0]), "DPR_PG_PASSAGE_MODEL": str(tiny_models[1])}

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from _documents import MADRID, SEVILLA, html_page, make_docx, make_pdf, make_scanned_pdf, markdown_text
 from dpr_pg.cli import main
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import IngestError
 from dpr_pg.ingest import RecordLimits, RecordRejectedError, ingest
 

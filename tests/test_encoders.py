@@ -32,8 +32,8 @@ from dpr_pg import (
     make_tiny_models,
     register_encoder,
 )
-from dpr_pg import _onnx
-from dpr_pg._tiny import spanish_sentences
+from dpr_pg.encoders import onnx_runtime
+from dpr_pg.encoders.tiny import spanish_sentences
 
 from _devices import ON_GPU, pooled, tolerance
 
@@ -131,7 +131,7 @@ def test_out_of_memory_halves_the_batch_and_drops_no_passage(tiny_dirs: tuple[Pa
     encoder = PassageEncoder.load(str(tiny_dirs[1]), precision="fp32", batch_size=16, device=pair.passage.device.type)
     encoder.model = tight = RoomFor(encoder.model, rows=3)
     passages = corpus()[:20]
-    with caplog.at_level("WARNING", logger="dpr_pg._batching"):
+    with caplog.at_level("WARNING", logger="dpr_pg.encoders.batching"):
         vectors = encoder.encode(passages)
     assert tight.calls[:3] == [16, 8, 4] and set(tight.calls[3:]) == {2} and sum(tight.calls[3:]) == 20
     np.testing.assert_allclose(vectors, pair.passage.encode(passages), **tolerance(pair.passage))
@@ -266,7 +266,7 @@ def test_onnx_cache_keeps_one_graph_per_model(tiny_dirs: tuple[Path, Path], tmp_
     QuestionEncoder.load(str(other_question), runtime="onnx", cache_dir=cache).warm_up()
     sources = sorted(json.loads(f.read_text())["source"] for f in (cache / "onnx").glob("*/facts.json"))
     assert sources == sorted([str(tiny_dirs[0]), str(other_question)])  # the older revision's graph is gone
-    assert _onnx.cache_facts(kind="question", source="org/model", revision=None, max_length=512) is None
+    assert onnx_runtime.cache_facts(kind="question", source="org/model", revision=None, max_length=512) is None
 
 
 def test_fingerprint_of_names_the_pair_without_loading_its_weights(tiny_dirs: tuple[Path, Path], pair: EncoderPair,

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from dpr_pg.answers import has_answer
 from dpr_pg.audit import audit_ann
 from dpr_pg.cli import main
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import EvaluationError, SchemaError
 from dpr_pg.evaluate import evaluate
 from dpr_pg.ingest import ingest

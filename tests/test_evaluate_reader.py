@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dpr_pg.answers import exact_match, token_f1
 from dpr_pg.cli import main
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import EvaluationError
 from dpr_pg.evaluate import evaluate, load_questions
 from dpr_pg.ingest import ingest

@@ -23,7 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
 from dpr_pg.alembic_ops import include_object
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.sync import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent

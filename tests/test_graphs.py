@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dpr_pg import EncoderError, EncoderPair, QuestionEncoder
-from dpr_pg._graphs import BATCH_SIZES, LENGTHS, BucketedRunner, bucket, pad_batch
-from dpr_pg._tiny import spanish_sentences
+from dpr_pg.encoders.cuda_graphs import BATCH_SIZES, LENGTHS, BucketedRunner, bucket, pad_batch
+from dpr_pg.encoders.tiny import spanish_sentences
 
 from _devices import assert_same_vectors
 

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.errors import ConfigError
 from dpr_pg.ingest import ingest
 from dpr_pg.ingest.index import HnswParameters, build_index, hnsw_exists, hnsw_parameters

@@ -20,7 +20,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.db.doctor import doctor
 from dpr_pg.ingest import ingest
 from dpr_pg.ingest.index import HnswParameters, hnsw_exists, hnsw_parameters

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.errors import DimensionError, EncoderMismatchError, IngestError
 from dpr_pg.ingest import IngestReport, RecordRejectedError, ingest
 from dpr_pg.ingest.batches import IN_FLIGHT_BATCHES

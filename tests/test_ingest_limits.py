@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.errors import IngestError
 from dpr_pg.ingest import IngestReport, RecordLimits, ingest
 from dpr_pg.ingest.readers import read_csv, read_jsonl, read_parquet
@@ -100,7 +100,7 @@ def test_limits_from_the_command_line(cli, database_url: str, tiny_models, tmp_p
 _CHILD = textwrap.dedent("""
     import json, resource, sys
     import sqlalchemy as sa
-    from dpr_pg._fingerprint import EncoderFingerprint
+    from dpr_pg.encoders.fingerprint import EncoderFingerprint
     from dpr_pg.ingest import ingest
 
     url, source, emb = sys.argv[1:4]

@@ -16,7 +16,7 @@ import torch
 from sqlalchemy.engine import Engine
 
 import dpr_pg
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.ingest import IngestReport, ingest
 from dpr_pg.ingest.chunking import chunk_text
 

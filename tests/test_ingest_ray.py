@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.ingest import IngestReport, ingest
 from dpr_pg.ingest.ray_encoders import ACTOR_NAME, BATCHES_PER_ACTOR, RAY_INSTALL
 

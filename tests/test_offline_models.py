@@ -13,8 +13,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from dpr_pg import EncoderPair, make_tiny_models, sample_corpus, sample_questions
-from dpr_pg._tiny import tiny_vocab
-from dpr_pg._trained import TRAINED_DIM, TRAINED_MAX_LENGTH
+from dpr_pg.encoders.tiny import tiny_vocab
+from dpr_pg.encoders.trained import TRAINED_DIM, TRAINED_MAX_LENGTH
 from dpr_pg.reader import make_tiny_reader
 
 # Nothing listens on the discard port: connections are refused at once, on any machine.

@@ -22,7 +22,7 @@ from _sync_app import HashPair, create_articles
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import tuning
-from dpr_pg._fingerprint import EncoderFingerprint
+from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg._statistics import analyze_if_changed, large_change
 from dpr_pg.ingest import ingest
 from dpr_pg.ingest.delete import delete_passages

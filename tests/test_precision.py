@@ -16,15 +16,15 @@ import pytest
 import torch
 
 from dpr_pg import EncoderError, EncoderPair, PassageEncoder, QuestionEncoder, sample_corpus, sample_questions
-from dpr_pg import _precision
-from dpr_pg._precision import (
+from dpr_pg.encoders import bf16_probe, precision as precision_module
+from dpr_pg.encoders.precision import (
     bf16_measures_faster,
     cpu_has_native_bf16,
     cpu_has_vnni,
     cpu_supports_bf16,
     default_precision,
 )
-from dpr_pg._tiny import spanish_sentences
+from dpr_pg.encoders.tiny import spanish_sentences
 
 from _devices import DEVICE, ON_GPU
 
@@ -84,7 +84,7 @@ def test_each_mode_agrees_with_fp32_on_trained_weights(trained_models: tuple[Pat
 
 
 def test_native_bf16_is_read_from_the_cpu_features() -> None:
-    flags = _precision._cpu_flags()
+    flags = precision_module._cpu_flags()
     if flags:  # Linux: the kernel's view of CPUID and cpuinfo's agree
         assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
     assert not cpu_has_native_bf16() or cpu_supports_bf16()  # native bf16 implies oneDNN's bf16
@@ -99,8 +99,8 @@ def test_defaults_follow_the_device_and_the_cpu(trained_models: tuple[Path, Path
     assert PassageEncoder.load(passage_dir, device="cpu", runtime="onnx").precision == "fp32"  # ONNX runs fp32
     # Native bf16 and a measured speed-up both decide; questions stay fp32 (ONNX Runtime), int8 is never a default.
     for native, faster, expected in ((False, True, "fp32"), (True, False, "fp32"), (True, True, "bf16")):
-        monkeypatch.setattr(_precision, "cpu_has_native_bf16", lambda native=native: native)
-        monkeypatch.setattr(_precision, "bf16_measures_faster", lambda cache_dir=None, faster=faster: faster)
+        monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision_module, "bf16_measures_faster", lambda cache_dir=None, faster=faster: faster)
         assert default_precision("passage", cpu) == expected
         assert default_precision("question", cpu) == "fp32"
         assert default_precision("passage", cpu, runtime="onnx") == "fp32"
@@ -120,7 +120,7 @@ def test_cpu_bf16_casts_linear_weights_once_and_gives_autocast_vectors(trained_m
                                  return_tensors="pt")
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = encoder.model(**features).pooler_output.float().numpy()  # fp32 weights, cast on every call
-    with torch.inference_mode(), _precision.forward_context("bf16", bf16.device):
+    with torch.inference_mode(), precision_module.forward_context("bf16", bf16.device):
         cast_once = bf16.model(**features).pooler_output.float().numpy()
     np.testing.assert_array_equal(cast_once, autocast)
 
@@ -138,19 +138,18 @@ def test_int8_quantizes_every_linear_layer_with_full_range_on_vnni(trained_model
 
 def test_the_bf16_speed_probe_runs_once_per_machine_and_is_remembered(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from dpr_pg import _bf16_probe
 
-    speedup = _bf16_probe.measure_speedup()
+    speedup = bf16_probe.measure_speedup()
     assert 0.05 < speedup < 50  # fp32 time / bf16 time of one real matmul
     calls = []
-    monkeypatch.setattr(_bf16_probe, "measure_speedup", lambda: calls.append(1) or 2.0)
-    assert _bf16_probe.bf16_measures_faster(tmp_path / "a") and _bf16_probe.bf16_measures_faster(tmp_path / "a")
+    monkeypatch.setattr(bf16_probe, "measure_speedup", lambda: calls.append(1) or 2.0)
+    assert bf16_probe.bf16_measures_faster(tmp_path / "a") and bf16_probe.bf16_measures_faster(tmp_path / "a")
     assert len(calls) == 1  # remembered in the process
     (entry,) = json.loads((tmp_path / "a" / "cpu_bf16.json").read_text()).values()
     assert entry["speedup"] == 2.0
-    monkeypatch.setattr(_bf16_probe, "_answers", {})  # a new process reads the file instead of measuring
-    assert _bf16_probe.bf16_measures_faster(tmp_path / "a") and len(calls) == 1
-    monkeypatch.setattr(_bf16_probe, "measure_speedup", lambda: 1.1)  # within the noise margin: fp32 stays
-    assert not _bf16_probe.bf16_measures_faster(tmp_path / "b")
+    monkeypatch.setattr(bf16_probe, "_answers", {})  # a new process reads the file instead of measuring
+    assert bf16_probe.bf16_measures_faster(tmp_path / "a") and len(calls) == 1
+    monkeypatch.setattr(bf16_probe, "measure_speedup", lambda: 1.1)  # within the noise margin: fp32 stays
+    assert not bf16_probe.bf16_measures_faster(tmp_path / "b")
     (tmp_path / "c").write_text("a file where the cache folder should be")
-    assert not _bf16_probe.bf16_measures_faster(tmp_path / "c")  # unwritable: measured, not remembered
+    assert not bf16_probe.bf16_measures_faster(tmp_path / "c")  # unwritable: measured, not remembered

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from dpr_pg import EncoderPair, QuestionEncoder, load_question_side
-from dpr_pg._fingerprint import folder_revision
-from dpr_pg._question_side import OnnxQuestionEncoder
+from dpr_pg.encoders.fingerprint import folder_revision
+from dpr_pg.encoders.question_side import OnnxQuestionEncoder
 
 QUESTIONS = ["¿Quién pintó el Guernica?", "¿DÓNDE está Sevilla, España?", "ñandú   pingüino ¿¡qué!?", "",
              " ".join(["palabra"] * 700)]  # the last one is cut at 512 tokens

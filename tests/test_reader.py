@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from _documents import MADRID, SEVILLA, markdown_text
 from dpr_pg import config
 from dpr_pg.cli import main
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import ReaderError, SearchError
 from dpr_pg.ingest import ingest
 from dpr_pg.reader import Reader, ask, make_tiny_reader

@@ -24,7 +24,7 @@ from dpr_pg.ingest import ingest_records
 from dpr_pg.config import read_urls
 from dpr_pg.db.engine import embedded_server
 from dpr_pg.db.embedded import stop_server
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import ConfigError
 from dpr_pg.db.replicas import read_connection, read_connection_async, route_of
 from dpr_pg.db.schema import init

@@ -26,7 +26,7 @@ from dpr_pg.db import embedded
 from dpr_pg.cli import main
 from dpr_pg.errors import DimensionError, FilterError, InvalidKError, QueryVectorError
 from dpr_pg.mixin import DprSearchable, model_search_statement
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.ingest import ingest, ingest_records
 from dpr_pg.reader import Reader
 from dpr_pg.db.schema import head_revision

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpr_pg.encoders import QuestionEncoder
+from dpr_pg.encoders.pair import QuestionEncoder
 from dpr_pg.service.batching import QuestionBatcher
 
 from _devices import assert_same_vectors

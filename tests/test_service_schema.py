@@ -18,7 +18,7 @@ from schemathesis.checks import (
 )
 
 import dpr_pg
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.ingest import ingest
 from dpr_pg.service.keys import create_key
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from _sync_app import ARTICLES, create_articles, queued
 from sqlalchemy.engine import Engine
 
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import SchemaError, SyncError
 from dpr_pg.sync import disable_table, enable_table, run_worker, sync_status
 

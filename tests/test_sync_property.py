@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.sync import run_worker
 
 TEXTS = ["Madrid es la capital.", "Sevilla y el Guadalquivir.", "El ADN y los genes.", ""]

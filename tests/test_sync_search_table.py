@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import DimensionError, FilterError
 from dpr_pg.mixin import DprSearchable, model_search_statement
 from dpr_pg.search import search_statement

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from _sync_app import create_articles, queued
 from sqlalchemy.engine import Engine
 
-from dpr_pg.encoders import EncoderPair
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.sync import run_worker
 
 

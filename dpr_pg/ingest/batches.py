@@ -38,8 +38,8 @@ from dpr_pg.ingest.vectors import EmbeddingSource
 from dpr_pg.ingest.writers import WRITE_BATCHES, WriterPool
 
 if TYPE_CHECKING:
-    from dpr_pg._fingerprint import EncoderFingerprint
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders.fingerprint import EncoderFingerprint
+    from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.ingest.ray_encoders import RayEncoders
 
 

@@ -40,8 +40,8 @@ from dpr_pg.ingest.vectors import DEFAULT_COLUMN, EmbeddingSource
 from dpr_pg.ingest.writers import WriterPool, writer_limit
 
 if TYPE_CHECKING:
-    from dpr_pg._fingerprint import EncoderFingerprint
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders.fingerprint import EncoderFingerprint
+    from dpr_pg.encoders.pair import EncoderPair
 
 __all__ = ["ENCODER_BATCH", "PRECOMPUTED_BATCH", "RecordRejectedError", "content_hash", "ingest", "ingest_records"]
 
@@ -239,7 +239,7 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
     if vectors is not None:  # opened after the first pass: an empty input is reported as such
         source_vectors = vectors()
         source_vectors.check(records=total, dim=dim)
-    from dpr_pg._fingerprint import register_encoder
+    from dpr_pg.encoders.fingerprint import register_encoder
 
     with engine.begin() as conn:
         encoder_id = register_encoder(conn, fingerprint)
@@ -366,7 +366,7 @@ def _resolve_fingerprint(encoder: EncoderPair | None, fingerprint: EncoderFinger
 
 
 def _check_database(engine: Engine, fingerprint: EncoderFingerprint, collection: str, *, prune: bool) -> int:
-    from dpr_pg._fingerprint import check_encoder
+    from dpr_pg.encoders.fingerprint import check_encoder
     from dpr_pg.db.schema import require_schema
 
     from dpr_pg.db.tenancy import check_write_access

@@ -12,7 +12,7 @@ from dpr_pg.errors import ReaderError
 from dpr_pg.reader.model import check_threshold
 
 if TYPE_CHECKING:
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.filters import Filter
     from dpr_pg.reader.model import Reader
     from dpr_pg.search import Hit, Hits, Mode

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dpr_pg._loading import Location, locate, quiet_progress
+from dpr_pg.encoders.loading import Location, locate, quiet_progress
 from dpr_pg.errors import ReaderError
 
 

@@ -74,9 +74,9 @@ class Reader:
                  max_answer_tokens: int = MAX_ANSWER_TOKENS) -> None:
         import torch
 
-        from dpr_pg._batching import _default_device
-        from dpr_pg._loading import token_limit
-        from dpr_pg._precision import apply_precision, resolve_precision
+        from dpr_pg.encoders.batching import _default_device
+        from dpr_pg.encoders.loading import token_limit
+        from dpr_pg.encoders.precision import apply_precision, resolve_precision
 
         self.name, self.revision = name, revision
         self.device = torch.device(device or _default_device())
@@ -182,7 +182,7 @@ class Reader:
         """Start and end logits of each window (float32, unpadded), in window order."""
         import torch
 
-        from dpr_pg._precision import forward_context
+        from dpr_pg.encoders.precision import forward_context
 
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(windows)
         order = sorted(range(len(windows)), key=lambda i: -len(windows[i].input_ids))  # longest first: OOM shows early

@@ -26,7 +26,7 @@ from dpr_pg.service.settings import ServiceSettings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.reader import Reader
 
 T = TypeVar("T")
@@ -54,7 +54,7 @@ class Service:
         self.warm = False
 
     async def start(self) -> None:
-        from dpr_pg.encoders import EncoderPair
+        from dpr_pg.encoders.pair import EncoderPair
 
         s = self.settings
         # At most 24 connections a worker (PostgreSQL allows 100 by default); a request that finds

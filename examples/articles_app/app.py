@@ -88,7 +88,7 @@ def app_engine() -> sa.Engine:
 
 
 def run(engine: sa.Engine) -> None:
-    from dpr_pg.encoders import EncoderPair
+    from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.sync import run_worker
 
     migrate(engine)

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from dpr_pg import config
-from dpr_pg._fingerprint import POOLING, EncoderFingerprint, vocab_hash
-from dpr_pg._loading import load_light, output_dim, resolve_source, token_limit
+from dpr_pg.encoders.fingerprint import POOLING, EncoderFingerprint, vocab_hash
+from dpr_pg.encoders.loading import load_light, output_dim, resolve_source, token_limit
 from dpr_pg.errors import EncoderError
 
 BATCH_SIZE = 16  # as the torch path on CPU: sorted by length, small batches pad little
@@ -35,7 +35,7 @@ _GPU_SIGNS = ("/dev/nvidiactl", "/proc/driver/nvidia/version")
 class OnnxQuestionEncoder:
     """A question encoder run from its cached ONNX graph and tokenizer: no torch, no transformers.
 
-    It encodes as :class:`dpr_pg.encoders.QuestionEncoder` does on ONNX Runtime (the same graph,
+    It encodes as :class:`dpr_pg.encoders.pair.QuestionEncoder` does on ONNX Runtime (the same graph,
     the same tokenizer), without the question cache.
 
     Example:
@@ -51,7 +51,7 @@ class OnnxQuestionEncoder:
     def __init__(self, folder: Path, settings: dict[str, Any], threads: int | None = None) -> None:
         from tokenizers import Tokenizer
 
-        from dpr_pg._onnx import OnnxRunner
+        from dpr_pg.encoders.onnx_runtime import OnnxRunner
 
         self.name = str(settings["name"])
         self.revision = settings["revision"]
@@ -150,7 +150,7 @@ def load_question_side(
         cached = _from_cache(folder, q_source, q_revision, p_source, p_revision)
         if cached is not None:
             return cached
-    from dpr_pg.encoders import QuestionEncoder, _check_same_dim, check_options
+    from dpr_pg.encoders.pair import QuestionEncoder, _check_same_dim, check_options
 
     check_options(device=device, precision=precision, runtime=runtime)
     question = QuestionEncoder.load(q_name, revision=question_revision, device=device, precision=precision,
@@ -195,7 +195,7 @@ def _remember(folder: Path, fingerprint: EncoderFingerprint, question_max_length
 def _from_cache(folder: Path, q_source: str, q_revision: str | None, p_source: str,
                 p_revision: str | None) -> QuestionSide | None:
     """The side from the caches, or None when either is missing (or unreadable)."""
-    from dpr_pg._onnx import cache_facts, cached_folder
+    from dpr_pg.encoders.onnx_runtime import cache_facts, cached_folder
 
     if q_revision is None or p_revision is None:
         return None

@@ -70,7 +70,7 @@ def make_trained_models(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
         DPRQuestionEncoderTokenizerFast,
     )
 
-    from dpr_pg._loading import quiet_progress
+    from dpr_pg.encoders.loading import quiet_progress
 
     source = trained_model_zip()
     try:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dpr_pg import config
-from dpr_pg._fingerprint import (
+from dpr_pg.encoders.fingerprint import (
     POOLING,
     EncoderFingerprint,
     check_encoder,
@@ -28,12 +28,12 @@ from dpr_pg._fingerprint import (
     register_encoder,
     vocab_hash,
 )
-from dpr_pg._loading import load_light, load_parts, output_dim, token_limit
-from dpr_pg._batching import EncodeResult, BatchingEncoder
-from dpr_pg._precision import PRECISIONS
-from dpr_pg._question_side import OnnxQuestionEncoder, QuestionSide, load_question_side
-from dpr_pg._tiny import make_tiny_models
-from dpr_pg._trained import make_trained_models
+from dpr_pg.encoders.loading import load_light, load_parts, output_dim, token_limit
+from dpr_pg.encoders.batching import EncodeResult, BatchingEncoder
+from dpr_pg.encoders.precision import PRECISIONS
+from dpr_pg.encoders.question_side import OnnxQuestionEncoder, QuestionSide, load_question_side
+from dpr_pg.encoders.tiny import make_tiny_models
+from dpr_pg.encoders.trained import make_trained_models
 from dpr_pg.errors import EncoderError
 
 __all__ = [
@@ -335,9 +335,9 @@ def check_options(*, device: str | None = None, precision: str | None = None, ru
     """
     import torch
 
-    from dpr_pg._batching import _default_device
-    from dpr_pg._onnx import resolve_runtime
-    from dpr_pg._precision import resolve_precision
+    from dpr_pg.encoders.batching import _default_device
+    from dpr_pg.encoders.onnx_runtime import resolve_runtime
+    from dpr_pg.encoders.precision import resolve_precision
 
     chosen = torch.device(device or _default_device(precision, runtime))
     resolved = resolve_precision(precision, chosen)

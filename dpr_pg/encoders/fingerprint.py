@@ -211,7 +211,7 @@ def check_table_encoder(
 ) -> None:
     """Raise :class:`EncoderMismatchError` unless ``table``'s embeddings come from the pair ``fingerprint``.
 
-    ``fingerprint`` is an :class:`~dpr_pg.encoders.EncoderFingerprint` (``pair.fingerprint``). A table
+    ``fingerprint`` is an :class:`~dpr_pg.encoders.pair.EncoderFingerprint` (``pair.fingerprint``). A table
     with no embedding yet passes. Runs ``dpr_pg.check_table_encoder`` (sql/sync.sql), which
     :func:`dpr_pg.mixin.model_search_statement` also puts in its statement (``encoder=``).
 

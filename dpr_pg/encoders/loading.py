@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dpr_pg._fingerprint import folder_revision
+from dpr_pg.encoders.fingerprint import folder_revision
 from dpr_pg.errors import EncoderError
 
 ENV_NAMES = {"question": "DPR_PG_QUESTION_MODEL", "passage": "DPR_PG_PASSAGE_MODEL"}

@@ -95,7 +95,7 @@ def make_tiny_models(directory: str | os.PathLike[str], *, dim: int = 768, seed:
     )
 
     check_dim(dim)
-    from dpr_pg._loading import quiet_progress
+    from dpr_pg.encoders.loading import quiet_progress
 
     root = Path(directory)
     vocab = tiny_vocab()

@@ -13,9 +13,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dpr_pg import _graphs, _onnx
-from dpr_pg._loading import output_dim, token_limit
-from dpr_pg._precision import apply_precision, forward_context, resolve_precision
+from dpr_pg.encoders import cuda_graphs, onnx_runtime
+from dpr_pg.encoders.loading import output_dim, token_limit
+from dpr_pg.encoders.precision import apply_precision, forward_context, resolve_precision
 from dpr_pg.errors import EncoderError
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,10 @@ class BatchingEncoder:
         self.model = apply_precision(model.eval().to(self.device), self.precision, self.device)
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.last_truncated = 0
-        self.runtime = _onnx.resolve_runtime(runtime, kind=self.kind, device=self.device, precision=self.precision)
+        self.runtime = onnx_runtime.resolve_runtime(runtime, kind=self.kind, device=self.device, precision=self.precision)
         self._runtime_asked = runtime not in (None, "auto")  # asked for by name: failing to build it is an error
         self._cache_dir = Path(config.cache_dir(cache_dir))
-        self._onnx: _onnx.OnnxRunner | None = None  # exported or read on first use: ingest never needs questions
+        self._onnx: onnx_runtime.OnnxRunner | None = None  # exported or read on first use: ingest never needs questions
         self._onnx_lock = threading.Lock()
         self._graphs = self._graph_runner(cuda_graphs)
 
@@ -105,10 +105,10 @@ class BatchingEncoder:
 
     @property
     def cuda_graphs(self) -> bool:
-        """Whether short batches replay CUDA graphs (see :mod:`dpr_pg._graphs`)."""
+        """Whether short batches replay CUDA graphs (see :mod:`dpr_pg.encoders.cuda_graphs`)."""
         return self._graphs is not None
 
-    def _graph_runner(self, cuda_graphs: bool | None) -> _graphs.BucketedRunner | None:
+    def _graph_runner(self, cuda_graphs: bool | None) -> cuda_graphs.BucketedRunner | None:
         """The CUDA graphs of this encoder: by default for questions on a CUDA device, on torch.
 
         They are captured here, at load, so that no question pays for it. When a capture fails
@@ -122,8 +122,8 @@ class BatchingEncoder:
         if self.device.type != "cuda" or self.runtime != "torch":
             raise EncoderError(f"cuda_graphs=True needs a CUDA device and runtime 'torch', not "
                                f"{self.device.type!r} and {self.runtime!r}")
-        lengths = [n for n in _graphs.LENGTHS if n <= self.max_length] or [self.max_length]
-        runner = _graphs.BucketedRunner(self.model, device=self.device, pad_id=self.pad_id, lengths=lengths)
+        lengths = [n for n in cuda_graphs.LENGTHS if n <= self.max_length] or [self.max_length]
+        runner = cuda_graphs.BucketedRunner(self.model, device=self.device, pad_id=self.pad_id, lengths=lengths)
         try:
             runner.capture_all()
         except EncoderError as e:
@@ -208,7 +208,7 @@ class BatchingEncoder:
         """
         self._encode(["¿Qué?"], None if self.kind == "question" else ["Texto."])
 
-    def onnx_runner(self) -> _onnx.OnnxRunner:
+    def onnx_runner(self) -> onnx_runtime.OnnxRunner:
         """The ONNX Runtime session of this encoder, exported (or read from the cache) on first use."""
         if self.runtime != "onnx":
             raise EncoderError(f"this {self.kind} encoder runs on {self.runtime}, not onnx")
@@ -216,9 +216,9 @@ class BatchingEncoder:
             if self._onnx is None:
                 import torch
 
-                facts = _onnx.cache_facts(kind=self.kind, source=self.name, revision=self.revision,
+                facts = onnx_runtime.cache_facts(kind=self.kind, source=self.name, revision=self.revision,
                                           max_length=self.max_length)
-                self._onnx = _onnx.load_runner(self.model, facts=facts, cache_dir=self._cache_dir,
+                self._onnx = onnx_runtime.load_runner(self.model, facts=facts, cache_dir=self._cache_dir,
                                                threads=torch.get_num_threads(), companions=self._companions())
             return self._onnx
 
@@ -231,7 +231,7 @@ class BatchingEncoder:
         return {"tokenizer.json": self.tokenizer.backend_tokenizer.to_str(),
                 "encoder.json": json.dumps(settings, sort_keys=True, indent=1)}
 
-    def _runner_or_torch(self) -> _onnx.OnnxRunner | None:
+    def _runner_or_torch(self) -> onnx_runtime.OnnxRunner | None:
         """The ONNX runner; None once the default runtime fell back to torch because it could not be built."""
         try:
             return self.onnx_runner()
@@ -244,7 +244,7 @@ class BatchingEncoder:
             return None
 
     @contextmanager
-    def _forward_context(self, runner: _onnx.OnnxRunner | None) -> Iterator[None]:
+    def _forward_context(self, runner: onnx_runtime.OnnxRunner | None) -> Iterator[None]:
         if runner is not None:
             yield
             return
@@ -253,7 +253,7 @@ class BatchingEncoder:
         with torch.inference_mode(), forward_context(self.precision, self.device):
             yield
 
-    def _forward(self, runner: _onnx.OnnxRunner | None, input_ids: np.ndarray, mask: np.ndarray,
+    def _forward(self, runner: onnx_runtime.OnnxRunner | None, input_ids: np.ndarray, mask: np.ndarray,
                  token_types: np.ndarray) -> np.ndarray:
         """``pooler_output`` of one padded batch, as float32 on the host."""
         if runner is not None:

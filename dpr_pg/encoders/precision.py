@@ -21,7 +21,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-from dpr_pg import _bf16_probe
+from dpr_pg.encoders import bf16_probe
 from dpr_pg.errors import EncoderError
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp16")
@@ -113,7 +113,7 @@ def default_precision(kind: str, device: Any, *, runtime: str | None = None,
 
     fp16 on a GPU. On a CPU: bf16 for passages where the CPU has native bf16
     (:func:`cpu_has_native_bf16`) and a bf16 matmul measures at least 1.25x as fast as fp32 on
-    it (measured once per machine, :mod:`dpr_pg._bf16_probe`); fp32 otherwise, and always for
+    it (measured once per machine, :mod:`dpr_pg.encoders.bf16_probe`); fp32 otherwise, and always for
     questions, whose fp32 path runs on ONNX Runtime (faster per question than bf16 on torch where
     it was measured; docs/encoders.md, "Precision and speed"). bf16 keeps cosine >= 0.999 and top-10
     agreement >= 0.99 with fp32 on a trained pair; int8 does not, and is never a default.
@@ -130,8 +130,8 @@ def default_precision(kind: str, device: Any, *, runtime: str | None = None,
 
 
 def bf16_measures_faster(cache_dir: str | os.PathLike[str] | None = None) -> bool:
-    """Whether bf16 matmuls measure at least 1.25x as fast as fp32 on this CPU (see :mod:`dpr_pg._bf16_probe`)."""
-    return _bf16_probe.bf16_measures_faster(cache_dir)
+    """Whether bf16 matmuls measure at least 1.25x as fast as fp32 on this CPU (see :mod:`dpr_pg.encoders.bf16_probe`)."""
+    return bf16_probe.bf16_measures_faster(cache_dir)
 
 
 def resolve_precision(precision: str | None, device: Any, *, kind: str = "", runtime: str | None = None,
