@@ -32,15 +32,15 @@ import sqlalchemy as sa
 from bench_search import queries_near, synthetic, write_input
 
 from dpr_pg.ingest import pipeline
-from dpr_pg import _planner
+from dpr_pg.search import planner
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
-from dpr_pg._planner import COUNT_BAND, EXACT_MAX_ROWS, Explain, SearchPlan
-from dpr_pg._statistics import analyze_if_changed
+from dpr_pg.search.planner import COUNT_BAND, EXACT_MAX_ROWS, Explain, SearchPlan
+from dpr_pg.search.statistics import analyze_if_changed
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest import ingest
 from dpr_pg.db.models import Passage
 from dpr_pg.db.schema import init
-from dpr_pg.search import search
+from dpr_pg.search.api import search
 
 DIM = 768
 K = 10
@@ -48,17 +48,17 @@ COLLECTION = "bench"
 
 
 def planner_before(conn: Any, where: Any, *, k: int, pgvector_version: tuple[int, ...], exact: bool = False,
-                   exact_threshold: int = _planner.EXACT_THRESHOLD,
-                   exact_selectivity: float = _planner.EXACT_SELECTIVITY, ef_search: int | None = None,
+                   exact_threshold: int = planner.EXACT_THRESHOLD,
+                   exact_selectivity: float = planner.EXACT_SELECTIVITY, ef_search: int | None = None,
                    row_security: bool = False, table: Any = None) -> SearchPlan:
-    """The filtered rules of dpr_pg._planner.plan before it checked for statistics (frozen copy)."""
+    """The filtered rules of dpr_pg.search.planner.plan before it checked for statistics (frozen copy)."""
     if exact or where is None or row_security:
-        return _planner.plan(conn, where, k=k, pgvector_version=pgvector_version, exact=exact,
+        return planner.plan(conn, where, k=k, pgvector_version=pgvector_version, exact=exact,
                              exact_threshold=exact_threshold, exact_selectivity=exact_selectivity, ef_search=ef_search,
                              row_security=row_security)
     probe = sa.select(sa.literal(1)).select_from(Passage).where(where)
     estimate = float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
-    chosen_ef = max(k, ef_search or _planner.FILTERED_EF_SEARCH)
+    chosen_ef = max(k, ef_search or planner.FILTERED_EF_SEARCH)
     if estimate <= exact_threshold:
         return SearchPlan("exact", "estimate at most the threshold", estimated_rows=estimate)
     if exact_selectivity > 0 and estimate <= EXACT_MAX_ROWS:
@@ -140,7 +140,7 @@ def main() -> None:
     queries = queries_near(centers, args.queries, args.seed)
     fingerprint = EncoderFingerprint("bench/question", None, "bench/passage", None, "bench", DIM, 512)
 
-    today_analyze, today_plan = pipeline.analyze_if_changed, _planner.plan
+    today_analyze, today_plan = pipeline.analyze_if_changed, planner.plan
     pipeline.analyze_if_changed = lambda *a, **kw: False  # the ingest as it was
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -157,11 +157,11 @@ def main() -> None:
 
     conn = engine.connect()
     results = {}
-    _planner.plan = planner_before
+    planner.plan = planner_before
     try:
         results["before"] = measure(engine, conn, queries)
     finally:
-        _planner.plan = today_plan
+        planner.plan = today_plan
     results["count"] = measure(engine, conn, queries)
     started = time.perf_counter()
     analyzed = analyze_if_changed(engine, changed=report.inserted, collection=COLLECTION)

@@ -40,7 +40,7 @@ from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest import ingest
 from dpr_pg.ingest.index import HnswParameters, build_index, drop_hnsw, ensure_hnsw, hnsw_parameters
 from dpr_pg.db.schema import init
-from dpr_pg.search import search, search_statement
+from dpr_pg.search.api import search, search_statement
 
 DIM = 768
 K = 10

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest.index import drop_hnsw
 from dpr_pg.db.schema import init
-from dpr_pg.search import search
+from dpr_pg.search.api import search
 from dpr_pg.db.storage import DEFAULT_RERANK_MULTIPLE, set_storage
 
 DIM = 768

@@ -40,7 +40,7 @@ from bench_search import DIM, K, measure, queries_near, synthetic  # noqa: E402
 from dpr_pg.db.engine import embedded_url  # noqa: E402
 from dpr_pg.ingest.index import HnswParameters, drop_hnsw, ensure_hnsw  # noqa: E402
 from dpr_pg.db.schema import init  # noqa: E402
-from dpr_pg.search import search  # noqa: E402
+from dpr_pg.search.api import search  # noqa: E402
 from dpr_pg.db.tenancy import grant  # noqa: E402
 
 TENANTS = {"bench_tenant_big": "big", "bench_tenant_mid": "mid3", "bench_tenant_small": "small7"}

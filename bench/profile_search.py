@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import DIM, K, queries_near, synthetic, truth  # noqa: E402
 
 from dpr_pg.db.engine import embedded_url  # noqa: E402
-from dpr_pg.search import query_vector, search, search_statement  # noqa: E402
+from dpr_pg.search.api import query_vector, search, search_statement  # noqa: E402
 
 
 def median_ms(run: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:

@@ -85,23 +85,23 @@ _EXPORTS = {
     "Reader": "dpr_pg.reader",
     "ask": "dpr_pg.reader",
     "make_tiny_reader": "dpr_pg.reader",
-    "Hit": "dpr_pg.search",
-    "Hits": "dpr_pg.search",
-    "SearchPlan": "dpr_pg.search",
-    "ann_settings": "dpr_pg.search",
-    "search": "dpr_pg.search",
-    "search_many": "dpr_pg.search",
-    "search_statement": "dpr_pg.search",
+    "Hit": "dpr_pg.search.api",
+    "Hits": "dpr_pg.search.api",
+    "SearchPlan": "dpr_pg.search.planner",
+    "ann_settings": "dpr_pg.search.api",
+    "search": "dpr_pg.search.api",
+    "search_many": "dpr_pg.search.api",
+    "search_statement": "dpr_pg.search.api",
     "STORAGES": "dpr_pg.db.storage",
     "Storage": "dpr_pg.db.storage",
     "StorageChange": "dpr_pg.db.storage",
     "current_storage": "dpr_pg.db.storage",
     "set_storage": "dpr_pg.db.storage",
-    "NoHits": "dpr_pg.no_hits",
-    "explain_no_hits": "dpr_pg.no_hits",
-    "DprSearchable": "dpr_pg.mixin",
-    "encoder_guard": "dpr_pg.mixin",
-    "model_search_statement": "dpr_pg.mixin",
+    "NoHits": "dpr_pg.search.no_hits",
+    "explain_no_hits": "dpr_pg.search.no_hits",
+    "DprSearchable": "dpr_pg.search.orm",
+    "encoder_guard": "dpr_pg.search.orm",
+    "model_search_statement": "dpr_pg.search.orm",
     "TableStatus": "dpr_pg.sync",
     "WorkerReport": "dpr_pg.sync",
     "disable_table": "dpr_pg.sync",
@@ -158,10 +158,11 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.evaluate import EvaluationReport, evaluate
     from dpr_pg.qa import QAItem
     from dpr_pg.reader import Answer, AskResult, Reader, ask, make_tiny_reader
-    from dpr_pg.search import Hit, Hits, SearchPlan, ann_settings, search, search_many, search_statement
+    from dpr_pg.search.api import Hit, Hits, ann_settings, search, search_many, search_statement
+    from dpr_pg.search.planner import SearchPlan
     from dpr_pg.db.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
-    from dpr_pg.no_hits import NoHits, explain_no_hits
-    from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
+    from dpr_pg.search.no_hits import NoHits, explain_no_hits
+    from dpr_pg.search.orm import DprSearchable, encoder_guard, model_search_statement
     from dpr_pg.sync import (
         TableStatus,
         WorkerReport,

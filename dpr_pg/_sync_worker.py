@@ -7,7 +7,7 @@ cleared and removed. A statement the database refuses for one table is retried i
 in its own savepoint, so that one bad item (a malformed key, a value of the wrong type) fails alone:
 it is retried with backoff and dead-lettered after ``max_attempts``, while the rest goes on.
 After the commit, a table whose embeddings changed a large share of its rows is analysed (see
-:mod:`dpr_pg._statistics`), so that a search of it is planned on its new rows.
+:mod:`dpr_pg.search.statistics`), so that a search of it is planned on its new rows.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from psycopg import Connection as PgConnection
 from sqlalchemy.engine import Engine
 
 from dpr_pg import _sync_queries as q
-from dpr_pg._statistics import analyze_if_changed
+from dpr_pg.search.statistics import analyze_if_changed
 from dpr_pg.sync import SyncedTable, WorkerReport
 
 log = logging.getLogger("dpr_pg.sync")

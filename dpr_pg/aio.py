@@ -27,8 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dpr_pg.db import replicas
-from dpr_pg.search import check_request
-from dpr_pg.search import search_many as _search_many
+from dpr_pg.search.api import check_request
+from dpr_pg.search.api import search_many as _search_many
 from dpr_pg.errors import DimensionError, SearchError
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from dpr_pg.filters import Filter
     from dpr_pg.ingest import FieldMapping, IngestReport
     from dpr_pg.reader import AskResult, Reader
-    from dpr_pg.search import Hits, Mode, Query
+    from dpr_pg.search.api import Hits, Mode, Query
 
 __all__ = ["Encode", "ask", "create_async_engine", "ingest_records", "search", "search_many", "sync_engine"]
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from dpr_pg.encoders.pair import EncoderPair, QuestionSide
     from dpr_pg.filters import Filter
-    from dpr_pg.search import Hits
+    from dpr_pg.search.api import Hits
 
 DEFAULT_EF_SEARCH_VALUES: tuple[int, ...] = (10, 20, 40, 64, 100, 200, 400, 800, 1000)
 
@@ -120,7 +120,7 @@ def audit_ann(
     >>> report.recommended_ef_search  # doctest: +SKIP
     64
     """
-    from dpr_pg.search import search_many
+    from dpr_pg.search.api import search_many
 
     if not 0.0 < target_recall <= 1.0:
         raise EvaluationError(f"expected a target recall in (0, 1], not {target_recall}")

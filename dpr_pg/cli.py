@@ -1004,8 +1004,8 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
         dpr-pg search "¿Qué es la insulina?" --collection bio --filter '{"year": {"$gte": 2020}}' --json
         dpr-pg search "vacuna gripe" --mode hybrid --explain
     """
-    from dpr_pg.no_hits import explain_no_hits
-    from dpr_pg.search import check_request, search
+    from dpr_pg.search.no_hits import explain_no_hits
+    from dpr_pg.search.api import check_request, search
 
     engine = ctx.engine  # connect first: a wrong URL fails before the models load
     # then a bad filter or an overlong question fails before they load
@@ -1775,7 +1775,7 @@ def ask_command(ctx: Context, question: str, collection: str | None, filter_doc:
     from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.reader import Reader, ask
     from dpr_pg.reader.ask import check_ask
-    from dpr_pg.search import check_request
+    from dpr_pg.search.api import check_request
 
     engine = ctx.engine_with_schema()  # a wrong URL or a missing schema fails before the models load
     # then a bad question, filter or option fails before they load

@@ -118,7 +118,7 @@ def run_demo(
     """
     from dpr_pg.ingest import ingest
     from dpr_pg.db.schema import embedding_dim, init
-    from dpr_pg.search import search
+    from dpr_pg.search.api import search
 
     pair, source = load_demo_encoders(home, models_configured=models_configured, say=say)
     say(f"Encoders: {pair.question.name} / {pair.passage.name}")

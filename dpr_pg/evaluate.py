@@ -1,6 +1,6 @@
 """Evaluate retrieval on your own questions, inside your own database, with your own filters.
 
-For each question, :func:`evaluate` retrieves ``depth`` passages with :func:`dpr_pg.search.search_many`
+For each question, :func:`evaluate` retrieves ``depth`` passages with :func:`dpr_pg.search.api.search_many`
 (the same code path as ``dpr-pg search``) and decides which hits are gold:
 
 - with ``gold="auto"`` (the default) a question's gold passages are its ``gold_ids`` when at least one
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from dpr_pg.encoders.pair import EncoderPair, QuestionSide
     from dpr_pg.filters import Filter
     from dpr_pg.reader import Reader
-    from dpr_pg.search import Hit, Mode
+    from dpr_pg.search.api import Hit, Mode
 
 GoldRule = Literal["auto", "ids", "answers"]
 BATCH = 64  # questions per search transaction
@@ -152,7 +152,7 @@ def check_collection(conn: Connection, collection: str | None, filter: Filter = 
 
     The CLI calls it before loading the encoders.
     """
-    from dpr_pg.no_hits import explain_no_hits
+    from dpr_pg.search.no_hits import explain_no_hits
     from dpr_pg.db.schema import require_schema
 
     require_schema(conn)
@@ -230,7 +230,7 @@ def evaluate(
     >>> report.metrics.top_k_accuracy[20], report.as_dict()["mrr"]  # doctest: +SKIP
     (0.71, 0.48)
     """
-    from dpr_pg.search import search_many
+    from dpr_pg.search.api import search_many
 
     ks = tuple(sorted(set(ks)))
     depth = depth or max(ks)

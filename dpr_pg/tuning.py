@@ -1,6 +1,6 @@
 """Every number that tunes search and the HNSW index, and the limits that go with them: one place.
 
-The Python planner (:mod:`dpr_pg._planner`), the API, the CLI and the SQL functions all read them
+The Python planner (:mod:`dpr_pg.search.planner`), the API, the CLI and the SQL functions all read them
 here. The SQL files in sql/ name them as placeholders, ``@EXACT_THRESHOLD@``, which
 :func:`dpr_pg.db.schema.definitions_script` fills in from :func:`sql_values` whenever ``dpr-pg init``
 applies them; so a change here reaches ``dpr_pg.search`` at the next ``dpr-pg init``, without a
@@ -56,7 +56,7 @@ MAX_QUERY_TEXT_CHARS = 10_000
 
 # A write (ingest, prune, delete, a sync batch) ANALYZEs the table it changed when the table has no
 # statistics yet, or when it changed at least ANALYZE_CHANGED_SHARE of the rows PostgreSQL believes
-# the collection (the app table) has, and at least ANALYZE_MIN_ROWS rows (see dpr_pg._statistics).
+# the collection (the app table) has, and at least ANALYZE_MIN_ROWS rows (see dpr_pg.search.statistics).
 # Fewer rows cannot move an estimate far enough across EXACT_THRESHOLD to matter (exact over about
 # a thousand rows takes a few ms), and autovacuum catches up with them; 10% is autovacuum's own share.
 ANALYZE_CHANGED_SHARE = 0.10

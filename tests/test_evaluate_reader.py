@@ -19,7 +19,7 @@ from dpr_pg.evaluate import evaluate, load_questions
 from dpr_pg.ingest import ingest
 from dpr_pg.metrics import reader_metrics
 from dpr_pg.reader import Reader
-from dpr_pg.search import search_many
+from dpr_pg.search.api import search_many
 
 DATA = Path(__file__).resolve().parent.parent / "dpr_pg" / "data"
 QUESTIONS = DATA / "sample_questions_es.jsonl"

@@ -23,10 +23,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import tuning
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
-from dpr_pg._statistics import analyze_if_changed, large_change
+from dpr_pg.search.statistics import analyze_if_changed, large_change
 from dpr_pg.ingest import ingest
 from dpr_pg.ingest.delete import delete_passages
-from dpr_pg.search import search
+from dpr_pg.search.api import search
 from dpr_pg.sync import run_worker
 
 DIM = 8  # the path does not depend on the dimension; 8-d rows load and index in a few seconds

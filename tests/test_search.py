@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from dpr_pg import DimensionError, FilterError, SearchError
 from dpr_pg.db.models import Passage
-from dpr_pg.search import search, search_many, search_statement
+from dpr_pg.search.api import search, search_many, search_statement
 
 DIM = 32
 N = 3000

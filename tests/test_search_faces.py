@@ -20,7 +20,7 @@ from _filter_oracle import matches
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import tuning
-from dpr_pg.search import search
+from dpr_pg.search.api import search
 
 DIM = 8
 N = 8000

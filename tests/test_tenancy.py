@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from dpr_pg import (ConfigError, PrivilegeError, SchemaError, grant, ingest, make_tiny_models, revoke, search,
                     search_statement, set_tenancy, tenancy_status)
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
-from dpr_pg.mixin import DprSearchable, encoder_guard, model_search_statement
+from dpr_pg.search.orm import DprSearchable, encoder_guard, model_search_statement
 from dpr_pg.sync import enable_table
 
 DIM = 8

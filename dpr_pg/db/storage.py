@@ -197,7 +197,7 @@ def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None
 
 def forget_storage(engine: Engine) -> None:
     """Make this process's searches read the storage again (they keep it a few seconds)."""
-    from dpr_pg.search import forget_database_facts
+    from dpr_pg.search.api import forget_database_facts
 
     forget_database_facts(engine)
 

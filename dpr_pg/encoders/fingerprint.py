@@ -213,7 +213,7 @@ def check_table_encoder(
 
     ``fingerprint`` is an :class:`~dpr_pg.encoders.pair.EncoderFingerprint` (``pair.fingerprint``). A table
     with no embedding yet passes. Runs ``dpr_pg.check_table_encoder`` (sql/sync.sql), which
-    :func:`dpr_pg.mixin.model_search_statement` also puts in its statement (``encoder=``).
+    :func:`dpr_pg.search.orm.model_search_statement` also puts in its statement (``encoder=``).
 
     Example:
         >>> check_table_encoder(engine, "articles", pair.fingerprint)  # doctest: +SKIP

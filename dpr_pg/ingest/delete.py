@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from dpr_pg._statistics import analyze_if_changed
+from dpr_pg.search.statistics import analyze_if_changed
 from dpr_pg.errors import ConfigError
 from dpr_pg.ingest.loader import LOCK_SQL
 from dpr_pg.ingest.validate import text_problem

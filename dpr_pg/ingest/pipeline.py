@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
-from dpr_pg._statistics import analyze_if_changed
+from dpr_pg.search.statistics import analyze_if_changed
 from dpr_pg.errors import ConfigError, DimensionError, EncoderMismatchError, IngestError
 from dpr_pg.ingest.batches import BatchRun, RecordRejectedError, content_hash, last_occurrences, write_all
 from dpr_pg.ingest.chunking import DEFAULT_CHUNK_WORDS, check_chunking

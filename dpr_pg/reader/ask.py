@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.filters import Filter
     from dpr_pg.reader.model import Reader
-    from dpr_pg.search import Hit, Hits, Mode
+    from dpr_pg.search.api import Hit, Hits, Mode
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def ask(
 ) -> AskResult:
     """Answer ``question`` from the collection: retrieve ``k`` passages, read the best spans out of them.
 
-    Retrieval is :func:`dpr_pg.search.search` (same filters, modes and encoder check). ``top_answers``
+    Retrieval is :func:`dpr_pg.search.api.search` (same filters, modes and encoder check). ``top_answers``
     spans come back, best first; with ``no_answer_threshold`` the result is "no answer" when no span
     scores that much, or when the reader's null score beats every span (SQuAD 2.0 style).
 
@@ -88,7 +88,7 @@ def ask(
         >>> result.answer.text, result.answer.passage.metadata["source"]                                     # doctest: +SKIP
         ('Sevilla', 'guias/sevilla.pdf')
     """
-    from dpr_pg.search import search
+    from dpr_pg.search.api import search
 
     check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
     started = time.perf_counter()

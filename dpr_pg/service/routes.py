@@ -34,7 +34,7 @@ from dpr_pg.service.schemas import (
 )
 
 if TYPE_CHECKING:
-    from dpr_pg.search import Hits
+    from dpr_pg.search.api import Hits
     from dpr_pg.service.app import Service
 
 __all__ = ["ErrorBody", "install"]

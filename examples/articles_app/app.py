@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from models import Article, Author  # noqa: E402
 
 import dpr_pg  # noqa: E402
-from dpr_pg.mixin import dpr_order, dpr_score, encoder_guard  # noqa: E402
+from dpr_pg.search.orm import dpr_order, dpr_score, encoder_guard  # noqa: E402
 
 EMBEDDED_DATABASE = "articles_app"
 

@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import DateTime, ForeignKey, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from dpr_pg.mixin import DprSearchable
+from dpr_pg.search.orm import DprSearchable
 
 
 class Base(DeclarativeBase):

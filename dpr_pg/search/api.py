@@ -1,6 +1,6 @@
 """Search: a question (or a precomputed query vector) → the top-k passages by inner product.
 
-``search`` plans (see :mod:`dpr_pg._planner`), sets pgvector's scan settings with ``set_config(...,
+``search`` plans (see :mod:`dpr_pg.search.planner`), sets pgvector's scan settings with ``set_config(...,
 is_local => true)`` inside the query's own transaction and restores them afterwards, and never
 returns fewer than ``min(k, matching rows)`` hits. ``search_statement`` is the same query as a
 SQLAlchemy ``Select`` for an application's own Session, joins and WHERE clauses.
@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg import _planner
-from dpr_pg._planner import Explain, SearchPlan
-from dpr_pg._query_vector import vector_binding
-from dpr_pg._statistics import TABLE_FACTS
+from dpr_pg.search import planner as _planner
+from dpr_pg.search.planner import Explain, SearchPlan
+from dpr_pg.search.query_vector import vector_binding
+from dpr_pg.search.statistics import TABLE_FACTS
 from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, to_sql
 from dpr_pg.db.models import Passage
@@ -126,8 +126,8 @@ def search_statement(
 ) -> sa.Select[Any]:
     """The search as a SQLAlchemy ``Select`` of (id, external_id, collection, title, text, metadata, score).
 
-    With ``model`` (an app model with :class:`dpr_pg.mixin.DprSearchable`), it ranks the app's own
-    rows instead: ``SELECT model, score`` (see :func:`dpr_pg.mixin.model_search_statement`), and
+    With ``model`` (an app model with :class:`dpr_pg.search.orm.DprSearchable`), it ranks the app's own
+    rows instead: ``SELECT model, score`` (see :func:`dpr_pg.search.orm.model_search_statement`), and
     ``encoder`` (the question's encoder pair) makes it refuse a table embedded by another pair.
 
     Join it to your own tables or add ``.where(...)``; run it in your own Session. For filtered ANN,
@@ -142,7 +142,7 @@ def search_statement(
     >>> session.execute(stmt.join(Article, Article.slug == Passage.external_id)).all()  # doctest: +SKIP
     """
     if model is not None:  # an app table enabled with op.enable_dpr
-        from dpr_pg.mixin import model_search_statement
+        from dpr_pg.search.orm import model_search_statement
 
         return model_search_statement(model, query, k=k, filter=filter, exact=exact, encoder=encoder)
     if encoder is not None:
@@ -257,7 +257,7 @@ def _custom_plans(conn: Connection, restore: bool, *,
     """plan_cache_mode = force_custom_plan for the planner's probes and the exact query (see above).
 
     Yields whether row-level security hides rows of dpr_pg.passages from this role, and the table's
-    (reltuples, has statistics) for :func:`dpr_pg._planner.plan`, read in the same round trip. With
+    (reltuples, has statistics) for :func:`dpr_pg.search.planner.plan`, read in the same round trip. With
     ``iterative_ef``, it also sets what :func:`ann_settings` would for an iterative scan at that
     ef_search (the exact path ignores them; under row-level security ann_settings runs all the same).
     """
@@ -536,7 +536,7 @@ def search(
     ``rrf_k``, ``dense_weight``, ``text_weight`` over ``candidates`` per side). ``hits.plan`` says
     which path ran; ``explain=True`` adds PostgreSQL's EXPLAIN of the query. With an Engine the search
     runs in its own transaction; with a Connection, in the caller's. ``exact_threshold`` and
-    ``exact_selectivity`` tune the planner (see :mod:`dpr_pg._planner`; 0 and 0 force the iterative
+    ``exact_selectivity`` tune the planner (see :mod:`dpr_pg.search.planner`; 0 and 0 force the iterative
     index scan under any filter). ``pgvector_version`` overrides the detected version (to exercise
     the pre-0.8 path).
 

@@ -6,7 +6,7 @@ estimate is a fixed guess: 0.5 % of the table for an equality. Right after a bul
 rows into one collection, ``collection = 'c'`` was estimated at 100 rows (1,306 with the index kept),
 and the search planner took the exact path over every row. Two guards:
 
-- the planner (:mod:`dpr_pg._planner`, and ``dpr_pg._search_plan`` in sql/search.sql) never takes
+- the planner (:mod:`dpr_pg.search.planner`, and ``dpr_pg._search_plan`` in sql/search.sql) never takes
   a small estimate from a table without statistics at its word: it counts the matching rows,
   bounded, instead (:data:`TABLE_FACTS`);
 - the writes that change a large share of a collection or an app table (ingest, prune, delete, a

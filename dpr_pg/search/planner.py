@@ -6,7 +6,7 @@ Plain HNSW with a WHERE clause comes back short or with poor recall when the fil
 time), and also up to ``EXACT_MAX_ROWS`` rows when they are at most ``exact_selectivity`` of the
 table (iterative scans lose recall that narrow); up to ``COUNT_BAND`` times ``exact_threshold`` it
 counts at most ``exact_threshold + 1`` matching rows to decide. A table without statistics (never
-analysed: see :mod:`dpr_pg._statistics`) makes the estimate a guess, so a small one is never taken
+analysed: see :mod:`dpr_pg.search.statistics`) makes the estimate a guess, so a small one is never taken
 at its word: the bounded count decides. Otherwise it runs pgvector 0.8's
 iterative index scan; if that still returns fewer than k rows, search.py answers exactly.
 The numbers come from :mod:`dpr_pg.tuning`; ``dpr_pg._search_plan`` in sql/search.sql applies the
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 
-from dpr_pg._statistics import TABLE_FACTS
+from dpr_pg.search.statistics import TABLE_FACTS
 from dpr_pg.db.models import Passage
 # The numbers live in dpr_pg.tuning, shared with the SQL functions; re-exported here for callers.
 from dpr_pg.tuning import (COUNT_BAND, EXACT_MAX_ROWS, EXACT_SELECTIVITY, EXACT_THRESHOLD, FILTERED_EF_SEARCH,
@@ -98,7 +98,7 @@ def plan(
     statistics, and every search is filtered by the policy: the planner counts the visible matches
     instead, bounded at ``exact_threshold + 1``.
     ``table`` is dpr_pg.passages' (reltuples, has statistics) when the caller has read them
-    (:data:`dpr_pg._statistics.TABLE_FACTS`); else the planner reads them when it needs them.
+    (:data:`dpr_pg.search.statistics.TABLE_FACTS`); else the planner reads them when it needs them.
 
     >>> plan(conn, None, k=10, pgvector_version=(0, 8, 5)).path  # doctest: +SKIP
     'hnsw'

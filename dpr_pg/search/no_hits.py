@@ -47,7 +47,7 @@ def explain_no_hits(bind: Engine | Connection, *, collection: str | None = None,
         >>> explain_no_hits(engine, collection="nosuch").message  # doctest: +SKIP
         "collection 'nosuch' does not exist in this database; it holds demo (47 passages); check the name"
     """
-    from dpr_pg.search import _where
+    from dpr_pg.search.api import _where
 
     where = _where(filter, collection)  # the search's own compiler: the same rows, the same errors
     if isinstance(bind, Engine):
