@@ -102,14 +102,14 @@ _EXPORTS = {
     "DprSearchable": "dpr_pg.search.orm",
     "encoder_guard": "dpr_pg.search.orm",
     "model_search_statement": "dpr_pg.search.orm",
-    "TableStatus": "dpr_pg.sync",
-    "WorkerReport": "dpr_pg.sync",
-    "disable_table": "dpr_pg.sync",
-    "discard_items": "dpr_pg.sync",
-    "retry_items": "dpr_pg.sync",
-    "enable_table": "dpr_pg.sync",
-    "run_worker": "dpr_pg.sync",
-    "sync_status": "dpr_pg.sync",
+    "TableStatus": "dpr_pg.sync.tables",
+    "WorkerReport": "dpr_pg.sync.tables",
+    "disable_table": "dpr_pg.sync.tables",
+    "discard_items": "dpr_pg.sync.tables",
+    "retry_items": "dpr_pg.sync.tables",
+    "enable_table": "dpr_pg.sync.tables",
+    "run_worker": "dpr_pg.sync.tables",
+    "sync_status": "dpr_pg.sync.tables",
     "CollectionGrant": "dpr_pg.db.tenancy",
     "Tenancy": "dpr_pg.db.tenancy",
     "grant": "dpr_pg.db.tenancy",
@@ -163,7 +163,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.db.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
     from dpr_pg.search.no_hits import NoHits, explain_no_hits
     from dpr_pg.search.orm import DprSearchable, encoder_guard, model_search_statement
-    from dpr_pg.sync import (
+    from dpr_pg.sync.tables import (
         TableStatus,
         WorkerReport,
         disable_table,

@@ -28,7 +28,7 @@ from alembic.util import CommandError
 from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import SchemaError, SyncError
 from dpr_pg.db.models import SCHEMA
-from dpr_pg.sync import disable_statement, enable_statement
+from dpr_pg.sync.tables import disable_statement, enable_statement
 
 # Names that dpr_pg.enable_table() gives to what it adds to an app table.
 DPR_COLUMN_COMMENT_PREFIX = "dpr_pg:"

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
-from dpr_pg.sync import enable_table
+from dpr_pg.sync.tables import enable_table
 
 ARTICLES = [
     ("Madrid", "Madrid es la capital de España y su ciudad más poblada."),

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sync_app import HashPair, create_articles, wrong_rows  # noqa: E402
 
-from dpr_pg.sync import run_worker  # noqa: E402
+from dpr_pg.sync.tables import run_worker  # noqa: E402
 
 TEXTS = ["texto A", "texto B", "texto C", "Madrid es la capital.", "El ADN y los genes.", "", "  "]
 TITLES = ["Uno", "Dos", ""]
@@ -109,7 +109,7 @@ def _connected(engine: sa.Engine, name: str) -> bool:
 
 def _mid_batch(engine: sa.Engine) -> int:
     """Queue items held by some worker right now (advisory locks of the claim)."""
-    from dpr_pg._sync_queries import LOCK_CLASS
+    from dpr_pg.sync.queries import LOCK_CLASS
 
     with engine.connect() as conn:
         return conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 "

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import SchemaError, SyncError
-from dpr_pg.sync import disable_table, enable_table, run_worker, sync_status
+from dpr_pg.sync.tables import disable_table, enable_table, run_worker, sync_status
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_worker_with_another_dimension_leaves_the_table_to_another_worker_and_sa
 def test_app_write_does_not_wait_for_a_worker_holding_its_item(engine: Engine) -> None:
     from psycopg import RawCursor
 
-    from dpr_pg._sync_queries import CLAIM, LOCK_CLASS
+    from dpr_pg.sync.queries import CLAIM, LOCK_CLASS
 
     create_articles(engine)
     with engine.connect() as worker_conn, engine.connect() as app_conn:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from _sync_app import HashPair, create_articles, queued, wrong_rows
 from sqlalchemy.engine import Engine
 
-from dpr_pg.sync import run_worker, sync_status
+from dpr_pg.sync.tables import run_worker, sync_status
 
 # Operators with the signatures the trigger functions use, each recording that it ran.
 _PLANTED = {

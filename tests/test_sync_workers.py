@@ -18,7 +18,7 @@ from _sync_app import create_articles, queued
 from sqlalchemy.engine import Engine
 
 from dpr_pg.encoders.pair import EncoderPair
-from dpr_pg.sync import run_worker
+from dpr_pg.sync.tables import run_worker
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def _waiting_on_articles(engine: Engine) -> list[int]:
 
 def _claimed_items(engine: Engine) -> int:
     """Queue items that some worker holds (its claim's advisory locks)."""
-    from dpr_pg._sync_queries import LOCK_CLASS
+    from dpr_pg.sync.queries import LOCK_CLASS
 
     with engine.connect() as conn:
         return conn.execute(sa.text(

@@ -23,7 +23,7 @@ from dpr_pg import (ConfigError, PrivilegeError, SchemaError, grant, ingest, mak
                     search_statement, set_tenancy, tenancy_status)
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.search.orm import DprSearchable, encoder_guard, model_search_statement
-from dpr_pg.sync import enable_table
+from dpr_pg.sync.tables import enable_table
 
 DIM = 8
 COLLECTIONS = {"wiki": 30, "news": 30, "secret": 2500}  # secret: more rows than the exact threshold

@@ -225,7 +225,7 @@ def check_table_encoder(
     from sqlalchemy.dialects import postgresql
 
     from dpr_pg.errors import SyncError
-    from dpr_pg.sync import regclass_name
+    from dpr_pg.sync.tables import regclass_name
 
     statement = sa.select(sa.func.dpr_pg.check_table_encoder(
         sa.cast(sa.literal(regclass_name(table, schema=schema), sa.Text), postgresql.REGCLASS),

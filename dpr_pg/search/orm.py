@@ -123,7 +123,7 @@ def encoder_guard(model: Any, fingerprint: Any) -> sa.ColumnElement[bool]:
     Example:
         >>> select(Article).where(encoder_guard(Article, pair.fingerprint))  # doctest: +SKIP
     """
-    from dpr_pg.sync import regclass_name
+    from dpr_pg.sync.tables import regclass_name
 
     table = model.__table__
     name = sa.cast(sa.literal(regclass_name(table.name, schema=table.schema), sa.Text), REGCLASS)

@@ -89,7 +89,7 @@ def require_queue(engine: Engine) -> None:
 
 
 def _table_argument(conn: Connection, table: str | None, schema: str | None) -> int | None:
-    from dpr_pg.sync import regclass_name
+    from dpr_pg.sync.tables import regclass_name
 
     if table is None:
         return None

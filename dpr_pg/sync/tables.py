@@ -11,7 +11,7 @@ go, and the items are due again. A write-back never waits for the app: the row i
 ``SKIP LOCKED`` and only written if its text still hashes to what was encoded; an app write
 during the batch changes the item's version, so the item stays queued for the new text.
 An item that keeps failing is dead-lettered after ``max_attempts``: :func:`sync_status` counts
-it, :func:`retry_items` and :func:`discard_items` act on it (see :mod:`dpr_pg.sync_queue`).
+it, :func:`retry_items` and :func:`discard_items` act on it (see :mod:`dpr_pg.sync.queue`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import DatabaseError, SchemaError, SyncError
-from dpr_pg.sync_queue import TableStatus, discard_items, require_queue, retry_items, sync_status
+from dpr_pg.sync.queue import TableStatus, discard_items, require_queue, retry_items, sync_status
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def run_worker(
         >>> run_worker(engine, EncoderPair.load(), once=True).embedded  # doctest: +SKIP
         12
     """
-    from dpr_pg._sync_worker import Batcher
+    from dpr_pg.sync.batch import Batcher
 
     if batch_size < 1:
         raise SyncError(f"expected a batch size of at least 1, not {batch_size}")

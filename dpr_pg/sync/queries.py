@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from dpr_pg.sync import SyncedTable
+from dpr_pg.sync.tables import SyncedTable
 
 LOCK_CLASS = 0x64707273  # "dprs": the first key of the queue items' advisory locks
 

@@ -2,7 +2,7 @@
 
 A batch is one transaction on a psycopg connection, so that a worker killed at any point leaves
 its items queued (its advisory locks die with its session). Each item is settled only if it is
-unchanged since the claim (see :mod:`dpr_pg._sync_queries`), on every path: encoded, unchanged,
+unchanged since the claim (see :mod:`dpr_pg.sync.queries`), on every path: encoded, unchanged,
 cleared and removed. A statement the database refuses for one table is retried item by item, each
 in its own savepoint, so that one bad item (a malformed key, a value of the wrong type) fails alone:
 it is retried with backoff and dead-lettered after ``max_attempts``, while the rest goes on.
@@ -24,9 +24,9 @@ import psycopg
 from psycopg import Connection as PgConnection
 from sqlalchemy.engine import Engine
 
-from dpr_pg import _sync_queries as q
+from dpr_pg.sync import queries as q
 from dpr_pg.search.statistics import analyze_if_changed
-from dpr_pg.sync import SyncedTable, WorkerReport
+from dpr_pg.sync.tables import SyncedTable, WorkerReport
 
 log = logging.getLogger("dpr_pg.sync")
 _REGISTERED: weakref.WeakSet[Any] = weakref.WeakSet()  # psycopg connections that know the vector type
