@@ -38,7 +38,8 @@ from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.db.embedded import stop_server
 from dpr_pg.db.schema import init
-from dpr_pg.sync.tables import enable_table, run_worker
+from dpr_pg.sync.tables import enable_table
+from dpr_pg.sync.worker import run_worker
 
 DIM = 768
 BODY = "Texto de un artículo de la aplicación, con algunas frases de ejemplo. " * 3

@@ -102,14 +102,14 @@ _EXPORTS = {
     "DprSearchable": "dpr_pg.search.orm",
     "encoder_guard": "dpr_pg.search.orm",
     "model_search_statement": "dpr_pg.search.orm",
-    "TableStatus": "dpr_pg.sync.tables",
-    "WorkerReport": "dpr_pg.sync.tables",
+    "TableStatus": "dpr_pg.sync.queue",
+    "WorkerReport": "dpr_pg.sync.batch",
     "disable_table": "dpr_pg.sync.tables",
-    "discard_items": "dpr_pg.sync.tables",
-    "retry_items": "dpr_pg.sync.tables",
+    "discard_items": "dpr_pg.sync.queue",
+    "retry_items": "dpr_pg.sync.queue",
     "enable_table": "dpr_pg.sync.tables",
-    "run_worker": "dpr_pg.sync.tables",
-    "sync_status": "dpr_pg.sync.tables",
+    "run_worker": "dpr_pg.sync.worker",
+    "sync_status": "dpr_pg.sync.queue",
     "CollectionGrant": "dpr_pg.db.tenancy",
     "Tenancy": "dpr_pg.db.tenancy",
     "grant": "dpr_pg.db.tenancy",
@@ -163,16 +163,10 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.db.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
     from dpr_pg.search.no_hits import NoHits, explain_no_hits
     from dpr_pg.search.orm import DprSearchable, encoder_guard, model_search_statement
-    from dpr_pg.sync.tables import (
-        TableStatus,
-        WorkerReport,
-        disable_table,
-        discard_items,
-        enable_table,
-        retry_items,
-        run_worker,
-        sync_status,
-    )
+    from dpr_pg.sync.batch import WorkerReport
+    from dpr_pg.sync.queue import TableStatus, discard_items, retry_items, sync_status
+    from dpr_pg.sync.tables import disable_table, enable_table
+    from dpr_pg.sync.worker import run_worker
     from dpr_pg.db.tenancy import CollectionGrant, Tenancy, grant, revoke, set_tenancy, tenancy_status
 
 __all__ = [

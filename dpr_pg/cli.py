@@ -1115,7 +1115,7 @@ def worker(ctx: Context, once: bool, batch_size: int, poll_interval: float, max_
     import threading
 
     from dpr_pg.encoders.pair import EncoderPair
-    from dpr_pg.sync.tables import run_worker
+    from dpr_pg.sync.worker import run_worker
 
     # The worker's own lines only: the root logger stays as it is, so the embedded server's and
     # Alembic's INFO lines are not printed.
@@ -1156,7 +1156,7 @@ def status(ctx: Context, as_json: bool) -> None:
     """
     from rich.text import Text
 
-    from dpr_pg.sync.tables import sync_status
+    from dpr_pg.sync.queue import sync_status
 
     tables = sync_status(ctx.engine)
     if as_json:
@@ -1196,7 +1196,7 @@ def sync_retry(ctx: Context, table: str | None, schema: str | None) -> None:
     Example:
         dpr-pg sync retry articles
     """
-    from dpr_pg.sync.tables import retry_items
+    from dpr_pg.sync.queue import retry_items
 
     click.echo(f"{retry_items(ctx.engine, table, schema=schema)} items due again")
 
@@ -1213,7 +1213,7 @@ def sync_discard(ctx: Context, table: str | None, schema: str | None) -> None:
     Example:
         dpr-pg sync discard articles
     """
-    from dpr_pg.sync.tables import discard_items
+    from dpr_pg.sync.queue import discard_items
 
     click.echo(f"{discard_items(ctx.engine, table, schema=schema)} dead items discarded")
 

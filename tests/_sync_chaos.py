@@ -32,7 +32,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sync_app import HashPair, create_articles, wrong_rows  # noqa: E402
 
-from dpr_pg.sync.tables import run_worker  # noqa: E402
+from dpr_pg.sync.worker import run_worker  # noqa: E402
 
 TEXTS = ["texto A", "texto B", "texto C", "Madrid es la capital.", "El ADN y los genes.", "", "  "]
 TITLES = ["Uno", "Dos", ""]

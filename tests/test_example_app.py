@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from dpr_pg.alembic_ops import include_object
 from dpr_pg.encoders.pair import EncoderPair
-from dpr_pg.sync.tables import run_worker
+from dpr_pg.sync.worker import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "examples" / "articles_app"

@@ -27,7 +27,7 @@ from dpr_pg.search.statistics import analyze_if_changed, large_change
 from dpr_pg.ingest import ingest
 from dpr_pg.ingest.delete import delete_passages
 from dpr_pg.search.api import search
-from dpr_pg.sync.tables import run_worker
+from dpr_pg.sync.worker import run_worker
 
 DIM = 8  # the path does not depend on the dimension; 8-d rows load and index in a few seconds
 ROWS = 20_000

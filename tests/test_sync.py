@@ -13,7 +13,9 @@ from sqlalchemy.engine import Engine
 
 from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import SchemaError, SyncError
-from dpr_pg.sync.tables import disable_table, enable_table, run_worker, sync_status
+from dpr_pg.sync.queue import sync_status
+from dpr_pg.sync.tables import disable_table, enable_table
+from dpr_pg.sync.worker import run_worker
 
 
 @pytest.fixture(scope="module")

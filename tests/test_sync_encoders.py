@@ -14,7 +14,9 @@ from dpr_pg.errors import EncoderMismatchError, SearchError
 from dpr_pg.search.orm import DprSearchable, model_search_statement
 from dpr_pg.search.api import search_statement
 from dpr_pg.encoders.pair import check_table_encoder
-from dpr_pg.sync.tables import enable_table, run_worker, sync_status
+from dpr_pg.sync.queue import sync_status
+from dpr_pg.sync.tables import enable_table
+from dpr_pg.sync.worker import run_worker
 
 
 class Base(DeclarativeBase):

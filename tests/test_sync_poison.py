@@ -10,7 +10,9 @@ from _sync_app import HashPair, create_articles, queued, wrong_rows
 from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import SyncError
-from dpr_pg.sync.tables import discard_items, enable_table, retry_items, run_worker, sync_status
+from dpr_pg.sync.queue import discard_items, retry_items, sync_status
+from dpr_pg.sync.tables import enable_table
+from dpr_pg.sync.worker import run_worker
 
 
 def _notes(engine: Engine, name: str = "notes") -> None:

@@ -10,9 +10,10 @@ import sqlalchemy as sa
 from _sync_app import HashPair, create_articles, queued, wrong_rows
 from sqlalchemy.engine import Engine
 
-from dpr_pg.sync.tables import run_worker, sync_status
+from dpr_pg.sync.queue import sync_status
 
 # Operators with the signatures the trigger functions use, each recording that it ran.
+from dpr_pg.sync.worker import run_worker
 _PLANTED = {
     "-": ("integer", "integer", "integer"),
     "=": ("text", "text", "boolean"),

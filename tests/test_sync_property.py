@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from dpr_pg.encoders.pair import EncoderPair
-from dpr_pg.sync.tables import run_worker
+from dpr_pg.sync.worker import run_worker
 
 TEXTS = ["Madrid es la capital.", "Sevilla y el Guadalquivir.", "El ADN y los genes.", ""]
 TITLES = ["Madrid", "Sevilla", ""]

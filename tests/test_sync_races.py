@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from _sync_app import HashPair, create_articles, queued, wrong_rows
 from sqlalchemy.engine import Engine
 
-from dpr_pg.sync.tables import run_worker
+from dpr_pg.sync.worker import run_worker
 
 
 def _articles_with_row_100(engine: Engine) -> None:

@@ -15,7 +15,8 @@ from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import DimensionError, FilterError
 from dpr_pg.search.orm import DprSearchable, model_search_statement
 from dpr_pg.search.api import search_statement
-from dpr_pg.sync.tables import enable_table, run_worker
+from dpr_pg.sync.tables import enable_table
+from dpr_pg.sync.worker import run_worker
 
 DIM = 8
 

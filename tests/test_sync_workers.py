@@ -18,7 +18,7 @@ from _sync_app import create_articles, queued
 from sqlalchemy.engine import Engine
 
 from dpr_pg.encoders.pair import EncoderPair
-from dpr_pg.sync.tables import run_worker
+from dpr_pg.sync.worker import run_worker
 
 
 @pytest.fixture

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import config
-from dpr_pg.errors import EncoderMismatchError
+from dpr_pg.errors import EncoderMismatchError, SyncError
+from dpr_pg.sync.tables import regclass_name
 
 POOLING = "pooler_output"
 
@@ -222,11 +224,6 @@ def check_table_encoder(
         with conn.connect() as connection:
             check_table_encoder(connection, table, fingerprint, schema=schema)
         return
-    from sqlalchemy.dialects import postgresql
-
-    from dpr_pg.errors import SyncError
-    from dpr_pg.sync.tables import regclass_name
-
     statement = sa.select(sa.func.dpr_pg.check_table_encoder(
         sa.cast(sa.literal(regclass_name(table, schema=schema), sa.Text), postgresql.REGCLASS),
         sa.literal(fingerprint.id, sa.Text)))

@@ -16,7 +16,7 @@ import json
 import logging
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -26,13 +26,49 @@ from sqlalchemy.engine import Engine
 
 from dpr_pg.sync import queries as q
 from dpr_pg.search.statistics import analyze_if_changed
-from dpr_pg.sync.tables import SyncedTable, WorkerReport
+from dpr_pg.sync.tables import SyncedTable
 
 log = logging.getLogger("dpr_pg.sync")
 _REGISTERED: weakref.WeakSet[Any] = weakref.WeakSet()  # psycopg connections that know the vector type
 
 _BAD_VALUES = "the encoder returned NaN, infinite or all-zero values for this row; check the model and the text"
 _SHOWN = 200  # characters of a queued key quoted in an error
+
+
+@dataclass
+class WorkerReport:
+    """What a worker run did, item by item.
+
+    ``embedded``: rows encoded and written; ``unchanged``: the stored embedding already matched;
+    ``removed``: the row is gone (deleted); ``cleared``: the row has no text, so no embedding;
+    ``deferred``: the row was locked or changed meanwhile, so it stays queued; ``failed``: an item
+    failed (bad key, encoding), retried later with backoff (see ``dpr-pg status``); ``dead``: of
+    those, the ones that reached ``max_attempts`` and were parked. ``refused``: the tables this
+    worker leaves alone, and why (another encoder pair or dimension, or a paused table).
+    """
+
+    batches: int = 0
+    embedded: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    cleared: int = 0
+    deferred: int = 0
+    failed: int = 0
+    dead: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> int:
+        return self.embedded + self.unchanged + self.removed + self.cleared
+
+    def add(self, other: WorkerReport) -> None:
+        for counter in fields(self):
+            if counter.name != "refused":
+                setattr(self, counter.name, getattr(self, counter.name) + getattr(other, counter.name))
+        self.refused = dict(other.refused)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

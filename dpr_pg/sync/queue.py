@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.errors import SchemaError, SyncError
+from dpr_pg.sync.tables import regclass_name
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,6 @@ def require_queue(engine: Engine) -> None:
 
 
 def _table_argument(conn: Connection, table: str | None, schema: str | None) -> int | None:
-    from dpr_pg.sync.tables import regclass_name
-
     if table is None:
         return None
     name = regclass_name(table, schema=schema)

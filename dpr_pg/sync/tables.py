@@ -2,7 +2,7 @@
 
 :func:`enable_table` runs ``dpr_pg.enable_table()`` (sql/sync.sql): the app table gets an
 embedding column, an HNSW index, and triggers that only upsert the row's primary key into
-``dpr_pg.sync_queue`` with the writer's transaction id as the item's version. :func:`run_worker`
+``dpr_pg.sync_queue`` with the writer's transaction id as the item's version. :func:`~dpr_pg.sync.worker.run_worker`
 drains that queue: it claims a batch with advisory locks (so several workers never take the same
 item, and the app never waits for one), reads the rows, encodes them, writes the embeddings back
 into the app's rows, and deletes the items whose version is still the claimed one, all in one
@@ -10,29 +10,23 @@ transaction. A worker that dies mid-batch loses nothing: its transaction rolls b
 go, and the items are due again. A write-back never waits for the app: the row is locked with
 ``SKIP LOCKED`` and only written if its text still hashes to what was encoded; an app write
 during the batch changes the item's version, so the item stays queued for the new text.
-An item that keeps failing is dead-lettered after ``max_attempts``: :func:`sync_status` counts
+An item that keeps failing is dead-lettered after ``max_attempts``: :func:`~dpr_pg.sync.queue.sync_status` counts
 it, :func:`retry_items` and :func:`discard_items` act on it (see :mod:`dpr_pg.sync.queue`).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-import psycopg
 from psycopg import sql
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from dpr_pg.config import DEFAULT_DIM
-from dpr_pg.errors import DatabaseError, SchemaError, SyncError
-from dpr_pg.sync.queue import TableStatus, discard_items, require_queue, retry_items, sync_status
-
-log = logging.getLogger(__name__)
+from dpr_pg.errors import SchemaError, SyncError
 
 
 def regclass_name(table: str, *, schema: str | None = None) -> str:
@@ -159,109 +153,4 @@ class SyncedTable:
         return f"{self.schema}.{self.name}"
 
 
-@dataclass
-class WorkerReport:
-    """What a worker run did, item by item.
-
-    ``embedded``: rows encoded and written; ``unchanged``: the stored embedding already matched;
-    ``removed``: the row is gone (deleted); ``cleared``: the row has no text, so no embedding;
-    ``deferred``: the row was locked or changed meanwhile, so it stays queued; ``failed``: an item
-    failed (bad key, encoding), retried later with backoff (see ``dpr-pg status``); ``dead``: of
-    those, the ones that reached ``max_attempts`` and were parked. ``refused``: the tables this
-    worker leaves alone, and why (another encoder pair or dimension, or a paused table).
-    """
-
-    batches: int = 0
-    embedded: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    cleared: int = 0
-    deferred: int = 0
-    failed: int = 0
-    dead: int = 0
-    refused: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def completed(self) -> int:
-        return self.embedded + self.unchanged + self.removed + self.cleared
-
-    def add(self, other: WorkerReport) -> None:
-        for counter in fields(self):
-            if counter.name != "refused":
-                setattr(self, counter.name, getattr(self, counter.name) + getattr(other, counter.name))
-        self.refused = dict(other.refused)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def run_worker(
-    engine: Engine,
-    pair: Any,
-    *,
-    once: bool = False,
-    batch_size: int = 32,
-    poll_interval: float = 2.0,
-    retry_base: float = 5.0,
-    retry_max: float = 3600.0,
-    max_attempts: int = 5,
-    reconnects: int = 10,
-    stop: threading.Event | None = None,
-) -> WorkerReport:
-    """Drain the sync queue with the encoder pair ``pair`` (an :class:`~dpr_pg.encoders.pair.EncoderPair`).
-
-    With ``once``, return when no due item is left (or a batch could complete none: its rows are
-    locked by the app right now); otherwise poll every ``poll_interval`` seconds until ``stop`` is set.
-    A failed item is retried after ``retry_base * 2**attempts`` seconds, at most ``retry_max``; its
-    ``max_attempts``-th failure parks it as dead (see :func:`retry_items`, :func:`discard_items`).
-    Tables bound to another encoder pair or dimension, and paused tables (see :func:`sync_status`),
-    are left alone and named in ``report.refused``.
-    A dropped connection is retried ``reconnects`` times in a row (waiting 1, 2, 4 ... 60 s) before
-    :class:`DatabaseError`; the batch it interrupted stays queued.
-
-    Example:
-        >>> run_worker(engine, EncoderPair.load(), once=True).embedded  # doctest: +SKIP
-        12
-    """
-    from dpr_pg.sync.batch import Batcher
-
-    if batch_size < 1:
-        raise SyncError(f"expected a batch size of at least 1, not {batch_size}")
-    if max_attempts < 1:
-        raise SyncError(f"expected max_attempts of at least 1, not {max_attempts}")
-    stop = stop or threading.Event()
-    batcher = Batcher(engine, pair, retry_base=retry_base, retry_max=retry_max, max_attempts=max_attempts)
-    total = WorkerReport()
-    lost = 0  # consecutive batches lost to a dropped connection
-    checked = False
-    while not stop.is_set():
-        try:
-            if not checked:
-                require_queue(engine)
-                checked = True
-            report = batcher.process_batch(batch_size)
-        except (sa.exc.OperationalError, psycopg.OperationalError) as e:
-            # The batch rolled back (or died with its session), so its items are still queued.
-            lost += 1
-            if lost > reconnects:
-                raise DatabaseError(
-                    f"the worker lost its database connection {lost} times in a row: {e}; "
-                    "check that the server is up and the URL is right, then start the worker again"
-                ) from e
-            log.warning("database connection lost (%s); retrying in %s s", e, min(60, 2 ** (lost - 1)))
-            stop.wait(min(60, 2 ** (lost - 1)))
-            continue
-        lost = 0
-        total.add(report)
-        if report.batches:
-            log.info("batch: %s", report.as_dict())
-        if report.completed == 0:
-            # Nothing due, or nothing could be completed (only failures, or rows the app holds locked).
-            if once:
-                break
-            stop.wait(poll_interval)
-    return total
-
-
-__all__ = ["SyncedTable", "TableStatus", "WorkerReport", "disable_statement", "disable_table", "discard_items",
-           "enable_statement", "enable_table", "regclass_name", "retry_items", "run_worker", "sync_status"]
+__all__ = ["SyncedTable", "disable_statement", "disable_table", "enable_statement", "enable_table", "regclass_name"]

@@ -89,7 +89,7 @@ def app_engine() -> sa.Engine:
 
 def run(engine: sa.Engine) -> None:
     from dpr_pg.encoders.pair import EncoderPair
-    from dpr_pg.sync.tables import run_worker
+    from dpr_pg.sync.worker import run_worker
 
     migrate(engine)
     pair = EncoderPair.load()
