@@ -34,9 +34,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
-from dpr_pg.audit import audit_ann
+from dpr_pg.evaluation.audit import audit_ann
 from dpr_pg.db.engine import embedded_url
-from dpr_pg.evaluate import evaluate
+from dpr_pg.evaluation.evaluate import evaluate
 from dpr_pg.ingest import ingest
 from dpr_pg.db.schema import HNSW_INDEX, init
 

@@ -74,12 +74,12 @@ _EXPORTS = {
     "init": "dpr_pg.db.schema",
     "init_sql": "dpr_pg.db.schema",
     "upgrade": "dpr_pg.db.schema",
-    "AuditReport": "dpr_pg.audit",
-    "audit_ann": "dpr_pg.audit",
-    "has_answer": "dpr_pg.answers",
-    "EvaluationReport": "dpr_pg.evaluate",
-    "evaluate": "dpr_pg.evaluate",
-    "QAItem": "dpr_pg.qa",
+    "AuditReport": "dpr_pg.evaluation.audit",
+    "audit_ann": "dpr_pg.evaluation.audit",
+    "has_answer": "dpr_pg.evaluation.answers",
+    "EvaluationReport": "dpr_pg.evaluation.evaluate",
+    "evaluate": "dpr_pg.evaluation.evaluate",
+    "QAItem": "dpr_pg.evaluation.qa",
     "Answer": "dpr_pg.reader",
     "AskResult": "dpr_pg.reader",
     "Reader": "dpr_pg.reader",
@@ -153,10 +153,10 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.ingest.index import HnswParameters, IndexBuild, build_index
     from dpr_pg.db.models import Encoder, Passage
     from dpr_pg.db.schema import InitResult, downgrade, init, init_sql, upgrade
-    from dpr_pg.audit import AuditReport, audit_ann
-    from dpr_pg.answers import has_answer
-    from dpr_pg.evaluate import EvaluationReport, evaluate
-    from dpr_pg.qa import QAItem
+    from dpr_pg.evaluation.audit import AuditReport, audit_ann
+    from dpr_pg.evaluation.answers import has_answer
+    from dpr_pg.evaluation.evaluate import EvaluationReport, evaluate
+    from dpr_pg.evaluation.qa import QAItem
     from dpr_pg.reader import Answer, AskResult, Reader, ask, make_tiny_reader
     from dpr_pg.search.api import Hit, Hits, ann_settings, search, search_many, search_statement
     from dpr_pg.search.planner import SearchPlan
@@ -296,9 +296,9 @@ def __dir__() -> list[str]:
 class _Package(types.ModuleType):
     """Keeps a public function from being shadowed by its own submodule.
 
-    ``dpr_pg.search``, ``dpr_pg.db.doctor``, ``dpr_pg.evaluate`` and ``dpr_pg.ingest`` are functions and
-    modules of the same name. Importing the module makes Python set the package attribute to the
-    module; here it becomes the function, as when every name was imported eagerly.
+    ``dpr_pg.search`` and ``dpr_pg.ingest`` are functions and packages of the same name. Importing
+    the package makes Python set the attribute to the package; here it becomes the function (which
+    each package imports), as when every name was imported eagerly.
     """
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -1403,7 +1403,7 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
                    precision=precision, runtime=runtime, as_json=as_json, progress=progress)
         return
     from dpr_pg.encoders.pair import load_question_side
-    from dpr_pg.evaluate import check_collection
+    from dpr_pg.evaluation.evaluate import check_collection
 
     engine = ctx.engine  # a wrong URL, no schema, a bad filter or no passages fail before the models load
     with engine.connect() as conn:
@@ -1417,7 +1417,7 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
     with step("loading the question encoder", progress):  # questions only: no passage weights
         pair = load_question_side(question_model, passage_model, precision=precision,
                                   runtime=None if runtime == "auto" else runtime)
-    from dpr_pg.evaluate import evaluate
+    from dpr_pg.evaluation.evaluate import evaluate
 
     with step("evaluating (the first question may export the encoder to ONNX)", progress):
         report = evaluate(engine, pair, qa_file, collection=collection, filter=filter_doc, mode=mode,  # type: ignore[arg-type]
@@ -1504,9 +1504,9 @@ def audit_command(ctx: Context, qa_file: str, collection: str | None, filter_doc
 def _run_audit(ctx: Context, qa_file: str, *, collection: str | None, filter_doc: Any, k: int, sample: int,
                target_recall: float, question_model: str | None, passage_model: str | None, precision: str | None,
                runtime: str, as_json: bool, progress: bool | None) -> None:
-    from dpr_pg.audit import audit_ann
+    from dpr_pg.evaluation.audit import audit_ann
     from dpr_pg.encoders.pair import load_question_side
-    from dpr_pg.evaluate import check_collection
+    from dpr_pg.evaluation.evaluate import check_collection
 
     engine = ctx.engine  # a wrong URL, no schema, a bad filter or no passages fail before the models load
     with engine.connect() as conn:

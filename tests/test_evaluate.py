@@ -12,14 +12,14 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from dpr_pg.answers import has_answer
-from dpr_pg.audit import audit_ann
+from dpr_pg.evaluation.answers import has_answer
+from dpr_pg.evaluation.audit import audit_ann
 from dpr_pg.cli import main
 from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import EvaluationError, SchemaError
-from dpr_pg.evaluate import evaluate
+from dpr_pg.evaluation.evaluate import evaluate
 from dpr_pg.ingest import ingest
-from dpr_pg.qa import read_jsonl
+from dpr_pg.evaluation.qa import read_jsonl
 
 DATA = Path(__file__).resolve().parent.parent / "dpr_pg" / "data"
 PASSAGES = DATA / "sample_es.jsonl"

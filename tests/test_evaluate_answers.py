@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpr_pg.answers import AnswerMatcher, answer_tokens, has_answer, normalize_answer
+from dpr_pg.evaluation.answers import AnswerMatcher, answer_tokens, has_answer, normalize_answer
 from dpr_pg.errors import EvaluationError
 
 

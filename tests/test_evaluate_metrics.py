@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpr_pg.classification import HARD_NEGATIVE, POSITIVE, best_threshold, classify
-from dpr_pg.metrics import QuestionOutcome, aggregate, first_gold_rank, gold_ranks, question_outcome, recall_at
+from dpr_pg.evaluation.classification import HARD_NEGATIVE, POSITIVE, best_threshold, classify
+from dpr_pg.evaluation.metrics import QuestionOutcome, aggregate, first_gold_rank, gold_ranks, question_outcome, recall_at
 
 KS = (1, 5, 10, 20, 100)
 
@@ -134,8 +134,8 @@ def test_best_threshold_beats_every_other_cut(candidates):
         assert classify(scores, labels, threshold=cut).classes[POSITIVE].f1 <= best + 1e-12
 
 
-@pytest.mark.parametrize("module", ["dpr_pg.metrics", "dpr_pg.classification", "dpr_pg.answers", "dpr_pg.qa",
-                                    "dpr_pg.audit"])
+@pytest.mark.parametrize("module", ["dpr_pg.evaluation.metrics", "dpr_pg.evaluation.classification",
+                                    "dpr_pg.evaluation.answers", "dpr_pg.evaluation.qa", "dpr_pg.evaluation.audit"])
 def test_docstring_examples_hold(module):
     import doctest
     import importlib

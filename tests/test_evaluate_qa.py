@@ -9,8 +9,8 @@ import pytest
 from dpr_pg.errors import EvaluationError
 from dpr_pg.ingest.squad import passage_id
 from dpr_pg.ingest.squad import read_squad as ingest_read_squad
-from dpr_pg.qa import QAItem, qa_from_record, read_questions
-from dpr_pg.evaluate import load_questions
+from dpr_pg.evaluation.qa import QAItem, qa_from_record, read_questions
+from dpr_pg.evaluation.evaluate import load_questions
 
 SQUAD = {"version": "v2.0", "data": [{"title": "Perú", "paragraphs": [{
     "context": "Lima es la capital del Perú.",

@@ -11,13 +11,13 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpr_pg.answers import exact_match, token_f1
+from dpr_pg.evaluation.answers import exact_match, token_f1
 from dpr_pg.cli import main
 from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import EvaluationError
-from dpr_pg.evaluate import evaluate, load_questions
+from dpr_pg.evaluation.evaluate import evaluate, load_questions
 from dpr_pg.ingest import ingest
-from dpr_pg.metrics import reader_metrics
+from dpr_pg.evaluation.metrics import reader_metrics
 from dpr_pg.reader import Reader
 from dpr_pg.search.api import search_many
 

@@ -39,7 +39,7 @@ def test_submodules_are_attributes_of_the_package_and_unknown_names_are_not() ->
 
 
 def test_a_function_keeps_its_name_when_its_module_of_the_same_name_is_imported() -> None:
-    probe = ("import dpr_pg, dpr_pg.search.planner, dpr_pg.ingest.index, dpr_pg.db.doctor, dpr_pg.evaluate; "
+    probe = ("import dpr_pg, dpr_pg.search.planner, dpr_pg.ingest.index, dpr_pg.db.doctor, dpr_pg.evaluation.evaluate; "
              "print([callable(f) and f.__name__ for f in (dpr_pg.search, dpr_pg.ingest, dpr_pg.doctor, dpr_pg.evaluate)])")
     names = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert names.strip() == "['search', 'ingest', 'doctor', 'evaluate']"

@@ -5,15 +5,15 @@ For each question, :func:`evaluate` retrieves ``depth`` passages with :func:`dpr
 
 - with ``gold="auto"`` (the default) a question's gold passages are its ``gold_ids`` when at least one
   of them is stored in the collection, and otherwise the hits whose text contains one of its answers
-  (DPR's has_answer, see :mod:`dpr_pg.answers`); ``"ids"`` and ``"answers"`` force one or the other.
-- the metrics (see :mod:`dpr_pg.metrics`) follow the DPR paper: top-k accuracy, MRR, the 0-based rank of
+  (DPR's has_answer, see :mod:`dpr_pg.evaluation.answers`); ``"ids"`` and ``"answers"`` force one or the other.
+- the metrics (see :mod:`dpr_pg.evaluation.metrics`) follow the DPR paper: top-k accuracy, MRR, the 0-based rank of
   the first gold (``depth`` when missing), recall@k for questions with stored gold ids.
-- the seed card's view (see :mod:`dpr_pg.classification`): each question's gold passages are positives
+- the seed card's view (see :mod:`dpr_pg.evaluation.classification`): each question's gold passages are positives
   and its best ``hard_negatives`` retrieved non-gold passages are hard negatives, all scored by the inner
   product with the question, and classified at a threshold.
 - with a ``reader``, the extractive reader reads each question's first ``reader_passages`` hits and its best
   span is scored against the question's answer strings: SQuAD's exact match and F1, normalised as
-  ``answer_style`` says (see :mod:`dpr_pg.answers`), over the questions that have answers.
+  ``answer_style`` says (see :mod:`dpr_pg.evaluation.answers`), over the questions that have answers.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg.answers import AnswerMatcher, AnswerStyle
-from dpr_pg.classification import ClassificationReport, classify
+from dpr_pg.evaluation.answers import AnswerMatcher, AnswerStyle
+from dpr_pg.evaluation.classification import ClassificationReport, classify
 from dpr_pg.errors import EvaluationError
-from dpr_pg.metrics import (
+from dpr_pg.evaluation.metrics import (
     DEFAULT_KS,
     QuestionOutcome,
     ReaderMetrics,
@@ -44,7 +44,7 @@ from dpr_pg.metrics import (
     question_outcome,
     reader_metrics,
 )
-from dpr_pg.qa import QAItem, as_items, read_questions
+from dpr_pg.evaluation.qa import QAItem, as_items, read_questions
 from dpr_pg.db.replicas import read_connection
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dpr_pg.errors import EvaluationError
-from dpr_pg.evaluate import check_collection, load_questions, question_vectors
-from dpr_pg.qa import QAItem
+from dpr_pg.evaluation.evaluate import check_collection, load_questions, question_vectors
+from dpr_pg.evaluation.qa import QAItem
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -167,7 +167,7 @@ def reader_metrics(predictions: Sequence[str | None], answers: Sequence[Sequence
     >>> m.exact_match, round(m.f1, 3), m.no_answer
     (0.3333333333333333, 0.333, 1)
     """
-    from dpr_pg.answers import exact_match, token_f1
+    from dpr_pg.evaluation.answers import exact_match, token_f1
 
     if len(predictions) != len(answers) or not predictions:
         raise EvaluationError(f"expected one prediction per question and at least one, not {len(predictions)} "
