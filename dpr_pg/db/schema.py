@@ -73,7 +73,7 @@ $$
 
 
 def _package_root() -> Path:
-    return Path(__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]  # dpr_pg/, which holds db/
 
 
 def resource_dir(name: str) -> Path:
