@@ -1,4 +1,4 @@
-"""Search: the API, its planner, the query vector, planner statistics, the ORM helpers, and empty results.
+"""Search: a question (or a precomputed query vector) → the top-k passages by inner product.
 
 - :mod:`~dpr_pg.search.api`: ``search``, ``search_many``, ``search_statement``, ``Hit``, ``Hits``.
 - :mod:`~dpr_pg.search.planner`: the path a search takes (exact, HNSW, iterative scan), ``SearchPlan``.
@@ -6,11 +6,10 @@
 - :mod:`~dpr_pg.search.query_vector`: the question vector as a binary bound parameter.
 - :mod:`~dpr_pg.search.orm`: ``DprSearchable`` and ``model_search_statement`` for an app's own table.
 - :mod:`~dpr_pg.search.no_hits`: why a search found nothing.
-
-The API's names are imported here as well: ``dpr_pg.search`` is both this package and the function,
-and the package's ``search`` attribute is what keeps the function in place (see ``dpr_pg._Package``).
 """
 
+# dpr_pg.search is both this package and the public function: the package's search attribute is what
+# dpr_pg._Package puts in its place once the package is imported.
 from dpr_pg.search.api import Hit, Hits, ann_settings, search, search_many, search_statement
 
 __all__ = ["Hit", "Hits", "ann_settings", "search", "search_many", "search_statement"]
