@@ -39,7 +39,7 @@ DEFAULT_EF_SEARCH_VALUES: tuple[int, ...] = (10, 20, 40, 64, 100, 200, 400, 800,
 class EfSearchRecall:
     """Recall@k of the index path at one hnsw.ef_search, and the median milliseconds per question.
 
-    ``fell_back`` counts questions the index path could not answer with k rows, so that search.py
+    ``fell_back`` counts questions the index path could not answer with k rows, so that search/api.py
     answered them exactly (a selective filter, or a collection smaller than k).
     """
 

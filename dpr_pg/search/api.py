@@ -237,7 +237,7 @@ def _unfiltered_statement(path: str, vector_type: Any, storage: Storage = _VECTO
     return _dense_statement(path, None, vector_type, storage, dim)
 
 
-# One round trip: plan_cache_mode, and what the planner needs to know of the table (_statistics.TABLE_FACTS);
+# One round trip: plan_cache_mode, and what the planner needs to know of the table (statistics.TABLE_FACTS);
 # for a filtered search also the iterative scan's settings, the only index path it may take.
 _CUSTOM_PLANS = sa.text(
     "SELECT current_setting('plan_cache_mode'), row_security_active('dpr_pg.passages'), "

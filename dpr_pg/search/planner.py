@@ -8,7 +8,7 @@ table (iterative scans lose recall that narrow); up to ``COUNT_BAND`` times ``ex
 counts at most ``exact_threshold + 1`` matching rows to decide. A table without statistics (never
 analysed: see :mod:`dpr_pg.search.statistics`) makes the estimate a guess, so a small one is never taken
 at its word: the bounded count decides. Otherwise it runs pgvector 0.8's
-iterative index scan; if that still returns fewer than k rows, search.py answers exactly.
+iterative index scan; if that still returns fewer than k rows, search/api.py answers exactly.
 The numbers come from :mod:`dpr_pg.tuning`; ``dpr_pg._search_plan`` in sql/search.sql applies the
 same rules for the SQL functions, and tests/test_search.py runs both over the same rows.
 """
