@@ -31,7 +31,7 @@ from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
 from dpr_pg.db.models import SCHEMA
 from dpr_pg.db.storage import check_dim as check_storage_dim
-from dpr_pg.db.storage import check_storage, read_storage
+from dpr_pg.db.storage import check_storage, read_storage, set_storage
 from dpr_pg.validation import check_dim
 
 # The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
@@ -323,8 +323,6 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) 
     with engine.connect() as conn, _init_lock(conn):
         result = _init_locked(conn, dim, storage)
     if storage is not None and storage != result.storage:  # a new schema: its empty index, rebuilt at once
-        from dpr_pg.db.storage import set_storage
-
         result = replace(result, storage=set_storage(engine, storage).storage.kind)
     return result
 

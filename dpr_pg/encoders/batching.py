@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from dpr_pg import config
 from dpr_pg.encoders import cuda_graphs, onnx_runtime
 from dpr_pg.encoders.loading import output_dim, token_limit
 from dpr_pg.encoders.precision import apply_precision, forward_context, resolve_precision
@@ -71,8 +72,6 @@ class BatchingEncoder:
         cuda_graphs: bool | None = None,
     ) -> None:
         import torch
-
-        from dpr_pg import config
 
         self.name = name
         self.revision = revision

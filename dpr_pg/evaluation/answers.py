@@ -37,6 +37,8 @@ from typing import Literal
 
 import regex
 
+from dpr_pg.errors import EvaluationError
+
 AnswerStyle = Literal["spanish", "dpr"]
 ANSWER_STYLES: tuple[AnswerStyle, ...] = ("spanish", "dpr")
 
@@ -50,8 +52,6 @@ _MARK = regex.compile(r"\p{M}+", regex.UNICODE)
 
 def _check_style(style: str) -> None:
     if style not in ANSWER_STYLES:
-        from dpr_pg.errors import EvaluationError
-
         raise EvaluationError(f"expected an answer style in {ANSWER_STYLES}, not {style!r}; use 'spanish' or 'dpr'")
 
 

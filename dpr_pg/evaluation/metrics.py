@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dpr_pg.errors import EvaluationError
+from dpr_pg.evaluation.answers import exact_match, token_f1
 
 TieRule = Literal["pessimistic", "optimistic", "order"]
 TIE_RULES: tuple[TieRule, ...] = ("pessimistic", "optimistic", "order")
@@ -167,8 +168,6 @@ def reader_metrics(predictions: Sequence[str | None], answers: Sequence[Sequence
     >>> m.exact_match, round(m.f1, 3), m.no_answer
     (0.3333333333333333, 0.333, 1)
     """
-    from dpr_pg.evaluation.answers import exact_match, token_f1
-
     if len(predictions) != len(answers) or not predictions:
         raise EvaluationError(f"expected one prediction per question and at least one, not {len(predictions)} "
                          f"predictions for {len(answers)} questions")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dpr_pg.errors import ConfigError
+
 DEFAULT_MAX_TEXT_BYTES = 2**20
 DEFAULT_MAX_TITLE_BYTES = 64 * 2**10
 DEFAULT_MAX_RECORD_BYTES = 8 * 2**20
@@ -43,8 +45,6 @@ class RecordLimits:
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
 
     def __post_init__(self) -> None:
-        from dpr_pg.errors import ConfigError
-
         for name in ("max_text_bytes", "max_title_bytes", "max_record_bytes", "max_document_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

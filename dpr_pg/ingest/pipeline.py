@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
+from dpr_pg._progress import shown
+from dpr_pg.db.schema import require_schema
+from dpr_pg.db.tenancy import check_write_access
+from dpr_pg.encoders.fingerprint import check_encoder, register_encoder
 from dpr_pg.search.statistics import analyze_if_changed
 from dpr_pg.errors import ConfigError, DimensionError, EncoderMismatchError, IngestError
 from dpr_pg.ingest.batches import BatchRun, RecordRejectedError, content_hash, last_occurrences, write_all
@@ -239,8 +243,6 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
     if vectors is not None:  # opened after the first pass: an empty input is reported as such
         source_vectors = vectors()
         source_vectors.check(records=total, dim=dim)
-    from dpr_pg.encoders.fingerprint import register_encoder
-
     with engine.begin() as conn:
         encoder_id = register_encoder(conn, fingerprint)
 
@@ -366,11 +368,6 @@ def _resolve_fingerprint(encoder: EncoderPair | None, fingerprint: EncoderFinger
 
 
 def _check_database(engine: Engine, fingerprint: EncoderFingerprint, collection: str, *, prune: bool) -> int:
-    from dpr_pg.encoders.fingerprint import check_encoder
-    from dpr_pg.db.schema import require_schema
-
-    from dpr_pg.db.tenancy import check_write_access
-
     with engine.connect() as conn:
         dim = require_schema(conn)
         check_write_access(conn, collection, prune=prune)
@@ -409,7 +406,5 @@ def _record_source(fmt: str, source: Path, report: IngestReport, questions_path:
 
 def _progress_bar(progress: bool | None, total: int | None) -> Any:
     from tqdm import tqdm
-
-    from dpr_pg._progress import shown
 
     return tqdm(total=total, unit=" records", disable=not shown(progress), file=sys.stderr, mininterval=0.5)

@@ -24,8 +24,9 @@ import psycopg
 from psycopg import Connection as PgConnection
 from sqlalchemy.engine import Engine
 
-from dpr_pg.sync import queries as q
+from dpr_pg.encoders.fingerprint import register_encoder
 from dpr_pg.search.statistics import analyze_if_changed
+from dpr_pg.sync import queries as q
 from dpr_pg.sync.tables import SyncedTable
 
 log = logging.getLogger("dpr_pg.sync")
@@ -139,8 +140,6 @@ class Batcher:
 
     def _ensure_encoder(self) -> int:
         if self._encoder_id is None:
-            from dpr_pg.encoders.pair import register_encoder
-
             with self.engine.begin() as conn:
                 self._encoder_id = register_encoder(conn, self.pair.fingerprint)
         return self._encoder_id
