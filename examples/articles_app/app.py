@@ -8,7 +8,7 @@ The whole flow, as tests/test_example_app.py runs it::
 1. ``dpr_pg.init``: dpr_pg's schema (its own Alembic history, its own version table);
 2. ``alembic upgrade head``: the app's migrations, the last of which is ``op.enable_dpr("articles", ...)``;
 3. the app inserts, edits and deletes articles as it always did; the triggers queue them;
-4. ``dpr-pg worker`` (here: :func:`dpr_pg.sync.tables.run_worker`) writes the embeddings into the rows;
+4. ``dpr-pg worker`` (here: :func:`dpr_pg.sync.worker.run_worker`) writes the embeddings into the rows;
 5. :func:`search` ranks the app's own rows with one ORM statement, joined and filtered as usual.
 """
 
