@@ -13,7 +13,7 @@ index once after (c) is printed separately. Passages are ~100 Spanish words with
 metadata, so the generated ``tsv`` column and the GIN indexes are maintained as in production.
 
 Then: re-ingest of an unchanged corpus of ``--reingest-n`` passages with the tiny random encoder
-pair (dpr_pg._tiny: real Spanish WordPiece tokenizer, 2 layers, hidden 32, projected to 768-d)
+pair (dpr_pg.encoders.tiny: real Spanish WordPiece tokenizer, 2 layers, hidden 32, projected to 768-d)
 vs its first ingest (encoding + writing, HNSW index maintained).
 
 Run under the shared lock:  flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_ingest.py

@@ -1,6 +1,6 @@
 """Ingest pipeline benchmark: the encoder alone vs ``dpr_pg.ingest`` on the same chunks.
 
-For each encoder shape (``tiny``: dpr_pg._tiny's 2-layer pair; ``base``: a BERT-base-shaped
+For each encoder shape (``tiny``: dpr_pg.encoders.tiny's 2-layer pair; ``base``: a BERT-base-shaped
 random DPR pair, the compute of the IIC models) and device (CUDA where torch sees a GPU, else the
 CPU; ``--devices cpu,cuda`` for both), in one run:
 

@@ -1,6 +1,6 @@
 """The checks every face shares: k, query vectors, filters and the embedding dimension.
 
-The Python API (:mod:`dpr_pg.search`), the ORM helpers (:mod:`dpr_pg.mixin`), the CLI and the
+The Python API (:mod:`dpr_pg.search.api`), the ORM helpers (:mod:`dpr_pg.search.orm`), the CLI and the
 HTTP service call these functions, so one mistake raises one error class with one message
 wherever it is made:
 

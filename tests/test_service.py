@@ -25,7 +25,7 @@ import dpr_pg
 from dpr_pg.db import embedded
 from dpr_pg.cli import main
 from dpr_pg.errors import DimensionError, FilterError, InvalidKError, QueryVectorError
-from dpr_pg.mixin import DprSearchable, model_search_statement
+from dpr_pg.search.orm import DprSearchable, model_search_statement
 from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.ingest import ingest, ingest_records
 from dpr_pg.reader import Reader

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dpr_pg import schema
-from dpr_pg._tiny import make_tiny_models
-from dpr_pg.classification import best_threshold
+from dpr_pg.db import schema
+from dpr_pg.encoders.tiny import make_tiny_models
+from dpr_pg.evaluation.classification import best_threshold
 from dpr_pg.errors import ConfigError, DimensionError, DprPgError, EvaluationError, QueryVectorError
-from dpr_pg.metrics import aggregate
-from dpr_pg.mixin import DprSearchable, dpr_order
+from dpr_pg.evaluation.metrics import aggregate
+from dpr_pg.search.orm import DprSearchable, dpr_order
 from dpr_pg.validation import check_dim, check_k, check_query_vector
 
 

@@ -222,7 +222,7 @@ class BatchingEncoder:
             return self._onnx
 
     def _companions(self) -> dict[str, str]:
-        """The tokenizer and settings kept beside an exported graph (see dpr_pg._question_side)."""
+        """The tokenizer and settings kept beside an exported graph (see dpr_pg.encoders.question_side)."""
         import json
 
         settings = {"name": self.name, "revision": self.revision, "dim": self.dim, "max_length": self.max_length,

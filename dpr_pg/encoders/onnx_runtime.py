@@ -80,7 +80,7 @@ def cache_facts(*, kind: str, source: str, revision: str | None, max_length: int
     if not revision:
         return None
     # The installed versions, read without importing either: a search that finds its graph cached
-    # runs without torch (see dpr_pg._question_side).
+    # runs without torch (see dpr_pg.encoders.question_side).
     return {"kind": kind, "source": source, "revision": revision, "max_length": max_length, "opset": OPSET,
             "torch": importlib.metadata.version("torch"), "transformers": importlib.metadata.version("transformers")}
 
