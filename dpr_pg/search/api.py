@@ -23,8 +23,10 @@ import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
 from sqlalchemy.engine import Connection, Engine
 
+from dpr_pg.encoders.fingerprint import check_encoder
 from dpr_pg.search import planner as _planner
 from dpr_pg.search.planner import Explain, SearchPlan
+from dpr_pg.search.orm import model_search_statement
 from dpr_pg.search.query_vector import vector_binding
 from dpr_pg.search.statistics import TABLE_FACTS
 from dpr_pg.errors import DimensionError, SchemaError, SearchError
@@ -142,8 +144,6 @@ def search_statement(
     >>> session.execute(stmt.join(Article, Article.slug == Passage.external_id)).all()  # doctest: +SKIP
     """
     if model is not None:  # an app table enabled with op.enable_dpr
-        from dpr_pg.search.orm import model_search_statement
-
         return model_search_statement(model, query, k=k, filter=filter, exact=exact, encoder=encoder)
     if encoder is not None:
         raise SearchError("encoder= goes with model=; for dpr_pg.passages, search() checks the encoder pair")
@@ -478,8 +478,6 @@ def search_many(
         dim, version, oid, row_security = _database_facts(conn)
         storage = _storage(conn) if mode != "exact" else _VECTOR
         if encoder is not None:
-            from dpr_pg.encoders.pair import check_encoder
-
             check_encoder(conn, encoder.fingerprint, collection=collection)
         encoded = iter(encoder.question.encode(questions)) if questions and encoder is not None else iter(())
         vectors = [query_vector(next(encoded) if isinstance(q, str) else q, dim) for q in queries]

@@ -19,6 +19,8 @@ from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import SearchError
+from dpr_pg.filters import compile_filter
+from dpr_pg.sync.tables import regclass_name
 from dpr_pg.validation import check_k, check_query_vector
 
 DPR_COLUMNS = ("embedding", "dpr_encoder_id", "dpr_content_hash")
@@ -123,8 +125,6 @@ def encoder_guard(model: Any, fingerprint: Any) -> sa.ColumnElement[bool]:
     Example:
         >>> select(Article).where(encoder_guard(Article, pair.fingerprint))  # doctest: +SKIP
     """
-    from dpr_pg.sync.tables import regclass_name
-
     table = model.__table__
     name = sa.cast(sa.literal(regclass_name(table.name, schema=table.schema), sa.Text), REGCLASS)
     return sa.func.dpr_pg.check_table_encoder(name, sa.literal(fingerprint.id, sa.Text), type_=sa.Boolean)
@@ -145,8 +145,6 @@ def model_search_statement(
         >>> stmt = model_search_statement(Article, "¿Quién fue Lorca?", encoder=pair, k=5)  # doctest: +SKIP
         >>> session.execute(stmt.join(Article.author).where(Author.name == "Lorca")).all()  # doctest: +SKIP
     """
-    from dpr_pg.filters import compile_filter
-
     check_k(k)
     if isinstance(query, str):
         if encoder is None:
