@@ -53,6 +53,10 @@ FILTER_MAX_NUMBER_CHARS = 400
 # A question, or hybrid mode's text: the encoders read 512 tokens at most, and full-text search of a
 # whole document is not a question (16 MB of it reached PostgreSQL's tsquery limit).
 MAX_QUERY_TEXT_CHARS = 10_000
+# Hybrid mode's text, in words (runs of non-space characters): ts_rank_cd's cost per matching row grows
+# faster than the query's terms (10,000 characters of one repeated word took 33 s over a few hundred
+# rows; 200 words take a few tenths of a second).
+MAX_QUERY_TEXT_WORDS = 200
 
 # A write (ingest, prune, delete, a sync batch) ANALYZEs the table it changed when the table has no
 # statistics yet, or when it changed at least ANALYZE_CHANGED_SHARE of the rows PostgreSQL believes
@@ -81,7 +85,7 @@ def sql_values() -> dict[str, str]:
         "HNSW_M": HNSW_M, "HNSW_EF_CONSTRUCTION": HNSW_EF_CONSTRUCTION,
         "FILTER_MAX_CHARS": FILTER_MAX_CHARS, "FILTER_MAX_DEPTH": FILTER_MAX_DEPTH,
         "FILTER_MAX_NODES": FILTER_MAX_NODES, "FILTER_MAX_NUMBER_CHARS": FILTER_MAX_NUMBER_CHARS,
-        "MAX_QUERY_TEXT_CHARS": MAX_QUERY_TEXT_CHARS,
+        "MAX_QUERY_TEXT_CHARS": MAX_QUERY_TEXT_CHARS, "MAX_QUERY_TEXT_WORDS": MAX_QUERY_TEXT_WORDS,
     }
     values = {name: repr(float(v)) if isinstance(v, float) else str(int(v)) for name, v in numbers.items()}
     values["ITERATIVE_SCAN_VERSION"] = ", ".join(str(int(part)) for part in ITERATIVE_SCAN_VERSION)

@@ -552,6 +552,8 @@ SET search_path = pg_catalog, dpr_pg, @VECTOR_SCHEMA@, pg_temp
 AS $$
 DECLARE
     max_text_chars CONSTANT integer := @MAX_QUERY_TEXT_CHARS@;
+    max_text_words CONSTANT integer := @MAX_QUERY_TEXT_WORDS@;
+    words bigint;
     compiled record;
     n integer;
 BEGIN
@@ -579,6 +581,13 @@ BEGIN
             MESSAGE = format('dpr_pg.hybrid_search: expected a query text of at most %s characters, not %s',
                              max_text_chars, length(query_text)),
             HINT = 'full-text search needs the question, not a document: shorten the text';
+    END IF;
+    SELECT count(*) INTO words FROM regexp_split_to_table(query_text, '\s+') AS w WHERE w <> '';
+    IF words > max_text_words THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('dpr_pg.hybrid_search: expected a query text of at most %s words, not %s',
+                             max_text_words, words),
+            HINT = 'full-text ranking costs grow with every word of the query: keep the words that matter';
     END IF;
     n := greatest(k, COALESCE(candidates, 100));
     compiled := dpr_pg.compile_filter(filter);

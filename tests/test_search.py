@@ -299,10 +299,22 @@ def test_an_oversize_hybrid_text_is_a_clear_error_in_python_and_sql(corpus_engin
                 conn.execute(sa.text("SELECT * FROM dpr_pg.hybrid_search(CAST(:q AS vector), :t, 5)"),
                              {"q": str(QUERIES[0].tolist()), "t": text})
             conn.rollback()
-        assert len(conn.execute(sa.text("SELECT * FROM dpr_pg.hybrid_search(CAST(:q AS vector), :t, 5)"),
-                                {"q": str(QUERIES[0].tolist()), "t": "insulina " * 1111}).all()) == 5
     with pytest.raises(SearchError, match="at most 10000 characters, not 16200000"):
         search(corpus_engine, QUERIES[0], k=5, mode="hybrid", query_text=huge)
+
+
+def test_a_hybrid_text_of_too_many_words_is_refused_on_both_faces(corpus_engine: Engine) -> None:
+    # ts_rank_cd's cost per matching row grows with the query's terms: 1,111 words took 33 s here.
+    at_limit, over = " insulina\t" * 200, "insulina " * 1111
+    hybrid = sa.text("SELECT * FROM dpr_pg.hybrid_search(CAST(:q AS vector), :t, 5)")
+    with corpus_engine.connect() as conn:
+        assert len(conn.execute(hybrid, {"q": str(QUERIES[0].tolist()), "t": at_limit}).all()) == 5
+        with pytest.raises(sa.exc.DataError, match="expected a query text of at most 200 words, not 1111"):
+            conn.execute(hybrid, {"q": str(QUERIES[0].tolist()), "t": over})
+    assert len(search(corpus_engine, QUERIES[0], k=5, mode="hybrid", query_text=at_limit)) == 5
+    with pytest.raises(SearchError, match="expected a query text of at most 200 words, not 1111"):
+        search(corpus_engine, QUERIES[0], k=5, mode="hybrid", query_text=over)
+    assert len(search(corpus_engine, QUERIES[0], k=5, query_text=over, mode="dense")) == 5  # dense reads no words
 
 
 def test_bad_filter_fails_before_sql(corpus_engine: Engine) -> None:

@@ -34,7 +34,7 @@ from dpr_pg.filters import Filter, compile_filter, to_sql
 from dpr_pg.db.models import Passage
 from dpr_pg.db.replicas import read_connection
 from dpr_pg.db.storage import Storage, ann_distance, check_storage, read_storage
-from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS
+from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS, MAX_QUERY_TEXT_WORDS
 from dpr_pg.validation import check_filter, check_k, check_query_vector
 
 if TYPE_CHECKING:
@@ -102,6 +102,14 @@ def _check_text(text: Any) -> None:
                           "ask with the question, not a document")
     if "\x00" in text:
         raise SearchError("the question holds a NUL character (\\x00); remove it")
+
+
+def _check_words(text: Any) -> None:
+    """Hybrid mode's text: at most MAX_QUERY_TEXT_WORDS words, as dpr_pg.hybrid_search counts them."""
+    words = len(text.split()) if isinstance(text, str) else 0
+    if words > MAX_QUERY_TEXT_WORDS:
+        raise SearchError(f"expected a query text of at most {MAX_QUERY_TEXT_WORDS} words, not {words}; "
+                          "full-text ranking costs grow with every word of the query: keep the words that matter")
 
 
 def _where(filter: Filter, collection: str | None, table: Any = Passage) -> sa.ColumnElement[bool] | None:
@@ -431,6 +439,8 @@ def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collect
     check_k(candidates, name="candidates")
     for text in texts:
         _check_text(text)
+        if mode == "hybrid":
+            _check_words(text)
     return _where(filter, collection)  # validates the filter
 
 
@@ -472,8 +482,11 @@ def search_many(
         _check_text(text)
     if questions and encoder is None:
         raise SearchError("a question needs an encoder: pass encoder=EncoderPair.load(...), or pass query vectors")
-    if mode == "hybrid" and (len(texts) != len(queries) or any(not isinstance(t, str) for t in texts)):
-        raise SearchError("hybrid mode needs the text of every query: pass questions, or query_texts= with vectors")
+    if mode == "hybrid":
+        if len(texts) != len(queries) or any(not isinstance(t, str) for t in texts):
+            raise SearchError("hybrid mode needs the text of every query: pass questions, or query_texts= with vectors")
+        for text in texts:
+            _check_words(text)
     with _transaction(bind) as conn:
         dim, version, oid, row_security = _database_facts(conn)
         storage = _storage(conn) if mode != "exact" else _VECTOR
