@@ -31,7 +31,7 @@ from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
 from dpr_pg.db.models import SCHEMA
 from dpr_pg.db.storage import check_dim as check_storage_dim
-from dpr_pg.db.storage import check_storage, read_storage, set_storage
+from dpr_pg.db.storage import check_storage, column_type, read_storage, set_storage
 from dpr_pg.validation import check_dim
 
 # The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
@@ -270,6 +270,7 @@ class InitResult:
     dim: int
     definitions_changed: bool = False
     storage: str = "vector"
+    column: str = "vector"  # the embedding column's type: vector or halfvec
 
     @property
     def changed(self) -> bool:
@@ -309,9 +310,11 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) 
 
     ``dim`` is the embedding dimension. None keeps the dimension an existing schema stores, and
     gives 768 (the IIC models') to a new one; a number that differs from the stored one is refused.
-    ``storage`` is what the HNSW index compares (see :mod:`dpr_pg.db.storage`): None keeps an existing
-    schema's and gives ``vector`` to a new one; another storage than an existing schema's is
-    refused (``dpr-pg storage set`` switches it without downtime).
+    ``storage`` is how vectors are stored (see :mod:`dpr_pg.db.storage`): None keeps an existing
+    schema's and gives ``vector`` to a new one. A new schema with ``halfvec`` gets a halfvec(dim)
+    column and its index (half the bytes of vector's); with ``bit``, a bit index over the vector
+    column. Another storage than an existing schema's is refused (``dpr-pg storage set`` switches
+    the index without downtime, ``--rewrite-column`` the column offline).
 
     >>> init(engine, dim=768)  # doctest: +SKIP
     InitResult(previous_revision=None, revision='0013', dim=768, definitions_changed=True)
@@ -322,8 +325,9 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) 
         check_storage(storage)
     with engine.connect() as conn, _init_lock(conn):
         result = _init_locked(conn, dim, storage)
-    if storage is not None and storage != result.storage:  # a new schema: its empty index, rebuilt at once
-        result = replace(result, storage=set_storage(engine, storage).storage.kind)
+    if storage is not None and storage != result.storage:  # a new schema: its empty column and index, at once
+        chosen = set_storage(engine, storage, rewrite_column=storage == "halfvec").storage
+        result = replace(result, storage=chosen.kind, column=chosen.column)
     return result
 
 
@@ -362,13 +366,14 @@ def _init_locked(conn: Connection, dim: int | None, storage: str | None = None) 
             f"the dpr_pg schema in this database stores vector({existing}), not vector({dim}); "
             f"run dpr-pg init --dim {existing}, or use another database for {dim}-d vectors"
         )
-    stored = read_storage(conn).kind if existing is not None else None
+    stored = read_storage(conn) if existing is not None else None
     if storage is not None:
         check_storage_dim(storage, dim)
-        if stored is not None and stored != storage:
+        if stored is not None and stored.kind != storage:
+            rewrite = " --rewrite-column" if storage == "vector" and stored.column == "halfvec" else ""
             raise SchemaError(
-                f"the dpr_pg index in this database stores {stored}, not {storage}; run dpr-pg storage set "
-                f"{storage} to switch it without downtime, or dpr-pg init without --storage")
+                f"the dpr_pg index in this database stores {stored.kind} (a {stored.column}({dim}) column), not "
+                f"{storage}; run dpr-pg storage set {storage}{rewrite} to switch it, or dpr-pg init without --storage")
     previous = current_revision(conn)
     conn.rollback()
     command.upgrade(alembic_config(conn, dim=dim), "head")
@@ -376,8 +381,9 @@ def _init_locked(conn: Connection, dim: int | None, storage: str | None = None) 
     revision = current_revision(conn)
     conn.commit()
     assert revision is not None
+    chosen = read_storage(conn)
     return InitResult(previous_revision=previous, revision=revision, dim=dim, definitions_changed=definitions_changed,
-                      storage=read_storage(conn).kind)
+                      storage=chosen.kind, column=chosen.column)
 
 
 def upgrade(engine: Engine, revision: str = "head", *, dim: int = DEFAULT_DIM) -> None:
@@ -394,9 +400,32 @@ def upgrade(engine: Engine, revision: str = "head", *, dim: int = DEFAULT_DIM) -
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
-    """Downgrade dpr_pg's schema to ``revision``; ``base`` drops every dpr_pg table and its data."""
+    """Downgrade dpr_pg's schema to ``revision``; ``base`` drops every dpr_pg table and its data.
+
+    Revisions before 0015 know only a vector column: a halfvec column is widened to vector first
+    (exactly; offline, see :func:`dpr_pg.db.column.rewrite_column`).
+    """
+    with engine.connect() as conn:
+        column = column_type(conn) if current_revision(conn) is not None else "vector"
+    if column == "halfvec" and revision not in _revisions_from(_COLUMN_TYPE_REVISION):
+        from dpr_pg.ingest.index import HnswParameters, hnsw_parameters
+
+        current = hnsw_parameters(engine) or HnswParameters()
+        set_storage(engine, "vector", rewrite_column=True, m=current.m, ef_construction=current.ef_construction)
     with engine.connect() as conn:
         command.downgrade(alembic_config(conn, dim=embedding_dim(conn) or DEFAULT_DIM), revision)
+
+
+# The first revision whose schema may hold a halfvec column (it records the index's storage).
+_COLUMN_TYPE_REVISION = "0015"
+
+
+def _revisions_from(first: str) -> set[str]:
+    """``first`` and every later revision up to head, with the name ``head``."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in scripts.iterate_revisions("head", first)} | {"head"}
 
 
 def require_schema(conn: Connection) -> int:

@@ -1,18 +1,28 @@
-"""How the HNSW index stores passages' vectors: ``vector``, ``halfvec`` or ``bit`` with re-ranking.
+"""How passages' vectors are stored: the column's type, and what the HNSW index compares.
 
-The column ``dpr_pg.passages.embedding`` is vector(dim) in every case, so exact search, scores and
-ingest are unchanged; the storage decides what the index ``passages_embedding_hnsw`` compares:
+The column ``dpr_pg.passages.embedding`` is ``vector(dim)`` (4 bytes a dimension) or
+``halfvec(dim)`` (2 bytes a dimension: ``dpr-pg init --storage halfvec`` on a new database). The
+index ``passages_embedding_hnsw`` compares:
 
-- ``vector``: the column itself (vector_ip_ops), 4 bytes a dimension;
-- ``halfvec``: an expression index on ``embedding::halfvec(dim)`` (halfvec_ip_ops), 2 bytes a
-  dimension; the k hits it finds are scored and ordered by the full inner product;
+- ``vector``: the vector column itself (vector_ip_ops);
+- ``halfvec``: a halfvec column itself, or on a vector column an expression index on
+  ``embedding::halfvec(dim)`` (halfvec_ip_ops); over a vector column, the k hits it finds are
+  scored and ordered by the full inner product;
 - ``bit``: an expression index on ``binary_quantize(embedding)::bit(dim)`` (bit_hamming_ops), one
-  bit a dimension; it finds ``k * rerank_multiple`` candidates by Hamming distance, and the full
-  inner product re-ranks them.
+  bit a dimension; it finds ``k * rerank_multiple`` candidates by Hamming distance, and the inner
+  product with the column's values re-ranks them.
 
-The choice lives in ``dpr_pg.settings`` (migration 0015). :func:`set_storage` (``dpr-pg storage
-set``) switches it without stopping searches or writes: the new index is built CONCURRENTLY beside
-the old one, then swapped in with the setting in one short transaction.
+The index's type lives in ``dpr_pg.settings`` (migration 0015); the column's type is the one
+PostgreSQL's catalog holds, so the two cannot disagree (:func:`read_storage` reads both).
+:func:`set_storage` (``dpr-pg storage set``) switches the index without stopping searches or
+writes: the new index is built CONCURRENTLY beside the old one, then swapped in with the setting
+in one short transaction. Changing the column's type rewrites every row under an exclusive lock
+(``rewrite_column=True``, ``--rewrite-column``; see :mod:`dpr_pg.db.column`): searches and writes
+wait until it ends.
+
+On a halfvec column every inner product (index scan, exact scan, the scores returned) is computed
+by pgvector from half-precision values: the query vector is cast once to halfvec, and the products
+are summed in float4.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from dpr_pg.errors import ConfigError, SchemaError
 
 STORAGES = ("vector", "halfvec", "bit")
+COLUMN_TYPES = ("vector", "halfvec")
 DEFAULT_STORAGE = "vector"
 # pgvector's limits on the dimensions an HNSW index of each type takes.
 INDEX_MAX_DIMS = {"vector": 2000, "halfvec": 4000, "bit": 64000}
@@ -34,22 +45,38 @@ DEFAULT_RERANK_MULTIPLE = 4
 MAX_RERANK_MULTIPLE = 100
 
 _READ = sa.text("SELECT name, value FROM dpr_pg.settings WHERE name IN ('storage', 'rerank_multiple')")
+_COLUMN_TYPE = sa.text(
+    "SELECT t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    "WHERE a.attrelid = to_regclass('dpr_pg.passages') AND a.attname = 'embedding'")
 
 
 @dataclass(frozen=True)
 class Storage:
-    """The index's storage type and, for ``bit``, the candidates per hit that are re-ranked.
+    """The index's storage type, for ``bit`` the candidates per hit that are re-ranked, and the
+    column's type (``vector`` or ``halfvec``).
 
     >>> Storage("bit", rerank_multiple=8).candidates(10)
     80
+    >>> Storage("halfvec", column="halfvec").bytes_per_dimension
+    2
     """
 
     kind: str = DEFAULT_STORAGE
     rerank_multiple: int = DEFAULT_RERANK_MULTIPLE
+    column: str = "vector"
 
     def __post_init__(self) -> None:
         check_storage(self.kind)
         check_rerank_multiple(self.rerank_multiple)
+        check_column_type(self.column)
+        if self.column == "halfvec" and self.kind == "vector":
+            raise ConfigError("a vector index over a halfvec column would hold no more precision than the column: "
+                              "index a halfvec column with halfvec (or bit), or rewrite the column to vector first")
+
+    @property
+    def bytes_per_dimension(self) -> int:
+        """What the column stores per dimension: 4 (vector) or 2 (halfvec)."""
+        return 2 if self.column == "halfvec" else 4
 
     def candidates(self, k: int) -> int:
         """How many rows the index scan returns for k hits: k, or k * rerank_multiple for ``bit``."""
@@ -65,6 +92,13 @@ def check_storage(kind: Any) -> str:
     if kind not in STORAGES:
         raise ConfigError(f"expected the storage to be one of {', '.join(STORAGES)}, not {kind!r}")
     return kind
+
+
+def check_column_type(column: Any) -> str:
+    """``column`` if the embedding column may have that type; else a ConfigError that lists them."""
+    if column not in COLUMN_TYPES:
+        raise ConfigError(f"expected the column type to be one of {', '.join(COLUMN_TYPES)}, not {column!r}")
+    return column
 
 
 def check_rerank_multiple(value: Any) -> int:
@@ -83,32 +117,43 @@ def check_dim(kind: str, dim: int) -> None:
                           "dimensions")
 
 
-def index_method(kind: str, dim: int) -> str:
-    """The ``USING hnsw (...)`` part of the index for ``kind``; ``dim`` is a validated integer, never text.
+def index_method(kind: str, dim: int, column: str = "vector") -> str:
+    """The ``USING hnsw (...)`` part of the index for ``kind`` over a ``column`` column; ``dim`` is a
+    validated integer, never text.
 
     >>> index_method("halfvec", 768)
     'USING hnsw ((embedding::halfvec(768)) halfvec_ip_ops)'
+    >>> index_method("halfvec", 768, "halfvec")
+    'USING hnsw (embedding halfvec_ip_ops)'
     """
     dim = int(dim)
     if check_storage(kind) == "halfvec":
+        if check_column_type(column) == "halfvec":
+            return "USING hnsw (embedding halfvec_ip_ops)"
         return f"USING hnsw ((embedding::halfvec({dim})) halfvec_ip_ops)"
     if kind == "bit":
         return f"USING hnsw ((binary_quantize(embedding)::bit({dim})) bit_hamming_ops)"
     return "USING hnsw (embedding vector_ip_ops)"
 
 
+def column_type(conn: Connection) -> str:
+    """The type of ``dpr_pg.passages.embedding``: ``vector`` or ``halfvec`` (``vector`` without the table)."""
+    return conn.execute(_COLUMN_TYPE).scalar() or "vector"
+
+
 def read_storage(conn: Connection) -> Storage:
-    """The storage this database's index uses (``vector`` before migration 0015).
+    """The storage this database's index uses (``vector`` before migration 0015), and the column's type.
 
     >>> read_storage(conn)  # doctest: +SKIP
-    Storage(kind='halfvec', rerank_multiple=4)
+    Storage(kind='halfvec', rerank_multiple=4, column='halfvec')
     """
+    column = column_type(conn)
     exists = conn.execute(sa.text("SELECT to_regclass('dpr_pg.settings') IS NOT NULL")).scalar()
     if not exists:
-        return Storage()
+        return Storage(column=column) if column == "vector" else Storage("halfvec", column=column)
     values = {name: value for name, value in conn.execute(_READ)}
     return Storage(values.get("storage", DEFAULT_STORAGE),
-                   int(values.get("rerank_multiple", DEFAULT_RERANK_MULTIPLE)))
+                   int(values.get("rerank_multiple", DEFAULT_RERANK_MULTIPLE)), column)
 
 
 def current_storage(engine: Engine) -> Storage:
@@ -147,21 +192,24 @@ def ann_distance(kind: str, dim: int, column: Any, query: Any) -> sa.ColumnEleme
 
 @dataclass(frozen=True)
 class StorageChange:
-    """What :func:`set_storage` did: the storage before and after, and the index build it ran (None: none)."""
+    """What :func:`set_storage` did: the storage before and after, the index build it ran (rows 0:
+    none) and whether it rewrote the column."""
 
     previous: Storage
     storage: Storage
     rows: int = 0
     seconds: float = 0.0
+    column_rewritten: bool = False
 
     @property
     def rebuilt(self) -> bool:
-        return self.previous.kind != self.storage.kind
+        return self.previous.kind != self.storage.kind or self.column_rewritten
 
 
 def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None, m: int | None = None,
                 ef_construction: int | None = None, maintenance_work_mem: str | None = None,
-                wait: float | None = None, progress: bool | None = False) -> StorageChange:
+                wait: float | None = None, progress: bool | None = False,
+                rewrite_column: bool = False) -> StorageChange:
     """Switch the index to ``kind``; searches and writes go on meanwhile.
 
     The new index is built CONCURRENTLY (with the current index's m and ef_construction unless
@@ -169,8 +217,16 @@ def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None
     the old index. ``rerank_multiple`` (``bit``'s candidates per hit) alone changes no index.
     ``progress`` shows a bar of the build on stderr, as :func:`~dpr_pg.ingest.index.build_index` does.
 
+    ``rewrite_column=True`` also changes the column to ``kind`` (``vector`` or ``halfvec``) when it
+    has another type: offline, since every row is rewritten and the index rebuilt under an
+    ACCESS EXCLUSIVE lock (see :func:`dpr_pg.db.column.rewrite_column`). Without it, a halfvec
+    index over a vector column leaves the heap holding float4 vectors; and a vector index over a
+    halfvec column is refused (it would be twice the size for no precision).
+
     >>> set_storage(engine, "halfvec").storage  # doctest: +SKIP
-    Storage(kind='halfvec', rerank_multiple=4)
+    Storage(kind='halfvec', rerank_multiple=4, column='vector')
+    >>> set_storage(engine, "halfvec", rewrite_column=True).column_rewritten  # doctest: +SKIP
+    True
     """
     from dpr_pg.ingest.index import INDEX_LOCK_WAIT, HnswParameters, build_index, hnsw_parameters
     from dpr_pg.db.schema import require_schema
@@ -180,7 +236,26 @@ def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None
         dim = require_schema(conn)
         previous = read_storage(conn)
     check_dim(kind, dim)
-    chosen = Storage(kind, previous.rerank_multiple if rerank_multiple is None else rerank_multiple)
+    multiple = previous.rerank_multiple if rerank_multiple is None else rerank_multiple
+    if rewrite_column:
+        if kind not in COLUMN_TYPES:
+            raise ConfigError(f"expected --rewrite-column with one of {', '.join(COLUMN_TYPES)} (the column's new "
+                              f"type), not {kind!r}; a bit index goes over either column without a rewrite")
+        if kind != previous.column:
+            from dpr_pg.db.column import rewrite_column as rewrite
+
+            current = hnsw_parameters(engine) or HnswParameters()
+            done = rewrite(engine, Storage(kind, multiple, kind), m=m or current.m,
+                           ef_construction=ef_construction or current.ef_construction,
+                           maintenance_work_mem=maintenance_work_mem,
+                           wait=INDEX_LOCK_WAIT if wait is None else wait, progress=progress)
+            forget_storage(engine)
+            return StorageChange(previous, done.storage, done.rows, done.seconds, column_rewritten=True)
+    if previous.column == "halfvec" and kind == "vector":
+        raise ConfigError(f"the column stores halfvec({dim}): a vector index over it would be twice the size for no "
+                          "more precision; run dpr-pg storage set vector --rewrite-column to widen the column "
+                          "to vector (offline: it rewrites every row), or keep halfvec")
+    chosen = Storage(kind, multiple, previous.column)
     if chosen.kind == previous.kind:
         if chosen != previous:
             with engine.begin() as conn:
@@ -202,5 +277,5 @@ def forget_storage(engine: Engine) -> None:
     forget_database_facts(engine)
 
 
-__all__ = ["DEFAULT_STORAGE", "STORAGES", "Storage", "StorageChange", "current_storage", "read_storage",
+__all__ = ["COLUMN_TYPES", "DEFAULT_STORAGE", "STORAGES", "Storage", "StorageChange", "current_storage", "read_storage",
            "set_storage"]

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from dpr_pg import _progress
 from dpr_pg.errors import ConfigError, IndexBuildError
 from dpr_pg.db.schema import DROP_INVALID_HNSW, HNSW_INDEX, require_schema
-from dpr_pg.db.storage import Storage, index_method, read_storage, write_storage
+from dpr_pg.db.storage import Storage, column_type, index_method, read_storage, write_storage
 from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def _method(conn: Connection, chosen: Storage | None = None) -> str:
     dim = conn.execute(sa.text(
         "SELECT a.atttypmod FROM pg_attribute a "
         "WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding'")).scalar_one()
-    return index_method((chosen or read_storage(conn)).kind, int(dim))
+    return index_method((chosen or read_storage(conn)).kind, int(dim), column_type(conn))
 
 
 def hnsw_exists(engine: Engine) -> bool:
