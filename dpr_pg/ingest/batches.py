@@ -126,6 +126,7 @@ class BatchRun:
     to_encode: Channel[Prepared] = field(default_factory=lambda: Channel(ENCODE_QUEUE))
     remote: RayEncoders | None = None  # encode on Ray actors instead of ``encoder``
     in_flight: deque[tuple[Prepared, Any]] = field(default_factory=deque)  # batches out with the actors
+    half: bool = False  # the column stores halfvec: values beyond ±65,504 are rejected
 
     def __post_init__(self) -> None:
         self.fingerprint_id = self.fingerprint.id  # a sha256 over the fields: compute it once
@@ -148,7 +149,7 @@ class BatchRun:
             rows = None
             if self.vectors is not None:
                 rows = self.vectors.rows(batch.first_record - 1, batch.last_record)
-                problems = vector_problems(rows, self.dim)
+                problems = vector_problems(rows, self.dim, half=self.half)
                 checked = []
                 for doc, metadata_json, digest in items:
                     row = doc.number - batch.first_record
@@ -222,7 +223,7 @@ class BatchRun:
             with self.lock:
                 self.report.truncated += len(result.truncated)
                 self.report.encoded += len(changed)
-            problems = vector_problems(embeddings, self.dim)
+            problems = vector_problems(embeddings, self.dim, half=self.half)
             keep = []
             for index, problem in enumerate(problems):
                 if problem:

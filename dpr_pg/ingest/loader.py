@@ -61,6 +61,10 @@ WHERE p.collection = %s
 """
 
 
+_COLUMN_TYPE = ("SELECT t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding'")
+
+
 @dataclass(frozen=True)
 class StagedPassage:
     """One row for the staging table; ``metadata_json`` is the canonical JSON text of the metadata."""
@@ -93,6 +97,7 @@ class PassageWriter:
         self._raw: Any = None
         self._conn: psycopg.Connection | None = None
         self._copy_direct = True
+        self.half = False  # the column stores halfvec: read when the connection opens
 
     def __enter__(self) -> PassageWriter:
         return self
@@ -121,10 +126,13 @@ class PassageWriter:
             register_vector(conn)
             conn.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
             conn.execute("SET client_encoding TO 'UTF8'")  # copybin sends text as UTF-8 bytes
+            # The staging table's vectors have the column's type: binary COPY sends that type's format.
+            (column,) = conn.execute(_COLUMN_TYPE).fetchone() or ("vector",)
+            self.half = column == "halfvec"
             conn.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (external_id text NOT NULL, title text NOT NULL, "
                 f"text text NOT NULL, metadata jsonb NOT NULL, content_hash text NOT NULL, "
-                f"embedding vector({int(self.dim)}) NOT NULL) ON COMMIT DELETE ROWS")
+                f"embedding {'halfvec' if self.half else 'vector'}({int(self.dim)}) NOT NULL) ON COMMIT DELETE ROWS")
             conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_KEEP} (external_id text NOT NULL) ON COMMIT DELETE ROWS")
             # PostgreSQL refuses COPY FROM into a table whose row-level security applies to the role
             # (a tenant, see dpr_pg.db.tenancy): such a writer always goes through staging + upsert.
@@ -194,7 +202,7 @@ class PassageWriter:
         suffix = text_field(self.collection) + int4_field(self.encoder_id) if with_owner else b""
         data = copy_payload([(r.external_id, r.title, r.text, r.metadata_json, r.content_hash) for r in ordered],
                             np.stack([r.embedding for r in ordered]).astype(np.float32, copy=False), jsonb=3,
-                            suffix=suffix, suffix_fields=2 if with_owner else 0)
+                            suffix=suffix, suffix_fields=2 if with_owner else 0, half=self.half)
         with cur.copy(statement) as copy:
             copy.write(data)
 

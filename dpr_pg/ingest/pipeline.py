@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from dpr_pg._progress import shown
 from dpr_pg.db.schema import require_schema
+from dpr_pg.db.storage import column_type
 from dpr_pg.db.tenancy import check_write_access
 from dpr_pg.encoders.fingerprint import check_encoder, register_encoder
 from dpr_pg.search.statistics import analyze_if_changed
@@ -270,7 +271,8 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
             if ray is not None:
                 remote = stack.enter_context(RayEncoders(ray, fingerprint, on_retry=count_ray_retry))
             run = BatchRun(engine, encoder, fingerprint, report, source_vectors, strict, dim, last, lookups, pool,
-                           pipeline, clocks, limits=limits, watch=watch, lock=lock, remote=remote)
+                           pipeline, clocks, limits=limits, watch=watch, lock=lock, remote=remote,
+                           half=_half_column(engine))
             try:
                 write_all(run, open_records(), mapping, size=size, chunk_words=chunk_words,
                           chunk_overlap=chunk_overlap, bar=_progress_bar(progress, total), on_batch=on_batch)
@@ -365,6 +367,12 @@ def _resolve_fingerprint(encoder: EncoderPair | None, fingerprint: EncoderFinger
         raise ConfigError("precomputed --embeddings need the encoder pair that made them, so that its fingerprint "
                           "is recorded: pass encoder= or fingerprint= (CLI: --question-model/--passage-model)")
     return fingerprint
+
+
+def _half_column(engine: Engine) -> bool:
+    """Whether dpr_pg.passages stores halfvec: vectors beyond its range are rejected per record."""
+    with engine.connect() as conn:
+        return column_type(conn) == "halfvec"
 
 
 def _check_database(engine: Engine, fingerprint: EncoderFingerprint, collection: str, *, prune: bool) -> int:

@@ -90,12 +90,15 @@ def metadata_problem(value: Any, path: str = "metadata", depth: int = 0) -> str 
     return f"{path} is a {type(value).__name__} ({_preview(value)}); expected a JSON value"
 
 
-def vector_problems(vectors: np.ndarray, dim: int) -> list[str | None]:
-    """Per row of ``vectors`` (n, d): why it cannot be stored, or None.
+def vector_problems(vectors: np.ndarray, dim: int, *, half: bool = False) -> list[str | None]:
+    """Per row of ``vectors`` (n, d): why it cannot be stored, or None. ``half``: the column stores
+    halfvec, which holds at most ±65,504 (and a row that rounds to all zeros is refused too).
 
     Example:
         >>> vector_problems(np.array([[1.0, 0.0], [0.0, 0.0], [np.nan, 1.0]]), 2)
         [None, 'embedding is all zeros; it would score 0 against every question: check the encoder output', 'embedding has NaN or Infinity at dimension 0; expected finite floats']
+        >>> vector_problems(np.array([[1.0, 70000.0]]), 2, half=True)
+        ["embedding value 70000.0 at dimension 1 is beyond halfvec's range (±65504), the type the database stores; check the encoder output, or keep a vector column"]
     """
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         shape = "x".join(map(str, vectors.shape))
@@ -115,7 +118,30 @@ def vector_problems(vectors: np.ndarray, dim: int) -> list[str | None]:
                              f"embedding has NaN or Infinity at dimension {column}; expected finite floats")
         else:
             problems[row] = "embedding is all zeros; it would score 0 against every question: check the encoder output"
+    if half:
+        _half_problems(as_float4, problems)
     return problems
+
+
+_HALF_MAX = 65504.0
+
+
+def _half_problems(vectors: np.ndarray, problems: list[str | None]) -> None:
+    """Fill in the rows that a halfvec column cannot hold: a value beyond ±65,504, or all zeros once rounded."""
+    with np.errstate(over="ignore"):
+        beyond = np.abs(vectors) > _HALF_MAX
+        zero = ~np.any(vectors.astype(np.float16) != 0, axis=1)
+    for row in np.flatnonzero(beyond.any(axis=1) | zero):
+        if problems[row] is not None:
+            continue
+        if beyond[row].any():
+            column = int(np.flatnonzero(beyond[row])[0])
+            problems[row] = (f"embedding value {float(vectors[row, column])!r} at dimension {column} is beyond "
+                             f"halfvec's range (±{_HALF_MAX:g}), the type the database stores; check the encoder "
+                             "output, or keep a vector column")
+        else:
+            problems[row] = ("embedding rounds to all zeros in half precision, the type the database stores; "
+                             "it would score 0 against every question: check the encoder output")
 
 
 def _preview(value: Any, limit: int = 40) -> str:
