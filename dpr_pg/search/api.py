@@ -29,7 +29,7 @@ from dpr_pg.search.planner import Explain, SearchPlan
 from dpr_pg.search.orm import model_search_statement
 from dpr_pg.search.query_vector import vector_binding
 from dpr_pg.search.statistics import TABLE_FACTS
-from dpr_pg.errors import DimensionError, SchemaError, SearchError
+from dpr_pg.errors import DimensionError, QueryVectorError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, to_sql
 from dpr_pg.db.models import Passage
 from dpr_pg.db.replicas import read_connection
@@ -87,6 +87,16 @@ def query_vector(value: Any, dim: int) -> np.ndarray:
     array([0.5, 1. ], dtype=float32)
     """
     return check_query_vector(value, dim)
+
+
+def _check_half_range(vector: np.ndarray) -> None:
+    """On a halfvec column the query is cast to halfvec: refuse values beyond its ±65,504 here."""
+    if vector.size and float(np.abs(vector).max()) > _HALF_MAX:
+        raise QueryVectorError(f"the query vector holds a value beyond halfvec's range (±{_HALF_MAX:g}), the type this "
+                               "database stores; check the encoder output")
+
+
+_HALF_MAX = 65504.0
 
 
 def _is_real(value: Any) -> bool:
@@ -152,7 +162,7 @@ def search_statement(
     >>> session.execute(stmt.join(Article, Article.slug == Passage.external_id)).all()  # doctest: +SKIP
     """
     if model is not None:  # an app table enabled with op.enable_dpr
-        return model_search_statement(model, query, k=k, filter=filter, exact=exact, encoder=encoder)
+        return model_search_statement(model, query, k=k, filter=filter, exact=exact, encoder=encoder, storage=storage)
     if encoder is not None:
         raise SearchError("encoder= goes with model=; for dpr_pg.passages, search() checks the encoder pair")
     check_k(k)
@@ -393,8 +403,12 @@ def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
     cached = _FACTS.get(conn.engine)
     if cached is not None:
         return cached
+    # The query goes as a vector whatever the column's type: on a halfvec column the server casts it
+    # once (an implicit cast), and the ORDER BY still matches the index.
     dim, oid, version, row_security = conn.execute(sa.text(
-        "SELECT a.atttypmod, a.atttypid::integer, (SELECT extversion FROM pg_extension WHERE extname = 'vector'), "
+        "SELECT a.atttypmod, (SELECT t.oid::integer FROM pg_type t JOIN pg_extension e ON e.extnamespace = "
+        "t.typnamespace WHERE e.extname = 'vector' AND t.typname = 'vector'), "
+        "(SELECT extversion FROM pg_extension WHERE extname = 'vector'), "
         "COALESCE(row_security_active(to_regclass('dpr_pg.passages')), false) "
         "FROM (SELECT 1) AS one LEFT JOIN pg_attribute a "
         "ON a.attrelid = to_regclass('dpr_pg.passages') AND a.attname = 'embedding'"
@@ -489,11 +503,15 @@ def search_many(
             _check_words(text)
     with _transaction(bind) as conn:
         dim, version, oid, row_security = _database_facts(conn)
-        storage = _storage(conn) if mode != "exact" else _VECTOR
+        stored = _storage(conn)
+        storage = stored if mode != "exact" else _VECTOR
         if encoder is not None:
             check_encoder(conn, encoder.fingerprint, collection=collection)
         encoded = iter(encoder.question.encode(questions)) if questions and encoder is not None else iter(())
         vectors = [query_vector(next(encoded) if isinstance(q, str) else q, dim) for q in queries]
+        if stored.column == "halfvec":
+            for vector in vectors:
+                _check_half_range(vector)
         restore = not isinstance(bind, Engine)  # our own transaction ends right after: nothing to restore
         # Unfiltered ANN sets the plan mode with its other settings: one round trip fewer.
         pgvector = pgvector_version or version

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import sqlalchemy as sa
-from pgvector.sqlalchemy import Vector
+from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy.dialects.postgresql import JSONB, REGCLASS
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
@@ -131,7 +131,8 @@ def encoder_guard(model: Any, fingerprint: Any) -> sa.ColumnElement[bool]:
 
 
 def model_search_statement(
-    model: Any, query: Any, *, k: int = 10, filter: Any = None, exact: bool = False, encoder: Any = None
+    model: Any, query: Any, *, k: int = 10, filter: Any = None, exact: bool = False, encoder: Any = None,
+    storage: Any = None,
 ) -> sa.Select[Any]:
     """``SELECT model, score`` of the app's own rows, best first: the app adds joins and ``.where()``.
 
@@ -139,7 +140,10 @@ def model_search_statement(
     ``exact=True`` orders by the exact inner product instead of the HNSW index. With ``encoder``
     (the :class:`~dpr_pg.encoders.pair.EncoderPair` that encodes the questions), ``query`` may be the
     question itself, and the statement refuses to run if the table's embeddings come from another
-    pair (see :func:`encoder_guard`), as :func:`dpr_pg.search` refuses for passages.
+    pair (see :func:`encoder_guard`), as :func:`dpr_pg.search` refuses for passages. ``storage``
+    (:func:`dpr_pg.current_storage`'s, or its name): with ``halfvec`` the ORDER BY is the halfvec
+    inner product, which the table's index answers when ``dpr_pg.enable_table`` built it under that
+    storage (scores stay the column's inner product).
 
     Example:
         >>> stmt = model_search_statement(Article, "¿Quién fue Lorca?", encoder=pair, k=5)  # doctest: +SKIP
@@ -157,7 +161,11 @@ def model_search_statement(
         statement = sa.select(model, score.label("score")).order_by(score.desc())
     else:
         distance = model.embedding.max_inner_product(bound)
-        statement = sa.select(model, (-distance).label("score")).order_by(distance)
+        order = distance
+        if getattr(storage, "kind", storage) == "halfvec":  # the cast is a no-op on a halfvec column
+            half = HALFVEC(len(vector))
+            order = sa.cast(model.embedding, half).max_inner_product(sa.cast(bound, half))
+        statement = sa.select(model, (-distance).label("score")).order_by(order)
     statement = statement.where(model.embedding.is_not(None))
     if encoder is not None:
         statement = statement.where(encoder_guard(model, encoder.fingerprint))
