@@ -84,6 +84,7 @@ DECLARE
     old_ef text;
     old_iterative text;
     old_seqscan text;
+    ann_order text;
 BEGIN
     -- Checked before anything is read or run: a query that failed on the table would print, in
     -- its error's context, the column list of a table the caller may not read.
@@ -162,6 +163,18 @@ BEGIN
     path := chosen.path;
 
     IF path IN ('hnsw', 'hnsw-iterative') THEN
+        -- The ORDER BY repeats the table's index: a halfvec expression index over a vector column
+        -- (a database whose storage is halfvec, see dpr_pg.enable_table) compares halfvec values; a
+        -- halfvec column's own index takes the query as is (cast once to halfvec by PostgreSQL).
+        ann_order := format('s.embedding_ OPERATOR(%1$I.<#>) $2', vs);
+        IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_opclass oc ON oc.oid = i.indclass[0]
+                   JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = settings.embedding_column
+                   JOIN pg_type ty ON ty.oid = a.atttypid
+                   WHERE i.indrelid = tbl AND i.indisvalid AND i.indkey[0] = 0 AND oc.opcname = 'halfvec_ip_ops'
+                     AND ty.typname = 'vector') THEN
+            ann_order := format('(s.embedding_)::%1$I.halfvec(%2$s) OPERATOR(%1$I.<#>) ($2)::%1$I.halfvec(%2$s)',
+                                vs, settings.dim);
+        END IF;
         old_ef := current_setting('hnsw.ef_search', true);
         old_iterative := current_setting('hnsw.iterative_scan', true);
         old_seqscan := current_setting('enable_seqscan');
@@ -175,8 +188,8 @@ BEGIN
         EXECUTE format(
             'SELECT array_agg(ROW(h.row_key, -h.d, h.row_data)::dpr_pg.table_hit ORDER BY h.d, h.row_key) FROM ('
             '  SELECT s.row_key, s.row_data, s.embedding_ OPERATOR(%1$I.<#>) $2 AS d FROM (%2$s) AS s'
-            '  WHERE %3$s ORDER BY s.embedding_ OPERATOR(%1$I.<#>) $2 LIMIT $3) AS h', vs, source,
-            CASE WHEN path = 'hnsw' THEN 'true' ELSE compiled.clause END)
+            '  WHERE %3$s ORDER BY %4$s LIMIT $3) AS h', vs, source,
+            CASE WHEN path = 'hnsw' THEN 'true' ELSE compiled.clause END, ann_order)
             INTO hits USING compiled.params, query, k;
         PERFORM set_config('enable_seqscan', old_seqscan, true);
         IF old_ef IS NOT NULL THEN

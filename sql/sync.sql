@@ -94,6 +94,8 @@ DECLARE
     key_args text;
     key_expr text;
     vector_schema name;
+    column_type name;
+    index_type text;
 BEGIN
     -- search_path is pinned, so pgvector's objects are named with the schema it lives in.
     SELECT e.extnamespace::regnamespace::name INTO vector_schema FROM pg_extension e WHERE e.extname = 'vector';
@@ -153,11 +155,20 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- The app table follows dpr_pg.passages: the same column type (vector or halfvec), and a halfvec
+    -- index over a vector column when the database's storage is halfvec (dpr_pg/db/storage.py). A
+    -- bit storage is not followed: its re-ranking is dpr_pg.passages' own.
+    SELECT t.typname INTO column_type FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding';
+    column_type := CASE WHEN column_type = 'halfvec' THEN 'halfvec' ELSE 'vector' END;
+    IF to_regclass('dpr_pg.settings') IS NOT NULL THEN
+        SELECT s.value INTO index_type FROM dpr_pg.settings s WHERE s.name = 'storage';
+    END IF;
     EXECUTE format(
-        'ALTER TABLE %s ADD COLUMN %I %I.vector(%s), '
+        'ALTER TABLE %s ADD COLUMN %I %I.%I(%s), '
         'ADD COLUMN dpr_encoder_id integer CONSTRAINT %I REFERENCES dpr_pg.encoders (id), '
         'ADD COLUMN dpr_content_hash text',
-        tbl, embedding_column, vector_schema, dim, left(rel, 40) || '_dpr_encoder_fkey');
+        tbl, embedding_column, vector_schema, column_type, dim, left(rel, 40) || '_dpr_encoder_fkey');
     -- A 768-d float4 vector is ~3 KB: keep it inline instead of in TOAST (pgvector #353).
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET STORAGE PLAIN', tbl, embedding_column);
     EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', tbl, embedding_column,
@@ -166,8 +177,14 @@ BEGIN
                    'dpr_pg: dpr_pg.encoders row of the encoder pair that made the embedding');
     EXECUTE format('COMMENT ON COLUMN %s.dpr_content_hash IS %L', tbl,
                    'dpr_pg: hash of the embedded text, to skip unchanged rows');
-    EXECUTE format('CREATE INDEX %I ON %s USING hnsw (%I %I.vector_ip_ops) WITH (m = @HNSW_M@, ef_construction = @HNSW_EF_CONSTRUCTION@)',
-                   left(rel, 50) || '_dpr_hnsw', tbl, embedding_column, vector_schema);
+    IF column_type = 'vector' AND index_type = 'halfvec' THEN
+        EXECUTE format('CREATE INDEX %I ON %s USING hnsw ((%I::%I.halfvec(%s)) %I.halfvec_ip_ops) '
+                       'WITH (m = @HNSW_M@, ef_construction = @HNSW_EF_CONSTRUCTION@)',
+                       left(rel, 50) || '_dpr_hnsw', tbl, embedding_column, vector_schema, dim, vector_schema);
+    ELSE
+        EXECUTE format('CREATE INDEX %I ON %s USING hnsw (%I %I.%I) WITH (m = @HNSW_M@, ef_construction = @HNSW_EF_CONSTRUCTION@)',
+                       left(rel, 50) || '_dpr_hnsw', tbl, embedding_column, vector_schema, column_type || '_ip_ops');
+    END IF;
 
     SELECT string_agg(quote_literal(c), ', ') INTO key_args FROM unnest(key_columns) AS c;
     EXECUTE format('CREATE TRIGGER dpr_sync_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS dpr_new_rows '
