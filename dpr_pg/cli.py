@@ -291,8 +291,9 @@ def main(ctx: click.Context, database_url: str | None, read_urls: str | None) ->
               help="Embedding dimension of the passages table. Default: the one an existing schema stores, "
                    f"else {config.DEFAULT_DIM} (the IIC models').")
 @click.option("--storage", type=click.Choice(["vector", "halfvec"]), default=None,
-              help="What the HNSW index compares: vector (4 bytes a dimension) or halfvec (2, half the index). "
-                   "Default: an existing schema's, else vector. `dpr-pg storage set` switches it later.")
+              help="How vectors are stored: vector (4 bytes a dimension) or halfvec (2: a new database gets a "
+                   "halfvec column and index, half the bytes). Default: an existing schema's, else vector. "
+                   "`dpr-pg storage set` switches it later.")
 @click.option("--sql", "as_sql", is_flag=True,
               help="Print the SQL script instead of running it; connects to no database.")
 @click.option("--vector-schema", metavar="NAME",
@@ -331,7 +332,7 @@ def init(ctx: Context, dim: int | None, storage: str | None, as_sql: bool, vecto
     from dpr_pg.db.schema import init as init_schema
 
     result = init_schema(ctx.engine, dim=dim, storage=storage)
-    shape = f"vector({result.dim})" + ("" if result.storage == "vector" else f", {result.storage} index")
+    shape = f"{result.column}({result.dim})" + ("" if result.storage == result.column else f", {result.storage} index")
     if result.previous_revision != result.revision:
         before = result.previous_revision or "empty"
         click.echo(f"dpr_pg schema: {before} -> {result.revision} ({shape})")
@@ -372,7 +373,8 @@ def doctor(ctx: Context, as_json: bool, show_password: bool) -> None:
     table.add_row("schema", f"{report.schema_revision or 'none'} (head {report.head_revision})")
     table.add_row("dimension", str(report.dim) if report.dim else "-")
     if report.dim:
-        table.add_row("hnsw index", "m {m}, ef_construction {ef_construction}, storage {storage}".format(**report.hnsw)
+        table.add_row("hnsw index", "m {m}, ef_construction {ef_construction}, storage {storage} on a {column} column"
+                      .format(**report.hnsw)
                       if report.hnsw else "missing")
     for collection, count in report.passages.items():
         table.add_row(f"collection {collection}", f"{count} passages")
@@ -608,12 +610,13 @@ def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_m
 
 @main.group("storage")
 def storage_group() -> None:
-    """Show or switch what the HNSW index compares: vector or halfvec.
+    """Show or switch how vectors are stored: the column's type and what the HNSW index compares.
 
     \b
     Example:
         dpr-pg storage show
         dpr-pg storage set halfvec
+        dpr-pg storage set halfvec --rewrite-column
     """
 
 
@@ -622,24 +625,38 @@ def storage_group() -> None:
 @pass_context
 @reports_errors
 def storage_show(ctx: Context, as_json: bool) -> None:
-    """Print the index's storage (and bit's re-rank multiple).
+    """Print the column's type, the index's storage (and bit's re-rank multiple) and their sizes on disk.
+
+    "vectors" estimates the bytes the column's values take in the table (rows x bytes a row).
 
     \b
     Example:
         dpr-pg storage show --json
     """
+    from dpr_pg.db.column import storage_sizes
     from dpr_pg.db.storage import current_storage
 
     chosen = current_storage(ctx.engine)
+    sizes = storage_sizes(ctx.engine)
     if as_json:
-        print_json({"storage": chosen.kind, "rerank_multiple": chosen.rerank_multiple})
+        print_json({"storage": chosen.kind, "column": chosen.column, "rerank_multiple": chosen.rerank_multiple,
+                    **sizes.as_dict()})
         return
     extra = f" (re-ranks {chosen.rerank_multiple} x k candidates)" if chosen.kind == "bit" else ""
-    click.echo(f"{chosen.kind}{extra}")
+    click.echo(f"column {chosen.column}, index {chosen.kind}{extra}")
+    mib = 2**20
+    click.echo(f"{sizes.rows} rows: table {sizes.table_bytes / mib:.1f} MiB (vectors about "
+               f"{sizes.vector_bytes / mib:.1f} MiB), HNSW index {sizes.index_bytes / mib:.1f} MiB")
+    if chosen.column == "vector" and chosen.kind != "vector":
+        click.echo(f"the table still holds float4 vectors: dpr-pg storage set {chosen.kind if chosen.kind == 'halfvec' else 'halfvec'} "
+                   "--rewrite-column halves them (offline)")
 
 
 @storage_group.command("set")
 @click.argument("kind", metavar="vector|halfvec", type=click.Choice(["vector", "halfvec"]))
+@click.option("--rewrite-column", is_flag=True,
+              help="Also change the column to KIND, rewriting every row: OFFLINE, searches and writes wait "
+                   "until it ends (an ACCESS EXCLUSIVE lock on dpr_pg.passages). Without it, only the index changes.")
 @click.option("--m", type=click.IntRange(2, 100), default=None, help="HNSW m of the new index (default: the current).")
 @click.option("--ef-construction", type=click.IntRange(4, 1000), default=None,
               help="HNSW ef_construction of the new index (default: the current).")
@@ -648,28 +665,38 @@ def storage_show(ctx: Context, as_json: bool) -> None:
 @PROGRESS_OPTION
 @pass_context
 @reports_errors
-def storage_set(ctx: Context, kind: str, m: int | None, ef_construction: int | None,
+def storage_set(ctx: Context, kind: str, rewrite_column: bool, m: int | None, ef_construction: int | None,
                 maintenance_work_mem: str | None, wait: float, as_json: bool, progress: bool | None) -> None:
     """Switch the index to another storage; searches and writes go on meanwhile.
 
-    The new index is built CONCURRENTLY beside the old one, then swapped in with the setting.
-    (Binary quantization, set_storage(engine, "bit") in Python, is not offered here: it measured
-    recall@10 0.34 at its default re-rank multiple on the storage benchmark.)
+    The new index is built CONCURRENTLY beside the old one, then swapped in with the setting. On a
+    vector column a halfvec index halves the index only: the table still holds float4 vectors.
+    --rewrite-column changes the column's type too (halving the table's vectors as well), offline:
+    one transaction drops the index, rewrites every row and builds the new index, under an
+    exclusive lock. (Binary quantization, set_storage(engine, "bit") in Python, is not offered
+    here: it measured recall@10 0.34 at its default re-rank multiple on the storage benchmark.)
 
     \b
     Example:
         dpr-pg storage set halfvec
+        dpr-pg storage set halfvec --rewrite-column --progress
     """
     from dpr_pg.db.storage import set_storage
 
     change = set_storage(ctx.engine, kind, m=m, ef_construction=ef_construction,
-                         maintenance_work_mem=maintenance_work_mem, wait=wait, progress=progress)
+                         maintenance_work_mem=maintenance_work_mem, wait=wait, progress=progress,
+                         rewrite_column=rewrite_column)
     if as_json:
         print_json({"previous": change.previous.kind, "storage": change.storage.kind,
+                    "previous_column": change.previous.column, "column": change.storage.column,
                     "rerank_multiple": change.storage.rerank_multiple, "rebuilt": change.rebuilt,
+                    "column_rewritten": change.column_rewritten,
                     "rows": change.rows, "seconds": round(change.seconds, 3)})
         return
-    if change.rebuilt:
+    if change.column_rewritten:
+        click.echo(f"column {change.previous.column} -> {change.storage.column}, index {change.previous.kind} -> "
+                   f"{change.storage.kind}: {change.rows} rows rewritten and indexed in {change.seconds:.1f} s")
+    elif change.rebuilt:
         click.echo(f"storage {change.previous.kind} -> {change.storage.kind}: HNSW index rebuilt over "
                    f"{change.rows} rows in {change.seconds:.1f} s")
     elif change.previous != change.storage:
@@ -677,6 +704,9 @@ def storage_set(ctx: Context, kind: str, m: int | None, ef_construction: int | N
                    f"{change.storage.rerank_multiple}")
     else:
         click.echo(f"storage already {change.storage.kind}; nothing to do")
+    if change.storage.column == "vector" and change.storage.kind == "halfvec":
+        click.echo("note: the table still holds float4 vectors (only the index is halfvec); "
+                   "dpr-pg storage set halfvec --rewrite-column halves them too, offline", err=True)
 
 
 @main.command()

@@ -186,7 +186,7 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
         else:
             with engine.connect() as conn:
                 hnsw = {"m": parameters.m, "ef_construction": parameters.ef_construction,
-                        "storage": read_storage(conn).kind}
+                        "storage": read_storage(conn).kind, "column": read_storage(conn).column}
                 sizes = conn.execute(sa.text(
                     "SELECT pg_relation_size(to_regclass(:index)), pg_size_bytes(current_setting('shared_buffers'))"),
                     {"index": f"dpr_pg.{HNSW_INDEX}"}).one()
