@@ -247,11 +247,15 @@ def test_a_dimension_beyond_the_index_limit_is_refused_before_anything_is_writte
 
 def test_cli_init_and_storage_commands(empty_url: str) -> None:
     runner = CliRunner()
-    created = runner.invoke(main, ["--database-url", empty_url, "init", "--dim", str(DIM), "--storage", "halfvec"])
+    created = runner.invoke(main, ["--database-url", empty_url, "init", "--dim", str(DIM)])
     assert created.exit_code == 0, created.output
-    assert f"vector({DIM}), halfvec index" in created.output
+    online = runner.invoke(main, ["--database-url", empty_url, "storage", "set", "halfvec"])
+    assert online.exit_code == 0, online.output
+    assert "the table still holds float4 vectors" in online.stderr and "--rewrite-column" in online.stderr
     shown = runner.invoke(main, ["--database-url", empty_url, "storage", "show", "--json"])
-    assert json.loads(shown.output) == {"storage": "halfvec", "rerank_multiple": 4}
+    assert json.loads(shown.output) == {"storage": "halfvec", "column": "vector", "rerank_multiple": 4, "rows": 0,
+                                        "table_bytes": json.loads(shown.output)["table_bytes"], "vector_bytes": 0,
+                                        "index_bytes": json.loads(shown.output)["index_bytes"]}
     switched = runner.invoke(main, ["--database-url", empty_url, "storage", "set", "vector", "--json"])
     assert switched.exit_code == 0, switched.output
     assert json.loads(switched.output)["previous"] == "halfvec" and json.loads(switched.output)["storage"] == "vector"

@@ -152,8 +152,10 @@ def read_storage(conn: Connection) -> Storage:
     if not exists:
         return Storage(column=column) if column == "vector" else Storage("halfvec", column=column)
     values = {name: value for name, value in conn.execute(_READ)}
-    return Storage(values.get("storage", DEFAULT_STORAGE),
-                   int(values.get("rerank_multiple", DEFAULT_RERANK_MULTIPLE)), column)
+    kind = values.get("storage", DEFAULT_STORAGE)
+    if column == "halfvec" and kind == "vector":  # a column altered by hand: its index compares halfvec
+        kind = "halfvec"
+    return Storage(kind, int(values.get("rerank_multiple", DEFAULT_RERANK_MULTIPLE)), column)
 
 
 def current_storage(engine: Engine) -> Storage:
