@@ -1,21 +1,27 @@
-"""Benchmark: the index storages vector, halfvec and bit (re-ranked), on the same rows and queries.
+"""Benchmark: how passages' vectors are stored, side by side: a vector column, a halfvec index over
+a vector column, a halfvec column (and, on request, bit re-ranked), on the same rows and queries.
 
 Synthetic clustered 768-d vectors (not normalised, like DPR's; the clusters of bench_search.py)
-are written straight into dpr_pg.passages by binary COPY (no encoder: encoding is far too slow
-here). Each row carries flags that select 10 / 1 / 0.1 % of the rows, independent of the clusters.
-The questions are stored points plus noise. For each storage in turn, the index is switched with
-dpr_pg's own path (dpr_pg.set_storage: CREATE INDEX CONCURRENTLY, then the swap), then searched
-with dpr_pg.search after one warm-up pass; it prints:
+are written by binary COPY (no encoder: encoding is far too slow here) into one database per
+contender, all in the same embedded server (pgvector's HalfVector for the halfvec column):
 
-  table      the heap + TOAST of dpr_pg.passages (the vector column is vector(768) for every storage)
-  vectors    the bytes of the embedding column; for halfvec and bit, also what a column of that type
-             would take (pg_column_size of the cast), for the column-type design
-  index      passages_embedding_hnsw, and its build time
-  per band   (no filter, 10%, 1%, 0.1%): p50 / p95 latency (ms) and recall@10 against numpy's exact top 10
+  vector          vector(768) column, vector_ip_ops index (dpr-pg init)
+  halfvec-index   vector(768) column, index on embedding::halfvec(768) (dpr-pg storage set halfvec)
+  halfvec-column  halfvec(768) column and its index (dpr-pg init --storage halfvec)
+  bit             vector(768) column, bit index, k x the default multiple re-ranked (--contenders ...,bit)
 
-and the ratios to vector. bit is measured at the default re-rank multiple and at a larger one.
-Storages run one after the other (one index at a time, as in production), so load from other
-processes on a shared machine can fall on one more than another: read p50 ratios near 1 as equal.
+Each row carries flags that select 10 / 1 / 0.1 % of the rows, independent of the clusters; the
+questions are stored points plus noise. It prints:
+
+  sizes      the table (heap + TOAST), the vectors in it (sum of pg_column_size), the HNSW index and
+             its build time (dpr_pg.build_index, after the load), and vectors + index as a ratio to vector's
+  per band   (no filter, 10%, 1%, 0.1%): p50 / p95 latency (ms) and recall@10 against numpy's exact
+             top 10 of the vectors as float4 (what the encoder made), with the p50 ratio to vector's
+
+Latency is measured round-robin: for each query, every contender runs it in turn (the order
+rotates), so load from other processes on a shared machine falls on all of them alike; each
+contender gets one warm-up pass first. ``--ef-search`` adds unfiltered rows at other ef_search
+values (the default is the planner's).
 
 Run it alone (other benchmarks take the same lock), in its own data folder:
 
@@ -35,10 +41,10 @@ import numpy as np
 import sqlalchemy as sa
 
 from dpr_pg.db.engine import embedded_url
-from dpr_pg.ingest.index import drop_hnsw
+from dpr_pg.ingest.index import build_index, drop_hnsw
 from dpr_pg.db.schema import init
 from dpr_pg.search.api import search
-from dpr_pg.db.storage import DEFAULT_RERANK_MULTIPLE, set_storage
+from dpr_pg.db.storage import set_storage
 
 DIM = 768
 K = 10
@@ -57,8 +63,9 @@ def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return vectors, rng.permutation(rows)
 
 
-def load(engine: sa.Engine, vectors: np.ndarray, bucket: np.ndarray) -> float:
-    """COPY the rows in binary, without an index (built per storage afterwards); returns seconds."""
+def load(engine: sa.Engine, vectors: np.ndarray, bucket: np.ndarray, *, half: bool) -> float:
+    """COPY the rows in binary, without an index (built afterwards); returns seconds."""
+    from pgvector import HalfVector
     from pgvector.psycopg import register_vector
     from psycopg.types.json import Jsonb
 
@@ -74,11 +81,12 @@ def load(engine: sa.Engine, vectors: np.ndarray, bucket: np.ndarray) -> float:
         with raw.cursor().copy(
                 "COPY dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
                 "encoder_id) FROM STDIN WITH (FORMAT BINARY)") as copy:
-            copy.set_types(["text", "text", "text", "text", "jsonb", "text", "vector", "integer"])
+            copy.set_types(["text", "text", "text", "text", "jsonb", "text", "halfvec" if half else "vector",
+                            "integer"])
             for i in range(len(vectors)):
                 flags = {f"s{m}": bool(bucket[i] % m == 0) for _, m in BANDS if m}
                 copy.write_row(("bench", f"p{i}", f"Pasaje {i}", f"Texto sintético número {i}.", Jsonb(flags),
-                                f"h{i}", vectors[i], encoder))
+                                f"h{i}", HalfVector(vectors[i]) if half else vectors[i], encoder))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE dpr_pg.passages"))
     return time.perf_counter() - started
@@ -95,33 +103,65 @@ def truth(vectors: np.ndarray, mask: np.ndarray | None, queries: np.ndarray, ids
     return out
 
 
-def sizes(engine: sa.Engine, kind: str) -> dict[str, float]:
-    cast = {"vector": "embedding", "halfvec": f"embedding::halfvec({DIM})",
-            "bit": f"binary_quantize(embedding)::bit({DIM})"}[kind]
+def sizes(engine: sa.Engine) -> dict[str, float]:
     with engine.connect() as conn:
-        table, index, column, as_type = conn.execute(sa.text(
+        table, index, column = conn.execute(sa.text(
             "SELECT pg_table_size('dpr_pg.passages'), pg_relation_size('dpr_pg.passages_embedding_hnsw'), "
-            f"sum(pg_column_size(embedding)), sum(pg_column_size({cast})) FROM dpr_pg.passages")).one()
+            "sum(pg_column_size(embedding)) FROM dpr_pg.passages")).one()
     mb = 2.0**20
-    return {"table_mb": table / mb, "index_mb": index / mb, "vectors_mb": column / mb, "typed_vectors_mb": as_type / mb}
+    return {"table_mb": table / mb, "index_mb": index / mb, "vectors_mb": column / mb}
 
 
-def measure(engine: sa.Engine, queries: np.ndarray, expected: dict[str, list[list[int]]]) -> dict[str, Any]:
-    out = {}
-    for band, m in BANDS:
+# contender -> (init's storage, the index's storage set afterwards)
+CONTENDERS = {"vector": ("vector", "vector"), "halfvec-index": ("vector", "halfvec"),
+              "halfvec-column": ("halfvec", "halfvec"), "bit": ("vector", "bit")}
+
+
+def prepare(admin: sa.Engine, url: str, label: str, rows: int, vectors: np.ndarray, bucket: np.ndarray
+            ) -> tuple[sa.Engine, dict[str, float]]:
+    """A database for one contender: schema, rows, index; returns its engine and sizes/timings."""
+    name = f"bench_storage_{label.replace('-', '_')}_{rows}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
+    column, index = CONTENDERS[label]
+    init(engine, dim=DIM, storage=column)
+    if index != column:
+        set_storage(engine, index)  # on the empty table: recorded; the index is built below like the others'
+    load_s = load(engine, vectors, bucket, half=column == "halfvec")
+    build_s = build_index(engine).seconds
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE dpr_pg.passages"))
+    return engine, {**sizes(engine), "load_s": load_s, "build_s": build_s}
+
+
+def measure(engines: dict[str, sa.Engine], queries: np.ndarray, expected: dict[str, list[list[int]]],
+            ef_searches: list[int]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Round-robin latency and recall per contender and band (and unfiltered at each extra ef_search)."""
+    labels = list(engines)
+    cases = [(band, m, None) for band, m in BANDS] + [(f"ef{ef}", None, ef) for ef in ef_searches]
+    out: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in labels}
+    for band, m, ef in cases:
         document = {f"s{m}": True} if m else None
-        for query in queries[:20]:  # warm-up: walk the index and the heap once
-            search(engine, query, k=K, filter=document)
-        latencies, recalls, paths = [], [], set()
-        for query, want in zip(queries, expected[band]):
-            started = time.perf_counter()
-            hits = search(engine, query, k=K, filter=document)
-            latencies.append((time.perf_counter() - started) * 1000)
-            recalls.append(len({h.id for h in hits} & set(want)) / len(want))
-            paths.add(hits.plan.path)
-        latencies.sort()
-        out[band] = {"p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
-                     "recall": statistics.mean(recalls), "paths": "/".join(sorted(paths))}
+        want_band = band if ef is None else "none"
+        for label in labels:  # warm-up: walk each index and heap once
+            for query in queries[:20]:
+                search(engines[label], query, k=K, filter=document, ef_search=ef)
+        latencies: dict[str, list[float]] = {label: [] for label in labels}
+        recalls: dict[str, list[float]] = {label: [] for label in labels}
+        paths: dict[str, set[str]] = {label: set() for label in labels}
+        for i, (query, want) in enumerate(zip(queries, expected[want_band])):
+            for label in labels[i % len(labels):] + labels[:i % len(labels)]:
+                started = time.perf_counter()
+                hits = search(engines[label], query, k=K, filter=document, ef_search=ef)
+                latencies[label].append((time.perf_counter() - started) * 1000)
+                recalls[label].append(len({h.id for h in hits} & set(want)) / len(want))
+                paths[label].add(hits.plan.path)
+        for label in labels:
+            values = sorted(latencies[label])
+            out[label][band] = {"p50": statistics.median(values), "p95": values[int(0.95 * (len(values) - 1))],
+                                "recall": statistics.mean(recalls[label]), "paths": "/".join(sorted(paths[label]))}
     return out
 
 
@@ -130,83 +170,66 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rerank-multiples", default=f"{DEFAULT_RERANK_MULTIPLE},10",
-                        help="bit's re-rank multiples to measure, the default first")
+    parser.add_argument("--contenders", default="vector,halfvec-index,halfvec-column",
+                        help=f"comma-separated, vector first: {', '.join(CONTENDERS)}")
+    parser.add_argument("--ef-search", default="400",
+                        help="extra unfiltered rows at these hnsw.ef_search values (comma-separated; '' for none)")
     parser.add_argument("--home", default=str(Path(tempfile.gettempdir()) / "dpr_pg_bench_storage"))
     args = parser.parse_args()
+    labels = [label.strip() for label in args.contenders.split(",")]
+    if labels[0] != "vector" or any(label not in CONTENDERS for label in labels):
+        parser.error(f"expected --contenders from {', '.join(CONTENDERS)}, vector first, not {args.contenders!r}")
+    ef_searches = [int(x) for x in args.ef_search.split(",") if x.strip()]
 
     url = embedded_url(home=Path(args.home))
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"bench_storage_{args.rows}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
+    engines: dict[str, sa.Engine] = {}
     try:
-        init(engine, dim=DIM)
         vectors, bucket = synthetic(args.rows, args.seed)
-        load_s = load(engine, vectors, bucket)
-        with engine.connect() as conn:
+        facts = {}
+        for label in labels:
+            engines[label], facts[label] = prepare(admin, url, label, args.rows, vectors, bucket)
+        with engines["vector"].connect() as conn:
             ids = np.array(conn.execute(sa.text(
                 "SELECT id FROM dpr_pg.passages ORDER BY substr(external_id, 2)::integer")).scalars().all())
+        for label in labels[1:]:  # the same ids in every database: one truth for all
+            with engines[label].connect() as conn:
+                assert conn.execute(sa.text("SELECT max(id) FROM dpr_pg.passages")).scalar() == ids.max()
         rng = np.random.default_rng(args.seed + 1)
         queries = (vectors[rng.integers(0, args.rows, args.queries)]
                    + rng.normal(scale=NOISE / 2, size=(args.queries, DIM))).astype(np.float32)
         expected = {band: truth(vectors, None if m is None else bucket % m == 0, queries, ids) for band, m in BANDS}
-        print(f"{args.rows} rows x {DIM} dims loaded by binary COPY in {load_s:.1f} s; {args.queries} queries, k={K}")
-
-        runs: list[tuple[str, dict[str, Any]]] = []
-        multiples = [int(x) for x in args.rerank_multiples.split(",")]
-        for kind in ("vector", "halfvec", "bit", "vector"):  # vector again: the drift of a shared machine
-            started = time.perf_counter()
-            change = set_storage(engine, kind, rerank_multiple=multiples[0] if kind == "bit" else None)
-            build_s = change.seconds if change.rebuilt else time.perf_counter() - started
-            if not change.rebuilt:  # vector at first: the load dropped the index, build it the same way
-                from dpr_pg.ingest.index import build_index
-
-                build_s = build_index(engine).seconds
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(sa.text("ANALYZE dpr_pg.passages"))
-            facts = {**sizes(engine, kind), "build_s": build_s}
-            label = kind if kind != "bit" else f"bit x{multiples[0]}"
-            label = label if all(label != seen for seen, _ in runs) else f"{label} again"
-            runs.append((label, {**facts, **measure(engine, queries, expected)}))
-            if kind == "bit":
-                for multiple in multiples[1:]:
-                    set_storage(engine, "bit", rerank_multiple=multiple)
-                    runs.append((f"bit x{multiple}", {**facts, **measure(engine, queries, expected)}))
-        report(runs)
+        print(f"{args.rows} rows x {DIM} dims per contender, loaded by binary COPY; {args.queries} queries, k={K}, "
+              f"latency round-robin over {', '.join(labels)}")
+        report(labels, facts, measure(engines, queries, expected, ef_searches), ef_searches)
     finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for label, engine in engines.items():
+            name = engine.url.database
+            engine.dispose()
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
-def report(runs: list[tuple[str, dict[str, Any]]]) -> None:
-    """Ratios are to vector: its sizes, and the mean of its two p50s per band."""
-    base = runs[0][1]
-    again = dict(runs).get("vector again", base)
-    base_p50 = {band: (base[band]["p50"] + again[band]["p50"]) / 2 for band, _ in BANDS}
-    print("\nsizes (MB) and index build; ratios to vector in parentheses")
-    print(f"{'storage':<10} {'table':>8} {'vectors':>8} {'as type':>8} {'index':>8} {'build s':>8} "
-          f"{'vec+idx':>16} {'typed+idx':>16}")
-    for label, r in runs:
-        if (label.startswith("bit x") and label != runs[2][0]) or label == "vector again":
-            continue
-        both = r["vectors_mb"] + r["index_mb"]
-        typed = r["typed_vectors_mb"] + r["index_mb"]
-        base_both = base["vectors_mb"] + base["index_mb"]
-        print(f"{label:<10} {r['table_mb']:>8.1f} {r['vectors_mb']:>8.1f} {r['typed_vectors_mb']:>8.1f} "
-              f"{r['index_mb']:>8.1f} {r['build_s']:>8.1f} {both:>8.1f} ({both / base_both:.2f}) "
-              f"{typed:>8.1f} ({typed / base_both:.2f})")
-    print("\nsearch (dpr_pg.search): p50 / p95 ms, recall@10; p50 ratio to vector's (mean of its two runs)")
-    print(f"{'storage':<10} {'band':<6} {'path':<22} {'p50':>7} {'p95':>7} {'recall':>7} {'p50/vector':>11}")
-    for label, r in runs:
-        for band, _ in BANDS:
-            b = r[band]
-            print(f"{label:<10} {band:<6} {b['paths']:<22} {b['p50']:>7.2f} {b['p95']:>7.2f} {b['recall']:>7.3f} "
-                  f"{b['p50'] / base_p50[band]:>11.2f}")
+def report(labels: list[str], facts: dict[str, dict[str, float]], runs: dict[str, dict[str, dict[str, Any]]],
+           ef_searches: list[int]) -> None:
+    """Ratios are to vector's: sizes, and p50 measured in the same rounds."""
+    base = facts["vector"]
+    base_both = base["vectors_mb"] + base["index_mb"]
+    print("\nsizes (MB), load and index build (s); vectors + index as a ratio to vector's")
+    print(f"{'contender':<15} {'table':>8} {'vectors':>8} {'index':>8} {'load s':>7} {'build s':>8} {'vec+idx':>16}")
+    for label in labels:
+        f = facts[label]
+        both = f["vectors_mb"] + f["index_mb"]
+        print(f"{label:<15} {f['table_mb']:>8.1f} {f['vectors_mb']:>8.1f} {f['index_mb']:>8.1f} {f['load_s']:>7.1f} "
+              f"{f['build_s']:>8.1f} {both:>8.1f} ({both / base_both:.2f})")
+    print("\nsearch (dpr_pg.search), round-robin: p50 / p95 ms, recall@10; p50 ratio to vector's")
+    print(f"{'contender':<15} {'band':<6} {'path':<22} {'p50':>7} {'p95':>7} {'recall':>7} {'p50/vector':>11}")
+    for band in [b for b, _ in BANDS] + [f"ef{ef}" for ef in ef_searches]:
+        for label in labels:
+            b = runs[label][band]
+            print(f"{label:<15} {band:<6} {b['paths']:<22} {b['p50']:>7.2f} {b['p95']:>7.2f} {b['recall']:>7.3f} "
+                  f"{b['p50'] / runs['vector'][band]['p50']:>11.2f}")
 
 
 if __name__ == "__main__":
