@@ -30,6 +30,22 @@ from dpr_pg.tuning import MAX_DIM, MAX_K
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+HALF_MAX = 65504.0  # the largest finite half-precision value: a halfvec column holds nothing beyond it
+
+
+def check_half_range(vector: np.ndarray) -> np.ndarray:
+    """A query vector for a halfvec column: refuse values beyond ±65,504, which the server's cast would.
+
+    >>> check_half_range(np.array([1.0, 70000.0]))
+    Traceback (most recent call last):
+    dpr_pg.errors.QueryVectorError: the query vector holds a value beyond halfvec's range (±65504), the type this database stores; check the encoder output
+    """
+    if vector.size and float(np.abs(vector).max()) > HALF_MAX:
+        raise QueryVectorError(f"the query vector holds a value beyond halfvec's range (±{HALF_MAX:g}), the type this "
+                               "database stores; check the encoder output")
+    return vector
+
+
 def check_k(k: Any, *, limit: int = MAX_K, name: str = "k") -> int:
     """``k`` when it is an integer between 1 and ``limit``; else :class:`InvalidKError`.
 

@@ -176,7 +176,7 @@ def test_doctor_json_reports_versions_and_hides_the_password(cli, database_url: 
     assert report["schema_revision"] == schema.head_revision()
     assert report["dim"] == 768
     assert report["warnings"] == []
-    assert report["hnsw"] == {"m": 16, "ef_construction": 64, "storage": "vector"}
+    assert report["hnsw"] == {"m": 16, "ef_construction": 64, "storage": "vector", "column": "vector"}
     assert "s3cret" not in result.stdout and "***" in report["database_url"]
 
 

@@ -24,8 +24,8 @@ from sqlalchemy.engine import Engine
 from dpr_pg import _progress
 from dpr_pg.db.storage import Storage, check_dim, index_method, read_storage, write_storage
 from dpr_pg.errors import ConfigError, IndexBuildError
+from dpr_pg.validation import HALF_MAX
 
-HALF_MAX = 65504.0  # the largest finite half-precision value: halfvec refuses anything beyond it
 _SIZES = sa.text("""
 SELECT c.reltuples, pg_table_size(c.oid), pg_relation_size(c.oid),
        coalesce(pg_relation_size(to_regclass('dpr_pg.passages_embedding_hnsw')), 0), a.atttypmod
@@ -141,4 +141,4 @@ def rewrite_column(engine: Engine, chosen: Storage, *, m: int, ef_construction: 
     return ColumnRewrite(previous, chosen, rows, time.perf_counter() - started)
 
 
-__all__ = ["ColumnRewrite", "HALF_MAX", "StorageSizes", "rewrite_column", "storage_sizes", "vector_row_bytes"]
+__all__ = ["ColumnRewrite", "StorageSizes", "rewrite_column", "storage_sizes", "vector_row_bytes"]

@@ -185,8 +185,9 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
                             "searches run as exact scans; run dpr-pg index to build it")
         else:
             with engine.connect() as conn:
+                stored = read_storage(conn)
                 hnsw = {"m": parameters.m, "ef_construction": parameters.ef_construction,
-                        "storage": read_storage(conn).kind, "column": read_storage(conn).column}
+                        "storage": stored.kind, "column": stored.column}
                 sizes = conn.execute(sa.text(
                     "SELECT pg_relation_size(to_regclass(:index)), pg_size_bytes(current_setting('shared_buffers'))"),
                     {"index": f"dpr_pg.{HNSW_INDEX}"}).one()

@@ -45,9 +45,10 @@ DEFAULT_RERANK_MULTIPLE = 4
 MAX_RERANK_MULTIPLE = 100
 
 _READ = sa.text("SELECT name, value FROM dpr_pg.settings WHERE name IN ('storage', 'rerank_multiple')")
-_COLUMN_TYPE = sa.text(
-    "SELECT t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-    "WHERE a.attrelid = to_regclass('dpr_pg.passages') AND a.attname = 'embedding'")
+# The column's type: the catalog is its record (see the module's docstring).
+COLUMN_TYPE_SQL = ("SELECT t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                   "WHERE a.attrelid = to_regclass('dpr_pg.passages') AND a.attname = 'embedding'")
+_COLUMN_TYPE = sa.text(COLUMN_TYPE_SQL)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import psycopg
 from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import DatabaseError
+from dpr_pg.db.storage import COLUMN_TYPE_SQL
 from dpr_pg.ingest.copybin import copy_payload, int4_field, text_field
 from dpr_pg.db.models import TSV_EXPRESSION
 
@@ -59,10 +60,6 @@ DELETE FROM dpr_pg.passages p
 WHERE p.collection = %s
   AND NOT EXISTS (SELECT 1 FROM pg_temp.{_KEEP} k WHERE k.external_id = p.external_id)
 """
-
-
-_COLUMN_TYPE = ("SELECT t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-                "WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding'")
 
 
 @dataclass(frozen=True)
@@ -127,7 +124,7 @@ class PassageWriter:
             conn.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
             conn.execute("SET client_encoding TO 'UTF8'")  # copybin sends text as UTF-8 bytes
             # The staging table's vectors have the column's type: binary COPY sends that type's format.
-            (column,) = conn.execute(_COLUMN_TYPE).fetchone() or ("vector",)
+            (column,) = conn.execute(COLUMN_TYPE_SQL).fetchone() or ("vector",)
             self.half = column == "halfvec"
             conn.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (external_id text NOT NULL, title text NOT NULL, "

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from dpr_pg.validation import HALF_MAX
+
 # Surrogates only exist in a str that came from "\udXXX" escapes in JSON, or from invalid UTF-8
 # decoded with errors="surrogateescape" (U+DC80..U+DCFF): PostgreSQL can store neither.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -123,13 +125,10 @@ def vector_problems(vectors: np.ndarray, dim: int, *, half: bool = False) -> lis
     return problems
 
 
-_HALF_MAX = 65504.0
-
-
 def _half_problems(vectors: np.ndarray, problems: list[str | None]) -> None:
     """Fill in the rows that a halfvec column cannot hold: a value beyond ±65,504, or all zeros once rounded."""
     with np.errstate(over="ignore"):
-        beyond = np.abs(vectors) > _HALF_MAX
+        beyond = np.abs(vectors) > HALF_MAX
         zero = ~np.any(vectors.astype(np.float16) != 0, axis=1)
     for row in np.flatnonzero(beyond.any(axis=1) | zero):
         if problems[row] is not None:
@@ -137,7 +136,7 @@ def _half_problems(vectors: np.ndarray, problems: list[str | None]) -> None:
         if beyond[row].any():
             column = int(np.flatnonzero(beyond[row])[0])
             problems[row] = (f"embedding value {float(vectors[row, column])!r} at dimension {column} is beyond "
-                             f"halfvec's range (±{_HALF_MAX:g}), the type the database stores; check the encoder "
+                             f"halfvec's range (±{HALF_MAX:g}), the type the database stores; check the encoder "
                              "output, or keep a vector column")
         else:
             problems[row] = ("embedding rounds to all zeros in half precision, the type the database stores; "

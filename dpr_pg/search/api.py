@@ -29,13 +29,13 @@ from dpr_pg.search.planner import Explain, SearchPlan
 from dpr_pg.search.orm import model_search_statement
 from dpr_pg.search.query_vector import vector_binding
 from dpr_pg.search.statistics import TABLE_FACTS
-from dpr_pg.errors import DimensionError, QueryVectorError, SchemaError, SearchError
+from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, to_sql
 from dpr_pg.db.models import Passage
 from dpr_pg.db.replicas import read_connection
 from dpr_pg.db.storage import Storage, ann_distance, check_storage, read_storage
 from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS, MAX_QUERY_TEXT_WORDS
-from dpr_pg.validation import check_filter, check_k, check_query_vector
+from dpr_pg.validation import check_filter, check_half_range, check_k, check_query_vector
 
 if TYPE_CHECKING:
     from dpr_pg.encoders.pair import EncoderPair, QuestionSide
@@ -87,16 +87,6 @@ def query_vector(value: Any, dim: int) -> np.ndarray:
     array([0.5, 1. ], dtype=float32)
     """
     return check_query_vector(value, dim)
-
-
-def _check_half_range(vector: np.ndarray) -> None:
-    """On a halfvec column the query is cast to halfvec: refuse values beyond its ±65,504 here."""
-    if vector.size and float(np.abs(vector).max()) > _HALF_MAX:
-        raise QueryVectorError(f"the query vector holds a value beyond halfvec's range (±{_HALF_MAX:g}), the type this "
-                               "database stores; check the encoder output")
-
-
-_HALF_MAX = 65504.0
 
 
 def _is_real(value: Any) -> bool:
@@ -511,7 +501,7 @@ def search_many(
         vectors = [query_vector(next(encoded) if isinstance(q, str) else q, dim) for q in queries]
         if stored.column == "halfvec":
             for vector in vectors:
-                _check_half_range(vector)
+                check_half_range(vector)
         restore = not isinstance(bind, Engine)  # our own transaction ends right after: nothing to restore
         # Unfiltered ANN sets the plan mode with its other settings: one round trip fewer.
         pgvector = pgvector_version or version
