@@ -167,7 +167,9 @@ class BatchRun:
         if not changed:
             return
         if rows is not None:
-            embeddings = np.stack([rows[doc.number - batch.first_record] for doc, _, _ in changed]).astype(np.float32)
+            picks = np.fromiter((doc.number - batch.first_record for doc, _, _ in changed), dtype=np.intp,
+                                count=len(changed))
+            embeddings = rows[picks].astype(np.float32, copy=False)  # one copy of the batch's rows, no per-row arrays
             self._submit(changed, embeddings, fresh=not stored)
             return
         passages = [(doc.title, doc.text) for doc, _, _ in changed]

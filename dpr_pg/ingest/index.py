@@ -20,6 +20,7 @@ inside ``pg_advisory_lock`` behind it would be a deadlock. A failed rebuild drop
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,6 +59,14 @@ _SWAP_LOCK_TIMEOUT = "5s"  # while the swap waits for its lock, new searches que
 # sharply. Per row: the vector, 2m neighbour slots of the bottom layer and the element's overhead.
 _ROW_OVERHEAD = 96
 _MAX_AUTO_MEMORY = 16 * 2**30
+# The automatic size never takes more than this share of the machine's RAM (the server, its page
+# cache and the other processes need the rest): 6 GB on a 24 GB machine, 16 GB from 64 GB up.
+_RAM_SHARE = 0.25
+_STALE_COUNT = sa.text(
+    "SELECT c.reltuples < 0 OR pg_stat_get_mod_since_analyze(c.oid) > 0.1 * c.reltuples "
+    "FROM pg_class c WHERE c.oid = 'dpr_pg.passages'::regclass")
+# Bytes a dimension of the value the graph stores, by storage (see dpr_pg.db.storage).
+_BYTES_PER_DIM = {"vector": 4.0, "halfvec": 2.0, "bit": 1 / 8}
 
 
 def index_lock_holder(conn: Connection) -> str | None:
@@ -151,6 +160,7 @@ class IndexBuild:
     rows: int
     seconds: float
     maintenance_work_mem: str
+    parallel_workers: int = 0  # max_parallel_maintenance_workers: processes that help the build's leader
 
 
 def _definition(name: str, parameters: HnswParameters, method: str, *, concurrently: bool = False) -> str:
@@ -236,9 +246,11 @@ def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
                 return False
             conn.execute(sa.text(DROP_INVALID_HNSW))
             conn.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{_NEW_INDEX}"))  # no rebuild runs: we hold the lock
-            _set_memory(conn, maintenance_work_mem, parameters)
-            with _progress.index_build(engine, progress):
-                conn.execute(sa.text(_definition(HNSW_INDEX, parameters, _method(conn))))
+            storage = read_storage(conn)
+            memory = _set_memory(conn, maintenance_work_mem, parameters, storage.kind)
+            workers = _set_workers(conn)
+            with _progress.index_build(engine, progress, description=_describe(storage.kind, memory, workers)):
+                conn.execute(sa.text(_definition(HNSW_INDEX, parameters, _method(conn, storage))))
             return True
     except sa.exc.DBAPIError as e:
         raise IndexBuildError(f"the HNSW index was not built: {_reason(e)}; searches run as exact scans "
@@ -270,10 +282,12 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
     try:
         with _autocommit(engine) as conn, _index_lock(conn, wait=wait):
             conn.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{_NEW_INDEX}"))  # a killed build's
-            memory = _set_memory(conn, maintenance_work_mem, parameters)
+            kind = (storage or read_storage(conn)).kind
+            memory = _set_memory(conn, maintenance_work_mem, parameters, kind)
+            workers = _set_workers(conn)
             try:
                 started = time.perf_counter()
-                with _progress.index_build(engine, progress):
+                with _progress.index_build(engine, progress, description=_describe(kind, memory, workers)):
                     conn.execute(sa.text(_definition(_NEW_INDEX, parameters, _method(conn, storage), concurrently=True)))
                 seconds = time.perf_counter() - started
                 _swap(engine, storage)
@@ -285,7 +299,7 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
     except sa.exc.DBAPIError as e:
         raise IndexBuildError(f"the HNSW index was not rebuilt: {_reason(e)}; the old index is kept and the "
                               "new one was dropped: re-run dpr-pg index") from e
-    return IndexBuild(parameters, rows, seconds, memory)
+    return IndexBuild(parameters, rows, seconds, memory, workers)
 
 
 def _swap(engine: Engine, storage: Storage | None = None) -> None:
@@ -334,14 +348,79 @@ def _drop_new_index(engine: Engine, conn: Connection) -> None:
                     _NEW_INDEX, _reason(e))
 
 
-def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters) -> str:
-    """SET maintenance_work_mem for this session: ``memory``, or enough for the table's graph; returns it."""
+def machine_memory() -> int:
+    """Bytes of RAM of this machine (0 when unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def memory_cap(ram: int | None = None) -> int:
+    """The most the automatic ``maintenance_work_mem`` takes: a quarter of the RAM, at most 16 GB.
+
+    Example:
+        >>> memory_cap(24 * 2**30) // 2**30, memory_cap(256 * 2**30) // 2**30
+        (6, 16)
+    """
+    ram = machine_memory() if ram is None else ram
+    return min(_MAX_AUTO_MEMORY, int(ram * _RAM_SHARE)) if ram else _MAX_AUTO_MEMORY
+
+
+def graph_bytes(rows: float, dim: int, parameters: HnswParameters, kind: str = "vector") -> int:
+    """About what pgvector's in-memory graph of ``rows`` takes while it builds, with a 25% margin.
+
+    Example:
+        >>> graph_bytes(1_000_000, 768, HnswParameters(), "vector") // 2**20
+        4081
+    """
+    per_row = _BYTES_PER_DIM.get(kind, 4.0) * dim + 16 * parameters.m + _ROW_OVERHEAD
+    return int(rows * per_row * 1.25)
+
+
+def parallel_workers(cores: int | None = None) -> int:
+    """Processes that help the leader of an index build: one less than the cores (pgvector's advice), 1 to 7.
+
+    Example:
+        >>> parallel_workers(2), parallel_workers(8), parallel_workers(64)
+        (1, 7, 7)
+    """
+    cores = cores or os.cpu_count() or 2
+    return max(1, min(7, cores - 1))
+
+
+def _set_workers(conn: Connection) -> int:
+    """SET max_parallel_maintenance_workers for this session's build from the machine's cores; returns it."""
+    workers = parallel_workers()
+    conn.execute(sa.text("SELECT set_config('max_parallel_maintenance_workers', :w, false)"), {"w": str(workers)})
+    return workers
+
+
+def _describe(kind: str, memory: str, workers: int) -> str:
+    """What the progress bar of a build says it uses."""
+    return (f"HNSW index ({kind}; maintenance_work_mem {memory}, cap {memory_cap() // 2**20}MB = a quarter of "
+            f"the RAM; {workers} parallel worker(s) + leader)")
+
+
+def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters, kind: str = "vector") -> str:
+    """SET maintenance_work_mem for this session: ``memory``, or enough for the table's graph; returns it.
+
+    The automatic size is what the graph needs (:func:`graph_bytes`, for the storage ``kind``), at
+    most :func:`memory_cap`, and never below the server's own setting. A table never analysed (a
+    bulk load into a new table) is analysed first: without a row count the build got the server's
+    default (64MB), and a 1M-row graph that does not fit in memory builds many times slower.
+    """
     if memory is None:
+        # reltuples is -1 until the first ANALYZE or VACUUM (a bulk load into a new table), and stale
+        # after large writes: a sized build needs the count, so ANALYZE first (a sample: seconds at 1M rows).
+        if conn.execute(_STALE_COUNT).scalar():
+            conn.execute(sa.text("ANALYZE dpr_pg.passages"))
         rows, dim, current = conn.execute(sa.text(
-            "SELECT greatest(c.reltuples, 0), a.atttypmod, pg_size_bytes(current_setting('maintenance_work_mem')) "
+            "SELECT greatest(c.reltuples, 0), a.atttypmod, "
+            "pg_size_bytes(current_setting('maintenance_work_mem')) "
             "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'embedding' "
             "WHERE c.oid = 'dpr_pg.passages'::regclass")).one()
-        needed = min(int(rows * (4 * dim + 16 * parameters.m + _ROW_OVERHEAD) * 1.25), _MAX_AUTO_MEMORY)
+        needed = min(graph_bytes(rows, int(dim), parameters, kind), memory_cap())
         memory = f"{needed // 2**20}MB" if needed > current else None  # never lower the server's setting
     if memory is not None:
         try:

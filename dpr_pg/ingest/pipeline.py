@@ -265,6 +265,7 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
     pipeline = Pipeline()
     pool = WriterPool(engine, options, pipeline=pipeline, report=report, lock=lock, clock=clocks["write"],
                       limit=writer_limit())
+    analyzed = False
     try:
         with PassageWriter(engine, **options) as lookups, ExitStack() as stack:
             remote = None
@@ -293,14 +294,21 @@ def _write(engine: Engine, encoder: EncoderPair | None, fingerprint: EncoderFing
                 report.pruned = lookups.prune(itertools.chain(last.keys(), kept))
     finally:
         if defer_index:  # also after a failure: never leave the table without its index
+            # Statistics first: the build sizes its memory from the table's row count, which a
+            # new table has none of until it is analysed.
+            analyzed = analyze_if_changed(engine, changed=_changed(report), collection=collection)
             built = time.perf_counter()
             if ensure_hnsw(engine, dropped, progress=progress):  # with the parameters it had
                 report.index_seconds = time.perf_counter() - built
     # Fresh statistics for the planner: after a load into a new collection it would take 0.5 % as the estimate.
-    analyze_if_changed(engine, changed=report.inserted + report.updated + report.pruned + report.removed,
-                       collection=collection)
+    if not analyzed:
+        analyze_if_changed(engine, changed=_changed(report), collection=collection)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _changed(report: IngestReport) -> int:
+    return report.inserted + report.updated + report.pruned + report.removed
 
 
 def is_documents(roots: Sequence[str | Path], format: str | None) -> bool:

@@ -1,12 +1,14 @@
 """Precomputed passage embeddings: a ``.npy`` array or a Parquet column, one row per input record.
 
-Rows are read in order, batch by batch (a ``.npy`` with file reads, a Parquet column in row
-batches), so memory stays flat however large the file.
+Rows are read in order, batch by batch (a ``.npy`` through a memory map whose read pages are
+given back, a Parquet column in row batches), so memory stays flat however large the file.
 """
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +64,12 @@ class EmbeddingSource:
 
 
 class _NpySource(EmbeddingSource):
-    """Reads row ranges with plain file reads: a memory map would count every touched page in RSS."""
+    """A memory map of the ``.npy`` (``np.load(mmap_mode="r")``), read in order, batch by batch.
+
+    Only the rows of the batch being read are copied out. The pages of the rows already read are
+    handed back to the kernel (``madvise(MADV_DONTNEED)``; they stay in the page cache), so the
+    process's RSS holds about one batch of the file however large it is, and nothing is read twice.
+    """
 
     def __init__(self, path: Path) -> None:
         try:
@@ -71,7 +78,6 @@ class _NpySource(EmbeddingSource):
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                else np.lib.format.read_array_header_2_0)
                 shape, fortran_order, dtype = read_header(handle)
-                self.offset = handle.tell()
         except ValueError as e:
             raise IngestError(f"{path.name} is not a readable .npy array: {e}") from e
         if len(shape) != 2 or dtype.kind not in "fiu" or dtype.hasobject:
@@ -80,15 +86,41 @@ class _NpySource(EmbeddingSource):
         if fortran_order:
             raise IngestError(f"{path.name} is stored in Fortran order; save it with np.save(path, "
                               "np.ascontiguousarray(vectors)) so that rows can be streamed")
-        self.dtype = dtype
-        self.handle = open(path, "rb")  # noqa: SIM115 - kept open while the ingest reads rows in order
         super().__init__(path, int(shape[0]), int(shape[1]))
+        self.dtype = dtype
+        self.array: np.ndarray | None = None
+        self._map: Any = None  # the mmap under the array, whose read pages are released
+        self._base = 0  # where row 0 starts in the map
+        self._released = 0  # bytes of the map given back so far
+        if shape[0] and shape[1]:
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise IngestError(f"{path.name} is not a readable .npy array: {e}") from e
+            self.array = array
+            self._map = getattr(array, "_mmap", None)
+            self._base = int(array.offset) % mmap.ALLOCATIONGRANULARITY
+            if self._map is not None and hasattr(mmap, "MADV_SEQUENTIAL"):
+                self._map.madvise(mmap.MADV_SEQUENTIAL)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         assert self.dim is not None
-        self.handle.seek(self.offset + start * self.dim * self.dtype.itemsize)
-        block = np.fromfile(self.handle, dtype=self.dtype, count=(stop - start) * self.dim).reshape(-1, self.dim)
-        return block if block.dtype.kind == "f" else block.astype(np.float64)
+        if self.array is None:
+            return np.empty((0, self.dim), dtype=np.float32)
+        block = self.array[start:stop]
+        # A copy: the pages under it are released below, and the batch outlives this call.
+        block = np.array(block, dtype=block.dtype if block.dtype.kind == "f" else np.float64)
+        self._release(stop)
+        return block
+
+    def _release(self, stop: int) -> None:
+        """Give back the map's pages of the rows before ``stop`` (whole pages only)."""
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        end = (self._base + stop * self.dim * self.dtype.itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > self._released:
+            self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
+            self._released = end
 
 
 class _ParquetSource(EmbeddingSource):
