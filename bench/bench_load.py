@@ -11,8 +11,9 @@ What a user runs, timed as separate processes on the embedded PostgreSQL:
 afterwards would build it a second time, so it is not run). For each run the script records:
 
 - the wall time of the ingest process, and its stages (load; index build);
-- the client's peak RSS (``VmHWM`` of the process, sampled, and ``ru_maxrss`` from ``wait4``) and
-  its CPU time (user + sys);
+- the client's peak RSS (``VmHWM`` of its own address space, sampled every 0.2 s; ``ru_maxrss`` from
+  ``wait4`` is printed too, but it is an upper bound only: exec folds in the forking parent's peak)
+  and its CPU time (user + sys);
 - the server's CPU time (user + sys of the postmaster and every backend and parallel worker, including
   those that ended: the postmaster's ``cutime``/``cstime``) and the peak of the server processes'
   summed anonymous RSS (private memory; ``shared_buffers`` is counted apart);
@@ -64,6 +65,8 @@ def write_inputs(folder: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
     from dpr_pg.encoders.tiny import spanish_sentences
 
     emb, source = folder / f"vectors{rows}.npy", folder / f"records{rows}.jsonl"
+    if emb.exists() and source.exists():  # made before (--inputs)
+        return source, emb
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(max(10, rows // 1000), DIM)).astype(np.float32)
     array = np.lib.format.open_memmap(emb, mode="w+", dtype=np.float32, shape=(rows, DIM))
@@ -197,8 +200,8 @@ def run_client(args: list[str], *, baseline: Path | None, postmaster: int, log: 
     if process.returncode not in (0,):
         raise SystemExit(f"{' '.join(args[:3])} failed with exit code {process.returncode}; see {log}")
     return {"wall": wall, "client_cpu": usage.ru_utime + usage.ru_stime, "client_user": usage.ru_utime,
-            "client_sys": usage.ru_stime, "client_peak_mib": max(sampler.client_hwm, usage.ru_maxrss * 1024) / 2**20,
-            "client_hwm_mib": sampler.client_hwm / 2**20, "client_maxrss_mib": usage.ru_maxrss / 1024,
+            "client_sys": usage.ru_stime, "client_peak_mib": sampler.client_hwm / 2**20,
+            "client_maxrss_mib": usage.ru_maxrss / 1024,
             "server_cpu": server_cpu(postmaster) - server_before, "server_anon_mib": sampler.server_anon / 2**20,
             "load_before": load_before[0], "load_max": max(sampler.loads or [0.0]),
             "load_mean": statistics.fmean(sampler.loads) if sampler.loads else 0.0, "stdout": out.decode()}
@@ -270,7 +273,8 @@ def one_run(admin_url: str, folder: Path, source: Path, emb: Path, models: tuple
 
 def show(label: str, storage: str, r: dict) -> None:
     print(f"  {label:10s} {storage:8s} wall {r['wall']:7.1f} s = load {r['load']:7.1f} + index {r['index']:7.1f} "
-          f"+ start {r['startup']:4.1f} | client peak RSS {r['client_peak_mib']:6.0f} MiB, CPU {r['client_cpu']:6.1f} s "
+          f"+ start {r['startup']:4.1f} | client peak RSS {r['client_peak_mib']:6.0f} MiB "
+          f"(ru_maxrss {r['client_maxrss_mib']:.0f}), CPU {r['client_cpu']:6.1f} s "
           f"| server CPU {r['server_cpu']:7.1f} s, anon RSS {r['server_anon_mib']:6.0f} MiB "
           f"| load avg {r['load_before']:.2f} -> max {r['load_max']:.2f} (mean {r['load_mean']:.2f})", flush=True)
     busy = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in r["stages"].items())
@@ -294,7 +298,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="runs of each of baseline and contender, alternating")
     parser.add_argument("--baseline-ref", default="main", help="git ref of the baseline ('none': contender only)")
     parser.add_argument("--folder", type=Path, default=Path("/tmp"), help="where the inputs and the server go")
+    parser.add_argument("--inputs", type=Path, help="a folder for the inputs, made there if missing and kept "
+                        "(to make them outside the benchmark's lock: --make-inputs)")
+    parser.add_argument("--make-inputs", action="store_true", help="only write the inputs into --inputs")
     args = parser.parse_args()
+    if args.make_inputs:
+        args.inputs.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        source, emb = write_inputs(args.inputs, args.rows)
+        print(f"{source}, {emb} in {time.perf_counter() - started:.0f} s")
+        return
     folder = Path(tempfile.mkdtemp(prefix="dpr_load_", dir=args.folder))
     os.environ["DPR_PG_HOME"] = str(folder / "home")
     os.environ.pop("DPR_PG_DATABASE_URL", None)
@@ -304,7 +317,7 @@ def main() -> None:
     try:
         print(f"{os.cpu_count()} cores; load average at start {loadavg()}; folder {folder}", flush=True)
         started = time.perf_counter()
-        source, emb = write_inputs(folder, args.rows)
+        source, emb = write_inputs(args.inputs or folder, args.rows)
         print(f"inputs: {args.rows} x {DIM} float32 ({emb.stat().st_size / 2**30:.2f} GiB) + JSONL "
               f"({source.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.0f} s", flush=True)
         models = make_tiny_models(folder / "models", dim=DIM)
