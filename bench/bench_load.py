@@ -266,7 +266,7 @@ def one_run(admin_url: str, folder: Path, source: Path, emb: Path, models: tuple
     result["writers"] = report.get("writers")
     result["checked"] = check_index(url, rows, storage)
     result["progress"] = [line.strip() for line in log.read_text(errors="replace").replace("\r", "\n").splitlines()
-                          if "maintenance_work_mem" in line][-1:]
+                          if "maintenance_work_mem" in line][:1]
     drop_database(admin_url, name)
     return result
 

@@ -136,7 +136,7 @@ def test_a_load_with_a_deferred_index_ends_with_a_valid_index_of_the_storage(
     # analysed before the build), its cap and the parallel workers.
     err = capsys.readouterr().err
     memory = graph_bytes(3000, 768, HnswParameters(), storage) // MiB
-    assert f"HNSW index ({storage}; maintenance_work_mem {memory}MB, cap " in err, err[-500:]
+    assert f"HNSW index ({storage}): maintenance_work_mem {memory}MB (cap " in err, err[-500:]
     assert f"{parallel_workers()} parallel worker(s) + leader" in err
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT embedding FROM dpr_pg.passages WHERE external_id = 'p1234'")).scalar()

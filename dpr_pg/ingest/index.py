@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -249,7 +250,8 @@ def ensure_hnsw(engine: Engine, parameters: HnswParameters | None = None, *,
             storage = read_storage(conn)
             memory = _set_memory(conn, maintenance_work_mem, parameters, storage.kind)
             workers = _set_workers(conn)
-            with _progress.index_build(engine, progress, description=_describe(storage.kind, memory, workers)):
+            _tell(progress, storage.kind, memory, workers)
+            with _progress.index_build(engine, progress):
                 conn.execute(sa.text(_definition(HNSW_INDEX, parameters, _method(conn, storage))))
             return True
     except sa.exc.DBAPIError as e:
@@ -287,7 +289,8 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
             workers = _set_workers(conn)
             try:
                 started = time.perf_counter()
-                with _progress.index_build(engine, progress, description=_describe(kind, memory, workers)):
+                _tell(progress, kind, memory, workers)
+                with _progress.index_build(engine, progress):
                     conn.execute(sa.text(_definition(_NEW_INDEX, parameters, _method(conn, storage), concurrently=True)))
                 seconds = time.perf_counter() - started
                 _swap(engine, storage)
@@ -396,10 +399,11 @@ def _set_workers(conn: Connection) -> int:
     return workers
 
 
-def _describe(kind: str, memory: str, workers: int) -> str:
-    """What the progress bar of a build says it uses."""
-    return (f"HNSW index ({kind}; maintenance_work_mem {memory}, cap {memory_cap() // 2**20}MB = a quarter of "
-            f"the RAM; {workers} parallel worker(s) + leader)")
+def _tell(progress: bool | None, kind: str, memory: str, workers: int) -> None:
+    """With the progress bar, a line first that says what the build uses."""
+    if _progress.shown(progress):
+        print(f"HNSW index ({kind}): maintenance_work_mem {memory} (cap {memory_cap() // 2**20}MB, a quarter of "
+              f"the RAM), {workers} parallel worker(s) + leader", file=sys.stderr, flush=True)
 
 
 def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters, kind: str = "vector") -> str:
