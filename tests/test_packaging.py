@@ -76,6 +76,7 @@ def test_wheel_installed_in_a_clean_venv_runs_init(tmp_path: Path, empty_url: st
     assert "dpr_pg/_migrations/env.py" in names
     assert any(name.startswith("dpr_pg/_migrations/versions/0001") for name in names)
     assert "dpr_pg/_migrations/script.py.mako" in names
+    assert "dpr_pg/_migrations/frozen.py" in names  # the migrations' own helpers: init below imports them
     assert {"dpr_pg/data/sample_es.jsonl", "dpr_pg/data/tiny_vocab.txt"} <= set(names)
     assert "dpr_pg/_migrations/versions/sql/0004_search.sql" in names  # the SQL 0004 ran, frozen
     assert "dpr_pg/_sql/search.sql" in names

@@ -8,12 +8,16 @@ revision's template by one step), and holds a few passages and a synced app tabl
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import io
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.script import ScriptDirectory
 
 from dpr_pg.db import schema
@@ -23,6 +27,25 @@ DIM = 4
 REVISIONS = [script.revision
              for script in reversed(list(ScriptDirectory.from_config(schema.alembic_config()).walk_revisions()))]
 EARLIER = REVISIONS[:-1]
+# sha256 of what each revision runs, offline: its upgrade (pgvector in public, then in a schema
+# "extensions") and its downgrade. A new revision adds its line; an existing line never changes.
+# (An Alembic release that writes its --sql output otherwise changes them all: then check the
+# scripts' diff, and update the lines together.)
+FROZEN_SQL_SHA256 = {
+    "0001": "c4cd852a782aa069966330a142322188f11ca35224e8b8c6bc697209c170e2b5",
+    "0002": "ee906e77ab7572bfca488a06b79908b50c4c9b0db7cac8aa677f17dbedc998e9",
+    "0003": "50b41d6e6a5f70cbed59767abe25e1147a24b850c6f2794e54f09542ba183311",
+    "0004": "bb6e21db5ef1d89c27a1edf4887ab7b454a5afac557a06e268c918b7d8138cb3",
+    "0005": "b30b50ddc059dd1e789d699d5adbd31f2f416178425e6b1ee5f1d803a0aa016b",
+    "0006": "06dc762f65d974449c664a3a56a2883c60dd48ad28d5051139caee76529b0cfa",
+    "0007": "14047c17af498add96e72e818d9d8fcccced4527eb2b29758423327c8bd13819",
+    "0008": "1f0a6571b26a6ef039289fb796a240c0d2fa62effa1959fb5d35d2fe9ee8fbaa",
+    "0011": "6536a2856abd04d93c0ca5c27d8f0c63122a24dbaa47a882479df37295e70b43",
+    "0012": "655269bfb680591a96bd5bf2dbc53c28c8094df73f1fee4c3a2438b2f9d9c2ad",
+    "0013": "da1170a64cec14435ef0f10767d18041b1717c814624e06ce6d16b0e3884813a",
+    "0014": "d58c10a6355e3df3fb43380c194d1d24d1bd61ac44752c29ebadd9451de9f78a",
+    "0015": "25c5597c10f8133ef34b1b2b13c5d1be4bfa6d36344ea4cb18ee7a53de9e2729",
+}
 DPR_TABLES = ("dpr_pg.encoders", "dpr_pg.passages", "dpr_pg.synced_tables", "dpr_pg.sync_queue")
 
 # The catalog of dpr_pg's schema and of the app's tables (schema public), in comparable text.
@@ -160,6 +183,25 @@ def test_the_history_is_read_from_the_migration_scripts() -> None:
     assert REVISIONS[-1] == schema.head_revision()
     assert len(REVISIONS) == len(set(REVISIONS)) >= 9
 
+
+def _offline_sql(direction: str, target: str, vector_schema: str = "public") -> str:
+    """What ``alembic <direction> <target> --sql`` writes: the migrations alone (init_sql adds sql/ at head)."""
+    cfg = schema.alembic_config(dim=768)
+    cfg.cmd_opts = argparse.Namespace(x=[f"vector_schema={vector_schema}"])
+    cfg.output_buffer = io.StringIO()
+    getattr(command, direction)(cfg, target, sql=True)
+    return cfg.output_buffer.getvalue()
+
+
+def test_each_revision_runs_the_sql_it_ran_when_it_was_frozen() -> None:
+    found, previous = {}, None
+    for revision in REVISIONS:
+        scripts = [_offline_sql("upgrade", f"{previous}:{revision}" if previous else revision, vector_schema)
+                   for vector_schema in ("public", "extensions")]
+        scripts.append(_offline_sql("downgrade", f"{revision}:{previous or 'base'}"))
+        found[revision] = hashlib.sha256("".join(scripts).encode()).hexdigest()
+        previous = revision
+    assert found == FROZEN_SQL_SHA256
 
 def test_each_revision_keeps_what_it_ran(server: Any, revision_templates: dict[str, str]) -> None:
     def facts(revision: str) -> tuple[Any, ...]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command, context
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
@@ -96,19 +96,6 @@ def alembic_config(connection: Connection | None = None, *, dim: int | None = No
     return cfg
 
 
-def migration_dim() -> int:
-    """The dimension a migration should use: init's argument, ``-x dim=N``, or 768."""
-    chosen = context.config.attributes.get("dim") or context.get_x_argument(as_dictionary=True).get("dim")
-    return int(chosen) if chosen else DEFAULT_DIM
-
-
-def vector_schema() -> str:
-    """From a migration: the quoted schema of the vector extension (``-x vector_schema=`` offline)."""
-    if context.is_offline_mode():
-        return quoted_schema_name(context.get_x_argument(as_dictionary=True).get("vector_schema", "public"))
-    return context.get_bind().execute(sa.text(_VECTOR_SCHEMA_SQL)).scalar_one()
-
-
 def quoted_schema_name(name: str) -> str:
     """``name`` as SQL text, quoted only where PostgreSQL needs it; refuses anything but a plain identifier.
 
@@ -122,18 +109,6 @@ def quoted_schema_name(name: str) -> str:
             "in psql shows it"
         )
     return postgresql.dialect().identifier_preparer.quote(name)
-
-
-def execute_script(sql: str) -> None:
-    """From a migration: run a SQL script verbatim, or write it out in offline (``--sql``) mode.
-
-    Scripts of function bodies hold ``%``, ``:name`` and ``$n`` that a parameter-aware layer would
-    try to interpret, so online they go straight to the driver.
-    """
-    if context.is_offline_mode():
-        context.get_context().impl.static_output(sql.rstrip() + "\n")
-    else:
-        context.get_bind().connection.driver_connection.execute(sql)
 
 
 def init_sql(

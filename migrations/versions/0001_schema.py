@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from dpr_pg.db.schema import execute_script, migration_dim
+from dpr_pg._migrations.frozen import execute_script, migration_dim
 
 revision = "0001"
 down_revision = None

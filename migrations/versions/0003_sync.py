@@ -18,8 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import context, op
 
-from dpr_pg.errors import SchemaError
-from dpr_pg.db.schema import execute_script
+from dpr_pg._migrations.frozen import SchemaError, execute_script
 
 revision = "0003"
 down_revision = "0002"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from alembic import op
 
-from dpr_pg.db.schema import execute_script, vector_schema
+from dpr_pg._migrations.frozen import execute_script, vector_schema
 
 revision = "0004"
 down_revision = "0003"

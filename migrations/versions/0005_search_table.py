@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alembic import op
 
-from dpr_pg.db.schema import execute_script
+from dpr_pg._migrations.frozen import execute_script
 
 revision = "0005"
 down_revision = "0004"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dpr_pg.db.schema import execute_script, vector_schema
+from dpr_pg._migrations.frozen import execute_script, vector_schema
 
 revision = "0008"
 down_revision = "0007"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dpr_pg.db.schema import execute_script
+from dpr_pg._migrations.frozen import execute_script
 
 revision = "0012"
 down_revision = "0011"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from dpr_pg.db.schema import execute_script
+from dpr_pg._migrations.frozen import execute_script
 
 revision = "0013"
 down_revision = "0012"

@@ -20,7 +20,7 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-from dpr_pg.db.schema import execute_script
+from dpr_pg._migrations.frozen import execute_script
 
 revision = "0014"
 down_revision = "0013"
