@@ -15,6 +15,8 @@ Commands run round-robin, so load from other processes falls on all of them alik
   search, auto        this tree's default: the question encoder from the cached ONNX graph, no torch import
   help, before/now    `dpr-pg --help` of the other source tree and of this one, to its exit: the cost of
                       importing the command line itself
+  import, before/now  python -c "import dpr_pg" of the other source tree and of this one: what an
+                      application pays to import the package (its names load on first use)
 
 Usage:
     flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_startup.py --runs 7
@@ -105,8 +107,11 @@ def main() -> None:
         if args.baseline_tree:
             before_env = {**env, "PYTHONPATH": str(args.baseline_tree.resolve())}
             commands["help, before (--baseline-tree)"] = ([*cli, "--help"], before_env, False)
+            commands["import dpr_pg, before (--baseline-tree)"] = ([sys.executable, "-c", "import dpr_pg"], before_env,
+                                                                   False)
             commands["search, before (--baseline-tree)"] = ([*cli, *search], before_env, True)
         commands["help, now"] = ([*cli, "--help"], env, False)
+        commands["import dpr_pg, now"] = ([sys.executable, "-c", "import dpr_pg"], env, False)
         commands["search, torch (--runtime torch)"] = ([*cli, *search, "--runtime", "torch"], env, True)
         commands["search, auto (cached ONNX)"] = ([*cli, *search], env, True)
 
@@ -125,6 +130,8 @@ def main() -> None:
         print(f"\nimports: baseline / contender = {base / medians['imports, contender (onnxruntime, tokenizers)']:.1f}x")
         if "help, before (--baseline-tree)" in medians:
             print(f"help: before / now = {medians['help, before (--baseline-tree)'] / medians['help, now']:.1f}x")
+            print(f"import dpr_pg: before / now = "
+                  f"{medians['import dpr_pg, before (--baseline-tree)'] / medians['import dpr_pg, now']:.2f}x")
         for reference in ("search, before (--baseline-tree)", "search, torch (--runtime torch)"):
             if reference in medians:
                 print(f"search: {reference.split(', ', 1)[1]} / auto = "

@@ -44,7 +44,7 @@ from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest.index import build_index, drop_hnsw
 from dpr_pg.db.schema import init
 from dpr_pg.search.api import search
-from dpr_pg.db.storage import set_storage
+from dpr_pg.db.column import set_storage
 
 DIM = 768
 K = 10

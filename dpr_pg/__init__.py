@@ -94,9 +94,9 @@ _EXPORTS = {
     "search_statement": "dpr_pg.search.api",
     "STORAGES": "dpr_pg.db.storage",
     "Storage": "dpr_pg.db.storage",
-    "StorageChange": "dpr_pg.db.storage",
+    "StorageChange": "dpr_pg.db.column",
     "current_storage": "dpr_pg.db.storage",
-    "set_storage": "dpr_pg.db.storage",
+    "set_storage": "dpr_pg.db.column",
     "NoHits": "dpr_pg.search.no_hits",
     "explain_no_hits": "dpr_pg.search.no_hits",
     "DprSearchable": "dpr_pg.search.orm",
@@ -151,6 +151,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.ingest import FieldMapping, IngestReport, RayEncoding, RecordRejectedError, ingest, ingest_records
     from dpr_pg.ingest.delete import delete_passages
     from dpr_pg.ingest.index import HnswParameters, IndexBuild, build_index
+    from dpr_pg.db.column import StorageChange, set_storage
     from dpr_pg.db.models import Encoder, Passage
     from dpr_pg.db.schema import InitResult, downgrade, init, init_sql, upgrade
     from dpr_pg.evaluation.audit import AuditReport, audit_ann
@@ -160,7 +161,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.reader import Answer, AskResult, Reader, ask, make_tiny_reader
     from dpr_pg.search.api import Hit, Hits, ann_settings, search, search_many, search_statement
     from dpr_pg.search.planner import SearchPlan
-    from dpr_pg.db.storage import STORAGES, Storage, StorageChange, current_storage, set_storage
+    from dpr_pg.db.storage import STORAGES, Storage, current_storage
     from dpr_pg.search.no_hits import NoHits, explain_no_hits
     from dpr_pg.search.orm import DprSearchable, encoder_guard, model_search_statement
     from dpr_pg.sync.batch import WorkerReport

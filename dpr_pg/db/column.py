@@ -10,6 +10,9 @@ ACCESS EXCLUSIVE lock on ``dpr_pg.passages``: drop the HNSW index, ``ALTER COLUM
 record the setting. Searches and writes wait for it; a failure (or Ctrl-C) rolls all of it back.
 Widening halfvec to vector is exact (every half value is a float4), but it gives back no
 precision that was lost.
+
+:func:`set_storage` (``dpr-pg storage set``) is the one entry point for both changes: a new index
+type online (:func:`dpr_pg.ingest.index.build_index`), or with ``rewrite_column`` the column offline.
 """
 
 from __future__ import annotations
@@ -22,8 +25,29 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dpr_pg import _progress
-from dpr_pg.db.storage import Storage, check_dim, index_method, read_storage, write_storage
+from dpr_pg.db.revision import require_schema
+from dpr_pg.db.storage import (
+    COLUMN_TYPES,
+    Storage,
+    check_dim,
+    check_storage,
+    index_method,
+    read_storage,
+    write_storage,
+)
 from dpr_pg.errors import ConfigError, IndexBuildError
+from dpr_pg.ingest.index import (
+    HNSW_INDEX,
+    INDEX_LOCK_WAIT,
+    HnswParameters,
+    _autocommit,
+    _index_lock,
+    _reason,
+    _set_memory,
+    build_index,
+    hnsw_parameters,
+)
+from dpr_pg.search.api import forget_database_facts
 from dpr_pg.validation import HALF_MAX
 
 _SIZES = sa.text("""
@@ -94,9 +118,6 @@ def rewrite_column(engine: Engine, chosen: Storage, *, m: int, ef_construction: 
     >>> rewrite_column(engine, Storage("halfvec", column="halfvec"), m=16, ef_construction=64).rows  # doctest: +SKIP
     100000
     """
-    from dpr_pg.db.schema import HNSW_INDEX, require_schema
-    from dpr_pg.ingest.index import HnswParameters, _autocommit, _index_lock, _reason, _set_memory
-
     parameters = HnswParameters(m=m, ef_construction=ef_construction)
     with engine.connect() as conn:
         dim = require_schema(conn)
@@ -141,4 +162,88 @@ def rewrite_column(engine: Engine, chosen: Storage, *, m: int, ef_construction: 
     return ColumnRewrite(previous, chosen, rows, time.perf_counter() - started)
 
 
-__all__ = ["ColumnRewrite", "StorageSizes", "rewrite_column", "storage_sizes", "vector_row_bytes"]
+_rewrite_column = rewrite_column  # set_storage's parameter of that name hides the function
+
+
+@dataclass(frozen=True)
+class StorageChange:
+    """What :func:`set_storage` did: the storage before and after, the index build it ran (rows 0:
+    none) and whether it rewrote the column."""
+
+    previous: Storage
+    storage: Storage
+    rows: int = 0
+    seconds: float = 0.0
+    column_rewritten: bool = False
+
+    @property
+    def rebuilt(self) -> bool:
+        return self.previous.kind != self.storage.kind or self.column_rewritten
+
+
+def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None, m: int | None = None,
+                ef_construction: int | None = None, maintenance_work_mem: str | None = None,
+                wait: float | None = None, progress: bool | None = False,
+                rewrite_column: bool = False) -> StorageChange:
+    """Switch the index to ``kind``; searches and writes go on meanwhile.
+
+    The new index is built CONCURRENTLY (with the current index's m and ef_construction unless
+    given), then swapped in with the setting in one short transaction; until then searches use
+    the old index. ``rerank_multiple`` (``bit``'s candidates per hit) alone changes no index.
+    ``progress`` shows a bar of the build on stderr, as :func:`~dpr_pg.ingest.index.build_index` does.
+
+    ``rewrite_column=True`` also changes the column to ``kind`` (``vector`` or ``halfvec``) when it
+    has another type: offline, since every row is rewritten and the index rebuilt under an
+    ACCESS EXCLUSIVE lock (see :func:`dpr_pg.db.column.rewrite_column`). Without it, a halfvec
+    index over a vector column leaves the heap holding float4 vectors; and a vector index over a
+    halfvec column is refused (it would be twice the size for no precision).
+
+    >>> set_storage(engine, "halfvec").storage  # doctest: +SKIP
+    Storage(kind='halfvec', rerank_multiple=4, column='vector')
+    >>> set_storage(engine, "halfvec", rewrite_column=True).column_rewritten  # doctest: +SKIP
+    True
+    """
+    check_storage(kind)
+    with engine.connect() as conn:
+        dim = require_schema(conn)
+        previous = read_storage(conn)
+    check_dim(kind, dim)
+    multiple = previous.rerank_multiple if rerank_multiple is None else rerank_multiple
+    if rewrite_column:
+        if kind not in COLUMN_TYPES:
+            raise ConfigError(f"expected --rewrite-column with one of {', '.join(COLUMN_TYPES)} (the column's new "
+                              f"type), not {kind!r}; a bit index goes over either column without a rewrite")
+        if kind != previous.column:
+            current = hnsw_parameters(engine) or HnswParameters()
+            done = _rewrite_column(engine, Storage(kind, multiple, kind), m=m or current.m,
+                                   ef_construction=ef_construction or current.ef_construction,
+                                   maintenance_work_mem=maintenance_work_mem,
+                                   wait=INDEX_LOCK_WAIT if wait is None else wait, progress=progress)
+            forget_storage(engine)
+            return StorageChange(previous, done.storage, done.rows, done.seconds, column_rewritten=True)
+    if previous.column == "halfvec" and kind == "vector":
+        raise ConfigError(f"the column stores halfvec({dim}): a vector index over it would be twice the size for no "
+                          "more precision; run dpr-pg storage set vector --rewrite-column to widen the column "
+                          "to vector (offline: it rewrites every row), or keep halfvec")
+    chosen = Storage(kind, multiple, previous.column)
+    if chosen.kind == previous.kind:
+        if chosen != previous:
+            with engine.begin() as conn:
+                write_storage(conn, chosen)
+            forget_storage(engine)
+        return StorageChange(previous, chosen)
+    current = hnsw_parameters(engine) or HnswParameters()
+    build = build_index(engine, m=m or current.m, ef_construction=ef_construction or current.ef_construction,
+                        storage=chosen, maintenance_work_mem=maintenance_work_mem,
+                        wait=INDEX_LOCK_WAIT if wait is None else wait, progress=progress)
+    forget_storage(engine)
+    return StorageChange(previous, chosen, build.rows, build.seconds)
+
+
+def forget_storage(engine: Engine) -> None:
+    """Make this process's searches read the storage again (they keep it a few seconds)."""
+    forget_database_facts(engine)
+
+
+__all__ = ["ColumnRewrite", "StorageChange", "StorageSizes", "rewrite_column", "set_storage", "storage_sizes",
+           "vector_row_bytes"]

@@ -10,8 +10,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.db.engine import psql_url
 from dpr_pg.db.replicas import ReplicaStatus, probe_replica, reason_of, route_of
-from dpr_pg.db.schema import HNSW_INDEX, current_revision, embedding_dim, head_revision
+from dpr_pg.db.revision import current_revision, embedding_dim, head_revision
 from dpr_pg.db.storage import read_storage
+from dpr_pg.ingest.index import HNSW_INDEX, hnsw_exists, hnsw_parameters, index_lock_holder
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -69,8 +70,6 @@ def invalid_index_warnings(conn: Connection) -> list[str]:
     An INVALID index is what a failed or killed CREATE INDEX CONCURRENTLY leaves. The HNSW index
     being built right now (under the index lock) is INVALID too, and is said to be in progress.
     """
-    from dpr_pg.ingest.index import index_lock_holder
-
     rows = conn.execute(sa.text(_INVALID_INDEXES)).all()
     holder = index_lock_holder(conn) if rows else None
     warnings = []
@@ -177,8 +176,6 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
     warnings = pgvector_warnings(pgvector)
     hnsw = None
     if dim is not None:
-        from dpr_pg.ingest.index import hnsw_exists, hnsw_parameters
-
         parameters = hnsw_parameters(engine) if hnsw_exists(engine) else None
         if parameters is None:
             warnings.append("the HNSW index on dpr_pg.passages is missing or INVALID (an interrupted build): "

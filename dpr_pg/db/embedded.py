@@ -23,16 +23,21 @@ server; they can run side by side.
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import signal
 import subprocess
 import time
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psycopg
+import sqlalchemy as sa
 
 from dpr_pg import config
 from dpr_pg.db import _pgserver
@@ -147,8 +152,6 @@ def join(*, home: Path | None = None, postgres_version: int | None = None) -> Em
 
 def own_engine(engine: Any) -> None:
     """Mark ``engine``'s connections as this process's own, so that they never keep the server up after it."""
-    import sqlalchemy as sa
-
     @sa.event.listens_for(engine, "do_connect")
     def _name(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         cparams.setdefault("application_name", application_name())
@@ -164,11 +167,6 @@ def _own_backends(socket_dir: Path | None) -> list[int]:
     must not count as another client. Nothing records open connections, hence the walk over the heap,
     done once, at exit.
     """
-    import gc
-    import warnings
-
-    import psycopg
-
     # isinstance() on every object reaches deprecated module attributes (torch's reduce_op), whose
     # FutureWarnings would otherwise end a command's output.
     with warnings.catch_warnings():

@@ -16,12 +16,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
@@ -31,14 +30,22 @@ from dpr_pg.config import DEFAULT_DIM
 from dpr_pg.errors import ConfigError, DatabaseError, SchemaError
 from dpr_pg.db.models import SCHEMA
 from dpr_pg.db.storage import check_dim as check_storage_dim
-from dpr_pg.db.storage import check_storage, column_type, read_storage, set_storage
+from dpr_pg.db.storage import check_storage, column_type, read_storage
+from dpr_pg.db.revision import (  # re-exported: callers know them from here
+    VERSION_TABLE,
+    alembic_config,
+    current_revision,
+    embedding_dim,
+    head_revision,
+    require_schema,
+    resource_dir,
+)
+from dpr_pg.db.column import set_storage
+from dpr_pg.ingest.index import DROP_INVALID_HNSW, HNSW_INDEX, HnswParameters, hnsw_parameters
 from dpr_pg.validation import check_dim
 
-# The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
-HNSW_INDEX = "passages_embedding_hnsw"
 # Serialises concurrent `dpr-pg init` runs (a session-level advisory lock; any constant will do).
 _INIT_LOCK_KEY = 0x6470725F7067  # "dpr_pg"
-VERSION_TABLE = "alembic_version"
 # An allow-list, not an escape: a name the offline script may carry into SQL text.
 _PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # sql/'s idempotent definitions, in the order they are applied after the last migration.
@@ -54,47 +61,6 @@ _DEFINITIONS_FINGERPRINT_SQL = (
     "ORDER BY p.oid::regprocedure::text)) FROM pg_proc p "
     "WHERE p.pronamespace = to_regnamespace('dpr_pg') AND p.prokind IN ('f', 'p')"
 )
-
-# Runs in autocommit: an index left INVALID by a killed CREATE INDEX CONCURRENTLY is dropped.
-DROP_INVALID_HNSW = f"""
-DO $$
-BEGIN
-    IF EXISTS (
-        SELECT 1 FROM pg_index i
-        JOIN pg_class c ON c.oid = i.indexrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = '{SCHEMA}' AND c.relname = '{HNSW_INDEX}' AND NOT i.indisvalid
-    ) THEN
-        DROP INDEX {SCHEMA}.{HNSW_INDEX};
-    END IF;
-END
-$$
-"""
-
-
-def _package_root() -> Path:
-    return Path(__file__).resolve().parents[1]  # dpr_pg/, which holds db/
-
-
-def resource_dir(name: str) -> Path:
-    """``migrations`` or ``sql``: inside the installed wheel, or at the top of a source checkout."""
-    inside = _package_root() / f"_{name}"
-    if inside.is_dir():
-        return inside
-    checkout = _package_root().parent / name
-    if checkout.is_dir():
-        return checkout
-    raise SchemaError(f"dpr_pg's {name}/ folder is missing from {_package_root()}; reinstall dpr-pg")
-
-
-def alembic_config(connection: Connection | None = None, *, dim: int | None = None) -> Config:
-    """An Alembic Config for dpr_pg's migrations, bound to ``connection`` when given."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(resource_dir("migrations")))
-    cfg.attributes["connection"] = connection
-    cfg.attributes["dim"] = dim
-    return cfg
-
 
 def quoted_schema_name(name: str) -> str:
     """``name`` as SQL text, quoted only where PostgreSQL needs it; refuses anything but a plain identifier.
@@ -143,8 +109,6 @@ def init_sql(
 
 def _resolve_range(cfg: Config, revision: str, start: str | None) -> tuple[str, str | None]:
     """(end, start) as revision ids; start None means from an empty database."""
-    from alembic.script import ScriptDirectory
-
     scripts = ScriptDirectory.from_config(cfg)
     known = ", ".join(rev.revision for rev in reversed(list(scripts.walk_revisions())))
     resolved = []
@@ -207,32 +171,6 @@ def apply_definitions(conn: Connection) -> bool:
     # The script holds %, :name and $n that a parameter-aware layer would try to interpret.
     conn.connection.driver_connection.execute(script)
     return conn.execute(sa.text(_DEFINITIONS_FINGERPRINT_SQL)).scalar() != before
-
-
-def current_revision(conn: Connection) -> str | None:
-    """dpr_pg's schema revision in this database, or None before ``dpr-pg init``."""
-    migration = MigrationContext.configure(
-        conn, opts={"version_table": VERSION_TABLE, "version_table_schema": SCHEMA}
-    )
-    return migration.get_current_revision()
-
-
-def head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
-
-
-def embedding_dim(conn: Connection) -> int | None:
-    """The dimension of ``dpr_pg.passages.embedding``, or None when the table does not exist."""
-    return conn.execute(
-        sa.text(
-            "SELECT a.atttypmod FROM pg_attribute a "
-            "WHERE a.attrelid = to_regclass('dpr_pg.passages') AND a.attname = 'embedding'"
-        )
-    ).scalar()
 
 
 @dataclass(frozen=True)
@@ -383,8 +321,6 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
     with engine.connect() as conn:
         column = column_type(conn) if current_revision(conn) is not None else "vector"
     if column == "halfvec" and revision not in _revisions_from(_COLUMN_TYPE_REVISION):
-        from dpr_pg.ingest.index import HnswParameters, hnsw_parameters
-
         current = hnsw_parameters(engine) or HnswParameters()
         set_storage(engine, "vector", rewrite_column=True, m=current.m, ef_construction=current.ef_construction)
     with engine.connect() as conn:
@@ -397,19 +333,6 @@ _COLUMN_TYPE_REVISION = "0015"
 
 def _revisions_from(first: str) -> set[str]:
     """``first`` and every later revision up to head, with the name ``head``."""
-    from alembic.script import ScriptDirectory
-
     scripts = ScriptDirectory.from_config(alembic_config())
     return {rev.revision for rev in scripts.iterate_revisions("head", first)} | {"head"}
 
-
-def require_schema(conn: Connection) -> int:
-    """The embedding dimension, or a SchemaError that says to run ``dpr-pg init``."""
-    revision = current_revision(conn)
-    if revision is None:
-        raise SchemaError("this database has no dpr_pg schema yet; run dpr-pg init first")
-    if revision != head_revision():
-        raise SchemaError(f"the dpr_pg schema is at revision {revision}, not {head_revision()}; run dpr-pg init")
-    dim = embedding_dim(conn)
-    assert dim is not None
-    return dim

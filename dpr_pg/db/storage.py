@@ -14,9 +14,9 @@ index ``passages_embedding_hnsw`` compares:
 
 The index's type lives in ``dpr_pg.settings`` (migration 0015); the column's type is the one
 PostgreSQL's catalog holds, so the two cannot disagree (:func:`read_storage` reads both).
-:func:`set_storage` (``dpr-pg storage set``) switches the index without stopping searches or
-writes: the new index is built CONCURRENTLY beside the old one, then swapped in with the setting
-in one short transaction. Changing the column's type rewrites every row under an exclusive lock
+:func:`dpr_pg.db.column.set_storage` (``dpr-pg storage set``) switches the index without stopping
+searches or writes: the new index is built CONCURRENTLY beside the old one, then swapped in with
+the setting in one short transaction. Changing the column's type rewrites every row under an exclusive lock
 (``rewrite_column=True``, ``--rewrite-column``; see :mod:`dpr_pg.db.column`): searches and writes
 wait until it ends.
 
@@ -193,92 +193,4 @@ def ann_distance(kind: str, dim: int, column: Any, query: Any) -> sa.ColumnEleme
     return column.max_inner_product(query)
 
 
-@dataclass(frozen=True)
-class StorageChange:
-    """What :func:`set_storage` did: the storage before and after, the index build it ran (rows 0:
-    none) and whether it rewrote the column."""
-
-    previous: Storage
-    storage: Storage
-    rows: int = 0
-    seconds: float = 0.0
-    column_rewritten: bool = False
-
-    @property
-    def rebuilt(self) -> bool:
-        return self.previous.kind != self.storage.kind or self.column_rewritten
-
-
-def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None, m: int | None = None,
-                ef_construction: int | None = None, maintenance_work_mem: str | None = None,
-                wait: float | None = None, progress: bool | None = False,
-                rewrite_column: bool = False) -> StorageChange:
-    """Switch the index to ``kind``; searches and writes go on meanwhile.
-
-    The new index is built CONCURRENTLY (with the current index's m and ef_construction unless
-    given), then swapped in with the setting in one short transaction; until then searches use
-    the old index. ``rerank_multiple`` (``bit``'s candidates per hit) alone changes no index.
-    ``progress`` shows a bar of the build on stderr, as :func:`~dpr_pg.ingest.index.build_index` does.
-
-    ``rewrite_column=True`` also changes the column to ``kind`` (``vector`` or ``halfvec``) when it
-    has another type: offline, since every row is rewritten and the index rebuilt under an
-    ACCESS EXCLUSIVE lock (see :func:`dpr_pg.db.column.rewrite_column`). Without it, a halfvec
-    index over a vector column leaves the heap holding float4 vectors; and a vector index over a
-    halfvec column is refused (it would be twice the size for no precision).
-
-    >>> set_storage(engine, "halfvec").storage  # doctest: +SKIP
-    Storage(kind='halfvec', rerank_multiple=4, column='vector')
-    >>> set_storage(engine, "halfvec", rewrite_column=True).column_rewritten  # doctest: +SKIP
-    True
-    """
-    from dpr_pg.ingest.index import INDEX_LOCK_WAIT, HnswParameters, build_index, hnsw_parameters
-    from dpr_pg.db.schema import require_schema
-
-    check_storage(kind)
-    with engine.connect() as conn:
-        dim = require_schema(conn)
-        previous = read_storage(conn)
-    check_dim(kind, dim)
-    multiple = previous.rerank_multiple if rerank_multiple is None else rerank_multiple
-    if rewrite_column:
-        if kind not in COLUMN_TYPES:
-            raise ConfigError(f"expected --rewrite-column with one of {', '.join(COLUMN_TYPES)} (the column's new "
-                              f"type), not {kind!r}; a bit index goes over either column without a rewrite")
-        if kind != previous.column:
-            from dpr_pg.db.column import rewrite_column as rewrite
-
-            current = hnsw_parameters(engine) or HnswParameters()
-            done = rewrite(engine, Storage(kind, multiple, kind), m=m or current.m,
-                           ef_construction=ef_construction or current.ef_construction,
-                           maintenance_work_mem=maintenance_work_mem,
-                           wait=INDEX_LOCK_WAIT if wait is None else wait, progress=progress)
-            forget_storage(engine)
-            return StorageChange(previous, done.storage, done.rows, done.seconds, column_rewritten=True)
-    if previous.column == "halfvec" and kind == "vector":
-        raise ConfigError(f"the column stores halfvec({dim}): a vector index over it would be twice the size for no "
-                          "more precision; run dpr-pg storage set vector --rewrite-column to widen the column "
-                          "to vector (offline: it rewrites every row), or keep halfvec")
-    chosen = Storage(kind, multiple, previous.column)
-    if chosen.kind == previous.kind:
-        if chosen != previous:
-            with engine.begin() as conn:
-                write_storage(conn, chosen)
-            forget_storage(engine)
-        return StorageChange(previous, chosen)
-    current = hnsw_parameters(engine) or HnswParameters()
-    build = build_index(engine, m=m or current.m, ef_construction=ef_construction or current.ef_construction,
-                        storage=chosen, maintenance_work_mem=maintenance_work_mem,
-                        wait=INDEX_LOCK_WAIT if wait is None else wait, progress=progress)
-    forget_storage(engine)
-    return StorageChange(previous, chosen, build.rows, build.seconds)
-
-
-def forget_storage(engine: Engine) -> None:
-    """Make this process's searches read the storage again (they keep it a few seconds)."""
-    from dpr_pg.search.api import forget_database_facts
-
-    forget_database_facts(engine)
-
-
-__all__ = ["COLUMN_TYPES", "DEFAULT_STORAGE", "STORAGES", "Storage", "StorageChange", "current_storage", "read_storage",
-           "set_storage"]
+__all__ = ["COLUMN_TYPES", "DEFAULT_STORAGE", "STORAGES", "Storage", "current_storage", "read_storage"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import os
 import threading
@@ -188,8 +190,6 @@ class BatchingEncoder:
         return out
 
     def _free_device_memory(self) -> None:
-        import gc
-
         import torch
 
         gc.collect()
@@ -223,8 +223,6 @@ class BatchingEncoder:
 
     def _companions(self) -> dict[str, str]:
         """The tokenizer and settings kept beside an exported graph (see dpr_pg.encoders.question_side)."""
-        import json
-
         settings = {"name": self.name, "revision": self.revision, "dim": self.dim, "max_length": self.max_length,
                     "pad_id": self.pad_id}
         return {"tokenizer.json": self.tokenizer.backend_tokenizer.to_str(),

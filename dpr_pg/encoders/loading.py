@@ -24,14 +24,14 @@ HUB_PROBE_SECONDS = 3.0
 
 def hub_endpoint() -> str:
     """The Hub's base URL as huggingface_hub uses it (``HF_ENDPOINT``, default https://huggingface.co)."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: it reads HF_* variables once, at first import
 
     return constants.ENDPOINT
 
 
 def hub_offline() -> bool:
     """Whether huggingface_hub is switched off (``HF_HUB_OFFLINE=1``, read when it was first imported)."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: it reads HF_* variables once, at first import
 
     return bool(constants.HF_HUB_OFFLINE)
 
@@ -146,7 +146,7 @@ def locate(name: str, revision: str | None, fail: Callable[[str], Exception]) ->
         return Location(str(local.resolve()), folder_revision(local), None, False)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise fail(f"the folder {str(local)!r} does not exist")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # lazy: ~0.3 s to import; cached paths never need it
 
     cache_only = not hub_offline() and not hub_reachable()
     try:

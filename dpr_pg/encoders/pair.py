@@ -29,9 +29,9 @@ from dpr_pg.encoders.fingerprint import (
     vocab_hash,
 )
 from dpr_pg.encoders.loading import load_light, load_parts, output_dim, token_limit
-from dpr_pg.encoders.batching import EncodeResult, BatchingEncoder
-from dpr_pg.encoders.precision import PRECISIONS
-from dpr_pg.encoders.question_side import OnnxQuestionEncoder, QuestionSide, load_question_side
+from dpr_pg.encoders.batching import EncodeResult, BatchingEncoder, _default_device
+from dpr_pg.encoders.onnx_runtime import resolve_runtime
+from dpr_pg.encoders.precision import PRECISIONS, resolve_precision
 from dpr_pg.encoders.tiny import make_tiny_models
 from dpr_pg.encoders.trained import make_trained_models
 from dpr_pg.errors import EncoderError
@@ -42,16 +42,13 @@ __all__ = [
     "EncodeResult",
     "EncoderFingerprint",
     "EncoderPair",
-    "OnnxQuestionEncoder",
     "PassageEncoder",
     "PassageTokens",
     "QuestionEncoder",
-    "QuestionSide",
     "check_encoder",
     "check_options",
     "check_table_encoder",
     "fingerprint_of",
-    "load_question_side",
     "make_tiny_models",
     "make_trained_models",
     "register_encoder",
@@ -335,9 +332,6 @@ def check_options(*, device: str | None = None, precision: str | None = None, ru
     """
     import torch
 
-    from dpr_pg.encoders.batching import _default_device
-    from dpr_pg.encoders.onnx_runtime import resolve_runtime
-    from dpr_pg.encoders.precision import resolve_precision
 
     chosen = torch.device(device or _default_device(precision, runtime))
     resolved = resolve_precision(precision, chosen)

@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from dpr_pg import config
 from dpr_pg.encoders.fingerprint import POOLING, EncoderFingerprint, vocab_hash
 from dpr_pg.encoders.loading import load_light, output_dim, resolve_source, token_limit
+from dpr_pg.encoders.onnx_runtime import OnnxRunner, cache_facts, cached_folder
+from dpr_pg.encoders.pair import QuestionEncoder, _check_same_dim, check_options
 from dpr_pg.errors import EncoderError
 
 BATCH_SIZE = 16  # as the torch path on CPU: sorted by length, small batches pad little
@@ -49,10 +52,6 @@ class OnnxQuestionEncoder:
     precision = "fp32"
 
     def __init__(self, folder: Path, settings: dict[str, Any], threads: int | None = None) -> None:
-        from tokenizers import Tokenizer
-
-        from dpr_pg.encoders.onnx_runtime import OnnxRunner
-
         self.name = str(settings["name"])
         self.revision = settings["revision"]
         self.dim = int(settings["dim"])
@@ -150,7 +149,6 @@ def load_question_side(
         cached = _from_cache(folder, q_source, q_revision, p_source, p_revision)
         if cached is not None:
             return cached
-    from dpr_pg.encoders.pair import QuestionEncoder, _check_same_dim, check_options
 
     check_options(device=device, precision=precision, runtime=runtime)
     question = QuestionEncoder.load(q_name, revision=question_revision, device=device, precision=precision,
@@ -195,8 +193,6 @@ def _remember(folder: Path, fingerprint: EncoderFingerprint, question_max_length
 def _from_cache(folder: Path, q_source: str, q_revision: str | None, p_source: str,
                 p_revision: str | None) -> QuestionSide | None:
     """The side from the caches, or None when either is missing (or unreadable)."""
-    from dpr_pg.encoders.onnx_runtime import cache_facts, cached_folder
-
     if q_revision is None or p_revision is None:
         return None
     try:

@@ -9,6 +9,7 @@ questions: good enough to show real retrieval offline, not a replacement for the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -35,8 +36,6 @@ def trained_model_zip() -> Path:
         >>> trained_model_zip().name  # doctest: +SKIP
         'model.zip'
     """
-    import importlib.util
-
     # Found, not imported: the package prints a greeting when imported.
     spec = importlib.util.find_spec(MODULE)
     if spec is None or not spec.submodule_search_locations:
@@ -62,7 +61,7 @@ def make_trained_models(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
         >>> pair.dim                                                          # doctest: +SKIP
         384
     """
-    import safetensors.torch
+    import safetensors.torch  # lazy: it imports torch
     from transformers import (
         DPRConfig,
         DPRContextEncoder,

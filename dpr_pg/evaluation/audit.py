@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 from dpr_pg.errors import EvaluationError
 from dpr_pg.evaluation.evaluate import check_collection, load_questions, question_vectors
 from dpr_pg.evaluation.qa import QAItem
+from dpr_pg.search.api import search_many
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from dpr_pg.encoders.pair import EncoderPair, QuestionSide
+    from dpr_pg.encoders.pair import EncoderPair
+    from dpr_pg.encoders.question_side import QuestionSide
     from dpr_pg.filters import Filter
     from dpr_pg.search.api import Hits
 
@@ -120,8 +122,6 @@ def audit_ann(
     >>> report.recommended_ef_search  # doctest: +SKIP
     64
     """
-    from dpr_pg.search.api import search_many
-
     if not 0.0 < target_recall <= 1.0:
         raise EvaluationError(f"expected a target recall in (0, 1], not {target_recall}")
     if not isinstance(sample, int) or sample < 1:

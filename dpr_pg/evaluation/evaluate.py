@@ -46,9 +46,14 @@ from dpr_pg.evaluation.metrics import (
 )
 from dpr_pg.evaluation.qa import QAItem, as_items, read_questions
 from dpr_pg.db.replicas import read_connection
+from dpr_pg.db.revision import require_schema
+from dpr_pg.ingest.squad import passage_id
+from dpr_pg.search.api import search_many
+from dpr_pg.search.no_hits import explain_no_hits
 
 if TYPE_CHECKING:
-    from dpr_pg.encoders.pair import EncoderPair, QuestionSide
+    from dpr_pg.encoders.pair import EncoderPair
+    from dpr_pg.encoders.question_side import QuestionSide
     from dpr_pg.filters import Filter
     from dpr_pg.reader import Reader
     from dpr_pg.search.api import Hit, Mode
@@ -116,8 +121,6 @@ def load_questions(questions: str | Path | Sequence[QAItem | dict[str, Any]], *,
     ('Picasso',)
     """
     if isinstance(questions, (str, Path)):
-        from dpr_pg.ingest.squad import passage_id
-
         items = read_questions(questions, gold_id=lambda title, _index, context: passage_id(title, context))
     else:
         items = as_items(questions)
@@ -152,9 +155,6 @@ def check_collection(conn: Connection, collection: str | None, filter: Filter = 
 
     The CLI calls it before loading the encoders.
     """
-    from dpr_pg.search.no_hits import explain_no_hits
-    from dpr_pg.db.schema import require_schema
-
     require_schema(conn)
     nothing = explain_no_hits(conn, collection=collection, filter=filter)
     if nothing is not None:
@@ -230,8 +230,6 @@ def evaluate(
     >>> report.metrics.top_k_accuracy[20], report.as_dict()["mrr"]  # doctest: +SKIP
     (0.71, 0.48)
     """
-    from dpr_pg.search.api import search_many
-
     ks = tuple(sorted(set(ks)))
     depth = depth or max(ks)
     _check_options(ks, depth, gold, hard_negatives)

@@ -8,7 +8,8 @@ still work (exact scans). A run killed in between leaves no index: re-running th
 
 :func:`build_index` (``dpr-pg index``) rebuilds it with other ``m`` / ``ef_construction``, the
 knobs of recall on large corpora, without stopping searches or writes: the new index is built
-CONCURRENTLY under another name and swapped in.
+CONCURRENTLY under another name and swapped in. :func:`dpr_pg.db.column.set_storage` (``dpr-pg storage
+set``) does the same to switch what the index compares (see :mod:`dpr_pg.db.storage`).
 
 Every change of the index (drop, build, rebuild) holds one advisory lock, taken with
 ``pg_try_advisory_lock`` and retried from the client, never waited for inside the server: CREATE
@@ -27,17 +28,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import _progress
 from dpr_pg.errors import ConfigError, IndexBuildError
-from dpr_pg.db.schema import DROP_INVALID_HNSW, HNSW_INDEX, require_schema
+from dpr_pg.db.models import SCHEMA
+from dpr_pg.db.revision import require_schema
 from dpr_pg.db.storage import Storage, column_type, index_method, read_storage, write_storage
 from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
 
 log = logging.getLogger(__name__)
 
+# The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
+HNSW_INDEX = "passages_embedding_hnsw"
+# Runs in autocommit: an index left INVALID by a killed CREATE INDEX CONCURRENTLY is dropped.
+DROP_INVALID_HNSW = f"""
+DO $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = '{SCHEMA}' AND c.relname = '{HNSW_INDEX}' AND NOT i.indisvalid
+    ) THEN
+        DROP INDEX {SCHEMA}.{HNSW_INDEX};
+    END IF;
+END
+$$
+"""
 INDEX_LOCK_WAIT = 3600.0  # seconds one index change waits for another (a 1M-row build takes ~1000 s)
 _KEY = "hashtextextended('dpr_pg.hnsw', 0)"
 _TRY_LOCK = f"SELECT pg_try_advisory_lock({_KEY})"
@@ -311,8 +331,6 @@ def _swap(engine: Engine, storage: Storage | None = None) -> None:
     The swap needs an exclusive lock on the table; a long transaction (or a deadlock with one)
     makes it give up after a few seconds and try again, instead of stalling every search.
     """
-    import psycopg
-
     for attempt in range(_SWAP_TRIES):
         try:
             with engine.begin() as swap:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
+from pgvector.psycopg import register_vector
 from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import DatabaseError
@@ -113,8 +114,6 @@ class PassageWriter:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            from pgvector.psycopg import register_vector
-
             self.close()
             self._raw = self.engine.raw_connection()
             conn = self._raw.driver_connection

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
+from tqdm import tqdm
 
 from dpr_pg._progress import shown
-from dpr_pg.db.schema import require_schema
+from dpr_pg.db.revision import require_schema
 from dpr_pg.db.storage import column_type
 from dpr_pg.db.tenancy import check_write_access
 from dpr_pg.encoders.fingerprint import check_encoder, register_encoder
@@ -421,6 +422,4 @@ def _record_source(fmt: str, source: Path, report: IngestReport, questions_path:
 
 
 def _progress_bar(progress: bool | None, total: int | None) -> Any:
-    from tqdm import tqdm
-
     return tqdm(total=total, unit=" records", disable=not shown(progress), file=sys.stderr, mininterval=0.5)

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dpr_pg.encoders.batching import EncodeResult
+from dpr_pg.encoders.pair import PassageEncoder
 from dpr_pg.errors import ConfigError, EncoderMismatchError, IngestError
 
 if TYPE_CHECKING:
-    from dpr_pg.encoders.batching import EncodeResult
     from dpr_pg.encoders.fingerprint import EncoderFingerprint
 
 RAY_INSTALL = "pip install 'dpr-pg[ray]'"
@@ -84,8 +85,6 @@ class PassageActor:
     """One passage encoder in a Ray worker (wrapped by ``ray.remote`` when the ingest starts)."""
 
     def __init__(self, name: str, revision: str | None, precision: str | None, batch_size: int | None) -> None:
-        from dpr_pg.encoders.pair import PassageEncoder
-
         self.encoder = PassageEncoder.load(name, revision=revision, precision=precision, batch_size=batch_size,
                                            runtime="torch")
 
@@ -193,8 +192,6 @@ class RayEncoders:
 
     def result(self, pending: Pending) -> EncodeResult:
         """The batch's vectors; a dead actor is replaced and the batch sent again (``MAX_ATTEMPTS`` in all)."""
-        from dpr_pg.encoders.batching import EncodeResult
-
         exceptions = self.ray.exceptions
         while True:
             try:

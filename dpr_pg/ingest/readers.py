@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+import numpy as np
+
 from dpr_pg.errors import IngestError
 from dpr_pg.ingest.limits import DEFAULT_MAX_RECORD_BYTES, RecordLimits
 from dpr_pg.ingest.records import SourceRecord
@@ -334,8 +336,8 @@ def read_parquet(path: str | Path, *, exclude: Sequence[str] = (),
         >>> next(read_parquet("wiki.parquet", exclude=["embedding"])).number  # doctest: +SKIP
         1
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # lazy: ~0.2 s; only Parquet needs it
+    import pyarrow.parquet as pq  # lazy: ~0.2 s; only Parquet needs it
 
     path = require_file(path)
     try:
@@ -368,9 +370,8 @@ def _parquet_batch_rows(parquet: Any) -> int:
 
 def _row_sizes(batch: Any) -> Any:
     """Bytes per row of a record batch: string and binary lengths, fixed widths, nested values measured alone."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # lazy: ~0.2 s; only Parquet needs it
+    import pyarrow.compute as pc  # lazy: ~0.2 s; only Parquet needs it
 
     sizes = np.zeros(batch.num_rows, dtype=np.int64)
     for column in batch.columns:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dpr_pg.errors import DimensionError, IngestError
+from dpr_pg.ingest.readers import require_file
 
 DEFAULT_COLUMN = "embedding"
 
@@ -34,8 +35,6 @@ class EmbeddingSource:
     @staticmethod
     def open(path: str | Path, *, column: str = DEFAULT_COLUMN) -> EmbeddingSource:
         """A ``.npy`` file (2-d float array), or a list column of a ``.parquet`` file."""
-        from dpr_pg.ingest.readers import require_file
-
         path = require_file(path, "embeddings file", "check --embeddings")
         if path.suffix.lower() == ".npy":
             return _NpySource(path)
@@ -127,7 +126,7 @@ class _ParquetSource(EmbeddingSource):
     """Reads one list column; rows of another length become NaN rows with their length remembered."""
 
     def __init__(self, path: Path, column: str) -> None:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: ~0.2 s; only Parquet needs it
 
         self.parquet = pq.ParquetFile(path)
         if column not in self.parquet.schema_arrow.names:
@@ -143,7 +142,7 @@ class _ParquetSource(EmbeddingSource):
         self.lengths: dict[int, int] = {}
 
     def _next_block(self) -> tuple[np.ndarray, np.ndarray]:
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: ~0.2 s; only Parquet needs it
 
         batch = next(self.batches)
         values = batch.column(0)

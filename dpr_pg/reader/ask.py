@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.errors import ReaderError
 from dpr_pg.reader.model import check_threshold
+from dpr_pg.search.api import search
 
 if TYPE_CHECKING:
     from dpr_pg.encoders.pair import EncoderPair
@@ -88,8 +89,6 @@ def ask(
         >>> result.answer.text, result.answer.passage.metadata["source"]                                     # doctest: +SKIP
         ('Sevilla', 'guias/sevilla.pdf')
     """
-    from dpr_pg.search.api import search
-
     check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
     started = time.perf_counter()
     hits = search(bind, question, encoder=encoder, k=k, filter=filter, collection=collection, mode=mode,

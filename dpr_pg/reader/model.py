@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from dpr_pg import config
+from dpr_pg.encoders.batching import _default_device
+from dpr_pg.encoders.loading import token_limit
+from dpr_pg.encoders.precision import apply_precision, forward_context, resolve_precision
 from dpr_pg.errors import ReaderError
+from dpr_pg.reader.loading import load_reader_parts
 from dpr_pg.reader.spans import window_spans
 from dpr_pg.reader.windows import Window, cut_question, make_windows
 
@@ -74,9 +79,6 @@ class Reader:
                  max_answer_tokens: int = MAX_ANSWER_TOKENS) -> None:
         import torch
 
-        from dpr_pg.encoders.batching import _default_device
-        from dpr_pg.encoders.loading import token_limit
-        from dpr_pg.encoders.precision import apply_precision, resolve_precision
 
         self.name, self.revision = name, revision
         self.device = torch.device(device or _default_device())
@@ -107,9 +109,6 @@ class Reader:
         Example:
             >>> Reader.load("/tmp/tiny/reader", max_length=256, stride=64)  # doctest: +SKIP
         """
-        from dpr_pg import config
-        from dpr_pg.reader.loading import load_reader_parts
-
         model, tokenizer, source, resolved = load_reader_parts(config.reader_model(name), revision)
         return cls(model, tokenizer, name=source, revision=resolved, **options)
 
@@ -182,7 +181,6 @@ class Reader:
         """Start and end logits of each window (float32, unpadded), in window order."""
         import torch
 
-        from dpr_pg.encoders.precision import forward_context
 
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(windows)
         order = sorted(range(len(windows)), key=lambda i: -len(windows[i].input_ids))  # longest first: OOM shows early

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dpr_pg.encoders.loading import quiet_progress
 from dpr_pg.encoders.tiny import MAX_LENGTH, TINY_HEADS, TINY_HIDDEN, TINY_LAYERS, tiny_vocab
 
 
@@ -21,7 +22,6 @@ def make_tiny_reader(directory: str | os.PathLike[str], *, seed: int = 0) -> Pat
     import torch
     from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
 
-    from dpr_pg.encoders.loading import quiet_progress
 
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)

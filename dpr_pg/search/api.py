@@ -38,7 +38,8 @@ from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS, MAX_QUERY_TEXT_WORDS
 from dpr_pg.validation import check_filter, check_half_range, check_k, check_query_vector
 
 if TYPE_CHECKING:
-    from dpr_pg.encoders.pair import EncoderPair, QuestionSide
+    from dpr_pg.encoders.pair import EncoderPair
+    from dpr_pg.encoders.question_side import QuestionSide
 
 Mode = Literal["dense", "hybrid", "exact"]
 MODES = ("dense", "hybrid", "exact")

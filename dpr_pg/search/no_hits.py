@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from dpr_pg.errors import SchemaError
 from dpr_pg.filters import Filter
 from dpr_pg.db.models import Passage
+from dpr_pg.search.api import _where
 
 Reason = Literal["no_passages", "unknown_collection", "filter_matched_nothing"]
 _LISTED = 5  # collections named when the one asked for does not exist
@@ -47,8 +48,6 @@ def explain_no_hits(bind: Engine | Connection, *, collection: str | None = None,
         >>> explain_no_hits(engine, collection="nosuch").message  # doctest: +SKIP
         "collection 'nosuch' does not exist in this database; it holds demo (47 passages); check the name"
     """
-    from dpr_pg.search.api import _where
-
     where = _where(filter, collection)  # the search's own compiler: the same rows, the same errors
     if isinstance(bind, Engine):
         with bind.connect() as conn:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from sqlalchemy.engine import Connection
 
 
@@ -58,9 +60,6 @@ def vector_binding(conn: Connection, vector: np.ndarray, oid: int) -> tuple[Any,
     if info.get("dpr_pg.vector_oid") != oid:
         dumper = _DUMPERS.get(oid)
         if dumper is None:
-            from psycopg.adapt import Dumper
-            from psycopg.pq import Format
-
             class VectorBinaryDumper(Dumper):
                 format = Format.BINARY
 

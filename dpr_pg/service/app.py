@@ -11,12 +11,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from typing import TYPE_CHECKING, TypeVar
 
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from dpr_pg import aio
+from dpr_pg import aio, config
+from dpr_pg.encoders.pair import EncoderPair
+from dpr_pg.reader import Reader
 from dpr_pg.service import errors, routes
 from dpr_pg.service.batching import QuestionBatcher
 from dpr_pg.service.limits import BodyLimit, RequestMetrics
@@ -25,9 +28,6 @@ from dpr_pg.service.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
-
-    from dpr_pg.encoders.pair import EncoderPair
-    from dpr_pg.reader import Reader
 
 T = TypeVar("T")
 log = logging.getLogger("dpr_pg.service")
@@ -54,8 +54,6 @@ class Service:
         self.warm = False
 
     async def start(self) -> None:
-        from dpr_pg.encoders.pair import EncoderPair
-
         s = self.settings
         # At most 24 connections a worker (PostgreSQL allows 100 by default); a request that finds
         # none free within 30 s gets 503. Pre-ping replaces the connections a restart broke.
@@ -72,8 +70,6 @@ class Service:
         await self.batcher.run(self.pair.passage.warm_up)
         log.info("encoders ready: %s", self.pair.fingerprint.describe())
         if self.reader is None and s.reader_model:
-            from dpr_pg.reader import Reader
-
             self.reader = await asyncio.to_thread(Reader.load, s.reader_model, precision=s.precision)
         if self.reader is not None:
             self.reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpr_pg-reader")
@@ -115,7 +111,6 @@ def create_app(settings: ServiceSettings | None = None, *, pair: EncoderPair | N
         finally:
             await service.stop()
 
-    from importlib.metadata import version
 
     app = FastAPI(title="dpr-pg", version=version("dpr-pg"), description=DESCRIPTION, lifespan=lifespan,
                   responses={422: {"model": routes.ErrorBody, "description": "The request is invalid."}})
@@ -129,7 +124,5 @@ def create_app(settings: ServiceSettings | None = None, *, pair: EncoderPair | N
 
 def app_from_environment() -> FastAPI:
     """The factory uvicorn's workers call, with the settings ``dpr-pg serve`` put in ``DPR_PG_SERVICE``."""
-    from dpr_pg import config
-
     raw = config.service_settings()
     return create_app(ServiceSettings.from_json(raw) if raw else ServiceSettings())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -138,8 +139,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:
-        import psycopg
-
         if isinstance(e, psycopg.OperationalError):
             return database_error(sqlalchemy.exc.OperationalError(None, None, e))
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=e)

@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, Path, Request, Response
 
 from dpr_pg import aio
+from dpr_pg.db.collections import list_collections
+from dpr_pg.db.revision import current_revision, require_schema
+from dpr_pg.ingest import FieldMapping
+from dpr_pg.ingest.delete import delete_passages
 from dpr_pg.service import auth
 from dpr_pg.service.errors import ApiError
 from dpr_pg.service.keys import ApiKey
@@ -194,7 +198,6 @@ def install(app: FastAPI) -> None:
         if len(body.records) > service.settings.max_records:
             raise ApiError(422, "invalid_request", f"expected at most {service.settings.max_records} records in one "
                            f"call, not {len(body.records)}")
-        from dpr_pg.ingest import FieldMapping
 
         fields = FieldMapping(id=body.id_field, title=body.title_field, text=body.text_field,
                               metadata=tuple(body.metadata_fields) if body.metadata_fields is not None else None)
@@ -211,7 +214,6 @@ def install(app: FastAPI) -> None:
                      key: ApiKey | None = _WRITE) -> dict[str, Any]:
         """Delete the passage with this external id (a chunk is ``<id>#<n>``); 404 when there is none."""
         service = _service(request)
-        from dpr_pg.ingest.delete import delete_passages
 
         engine = aio.sync_engine(service.engine)  # type: ignore[arg-type]
         with service.metrics.database("delete"):
@@ -224,8 +226,6 @@ def install(app: FastAPI) -> None:
              tags=["collections"], summary="Collections, counts and encoders")
     async def collections(request: Request, key: ApiKey | None = _SEARCH) -> dict[str, Any]:
         """Each collection the key reaches: its passage count, last write and encoder pairs."""
-        from dpr_pg.db.collections import list_collections
-
         names = key.collections if key is not None else None
         found = await _service(request).database("collections", lambda conn: list_collections(conn, names=names))
         return {"collections": [c.as_dict() for c in found]}
@@ -240,7 +240,6 @@ def install(app: FastAPI) -> None:
         service = _service(request)
         if not service.warm or service.pair is None:
             raise ApiError(503, "not_ready", "the encoders are still loading", {"Retry-After": "1"})
-        from dpr_pg.db.schema import current_revision, require_schema
 
         def check(conn: Any) -> tuple[int, str | None]:
             return require_schema(conn), current_revision(conn)

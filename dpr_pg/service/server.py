@@ -14,9 +14,13 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import uvicorn
 from sqlalchemy.engine import Engine
 
+from dpr_pg.db import embedded
+from dpr_pg.db.revision import require_schema
 from dpr_pg.errors import ConfigError
+from dpr_pg.service.keys import live_key_count
 from dpr_pg.service.settings import ServiceSettings
 
 APP_FACTORY = "dpr_pg.service.app:app_from_environment"
@@ -30,9 +34,6 @@ def check_binding(engine: Engine, settings: ServiceSettings) -> str:
     >>> check_binding(engine, ServiceSettings(host="0.0.0.0"))  # doctest: +SKIP
     ConfigError: no API key is live, and 0.0.0.0 is not a loopback address ...
     """
-    from dpr_pg.db.schema import require_schema
-    from dpr_pg.service.keys import live_key_count
-
     with engine.connect() as conn:
         require_schema(conn)
         live = live_key_count(conn)
@@ -51,8 +52,6 @@ def check_binding(engine: Engine, settings: ServiceSettings) -> str:
 
 def run(settings: ServiceSettings, *, workers: int = 1, say: Callable[[str], None] = print) -> None:
     """Run uvicorn until SIGTERM/SIGINT; each worker builds the app from ``DPR_PG_SERVICE`` (set by the caller)."""
-    import uvicorn
-
     if workers < 1:
         raise ConfigError(f"expected --workers of at least 1, not {workers}")
     say(f"dpr-pg serve: http://{settings.host}:{settings.port} (docs at /docs, OpenAPI at /openapi.json), "
@@ -71,8 +70,6 @@ def run(settings: ServiceSettings, *, workers: int = 1, say: Callable[[str], Non
 
 def _leave_then_die(signum: int, frame: object) -> None:
     """Dying by a signal skips the exit handlers: leave the embedded server first, so that it does not outlive us."""
-    from dpr_pg.db import embedded
-
     embedded.leave()
     signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)

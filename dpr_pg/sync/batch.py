@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from pgvector.psycopg import register_vector
 from psycopg import Connection as PgConnection
 from sqlalchemy.engine import Engine
 
@@ -150,8 +151,6 @@ class Batcher:
         pg: PgConnection[Any] = raw.driver_connection  # type: ignore[assignment]
         try:
             if pg not in _REGISTERED:
-                from pgvector.psycopg import register_vector
-
                 register_vector(pg)
                 _REGISTERED.add(pg)
             self._changed = {}

@@ -35,7 +35,7 @@ def markdown_blocks(text: str) -> tuple[dict[str, Any], list[Block], str | None]
     """(front matter, blocks, first heading) of a Markdown text; also reads trafilatura's Markdown output."""
     markdown_it = require("markdown_it")
     require("mdit_py_plugins")
-    from mdit_py_plugins.front_matter import front_matter_plugin
+    from mdit_py_plugins.front_matter import front_matter_plugin  # lazy: optional; require() says how to install it
 
     parser = markdown_it.MarkdownIt("commonmark").enable("table").use(front_matter_plugin)
     tokens = parser.parse(text)

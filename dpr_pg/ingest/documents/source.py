@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dpr_pg.errors import IngestError
+from dpr_pg.ingest.documents import docx, html, markdown, pdf
 from dpr_pg.ingest.documents.extra import check_formats
 from dpr_pg.ingest.documents.structure import ParsedDocument, UnreadableDocument, chunking_key, document_records
 from dpr_pg.ingest.documents.walk import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FoundFile, find_documents
@@ -42,8 +43,6 @@ WHERE p.collection = :collection AND p.metadata ? 'source' AND p.metadata ? 'sha
 
 
 def _parser(fmt: str) -> Callable[[bytes, str], ParsedDocument]:
-    from dpr_pg.ingest.documents import docx, html, markdown, pdf
-
     return {"pdf": pdf.parse, "html": html.parse, "markdown": markdown.parse, "docx": docx.parse}[fmt]
 
 
