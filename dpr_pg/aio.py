@@ -123,7 +123,8 @@ async def search_many(
     check_request(k=options.get("k", 10), mode=options.get("mode", "dense"), filter=options.get("filter"),
                   collection=options.get("collection"), rrf_k=options.get("rrf_k", 60.0),
                   dense_weight=options.get("dense_weight", 1.0), text_weight=options.get("text_weight", 1.0),
-                  candidates=options.get("candidates", 100), texts=[*items, *texts])
+                  candidates=options.get("candidates", 100), texts=[*items, *texts],
+                  ef_search=options.get("ef_search"))
     questions = [q for q in items if isinstance(q, str)]
     if questions and encoder is not None:
         vectors = await (encode(questions) if encode is not None else _encode_in_thread(encoder, questions))
@@ -182,7 +183,7 @@ async def ask(
     >>> result.answer.text  # doctest: +SKIP
     'Sevilla'
     """
-    check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
+    check_ask(question, k=k, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
     started = time.perf_counter()
     hits = await search(bind, question, encoder=encoder, encode=encode, query_text=question, k=k, filter=filter,
                         collection=collection, mode=mode, ef_search=ef_search)

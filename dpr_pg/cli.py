@@ -22,7 +22,7 @@ from rich.table import Table
 from dpr_pg import config
 from dpr_pg._progress import step
 from dpr_pg.errors import ConfigError, DprPgError
-from dpr_pg.tuning import MAX_DIM, MAX_EF_SEARCH, MAX_K
+from dpr_pg.tuning import MAX_ASK_K, MAX_DIM, MAX_EF_SEARCH, MAX_K
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -226,6 +226,25 @@ class HitCount(click.ParamType):
         try:
             return check_k(number, limit=self.limit, name=self.what)
         except InvalidKError as e:
+            self.fail(str(e), param, ctx)
+
+
+class EfSearch(click.ParamType):
+    """hnsw.ef_search: an integer the core accepts (:func:`dpr_pg.validation.check_ef_search`), with its message."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        from dpr_pg.errors import SearchError
+        from dpr_pg.validation import check_ef_search
+
+        try:
+            number = value if isinstance(value, int) else int(str(value).strip())
+        except ValueError:
+            self.fail(f"expected ef_search as an integer, not {value!r}", param, ctx)
+        try:
+            return check_ef_search(number)
+        except SearchError as e:
             self.fail(str(e), param, ctx)
 
 
@@ -1021,8 +1040,9 @@ QUESTION_RUNTIME_HELP = ("Inference runtime. auto: on CPU in fp32, ONNX Runtime 
 @click.option("--vector", "vector_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="Use this query vector (.npy, or a JSON array) instead of encoding QUESTION.")
 @encoder_options("Question encoder precision", runtime_help=QUESTION_RUNTIME_HELP)
-@click.option("--ef-search", type=click.IntRange(1, MAX_EF_SEARCH), metavar="N",
-              help="hnsw.ef_search for the index path (default: the planner's); `dpr-pg audit` recommends one.")
+@click.option("--ef-search", type=EfSearch(), metavar="N",
+              help=f"hnsw.ef_search for the index path (1 to {MAX_EF_SEARCH}; default: the planner's); "
+                   "`dpr-pg audit` recommends one.")
 @click.option("--explain", is_flag=True, help="Print the path that ran and PostgreSQL's plan on stderr.")
 @json_option("one JSON array of hits")
 @PROGRESS_OPTION
@@ -1779,8 +1799,8 @@ def keys_revoke(ctx: Context, name: str) -> None:
 @click.option("--collection", help="Ask this collection only (default: every collection).")
 @click.option("--filter", "filter_doc", callback=_filter_json,
               metavar="JSON", help='Metadata filter document, e.g. \'{"source": "guia.pdf"}\'.')
-@click.option("-k", "k", type=HitCount(1000), default=10, show_default=True,
-              help="Passages retrieved and read (1 to 1000).")
+@click.option("-k", "k", type=HitCount(MAX_ASK_K), default=10, show_default=True,
+              help=f"Passages retrieved and read (1 to {MAX_ASK_K}).")
 @click.option("--top-answers", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Answers to return, best first.")
 @click.option("--no-answer-threshold", type=click.FloatRange(0, 1), metavar="SCORE",
@@ -1815,7 +1835,7 @@ def ask_command(ctx: Context, question: str, collection: str | None, filter_doc:
 
     engine = ctx.engine_with_schema()  # a wrong URL or a missing schema fails before the models load
     # then a bad question, filter or option fails before they load
-    check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
+    check_ask(question, k=k, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
     check_request(k=k, mode=mode, filter=filter_doc, collection=collection, texts=[question])
     reader = Reader.load(reader_model, precision=precision)
     pair = EncoderPair.load(question_model, passage_model, precision=precision, runtime="torch")

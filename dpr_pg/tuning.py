@@ -25,6 +25,7 @@ The planner's rules, in order (sql/search.sql's ``dpr_pg._search_plan`` applies 
 from __future__ import annotations
 
 MAX_K = 10_000  # hits one search may ask for
+MAX_ASK_K = 100  # passages one ask reads: reading costs far more than retrieving
 MAX_DIM = 16_000  # pgvector's limit for a vector column
 
 EXACT_THRESHOLD = 2000  # filtered rows at or below which exact search is both faster and exact

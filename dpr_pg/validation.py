@@ -1,4 +1,4 @@
-"""The checks every face shares: k, query vectors, filters and the embedding dimension.
+"""The checks every face shares: k, ef_search, query vectors, filters and the embedding dimension.
 
 The Python API (:mod:`dpr_pg.search.api`), the ORM helpers (:mod:`dpr_pg.search.orm`), the CLI and the
 HTTP service call these functions, so one mistake raises one error class with one message
@@ -8,13 +8,16 @@ wherever it is made:
 mistake                                error                        function
 =====================================  ===========================  ===============================
 k not an integer in 1..limit           :class:`InvalidKError`       :func:`check_k`
+ef_search not an integer in 1..1000    :class:`SearchError`         :func:`check_ef_search`
 vector missing, not numbers, NaN/inf   :class:`QueryVectorError`    :func:`check_query_vector`
 vector of the wrong length             :class:`DimensionError`      :func:`check_query_vector`
 filter outside the filter language     :class:`FilterError`         :func:`check_filter`
 embedding dimension out of range       :class:`ConfigError`         :func:`check_dim`
 =====================================  ===========================  ===============================
 
-The first two are :class:`SearchError` subclasses, and all are :class:`DprPgError` subclasses.
+An ask reads its k passages: its limit is ``MAX_ASK_K`` (100), a search's ``MAX_K`` (10000).
+:class:`InvalidKError` and :class:`QueryVectorError` are :class:`SearchError` subclasses, and all
+are :class:`DprPgError` subclasses.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from dpr_pg.errors import ConfigError, DimensionError, InvalidKError, QueryVectorError
+from dpr_pg.errors import ConfigError, DimensionError, InvalidKError, QueryVectorError, SearchError
 from dpr_pg.filters import Filter, Node, parse
-from dpr_pg.tuning import MAX_DIM, MAX_K
+from dpr_pg.tuning import MAX_DIM, MAX_EF_SEARCH, MAX_K
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -58,6 +61,23 @@ def check_k(k: Any, *, limit: int = MAX_K, name: str = "k") -> int:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= limit:
         raise InvalidKError(f"expected {name} between 1 and {limit}, not {k!r}")
     return int(k)
+
+
+def check_ef_search(ef_search: Any) -> int | None:
+    """``ef_search`` when None (the planner's) or an integer from 1 to pgvector's limit; else :class:`SearchError`.
+
+    >>> check_ef_search(200)
+    200
+    >>> check_ef_search(5000)
+    Traceback (most recent call last):
+    dpr_pg.errors.SearchError: expected ef_search between 1 and 1000, not 5000
+    """
+    if ef_search is None:
+        return None
+    if (not isinstance(ef_search, (int, np.integer)) or isinstance(ef_search, bool)
+            or not 1 <= ef_search <= MAX_EF_SEARCH):
+        raise SearchError(f"expected ef_search between 1 and {MAX_EF_SEARCH}, not {ef_search!r}")
+    return int(ef_search)
 
 
 def check_query_vector(value: Any, dim: int) -> np.ndarray:
@@ -106,4 +126,4 @@ def check_dim(dim: Any) -> int:
     return int(dim)
 
 
-__all__ = ["check_dim", "check_filter", "check_k", "check_query_vector"]
+__all__ = ["check_dim", "check_ef_search", "check_filter", "check_k", "check_query_vector"]

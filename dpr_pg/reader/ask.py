@@ -11,6 +11,8 @@ from sqlalchemy.engine import Connection, Engine
 from dpr_pg.errors import ReaderError
 from dpr_pg.reader.model import check_threshold
 from dpr_pg.search.api import search
+from dpr_pg.tuning import MAX_ASK_K
+from dpr_pg.validation import check_k
 
 if TYPE_CHECKING:
     from dpr_pg.encoders.pair import EncoderPair
@@ -78,7 +80,7 @@ def ask(
     no_answer_threshold: float | None = None,
     ef_search: int | None = None,
 ) -> AskResult:
-    """Answer ``question`` from the collection: retrieve ``k`` passages, read the best spans out of them.
+    """Answer ``question`` from the collection: retrieve ``k`` passages (1 to 100), read the best spans out of them.
 
     Retrieval is :func:`dpr_pg.search.api.search` (same filters, modes and encoder check). ``top_answers``
     spans come back, best first; with ``no_answer_threshold`` the result is "no answer" when no span
@@ -89,7 +91,7 @@ def ask(
         >>> result.answer.text, result.answer.passage.metadata["source"]                                     # doctest: +SKIP
         ('Sevilla', 'guias/sevilla.pdf')
     """
-    check_ask(question, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
+    check_ask(question, k=k, top_answers=top_answers, no_answer_threshold=no_answer_threshold)
     started = time.perf_counter()
     hits = search(bind, question, encoder=encoder, k=k, filter=filter, collection=collection, mode=mode,
                   query_text=question, ef_search=ef_search)
@@ -97,10 +99,12 @@ def ask(
                      started=started)
 
 
-def check_ask(question: Any, *, top_answers: int, no_answer_threshold: float | None) -> None:
-    """Refuse a question without text, ``top_answers`` < 1 or a threshold outside [0, 1], before any search."""
+def check_ask(question: Any, *, k: int, top_answers: int, no_answer_threshold: float | None) -> None:
+    """Refuse a question without text, k outside 1..MAX_ASK_K (:func:`dpr_pg.validation.check_k`'s
+    InvalidKError), ``top_answers`` < 1 or a threshold outside [0, 1], before any search."""
     if not isinstance(question, str) or not question.strip():
         raise ReaderError(f"expected a question with some text, not {question!r}")
+    check_k(k, limit=MAX_ASK_K)
     if isinstance(top_answers, bool) or not isinstance(top_answers, int) or top_answers < 1:
         raise ReaderError(f"expected top_answers >= 1, not {top_answers!r}")
     check_threshold(no_answer_threshold)

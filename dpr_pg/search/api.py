@@ -35,7 +35,7 @@ from dpr_pg.db.models import Passage
 from dpr_pg.db.replicas import read_connection
 from dpr_pg.db.storage import Storage, ann_distance, check_storage, read_storage
 from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS, MAX_QUERY_TEXT_WORDS
-from dpr_pg.validation import check_filter, check_half_range, check_k, check_query_vector
+from dpr_pg.validation import check_ef_search, check_filter, check_half_range, check_k, check_query_vector
 
 if TYPE_CHECKING:
     from dpr_pg.encoders.pair import EncoderPair
@@ -423,9 +423,9 @@ def _storage(conn: Connection) -> Storage:
 
 def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collection: str | None = None,
                   rrf_k: float = 60.0, dense_weight: float = 1.0, text_weight: float = 1.0, candidates: int = 100,
-                  texts: Sequence[Any] = ()) -> sa.ColumnElement[bool] | None:
-    """Check a search's options before anything is encoded or sent: k, mode, hybrid mode's rrf_k,
-    weights and candidates, the questions or query texts (``texts``), and the filter.
+                  texts: Sequence[Any] = (), ef_search: int | None = None) -> sa.ColumnElement[bool] | None:
+    """Check a search's options before anything is encoded or sent: k, mode, ef_search, hybrid mode's
+    rrf_k, weights and candidates, the questions or query texts (``texts``), and the filter.
 
     Returns the compiled WHERE clause (None without filter and collection); raises SearchError
     (InvalidKError for k) or FilterError, as :mod:`dpr_pg.validation` does on every face. :func:`search_many` and :mod:`dpr_pg.aio` call it first.
@@ -434,6 +434,7 @@ def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collect
     InvalidKError: expected k between 1 and 10000, not 0
     """
     check_k(k)
+    check_ef_search(ef_search)
     if mode not in MODES:
         raise SearchError(f"expected mode to be one of {', '.join(MODES)}, not {mode!r}")
     if not _is_real(rrf_k) or rrf_k < 0 or not math.isfinite(rrf_k):
@@ -477,7 +478,8 @@ def search_many(
     [3, 3]
     """
     where_probe = check_request(k=k, mode=mode, filter=filter, collection=collection, rrf_k=rrf_k,
-                                dense_weight=dense_weight, text_weight=text_weight, candidates=candidates)
+                                dense_weight=dense_weight, text_weight=text_weight, candidates=candidates,
+                                ef_search=ef_search)
     if isinstance(queries, (str, np.ndarray)) and not (isinstance(queries, np.ndarray) and queries.ndim == 2):
         queries = [queries]  # type: ignore[list-item]
     queries = list(queries)

@@ -1,9 +1,9 @@
 """Request and response bodies of the HTTP API (pydantic models: they make the OpenAPI schema).
 
-Bounds here are pgvector's (``ef_search`` up to ``MAX_EF_SEARCH``) or protect the server (list
-lengths). Everything the core checks itself (k, filters, dimensions, finiteness; see
-:mod:`dpr_pg.validation`) is left to the core, which answers with the same messages as in Python
-and on the command line; the schema still shows k's bounds.
+Bounds here protect the server (list lengths). Everything the core checks itself (k, ask's k,
+ef_search, filters, dimensions, finiteness; see :mod:`dpr_pg.validation`) is left to the core,
+which answers with the same messages as in Python and on the command line; the schema still shows
+the bounds of k and ef_search.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dpr_pg.ingest.validate import text_problem
-from dpr_pg.tuning import MAX_EF_SEARCH, MAX_K, MAX_QUERY_TEXT_CHARS
+from dpr_pg.tuning import MAX_ASK_K, MAX_EF_SEARCH, MAX_K, MAX_QUERY_TEXT_CHARS
 
 MAX_TEXT = 20_000  # characters of a passage's title, of a question to encode (the encoder keeps 512 tokens)
 MAX_QUESTION = MAX_QUERY_TEXT_CHARS  # a search's question or query text: the core's own bound
 MAX_LIST = 256
 MAX_DIM = 16_000
-MAX_ASK_K = 100  # passages one /v1/ask reads: reading costs far more than retrieving
 MAX_ANSWERS = 100
 Mode = Literal["dense", "hybrid", "exact"]
 
@@ -37,13 +36,14 @@ class _Strict(BaseModel):
 
 
 class SearchOptions(_Strict):
-    # k is checked by the core (dpr_pg.validation.check_k), so a bad k gets the same error and message
-    # here as in Python and the CLI; the schema still shows the bounds.
+    # k and ef_search are checked by the core (dpr_pg.validation), so a bad one gets the same error and
+    # message here as in Python and the CLI; the schema still shows the bounds.
     k: int = Field(10, description="Number of hits.", json_schema_extra={"minimum": 1, "maximum": MAX_K})
     filter: dict[str, Any] | None = Field(None, description="Metadata filter document (MongoDB's query subset).")
     collection: str | None = Field(None, min_length=1, max_length=256, description="Search this collection only.")
     mode: Mode = Field("dense", description="dense: planned HNSW/exact; exact; hybrid: dense + Spanish full text.")
-    ef_search: int | None = Field(None, ge=1, le=MAX_EF_SEARCH, description="hnsw.ef_search for the index path.")
+    ef_search: int | None = Field(None, description="hnsw.ef_search for the index path.",
+                                  json_schema_extra={"minimum": 1, "maximum": MAX_EF_SEARCH})
 
     @field_validator("collection")
     @classmethod
@@ -138,7 +138,8 @@ class AskRequest(SearchOptions):
          "filter": {"format": "pdf"}}]})
 
     question: str = Field(min_length=1, max_length=MAX_QUESTION)
-    k: int = Field(10, ge=1, le=MAX_ASK_K, description="Passages retrieved and read.")
+    k: int = Field(10, description="Passages retrieved and read.",
+                   json_schema_extra={"minimum": 1, "maximum": MAX_ASK_K})
     top_answers: int = Field(1, ge=1, le=MAX_ANSWERS, description="Answers to return, best first.")
     no_answer_threshold: float | None = Field(
         None, ge=0, le=1, description="Answer 'no answer' when no span scores this much, or the reader's null "
