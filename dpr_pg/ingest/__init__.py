@@ -1,10 +1,11 @@
 """Ingest: files and precomputed vectors → passages → embeddings → PostgreSQL, idempotent and resumable.
 
 Modules: ``readers`` (JSONL, CSV, Parquet), ``squad`` (SQuAD JSON and its questions file), ``documents``
-(PDF, HTML, Markdown, DOCX files and folders),
-``mapping`` (fields), ``limits`` (record sizes), ``chunking``, ``validate``, ``vectors`` (precomputed embeddings),
-``loader`` (COPY + upsert), ``index`` (the HNSW index: bulk loads, rebuilds, storage switches), ``batches``, ``stages`` (the threads that overlap),
-``writers`` (the writer pool), ``ray_encoders`` (encoding on Ray), ``report``, ``pipeline`` (:func:`ingest`).
+(PDF, HTML, Markdown, DOCX files and folders), ``mapping`` (fields), ``limits`` (record sizes),
+``chunking``, ``validate``, ``vectors`` (precomputed embeddings), ``loader`` (COPY + upsert), ``index``
+(the HNSW index: bulk loads and rebuilds), ``batches``, ``stages`` (the threads that overlap),
+``writers`` (the writer pool), ``ray_encoders`` (encoding on Ray), ``report``, ``pipeline``
+(:func:`ingest`).
 """
 
 from dpr_pg.ingest.chunking import chunk_text
