@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from dpr_pg.db.storage import set_storage
+from dpr_pg.db.column import set_storage
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.errors import DimensionError, IngestError
 from dpr_pg.ingest import ingest
