@@ -319,6 +319,10 @@ def main(ctx: click.Context, database_url: str | None, read_urls: str | None) ->
               help="How vectors are stored: vector (4 bytes a dimension) or halfvec (2: a new database gets a "
                    "halfvec column and index, half the bytes). Default: an existing schema's, else vector. "
                    "`dpr-pg storage set` switches it later.")
+@click.option("--partition-by-collection", is_flag=True,
+              help="Store each collection in a partition of its own, with its own HNSW index: a search within "
+                   "one collection reads only its rows. For an empty database; `dpr-pg storage partition` "
+                   "converts a populated one.")
 @click.option("--sql", "as_sql", is_flag=True,
               help="Print the SQL script instead of running it; connects to no database.")
 @click.option("--vector-schema", metavar="NAME",
@@ -328,8 +332,8 @@ def main(ctx: click.Context, database_url: str | None, read_urls: str | None) ->
                    "(at the latest revision: the SQL functions alone).")
 @pass_context
 @reports_errors
-def init(ctx: Context, dim: int | None, storage: str | None, as_sql: bool, vector_schema: str | None,
-         start: str | None) -> None:
+def init(ctx: Context, dim: int | None, storage: str | None, partition_by_collection: bool, as_sql: bool,
+         vector_schema: str | None, start: str | None) -> None:
     """Create or upgrade the dpr_pg schema (pgvector, tables, indexes, SQL functions).
 
     Running it again is a no-op; after a dpr-pg upgrade it applies the new migrations and SQL
@@ -339,6 +343,7 @@ def init(ctx: Context, dim: int | None, storage: str | None, as_sql: bool, vecto
     Example:
         dpr-pg init --dim 768
         dpr-pg init --storage halfvec
+        dpr-pg init --partition-by-collection
         dpr-pg init --sql > dpr_pg.sql
         psql -v ON_ERROR_STOP=1 -f dpr_pg.sql "$DATABASE_URL"
     """
@@ -348,6 +353,9 @@ def init(ctx: Context, dim: int | None, storage: str | None, as_sql: bool, vecto
         if storage not in (None, "vector"):
             raise click.UsageError("--sql prints the schema with the vector index; run dpr-pg storage set "
                                    f"{storage} once it is applied")
+        if partition_by_collection:
+            raise click.UsageError("--sql prints the unpartitioned schema; run dpr-pg storage partition once it "
+                                   "is applied")
         click.echo(init_sql(dim=dim or config.DEFAULT_DIM, vector_schema=vector_schema or "public", start=start),
                    nl=False)
         return
@@ -356,8 +364,9 @@ def init(ctx: Context, dim: int | None, storage: str | None, as_sql: bool, vecto
             raise click.UsageError(f"{name} only applies to the printed script: add --sql")
     from dpr_pg.db.schema import init as init_schema
 
-    result = init_schema(ctx.engine, dim=dim, storage=storage)
+    result = init_schema(ctx.engine, dim=dim, storage=storage, partition_by_collection=partition_by_collection)
     shape = f"{result.column}({result.dim})" + ("" if result.storage == result.column else f", {result.storage} index")
+    shape += ", partitioned by collection" if result.partitioned else ""
     if result.previous_revision != result.revision:
         before = result.previous_revision or "empty"
         click.echo(f"dpr_pg schema: {before} -> {result.revision} ({shape})")
@@ -675,6 +684,37 @@ def storage_show(ctx: Context, as_json: bool) -> None:
     if chosen.column == "vector" and chosen.kind != "vector":
         click.echo(f"the table still holds float4 vectors: dpr-pg storage set {chosen.kind if chosen.kind == 'halfvec' else 'halfvec'} "
                    "--rewrite-column halves them (offline)")
+
+
+@storage_group.command("partition")
+@click.option("--maintenance-work-mem", metavar="SIZE",
+              help="Memory for the index builds, e.g. 2GB (default: the server's setting).")
+@json_option()
+@pass_context
+@reports_errors
+def storage_partition(ctx: Context, maintenance_work_mem: str | None, as_json: bool) -> None:
+    """Partition dpr_pg.passages by collection, keeping every row, id, index, grant and policy.
+
+    One transaction: searches go on, writes wait until it ends (about as long as building the
+    HNSW index), then the tables swap under a brief exclusive lock. Progress goes to stderr.
+
+    \b
+    Example:
+        dpr-pg storage partition
+    """
+    from dpr_pg.db.partitions import partition_passages
+
+    done = partition_passages(ctx.engine, maintenance_work_mem=maintenance_work_mem,
+                              progress=None if as_json else lambda line: click.echo(line, err=True))
+    if as_json:
+        print_json({"converted": done.converted, "rows": done.rows, "partitions": done.partitions,
+                    "seconds": round(done.seconds, 3)})
+    elif not done.converted:
+        click.echo(f"dpr_pg.passages is already partitioned by collection ({done.partitions} partitions); "
+                   "nothing to do")
+    else:
+        click.echo(f"dpr_pg.passages partitioned by collection: {done.rows} passages in {done.partitions} "
+                   f"collection partitions, in {done.seconds:.1f} s")
 
 
 @storage_group.command("set")
@@ -1600,7 +1640,7 @@ def _print_audit(report: Any, as_json: bool) -> None:
 # ---- collections and the HTTP service ---------------------------------------------------------------
 
 
-@main.command("collections")
+@main.group("collections", invoke_without_command=True)
 @json_option("one JSON array")
 @pass_context
 @reports_errors
@@ -1610,7 +1650,10 @@ def collections_command(ctx: Context, as_json: bool) -> None:
     \b
     Example:
         dpr-pg collections --json
+        dpr-pg collections drop old_news
     """
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     from dpr_pg.db.collections import list_collections
 
     found = list_collections(ctx.engine)
@@ -1622,6 +1665,27 @@ def collections_command(ctx: Context, as_json: bool) -> None:
     for c in found:
         pairs = "; ".join(f"{e['question_model']} + {e['passage_model']}" for e in c.encoders)
         click.echo(f"{c.name}: {c.passages} passages, last write {c.updated_at:%Y-%m-%d %H:%M}, encoders {pairs}")
+
+
+@collections_command.command("drop")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+@reports_errors
+def collections_drop(ctx: Context, name: str, yes: bool) -> None:
+    """Remove collection NAME and every passage in it (its partition, when passages are partitioned).
+
+    \b
+    Example:
+        dpr-pg collections drop old_news --yes
+    """
+    from dpr_pg.db.partitions import drop_collection
+
+    if not yes:
+        click.confirm(f"remove collection {name!r} and all its passages?", abort=True)
+    dropped = drop_collection(ctx.engine, name)
+    how = " with its partition" if dropped.partition_dropped else ""
+    click.echo(f"{name}: removed {dropped.passages} passage(s){how}")
 
 
 @main.command("delete")

@@ -49,6 +49,9 @@ BEGIN
         EXECUTE format('%s INSERT ON dpr_pg.encoders %s %I', verb, direction, role_name);
         EXECUTE format('%s USAGE ON SEQUENCE %s %s %I', verb,
                        pg_get_serial_sequence('dpr_pg.encoders', 'id'), direction, role_name);
+        -- a first write into a collection makes its partition (sql/partitions.sql)
+        EXECUTE format('%s EXECUTE ON FUNCTION dpr_pg.create_collection_partition(text) %s %I', verb, direction,
+                       role_name);
         RETURN;
     END IF;
     EXECUTE format('%s USAGE ON SCHEMA dpr_pg %s %I', verb, direction, role_name);

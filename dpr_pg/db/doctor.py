@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.db.engine import psql_url
+from dpr_pg.db.partitions import partition_warnings
 from dpr_pg.db.replicas import ReplicaStatus, probe_replica, reason_of, route_of
 from dpr_pg.db.revision import current_revision, embedding_dim, head_revision
 from dpr_pg.db.storage import read_storage
@@ -185,14 +186,17 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
                 stored = read_storage(conn)
                 hnsw = {"m": parameters.m, "ef_construction": parameters.ef_construction,
                         "storage": stored.kind, "column": stored.column}
-                sizes = conn.execute(sa.text(
-                    "SELECT pg_relation_size(to_regclass(:index)), pg_size_bytes(current_setting('shared_buffers'))"),
+                sizes = conn.execute(sa.text(  # a partitioned index: the sum of its partitions'
+                    "SELECT (SELECT coalesce(sum(pg_relation_size(c.oid)), 0) FROM pg_class c WHERE c.oid = "
+                    "to_regclass(:index) OR c.oid IN (SELECT t.relid FROM pg_partition_tree(to_regclass(:index)) t)), "
+                    "pg_size_bytes(current_setting('shared_buffers'))"),
                     {"index": f"dpr_pg.{HNSW_INDEX}"}).one()
             memory = index_memory_warning(int(sizes[0]), int(sizes[1]))
             if memory:
                 warnings.append(memory)
         with engine.connect() as conn:
             warnings.extend(invalid_index_warnings(conn))
+            warnings.extend(partition_warnings(conn))
     replicas, replica_warnings = replica_statuses(engine)
     warnings.extend(replica_warnings)
     if revision is None:

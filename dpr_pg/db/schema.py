@@ -49,7 +49,7 @@ _INIT_LOCK_KEY = 0x6470725F7067  # "dpr_pg"
 # An allow-list, not an escape: a name the offline script may carry into SQL text.
 _PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # sql/'s idempotent definitions, in the order they are applied after the last migration.
-DEFINITION_FILES = ("search.sql", "sync.sql", "search_table.sql", "tenancy.sql")
+DEFINITION_FILES = ("search.sql", "sync.sql", "search_table.sql", "partitions.sql", "tenancy.sql")
 _PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 _VECTOR_SCHEMA_SQL = (
     "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
@@ -184,6 +184,7 @@ class InitResult:
     definitions_changed: bool = False
     storage: str = "vector"
     column: str = "vector"  # the embedding column's type: vector or halfvec
+    partitioned: bool = False
 
     @property
     def changed(self) -> bool:
@@ -218,7 +219,8 @@ def _check_vector_extension(conn: Connection) -> None:
         )
 
 
-def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) -> InitResult:
+def init(engine: Engine, *, dim: int | None = None, storage: str | None = None,
+         partition_by_collection: bool = False) -> InitResult:
     """Create or upgrade the dpr_pg schema, then apply sql/'s definitions; running it again is a no-op.
 
     ``dim`` is the embedding dimension. None keeps the dimension an existing schema stores, and
@@ -228,6 +230,9 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) 
     column and its index (half the bytes of vector's); with ``bit``, a bit index over the vector
     column. Another storage than an existing schema's is refused (``dpr-pg storage set`` switches
     the index without downtime, ``--rewrite-column`` the column offline).
+    ``partition_by_collection`` list-partitions ``dpr_pg.passages`` by collection (see
+    :mod:`dpr_pg.db.partitions`); a populated unpartitioned table is refused: ``dpr-pg storage
+    partition`` converts it.
 
     >>> init(engine, dim=768)  # doctest: +SKIP
     InitResult(previous_revision=None, revision='0013', dim=768, definitions_changed=True)
@@ -241,7 +246,28 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None) 
     if storage is not None and storage != result.storage:  # a new schema: its empty column and index, at once
         chosen = set_storage(engine, storage, rewrite_column=storage == "halfvec").storage
         result = replace(result, storage=chosen.kind, column=chosen.column)
-    return result
+    return _partition_new(engine, result) if partition_by_collection else _with_partitioning(engine, result)
+
+
+def _with_partitioning(engine: Engine, result: InitResult) -> InitResult:
+    from dpr_pg.db.partitions import is_partitioned
+
+    return replace(result, partitioned=is_partitioned(engine))
+
+
+def _partition_new(engine: Engine, result: InitResult) -> InitResult:
+    """``init --partition-by-collection``: partition an empty table at once; a populated one is refused."""
+    from dpr_pg.db.partitions import is_partitioned, partition_passages
+
+    with engine.connect() as conn:
+        if is_partitioned(conn):
+            return replace(result, partitioned=True)
+        populated = conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM dpr_pg.passages)")).scalar()
+    if populated:
+        raise SchemaError("dpr_pg.passages already holds passages and is not partitioned; run dpr-pg storage partition "
+                          "to convert it (writes wait while it runs; searches go on)")
+    partition_passages(engine)
+    return replace(result, partitioned=True, definitions_changed=True)
 
 
 @contextmanager

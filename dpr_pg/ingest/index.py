@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from dpr_pg import _progress
 from dpr_pg.errors import ConfigError, IndexBuildError
 from dpr_pg.db.models import SCHEMA
+from dpr_pg.db.partitions import is_partitioned
 from dpr_pg.db.revision import require_schema
 from dpr_pg.db.storage import Storage, column_type, index_method, read_storage, write_storage
 from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
@@ -74,6 +76,12 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 LIMIT 1
 """
 _NEW_INDEX = f"{HNSW_INDEX}_new"
+# The rows of dpr_pg.passages as of the last ANALYZE: the table itself, or its partitions.
+_ROWS = ("SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_partition_tree('dpr_pg.passages') t "
+         "JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf")
+_LEAVES = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+           "WHERE i.inhparent = 'dpr_pg.passages'::regclass ORDER BY c.relname")
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]{0,53}")
 _SWAP_TRIES = 6
 _SWAP_LOCK_TIMEOUT = "5s"  # while the swap waits for its lock, new searches queue behind it: keep it short
 # pgvector keeps the graph in maintenance_work_mem while it builds; a build that outgrows it slows
@@ -303,7 +311,9 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
         require_schema(conn)  # before init: say so, not "the index was not rebuilt"
     try:
         with _autocommit(engine) as conn, _index_lock(conn, wait=wait):
-            conn.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{_NEW_INDEX}"))  # a killed build's
+            partitioned = is_partitioned(conn)
+            how = "" if partitioned else "CONCURRENTLY "  # a partitioned index drops at once
+            conn.execute(sa.text(f"DROP INDEX {how}IF EXISTS dpr_pg.{_NEW_INDEX}"))  # a killed build's
             kind = (storage or read_storage(conn)).kind
             memory = _set_memory(conn, maintenance_work_mem, parameters, kind)
             workers = _set_workers(conn)
@@ -311,21 +321,45 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
                 started = time.perf_counter()
                 _tell(progress, kind, memory, workers)
                 with _progress.index_build(engine, progress):
-                    conn.execute(sa.text(_definition(_NEW_INDEX, parameters, _method(conn, storage), concurrently=True)))
+                    if partitioned:
+                        _build_partitions(conn, parameters, _method(conn, storage))
+                    else:
+                        conn.execute(sa.text(_definition(_NEW_INDEX, parameters, _method(conn, storage),
+                                                         concurrently=True)))
                 seconds = time.perf_counter() - started
-                _swap(engine, storage)
+                _swap(engine, storage, partitioned=partitioned)
             except BaseException:
-                _drop_new_index(engine, conn)
+                _drop_new_index(engine, conn, partitioned=partitioned)
                 raise
-            rows = int(conn.execute(sa.text(
-                "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'dpr_pg.passages'::regclass")).scalar())
+            rows = int(conn.execute(sa.text(_ROWS)).scalar())
     except sa.exc.DBAPIError as e:
         raise IndexBuildError(f"the HNSW index was not rebuilt: {_reason(e)}; the old index is kept and the "
                               "new one was dropped: re-run dpr-pg index") from e
     return IndexBuild(parameters, rows, seconds, memory, workers)
 
 
-def _swap(engine: Engine, storage: Storage | None = None) -> None:
+def _build_partitions(conn: Connection, parameters: HnswParameters, method: str) -> None:
+    """The new index of a partitioned table: CONCURRENTLY on each partition, attached to an index made
+    ON ONLY the parent (CREATE INDEX CONCURRENTLY refuses a partitioned table). The parent index is
+    valid once every partition's is attached; until the swap, searches use the old one.
+    """
+    conn.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{_NEW_INDEX}"))  # a killed build's (and its partitions')
+    conn.execute(sa.text(f"CREATE INDEX {_NEW_INDEX} ON ONLY dpr_pg.passages {method} WITH ({parameters.sql()})"))
+    for (table,) in conn.execute(sa.text(_LEAVES)).all():
+        leaf = _leaf_index(table, new=True)
+        conn.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{leaf}"))
+        conn.execute(sa.text(f"CREATE INDEX CONCURRENTLY {leaf} ON dpr_pg.{table} {method} WITH ({parameters.sql()})"))
+        conn.execute(sa.text(f"ALTER INDEX dpr_pg.{_NEW_INDEX} ATTACH PARTITION dpr_pg.{leaf}"))
+
+
+def _leaf_index(table: str, *, new: bool = False) -> str:
+    """A partition's HNSW index name; ``table`` comes from the catalog (passages_c_<hex>, passages_default)."""
+    if not _PLAIN_NAME.fullmatch(table):
+        raise IndexBuildError(f"unexpected partition name dpr_pg.{table!r}; detach it, then re-run dpr-pg index")
+    return f"{table}_hnsw_new" if new else f"{table}_hnsw"
+
+
+def _swap(engine: Engine, storage: Storage | None = None, *, partitioned: bool = False) -> None:
     """Put the new index in the old one's place, in one short transaction (searches never lack an index).
 
     The swap needs an exclusive lock on the table; a long transaction (or a deadlock with one)
@@ -337,6 +371,10 @@ def _swap(engine: Engine, storage: Storage | None = None) -> None:
                 swap.execute(sa.text(f"SET LOCAL lock_timeout = '{_SWAP_LOCK_TIMEOUT}'"))
                 swap.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{HNSW_INDEX}"))
                 swap.execute(sa.text(f"ALTER INDEX dpr_pg.{_NEW_INDEX} RENAME TO {HNSW_INDEX}"))
+                if partitioned:  # each partition's index takes the name the next rebuild looks for
+                    for (table,) in swap.execute(sa.text(_LEAVES)).all():
+                        swap.execute(sa.text(f"ALTER INDEX IF EXISTS dpr_pg.{_leaf_index(table, new=True)} "
+                                             f"RENAME TO {_leaf_index(table)}"))
                 if storage is not None:  # searches see the new index and the setting at once
                     write_storage(swap, storage)
             return
@@ -348,9 +386,11 @@ def _swap(engine: Engine, storage: Storage | None = None) -> None:
             time.sleep(min(2.0**attempt, 10.0))
 
 
-def _drop_new_index(engine: Engine, conn: Connection) -> None:
+def _drop_new_index(engine: Engine, conn: Connection, *, partitioned: bool = False) -> None:
     """Drop a failed rebuild's ``_new`` index, so that PostgreSQL stops maintaining it on every write."""
-    drop = sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{_NEW_INDEX}")
+    # A partitioned index cannot be dropped CONCURRENTLY; its partitions' indexes go with it, and a
+    # partition's index not attached yet is dropped by the next build.
+    drop = sa.text(f"DROP INDEX {'' if partitioned else 'CONCURRENTLY '}IF EXISTS dpr_pg.{_NEW_INDEX}")
     if not conn.invalidated:
         try:
             conn.execute(drop)  # still under the lock: it is this build's index
@@ -438,10 +478,8 @@ def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters
         if conn.execute(_STALE_COUNT).scalar():
             conn.execute(sa.text("ANALYZE dpr_pg.passages"))
         rows, dim, current = conn.execute(sa.text(
-            "SELECT greatest(c.reltuples, 0), a.atttypmod, "
-            "pg_size_bytes(current_setting('maintenance_work_mem')) "
-            "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'embedding' "
-            "WHERE c.oid = 'dpr_pg.passages'::regclass")).one()
+            f"SELECT ({_ROWS}), a.atttypmod, pg_size_bytes(current_setting('maintenance_work_mem')) "
+            "FROM pg_attribute a WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding'")).one()
         needed = min(graph_bytes(rows, int(dim), parameters, kind), memory_cap())
         memory = f"{needed // 2**20}MB" if needed > current else None  # never lower the server's setting
     if memory is not None:

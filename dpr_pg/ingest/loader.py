@@ -25,6 +25,7 @@ from dpr_pg.errors import DatabaseError
 from dpr_pg.db.storage import COLUMN_TYPE_SQL
 from dpr_pg.ingest.copybin import copy_payload, int4_field, text_field
 from dpr_pg.db.models import TSV_EXPRESSION
+from dpr_pg.db.partitions import ensure_partition, is_partitioned_table
 
 T = TypeVar("T")
 APPLICATION_NAME = "dpr_pg ingest"
@@ -49,6 +50,9 @@ WITH written AS (
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
+# A partitioned table has no xmax to return: a row this transaction inserted has created_at = now(),
+# an updated one keeps the created_at of an earlier transaction.
+_UPSERT_PARTITIONED = _UPSERT.replace("(p.xmax = 0) AS inserted", "(p.created_at = now()) AS inserted")
 # The generated column's expression, on one passage's values (autocommit: a refusal leaves the session clean).
 _TSVECTOR_SIZE = f"SELECT pg_column_size({TSV_EXPRESSION}) FROM (SELECT %s::text AS title, %s::text AS text) AS passage"
 # The embedding goes last: copybin appends each row's fixed-size vector block after its other fields.
@@ -96,6 +100,8 @@ class PassageWriter:
         self._conn: psycopg.Connection | None = None
         self._copy_direct = True
         self.half = False  # the column stores halfvec: read when the connection opens
+        self._upsert_sql = _UPSERT
+        self._partition_ready = False
 
     def __enter__(self) -> PassageWriter:
         return self
@@ -133,6 +139,7 @@ class PassageWriter:
             # PostgreSQL refuses COPY FROM into a table whose row-level security applies to the role
             # (a tenant, see dpr_pg.db.tenancy): such a writer always goes through staging + upsert.
             self._copy_direct = not conn.execute("SELECT row_security_active('dpr_pg.passages')").fetchone()[0]
+            self._upsert_sql = _UPSERT_PARTITIONED if is_partitioned_table(conn) else _UPSERT
             self._conn = conn
         return self._conn
 
@@ -184,6 +191,9 @@ class PassageWriter:
         """
         if not rows:
             return 0, 0
+        if not self._partition_ready:  # the collection's partition, before its first row (a no-op unpartitioned)
+            self._retrying(lambda conn: ensure_partition(conn, self.collection))
+            self._partition_ready = True
         if fresh and self._retrying(lambda conn: self._copy_direct):
             try:
                 return self._retrying(lambda conn: self._copy_new(conn, rows))
@@ -214,7 +224,7 @@ class PassageWriter:
         with conn.transaction(), conn.cursor() as cur:
             self._copy_rows(cur, _COPY_STAGING, rows)
             cur.execute(_LOCK, (self.collection,))
-            cur.execute(_UPSERT, {"collection": self.collection, "encoder_id": self.encoder_id})
+            cur.execute(self._upsert_sql, {"collection": self.collection, "encoder_id": self.encoder_id})
             inserted, updated = cur.fetchone()  # type: ignore[misc]
         return int(inserted), int(updated)
 
