@@ -610,12 +610,20 @@ def server_psql(postgres_version: str | None, database: str, psql_args: tuple[st
               help="Links per node: more links, better recall on large corpora, a bigger index.")
 @click.option("--ef-construction", type=click.IntRange(4, 1000), default=64, show_default=True,
               help="Candidate list while building (at least 2 x m): larger, a better graph and a slower build.")
+@click.option("--column", "promote", metavar="KEY",
+              help="Instead: keep metadata key KEY in a column of its own with a btree index; filters on it "
+                   "use the column, with the same results. Rewrites the table once.")
+@click.option("--type", "kind", type=click.Choice(["text", "number", "boolean"]), default="text", show_default=True,
+              help="With --column: the type of the values the column keeps (others stay in metadata only).")
+@click.option("--drop-column", metavar="KEY", help="Instead: drop the column of a promoted metadata key.")
+@click.option("--list-columns", is_flag=True, help="Instead: list the promoted metadata keys.")
 @index_build_options
 @json_option()
 @PROGRESS_OPTION
 @pass_context
 @reports_errors
-def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_mem: str | None, wait: float,
+def index_command(ctx: Context, m: int, ef_construction: int, promote: str | None, kind: str,
+                  drop_column: str | None, list_columns: bool, maintenance_work_mem: str | None, wait: float,
                   as_json: bool, progress: bool | None) -> None:
     """Rebuild the HNSW index with other parameters; searches and writes go on meanwhile.
 
@@ -627,7 +635,12 @@ def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_m
     \b
     Example:
         dpr-pg index --m 24 --ef-construction 128
+        dpr-pg index --column lang
+        dpr-pg index --list-columns
     """
+    if promote is not None or drop_column is not None or list_columns:
+        _promoted_columns_command(ctx, promote, kind, drop_column, as_json)
+        return
     from dpr_pg.ingest.index import build_index
 
     build = build_index(ctx.engine, m=m, ef_construction=ef_construction, maintenance_work_mem=maintenance_work_mem,
@@ -640,6 +653,32 @@ def index_command(ctx: Context, m: int, ef_construction: int, maintenance_work_m
     click.echo(f"HNSW index rebuilt with m = {build.parameters.m}, ef_construction = "
                f"{build.parameters.ef_construction}: {build.rows} rows in {build.seconds:.1f} s "
                f"(maintenance_work_mem {build.maintenance_work_mem})")
+
+
+def _promoted_columns_command(ctx: Context, promote: str | None, kind: str, drop_column: str | None,
+                              as_json: bool) -> None:
+    from dpr_pg.db.promoted import drop_promoted, promote_key, promoted_columns
+
+    if promote is not None and drop_column is not None:
+        raise click.UsageError("give --column or --drop-column, not both")
+    if promote is not None:
+        made = promote_key(ctx.engine, promote, kind=kind)
+        if not as_json:
+            click.echo(f"metadata key {made.key!r} ({made.kind}) is kept in column dpr_pg.passages.{made.column}, "
+                       "with a btree index")
+    elif drop_column is not None:
+        dropped = drop_promoted(ctx.engine, drop_column)
+        if not as_json:
+            click.echo(f"dropped the column of metadata key {drop_column!r}" if dropped
+                       else f"metadata key {drop_column!r} is not promoted; nothing to do")
+    found = promoted_columns(ctx.engine)
+    if as_json:
+        print_json([{"key": p.key, "type": p.kind, "column": p.column} for p in found])
+    elif promote is None and drop_column is None:
+        for p in found:
+            click.echo(f"{p.key}: {p.kind}, column {p.column}")
+        if not found:
+            click.echo("no promoted metadata keys; promote one with dpr-pg index --column KEY")
 
 
 @main.group("storage")

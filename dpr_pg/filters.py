@@ -331,7 +331,57 @@ def _compare(x: sa.ColumnElement[Any], op: str, value: Any) -> sa.ColumnElement[
     return _typed(x, "string", getattr(as_text, _RANGE[op])(sa.bindparam(None, value, sa.Text)))
 
 
-def _metadata_sql(leaf: Leaf, table: Any) -> sa.ColumnElement[bool]:
+_PROMOTED_TYPES = {"text": sa.Text, "number": sa.Numeric, "boolean": sa.Boolean}
+
+
+def _of_kind(value: Any, kind: str) -> bool:
+    return (isinstance(value, str) if kind == "text" else _is_number(value) if kind == "number"
+            else isinstance(value, bool))
+
+
+def _exact(value: Any, kind: str) -> Any:
+    """A value bound for equality as jsonb compares it: a float by its JSON digits (numeric), not as float8."""
+    if kind == "number":
+        return sa.bindparam(None, Decimal(repr(value)) if isinstance(value, float) else value, sa.Numeric)
+    return sa.bindparam(None, value, _PROMOTED_TYPES[kind])
+
+
+def _promoted_sql(leaf: Leaf, promoted: Mapping[str, Any] | None) -> sa.ColumnElement[bool] | None:
+    """The leaf on a promoted key's column (see :mod:`dpr_pg.db.promoted`), or None where only the jsonb
+    keeps the meaning: another type's value, ``$exists``, ``$contains``, ``$ilike`` (case folding
+    follows the collation), nested keys.
+
+    The column holds the key's value only when it has the promoted type and is NULL otherwise; each
+    comparison is ANDed with ``IS NOT NULL`` so that it is false, never NULL, under ``$not``.
+    """
+    if not promoted or len(leaf.path) != 1 or leaf.path[0] not in promoted:
+        return None
+    found = promoted[leaf.path[0]]
+    kind, op, value = found.kind, leaf.op, leaf.value
+    column = sa.column(found.column, _PROMOTED_TYPES[kind], _selectable=Passage.__table__)
+    present = column.is_not(None)
+    if op in ("$eq", "$ne") and _of_kind(value, kind):
+        equal = sa.and_(column == _exact(value, kind), present)
+        return equal if op == "$eq" else sa.not_(equal)
+    if op in _RANGE and kind != "boolean" and _of_kind(value, kind):
+        bound = sa.bindparam(None, value, sa.Numeric if kind == "number" else sa.Text)
+        return sa.and_(getattr(column, _RANGE[op])(bound), present)
+    if op == "$between" and kind != "boolean" and all(_of_kind(v, kind) for v in value):
+        low, high = (sa.bindparam(None, v, sa.Numeric if kind == "number" else sa.Text) for v in value)
+        return sa.and_(column >= low, column <= high, present)
+    if op in ("$in", "$nin") and all(_of_kind(v, kind) for v in value):
+        found_in = sa.and_(sa.or_(sa.false(), *(column == _exact(v, kind) for v in value)), present)
+        return found_in if op == "$in" else sa.not_(found_in)
+    if op == "$like" and kind == "text":
+        return sa.and_(column.like(sa.bindparam(None, value, sa.Text)), present)
+    return None
+
+
+def _metadata_sql(leaf: Leaf, table: Any, promoted: Mapping[str, Any] | None = None) -> sa.ColumnElement[bool]:
+    if table is Passage:
+        on_column = _promoted_sql(leaf, promoted)
+        if on_column is not None:
+            return on_column
     metadata = table.c.metadata if hasattr(table, "c") else table.metadata_
     x: sa.ColumnElement[Any] = metadata
     for key in leaf.path:
@@ -391,13 +441,18 @@ def _column_sql(leaf: Leaf, table: Any) -> sa.ColumnElement[bool]:
     return sa.true() if value else sa.false()
 
 
-def to_sql(node: Node | None, table: Any = Passage) -> sa.ColumnElement[bool]:
-    """The WHERE clause of a parsed filter against ``table`` (the passages table or an alias of it)."""
+def to_sql(node: Node | None, table: Any = Passage, *,
+           promoted: Mapping[str, Any] | None = None) -> sa.ColumnElement[bool]:
+    """The WHERE clause of a parsed filter against ``table`` (the passages table or an alias of it).
+
+    ``promoted``: {key: :class:`dpr_pg.db.promoted.PromotedColumn`} of dpr_pg.passages; those keys
+    are compared on their columns where that keeps the filter's meaning.
+    """
     if node is None:
         return sa.true()
     if isinstance(node, Leaf):
-        return _metadata_sql(node, table) if node.column is None else _column_sql(node, table)
-    parts = [to_sql(child, table) for child in node.children]
+        return _metadata_sql(node, table, promoted) if node.column is None else _column_sql(node, table)
+    parts = [to_sql(child, table, promoted=promoted) for child in node.children]
     if node.op == "$not":
         return sa.not_(parts[0])
     if node.op == "$or":
@@ -405,9 +460,12 @@ def to_sql(node: Node | None, table: Any = Passage) -> sa.ColumnElement[bool]:
     return sa.and_(sa.true(), *parts)
 
 
-def compile_filter(document: Filter, table: Any = Passage) -> sa.ColumnElement[bool]:
+def compile_filter(document: Filter, table: Any = Passage, *,
+                   promoted: Mapping[str, Any] | None = None) -> sa.ColumnElement[bool]:
     """Validate a filter document and return its SQLAlchemy WHERE clause; every value is a bound parameter.
+
+    ``promoted`` (see :func:`to_sql`) uses promoted keys' columns; the rows are the same.
 
     >>> stmt = sa.select(Passage.id).where(compile_filter({"lang": "es", "year": {"$gte": 2020}}))
     """
-    return to_sql(parse(document), table)
+    return to_sql(parse(document), table, promoted=promoted)

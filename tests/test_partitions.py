@@ -175,6 +175,11 @@ def test_a_collection_filter_prunes_the_other_partitions(partitioned: tuple[str,
     assert [h.external_id for h in hits] == truth(["wiki"])
     assert partition_name("wiki") in hits.plan.explain
     assert partition_name("news") not in hits.plan.explain and "passages_default" not in hits.plan.explain
+    # a collection larger than the exact threshold: its partition's own index, unfiltered
+    walked = search(engine, QUERY, k=5, collection="wiki", exact_threshold=100, explain=True)
+    assert walked.plan.path == "hnsw-iterative" and "partition of about 400 rows" in walked.plan.reason
+    assert f"{partition_name('wiki')}_hnsw" in walked.plan.explain or partition_name("wiki") in walked.plan.explain
+    assert [h.external_id for h in walked] == truth(["wiki"])
     inside = search(engine, QUERY, k=5, collection="wiki", filter={"even": True}, explain=True)
     assert [h.external_id for h in inside] == truth(["wiki"], even=True)
     assert partition_name("news") not in inside.plan.explain
@@ -340,3 +345,19 @@ def test_row_level_security_still_limits_tenants_on_partitions(partitioned: tupl
                 conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
                 conn.execute(sa.text(f'DROP ROLE "{role}"'))
         admin.dispose()
+
+
+def test_a_promoted_key_reaches_every_partition(partitioned: tuple[str, Engine], tmp_path: Path) -> None:
+    from dpr_pg.db.promoted import promote_key
+
+    _, engine = partitioned
+    _ingest(engine, tmp_path, "wiki")
+    promote_key(engine, "even", kind="boolean")
+    _ingest(engine, tmp_path, "news")  # a partition made after the column: it has it too
+    with engine.connect() as conn:
+        stored = dict(conn.execute(sa.text("SELECT collection, count(*) FROM dpr_pg.passages WHERE meta_even "
+                                           "GROUP BY 1")).all())
+    assert stored == {"wiki": SIZES["wiki"] // 2, "news": SIZES["news"] // 2}
+    hits = search(engine, QUERY, k=5, collection="news", filter={"even": False}, explain=True)
+    assert [h.external_id for h in hits] == truth(["news"], even=False)
+    assert "meta_even" in hits.plan.explain

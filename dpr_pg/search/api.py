@@ -33,6 +33,8 @@ from dpr_pg.errors import DimensionError, SchemaError, SearchError
 from dpr_pg.filters import Filter, compile_filter, to_sql
 from dpr_pg.db.models import Passage
 from dpr_pg.db.replicas import read_connection
+from dpr_pg.db.partitions import is_partitioned, partition_name
+from dpr_pg.db.promoted import promoted_by_key
 from dpr_pg.db.storage import Storage, ann_distance, check_storage, read_storage
 from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS, MAX_QUERY_TEXT_WORDS
 from dpr_pg.validation import check_ef_search, check_filter, check_half_range, check_k, check_query_vector
@@ -113,9 +115,10 @@ def _check_words(text: Any) -> None:
                           "full-text ranking costs grow with every word of the query: keep the words that matter")
 
 
-def _where(filter: Filter, collection: str | None, table: Any = Passage) -> sa.ColumnElement[bool] | None:
+def _where(filter: Filter, collection: str | None, table: Any = Passage, *,
+           promoted: Any = None) -> sa.ColumnElement[bool] | None:
     node = check_filter(filter)
-    parts = [] if node is None else [to_sql(node, table)]
+    parts = [] if node is None else [to_sql(node, table, promoted=promoted)]
     if collection is not None:
         if not isinstance(collection, str):
             raise SearchError(f"expected the collection as a string, not {type(collection).__name__}")
@@ -370,6 +373,7 @@ def _hybrid(conn: Connection, vector: np.ndarray, query_text: str, where: sa.Col
 
 _FACTS: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[int, ...], int, bool]] = weakref.WeakKeyDictionary()
 _STORAGE: weakref.WeakKeyDictionary[Engine, tuple[float, Storage]] = weakref.WeakKeyDictionary()
+_PARTITIONED: weakref.WeakKeyDictionary[Engine, tuple[float, bool]] = weakref.WeakKeyDictionary()
 # Seconds a process trusts the storage it read: after another process switches it (dpr-pg storage
 # set), searches here order by the old index's expression for at most this long; they stay right
 # (the exact path), only slower. set_storage in this process takes effect at once.
@@ -380,6 +384,7 @@ def forget_database_facts(engine: Engine) -> None:
     """Make the next search on ``engine`` read the dimension, pgvector's version and the storage again."""
     _FACTS.pop(engine, None)
     _STORAGE.pop(engine, None)
+    _PARTITIONED.pop(engine, None)
 
 
 def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
@@ -408,6 +413,20 @@ def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
         raise SchemaError("this database has no dpr_pg schema yet; run dpr-pg init first")
     facts = _FACTS[conn.engine] = (int(dim), _planner.version_tuple(version), int(oid), bool(row_security))
     return facts
+
+
+def _collection_partition(conn: Connection, collection: str, *, whole: bool) -> _planner.CollectionPartition | None:
+    """The collection's partition and its rows, when dpr_pg.passages is partitioned and it was analysed."""
+    now = time.monotonic()
+    cached = _PARTITIONED.get(conn.engine)
+    if cached is None or now - cached[0] >= STORAGE_TTL:
+        cached = (now, is_partitioned(conn))
+        _PARTITIONED[conn.engine] = cached
+    if not cached[1]:
+        return None
+    rows = conn.execute(sa.text("SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = to_regclass(:t)"),
+                        {"t": f"dpr_pg.{partition_name(collection)}"}).scalar()
+    return _planner.CollectionPartition(collection, float(rows), whole) if rows is not None and rows >= 0 else None
 
 
 def _storage(conn: Connection) -> Storage:
@@ -498,6 +517,10 @@ def search_many(
         dim, version, oid, row_security = _database_facts(conn)
         stored = _storage(conn)
         storage = stored if mode != "exact" else _VECTOR
+        if filter:  # promoted metadata keys (dpr_pg.db.promoted): the same rows, found through their columns
+            promoted = promoted_by_key(conn)
+            if promoted:
+                where_probe = _where(filter, collection, promoted=promoted)
         if encoder is not None:
             check_encoder(conn, encoder.fingerprint, collection=collection)
         encoded = iter(encoder.question.encode(questions)) if questions and encoder is not None else iter(())
@@ -516,11 +539,13 @@ def search_many(
         pinned = (_custom_plans(conn, restore, iterative_ef=iterative_ef) if probes
                   else nullcontext((False, None)))
         with pinned as (row_security, table):
+            partition = (_collection_partition(conn, collection, whole=not filter)
+                         if collection is not None and mode == "dense" and not row_security else None)
             plan = _planner.plan(conn, where_probe, k=max(k, candidates) if mode == "hybrid" else k,
                                  pgvector_version=pgvector, exact=mode == "exact",
                                  exact_threshold=exact_threshold, exact_selectivity=exact_selectivity,
-                                 ef_search=ef_search, row_security=row_security, table=table
-                                 ).with_(storage=storage.kind)
+                                 ef_search=ef_search, row_security=row_security, table=table,
+                                 partition=partition).with_(storage=storage.kind)
             if mode == "hybrid":
                 return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
                                 text_weight=text_weight, candidates=candidates, vector_oid=oid, storage=storage)

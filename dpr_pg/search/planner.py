@@ -71,6 +71,16 @@ def _compile_explain(element: Explain, compiler: Any, **kw: Any) -> str:
     return f"EXPLAIN ({element.options}) " + compiler.process(element.statement, **kw)
 
 
+@dataclass(frozen=True)
+class CollectionPartition:
+    """The partition a search of one collection reads: its rows as of the last ANALYZE, and whether
+    the search reads the whole collection (no filter beyond the collection)."""
+
+    collection: str
+    rows: float
+    whole: bool
+
+
 def version_tuple(version: str | None) -> tuple[int, ...]:
     """``"0.8.5"`` → ``(0, 8, 5)``."""
     if not version:
@@ -90,6 +100,7 @@ def plan(
     ef_search: int | None = None,
     row_security: bool = False,
     table: tuple[float, bool] | None = None,
+    partition: CollectionPartition | None = None,
 ) -> SearchPlan:
     """Choose the path for a top-``k`` dense search over the rows matching ``where`` (None: all rows).
 
@@ -99,6 +110,10 @@ def plan(
     instead, bounded at ``exact_threshold + 1``.
     ``table`` is dpr_pg.passages' (reltuples, has statistics) when the caller has read them
     (:data:`dpr_pg.search.statistics.TABLE_FACTS`); else the planner reads them when it needs them.
+    ``partition``: the search names one collection of a table partitioned by collection (see
+    :mod:`dpr_pg.db.partitions`). Its partition has an HNSW index of its own, so a search of the
+    whole collection walks that index unfiltered, and a filter's share is judged against the
+    partition's rows rather than the table's.
 
     >>> plan(conn, None, k=10, pgvector_version=(0, 8, 5)).path  # doctest: +SKIP
     'hnsw'
@@ -117,6 +132,13 @@ def plan(
         return SearchPlan("exact", f"pgvector {shown} has no iterative index scans: exact over the filtered rows")
     if k > MAX_EF_SEARCH:
         return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}")
+    if partition is not None and partition.rows > exact_threshold:
+        if partition.whole:
+            return SearchPlan("hnsw-iterative", f"collection {partition.collection!r} is a partition of about "
+                              f"{partition.rows:.0f} rows with its own HNSW index: the index of the partition",
+                              estimated_rows=partition.rows,
+                              ef_search=max(k, ef_search or UNFILTERED_EF_SEARCH))
+        table = (partition.rows, table[1] if table is not None else True)
     probe = sa.select(sa.literal(1)).select_from(Passage).where(where)
     estimate = float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
     chosen_ef = max(k, ef_search or FILTERED_EF_SEARCH)
