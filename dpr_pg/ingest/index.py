@@ -77,8 +77,9 @@ LIMIT 1
 """
 _NEW_INDEX = f"{HNSW_INDEX}_new"
 # The rows of dpr_pg.passages as of the last ANALYZE: the table itself, or its partitions.
-_ROWS = ("SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_partition_tree('dpr_pg.passages') t "
-         "JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf")
+_ROWS = ("SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_class c "
+         "WHERE (c.oid = 'dpr_pg.passages'::regclass AND c.relkind = 'r') "
+         "OR c.oid IN (SELECT t.relid FROM pg_partition_tree('dpr_pg.passages') t WHERE t.isleaf)")
 _LEAVES = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
            "WHERE i.inhparent = 'dpr_pg.passages'::regclass ORDER BY c.relname")
 _PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]{0,53}")

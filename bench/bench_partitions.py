@@ -1,0 +1,179 @@
+"""Benchmark: collections as partitions, and promoted metadata keys, on the 1% filter band.
+
+Synthetic clustered 768-d vectors (bench_storage.py's) are written by binary COPY into one
+unpartitioned dpr_pg.passages: 1% of the rows form collection ``small``, the rest nine
+collections ``big0``..``big8`` of about 11% each. Metadata: ``tag = "hot"`` on about 9% of
+``big0`` (1% of the table), and a flag ``f1`` on 1% of the rows, scattered over every collection.
+The same rows and questions are then searched with dpr_pg.search (after a warm-up pass) in four
+states of the same database, one after the other:
+
+  plain                  unpartitioned, HNSW built by dpr_pg.build_index (the baseline)
+  plain+promoted         tag (text) and f1 (boolean) promoted: dpr-pg index --column
+  partitioned+promoted   converted by dpr_pg's own path (dpr-pg storage partition)
+  partitioned            the promoted columns dropped again
+
+Bands: no filter; collection='small' (1% is a collection); collection='big0' + {"tag": "hot"}
+(1% is a metadata filter inside a collection); {"f1": true} (1% scattered, for reference).
+Printed per state and band: p50 / p95 (ms), recall@10 against numpy's exact top 10, the paths,
+and the p50 ratio to plain; also the HNSW build, promotion and conversion times.
+
+    flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_partitions.py --rows 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from bench_storage import DIM, K, NOISE, synthetic, truth
+
+from dpr_pg.db.engine import embedded_url
+from dpr_pg.db.partitions import partition_passages
+from dpr_pg.db.promoted import drop_promoted, promote_key
+from dpr_pg.db.schema import init
+from dpr_pg.ingest.index import build_index, drop_hnsw
+from dpr_pg.search.api import search
+
+BANDS = [("none", None, None), ("1% = collection", "small", None),
+         ("1% in a collection", "big0", {"tag": "hot"}), ("1% scattered", None, {"f1": True})]
+
+
+def layout(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's collection (0: small, 1..9: big0..big8), hot tag, and f1 flag."""
+    rng = np.random.default_rng(seed + 2)
+    collection = np.where(rng.random(rows) < 0.01, 0, 1 + rng.integers(0, 9, rows))
+    hot = (collection == 1) & (rng.random(rows) < 1 / 11)
+    flag = rng.random(rows) < 0.01
+    return collection, hot, flag
+
+
+def name_of(c: int) -> str:
+    return "small" if c == 0 else f"big{c - 1}"
+
+
+def load(engine: sa.Engine, vectors: np.ndarray, collection: np.ndarray, hot: np.ndarray, flag: np.ndarray) -> float:
+    from pgvector.psycopg import register_vector
+    from psycopg.types.json import Jsonb
+
+    with engine.begin() as conn:
+        encoder = conn.execute(sa.text(
+            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
+            "VALUES ('bench', 'bench/q', 'bench/p', 'bench', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
+    drop_hnsw(engine)
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        register_vector(raw)
+        with raw.cursor().copy(
+                "COPY dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
+                "encoder_id) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "text", "text", "text", "jsonb", "text", "vector", "integer"])
+            for i in range(len(vectors)):
+                metadata = {"f1": bool(flag[i])}
+                if hot[i]:
+                    metadata["tag"] = "hot"
+                elif collection[i] == 1:
+                    metadata["tag"] = "cold"
+                copy.write_row((name_of(int(collection[i])), f"p{i}", f"Pasaje {i}", f"Texto sintético número {i}.",
+                                Jsonb(metadata), f"h{i}", vectors[i], encoder))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE dpr_pg.passages"))
+    return time.perf_counter() - started
+
+
+def measure(engine: sa.Engine, queries: np.ndarray, expected: dict[str, list[list[int]]]) -> dict[str, Any]:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE dpr_pg.passages"))
+    out = {}
+    for band, collection, document in BANDS:
+        for query in queries[:20]:  # warm-up: walk the index and the heap once
+            search(engine, query, k=K, filter=document, collection=collection)
+        latencies, recalls, paths = [], [], set()
+        for query, want in zip(queries, expected[band]):
+            started = time.perf_counter()
+            hits = search(engine, query, k=K, filter=document, collection=collection)
+            latencies.append((time.perf_counter() - started) * 1000)
+            recalls.append(len({h.id for h in hits} & set(want)) / len(want))
+            paths.add(hits.plan.path)
+        latencies.sort()
+        out[band] = {"p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
+                     "recall": statistics.mean(recalls), "paths": "/".join(sorted(paths))}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--home", default=str(Path(tempfile.gettempdir()) / "dpr_pg_bench_partitions"))
+    args = parser.parse_args()
+
+    url = embedded_url(home=Path(args.home))
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"bench_partitions_{args.rows}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
+    try:
+        init(engine, dim=DIM)
+        vectors, _ = synthetic(args.rows, args.seed)
+        collection, hot, flag = layout(args.rows, args.seed)
+        load_s = load(engine, vectors, collection, hot, flag)
+        with engine.connect() as conn:
+            ids = np.array(conn.execute(sa.text(
+                "SELECT id FROM dpr_pg.passages ORDER BY substr(external_id, 2)::integer")).scalars().all())
+        rng = np.random.default_rng(args.seed + 1)
+        queries = (vectors[rng.integers(0, args.rows, args.queries)]
+                   + rng.normal(scale=NOISE / 2, size=(args.queries, DIM))).astype(np.float32)
+        masks = {"none": None, "1% = collection": collection == 0, "1% in a collection": hot,
+                 "1% scattered": flag}
+        expected = {band: truth(vectors, masks[band], queries, ids) for band in masks}
+        shares = {band: (1.0 if m is None else float(m.mean())) for band, m in masks.items()}
+        print(f"{args.rows} rows x {DIM} dims loaded by binary COPY in {load_s:.1f} s; {args.queries} queries, k={K}; "
+              + ", ".join(f"{band}: {share:.2%} of rows" for band, share in shares.items() if band != "none"))
+        steps: dict[str, float] = {}
+        runs: list[tuple[str, dict[str, Any]]] = []
+        steps["HNSW build (plain)"] = build_index(engine).seconds
+        runs.append(("plain", measure(engine, queries, expected)))
+        started = time.perf_counter()
+        promote_key(engine, "tag", kind="text")
+        promote_key(engine, "f1", kind="boolean")
+        steps["promote tag + f1 (table rewrite)"] = time.perf_counter() - started
+        runs.append(("plain+promoted", measure(engine, queries, expected)))
+        conversion = partition_passages(engine)
+        steps["storage partition (copy + indexes + swap)"] = conversion.seconds
+        runs.append(("partitioned+promoted", measure(engine, queries, expected)))
+        drop_promoted(engine, "tag")
+        drop_promoted(engine, "f1")
+        runs.append(("partitioned", measure(engine, queries, expected)))
+        report(runs, steps)
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def report(runs: list[tuple[str, dict[str, Any]]], steps: dict[str, float]) -> None:
+    for step, seconds in steps.items():
+        print(f"{step}: {seconds:.1f} s")
+    baseline = runs[0][1]
+    print(f"\n{'state':<22} {'band':<20} {'p50 ms':>8} {'p95 ms':>8} {'recall':>7} {'p50/plain':>10}  paths")
+    for label, result in runs:
+        for band, _, _ in BANDS:
+            r = result[band]
+            ratio = r["p50"] / baseline[band]["p50"]
+            print(f"{label:<22} {band:<20} {r['p50']:8.2f} {r['p95']:8.2f} {r['recall']:7.3f} {ratio:10.2f}  "
+                  f"{r['paths']}")
+
+
+if __name__ == "__main__":
+    main()
