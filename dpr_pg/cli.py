@@ -1719,7 +1719,10 @@ def collections_drop(ctx: Context, name: str, yes: bool) -> None:
         dpr-pg collections drop old_news --yes
     """
     from dpr_pg.db.partitions import drop_collection
+    from dpr_pg.db.schema import require_schema
 
+    with ctx.engine.connect() as conn:
+        require_schema(conn)  # before init: say so, not ask first
     if not yes:
         click.confirm(f"remove collection {name!r} and all its passages?", abort=True)
     dropped = drop_collection(ctx.engine, name)

@@ -168,10 +168,13 @@ def drop_collection(engine: Engine, collection: str) -> DroppedCollection:
     >>> drop_collection(engine, "old_news").passages  # doctest: +SKIP
     1200
     """
+    from dpr_pg.db.schema import require_schema
     from dpr_pg.ingest.loader import LOCK_SQL
 
     if not isinstance(collection, str) or not collection:
         raise ConfigError(f"expected a collection name, not {collection!r}")
+    with engine.connect() as conn:
+        require_schema(conn)
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql(LOCK_SQL, (collection,))

@@ -110,10 +110,13 @@ def promote_key(engine: Engine, key: str, *, kind: str = "text") -> PromotedColu
     >>> promote_key(engine, "lang").column  # doctest: +SKIP
     'meta_lang'
     """
+    from dpr_pg.db.schema import require_schema
+
     check_key(key)
     check_kind(kind)
     column = PREFIX + key.lower()
     with engine.connect() as conn:
+        require_schema(conn)
         existing = {p.key: p for p in promoted_columns(conn)}
         taken = conn.execute(sa.text(
             "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'dpr_pg.passages'::regclass "
