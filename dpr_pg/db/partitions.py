@@ -168,8 +168,8 @@ def drop_collection(engine: Engine, collection: str) -> DroppedCollection:
     >>> drop_collection(engine, "old_news").passages  # doctest: +SKIP
     1200
     """
-    from dpr_pg.db.schema import require_schema
-    from dpr_pg.ingest.loader import LOCK_SQL
+    from dpr_pg.db.schema import require_schema  # lazy: schema imports the index module, which imports this one
+    from dpr_pg.ingest.loader import LOCK_SQL  # lazy: the loader imports this module
 
     if not isinstance(collection, str) or not collection:
         raise ConfigError(f"expected a collection name, not {collection!r}")
@@ -210,7 +210,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _forget(engine: Engine) -> None:
-    from dpr_pg.search.api import forget_database_facts
+    from dpr_pg.search.api import forget_database_facts  # lazy: the search API imports this module
 
     forget_database_facts(engine)
 
@@ -240,7 +240,7 @@ def partition_passages(engine: Engine, *, progress: Progress | None = None,
     >>> partition_passages(engine).rows  # doctest: +SKIP
     100000
     """
-    from dpr_pg.db.schema import require_schema
+    from dpr_pg.db.schema import require_schema  # lazy: schema imports the index module, which imports this one
 
     say = progress or (lambda line: log.info("%s", line))
     started = time.perf_counter()
@@ -406,7 +406,7 @@ def _copy_security(conn: Connection, run: Callable[[sql.Composable | str], None]
 
 def _name_leaf_hnsw(conn: Connection, run: Callable[[sql.Composable | str], None]) -> None:
     """Name each partition's HNSW index ``<partition>_hnsw``, so that a rebuild can find and replace it."""
-    from dpr_pg.db.schema import HNSW_INDEX
+    from dpr_pg.ingest.index import HNSW_INDEX  # lazy: the index module imports this one
 
     for index, table in conn.execute(sa.text(
             "SELECT c.relname, t.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
@@ -419,7 +419,7 @@ def _name_leaf_hnsw(conn: Connection, run: Callable[[sql.Composable | str], None
 
 def partition_warnings(conn: Connection) -> list[str]:
     """What ``dpr-pg doctor`` says of the partitions: ones without an HNSW index, rows in the default one."""
-    from dpr_pg.db.schema import HNSW_INDEX
+    from dpr_pg.ingest.index import HNSW_INDEX  # lazy: the index module imports this one
 
     if not is_partitioned(conn):
         return []

@@ -110,7 +110,7 @@ def promote_key(engine: Engine, key: str, *, kind: str = "text") -> PromotedColu
     >>> promote_key(engine, "lang").column  # doctest: +SKIP
     'meta_lang'
     """
-    from dpr_pg.db.schema import require_schema
+    from dpr_pg.db.schema import require_schema  # lazy: schema imports the index module, which imports this one
 
     check_key(key)
     check_kind(kind)

@@ -250,14 +250,14 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None,
 
 
 def _with_partitioning(engine: Engine, result: InitResult) -> InitResult:
-    from dpr_pg.db.partitions import is_partitioned
+    from dpr_pg.db.partitions import is_partitioned  # lazy: the index module, which schema imports, imports partitions
 
     return replace(result, partitioned=is_partitioned(engine))
 
 
 def _partition_new(engine: Engine, result: InitResult) -> InitResult:
     """``init --partition-by-collection``: partition an empty table at once; a populated one is refused."""
-    from dpr_pg.db.partitions import is_partitioned, partition_passages
+    from dpr_pg.db.partitions import is_partitioned, partition_passages  # lazy: the index module, which schema imports, imports partitions
 
     with engine.connect() as conn:
         if is_partitioned(conn):
