@@ -51,8 +51,12 @@ torch:
 demo: $(STAMP)
 	$(VENV)/bin/dpr-pg demo
 
+# The suite runs on pytest-xdist workers, one per core up to 4 (tests/conftest.py), each with its own
+# embedded PostgreSQL, data folder and tiny models; a test file stays on one worker, so that its
+# module fixtures are built once. `make test PYTEST_WORKERS=0` runs it serially, in this process.
+PYTEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --durations=20
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 -n $(PYTEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -3,6 +3,10 @@
 Set DPR_PG_TEST_DATABASE_URL to run the same suite against another server (for example the one in
 docker-compose.yml); its user needs CREATEDB. Tests that pin a PostgreSQL major version (16 and 18)
 always use the embedded package, which ships both.
+
+Under pytest-xdist (``make test``) every session fixture here is per worker: each worker has its own
+embedded servers, DPR_PG_HOME, DPR_PG_CACHE_DIR and tiny models, under its own basetemp. Names that
+are global to a cluster (roles) carry a unique suffix, since workers may share one external server.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ from dpr_pg.db.embedded import stop_server
 from dpr_pg.db.schema import init
 
 ROOT = Path(__file__).resolve().parent.parent
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown when it is not loaded (-p no:xdist)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per usable core, at most 4 (each holds its own servers and models in memory)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4))
+
 
 # No per-example deadline: on a loaded 2-core machine a slow example is not a failure.
 settings.register_profile("dpr_pg", deadline=None, print_blob=True)

@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import textwrap
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -308,7 +309,7 @@ def test_migrations_on_postgres_16_and_18(versioned_server) -> None:
 
 def test_init_without_the_right_to_create_the_extension_names_the_fix(empty_url: str, server) -> None:
     admin = sa.create_engine(empty_url, isolation_level="AUTOCOMMIT")
-    role = "dpr_pg_no_ext"
+    role = f"dpr_pg_no_ext_{uuid.uuid4().hex[:8]}"  # roles are global to the cluster, which workers may share
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
         conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))

@@ -78,12 +78,22 @@ def _load(engine: Engine) -> None:
         conn.execute(sa.text("ANALYZE docs"))
 
 
-@pytest.fixture(scope="module", params=["vector", "halfvec", "bit"])
-def stored(request: pytest.FixtureRequest, server: Any) -> Iterator[tuple[Engine, str]]:
-    """A populated database whose index was switched to the storage (bit re-ranks 25 x k candidates)."""
+@pytest.fixture(scope="module")
+def populated(server: Any) -> Iterator[str]:
+    """The name of a database with the rows loaded and analyzed, on the default storage: each storage's copy."""
     name = server.create_database(template=server.initialized_template(DIM))
-    engine = sa.create_engine(server.url_for(name))
+    engine = sa.create_engine(server.url_for(name), poolclass=sa.NullPool)  # no connection left: a template
     _load(engine)
+    engine.dispose()
+    yield name
+    server.drop_database(name)
+
+
+@pytest.fixture(scope="module", params=["vector", "halfvec", "bit"])
+def stored(request: pytest.FixtureRequest, server: Any, populated: str) -> Iterator[tuple[Engine, str]]:
+    """A copy of the populated database whose index was switched to the storage (bit re-ranks 25 x k candidates)."""
+    name = server.create_database(template=populated)
+    engine = sa.create_engine(server.url_for(name))
     set_storage(engine, request.param, rerank_multiple=25)
     yield engine, request.param
     engine.dispose()

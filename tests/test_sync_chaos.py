@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 
 import pytest
@@ -12,7 +13,9 @@ from _sync_chaos import run
 def test_random_app_writes_and_killed_workers_leave_no_wrong_row(
     database_url: str, capsys: pytest.CaptureFixture[str], record_property
 ) -> None:
-    figures = run(database_url, seconds=30.0, keys=300, workers=2, seed=7, min_kills=8)
+    # A deliberate duration; DPR_PG_TEST_CHAOS_SECONDS runs it longer (or shorter) without editing the test.
+    seconds = float(os.environ.get("DPR_PG_TEST_CHAOS_SECONDS", "30"))
+    figures = run(database_url, seconds=seconds, keys=300, workers=2, seed=7, min_kills=8)
 
     with capsys.disabled():  # the figures are part of the result: print them with the test
         print(f"\nsync chaos: {json.dumps(asdict(figures), ensure_ascii=False)}")
