@@ -38,6 +38,21 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(cores, 4))
 
 
+# The files that take longest (a minute or more each, serially), handed to the workers first, so that no worker
+# starts one of them while the others have finished. Serial runs keep pytest's own order.
+LONGEST_FILES = ("test_first_steps.py", "test_demo.py", "test_cli.py", "test_ingest_cli.py", "test_example_app.py",
+                 "test_sync_workers.py", "test_embedded_server.py", "test_offline_models.py", "test_storage.py",
+                 "test_service.py", "test_search_cli.py", "test_schema.py", "test_ingest_ray.py", "test_encoders.py",
+                 "test_replicas.py", "test_sync_chaos.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
 # No per-example deadline: on a loaded 2-core machine a slow example is not a failure.
 settings.register_profile("dpr_pg", deadline=None, print_blob=True)
 settings.load_profile("dpr_pg")
