@@ -43,7 +43,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 LONGEST_FILES = ("test_first_steps.py", "test_demo.py", "test_cli.py", "test_ingest_cli.py", "test_example_app.py",
                  "test_sync_workers.py", "test_embedded_server.py", "test_offline_models.py", "test_storage.py",
                  "test_service.py", "test_search_cli.py", "test_schema.py", "test_ingest_ray.py", "test_encoders.py",
-                 "test_replicas.py", "test_sync_chaos.py")
+                 "test_replicas.py", "test_sync_chaos.py", "test_halfvec_column.py", "test_graphs.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
