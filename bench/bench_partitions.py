@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from bench_storage import DIM, K, NOISE, synthetic, truth
 
 from dpr_pg.db.engine import embedded_url
-from dpr_pg.db.partitions import partition_passages
+from dpr_pg.db.partition_ops import partition_passages
 from dpr_pg.db.promoted import drop_promoted, promote_key
 from dpr_pg.db.schema import init
 from dpr_pg.ingest.index import build_index, drop_hnsw

@@ -97,8 +97,8 @@ _EXPORTS = {
     "StorageChange": "dpr_pg.db.column",
     "current_storage": "dpr_pg.db.storage",
     "set_storage": "dpr_pg.db.column",
-    "drop_collection": "dpr_pg.db.partitions",
-    "partition_passages": "dpr_pg.db.partitions",
+    "drop_collection": "dpr_pg.db.partition_ops",
+    "partition_passages": "dpr_pg.db.partition_ops",
     "PromotedColumn": "dpr_pg.db.promoted",
     "drop_promoted": "dpr_pg.db.promoted",
     "promote_key": "dpr_pg.db.promoted",
@@ -168,7 +168,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.search.api import Hit, Hits, ann_settings, search, search_many, search_statement
     from dpr_pg.search.planner import SearchPlan
     from dpr_pg.db.storage import STORAGES, Storage, current_storage
-    from dpr_pg.db.partitions import drop_collection, partition_passages
+    from dpr_pg.db.partition_ops import drop_collection, partition_passages
     from dpr_pg.db.promoted import PromotedColumn, drop_promoted, promote_key, promoted_columns
     from dpr_pg.search.no_hits import NoHits, explain_no_hits
     from dpr_pg.search.orm import DprSearchable, encoder_guard, model_search_statement

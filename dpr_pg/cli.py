@@ -741,7 +741,7 @@ def storage_partition(ctx: Context, maintenance_work_mem: str | None, as_json: b
     Example:
         dpr-pg storage partition
     """
-    from dpr_pg.db.partitions import partition_passages
+    from dpr_pg.db.partition_ops import partition_passages
 
     done = partition_passages(ctx.engine, maintenance_work_mem=maintenance_work_mem,
                               progress=None if as_json else lambda line: click.echo(line, err=True))
@@ -1718,7 +1718,7 @@ def collections_drop(ctx: Context, name: str, yes: bool) -> None:
     Example:
         dpr-pg collections drop old_news --yes
     """
-    from dpr_pg.db.partitions import drop_collection
+    from dpr_pg.db.partition_ops import drop_collection
     from dpr_pg.db.schema import require_schema
 
     with ctx.engine.connect() as conn:

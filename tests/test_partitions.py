@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session
 from dpr_pg import PrivilegeError, SchemaError, grant, ingest, search, search_statement, set_storage
 from dpr_pg.cli import main
 from dpr_pg.db.doctor import doctor
-from dpr_pg.db.partitions import (drop_collection, is_partitioned, list_partitions, partition_name,
-                                  partition_passages)
+from dpr_pg.db.partition_ops import drop_collection, partition_passages
+from dpr_pg.db.partitions import is_partitioned, list_partitions, partition_name
 from dpr_pg.db.schema import init
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.ingest.index import build_index, hnsw_exists, hnsw_parameters

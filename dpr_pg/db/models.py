@@ -16,6 +16,8 @@ from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SCHEMA = "dpr_pg"
+# The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
+HNSW_INDEX = "passages_embedding_hnsw"
 # The full-text document of a passage; the migration creates the same generated column.
 TSV_EXPRESSION = "to_tsvector('spanish'::regconfig, coalesce(title, '') || ' ' || text)"
 

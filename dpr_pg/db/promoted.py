@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Connection, Engine
 
+from dpr_pg.db.revision import require_schema
 from dpr_pg.errors import ConfigError, DatabaseError, PrivilegeError
 
 # type name → (SQL type of the column, jsonb_typeof of the values it keeps, the cast from ->> text)
@@ -110,8 +111,6 @@ def promote_key(engine: Engine, key: str, *, kind: str = "text") -> PromotedColu
     >>> promote_key(engine, "lang").column  # doctest: +SKIP
     'meta_lang'
     """
-    from dpr_pg.db.schema import require_schema  # lazy: schema imports the index module, which imports this one
-
     check_key(key)
     check_kind(kind)
     column = PREFIX + key.lower()

@@ -41,6 +41,8 @@ from dpr_pg.db.revision import (  # re-exported: callers know them from here
     resource_dir,
 )
 from dpr_pg.db.column import set_storage
+from dpr_pg.db.partition_ops import partition_passages
+from dpr_pg.db.partitions import is_partitioned
 from dpr_pg.ingest.index import DROP_INVALID_HNSW, HNSW_INDEX, HnswParameters, hnsw_parameters
 from dpr_pg.validation import check_dim
 
@@ -250,15 +252,11 @@ def init(engine: Engine, *, dim: int | None = None, storage: str | None = None,
 
 
 def _with_partitioning(engine: Engine, result: InitResult) -> InitResult:
-    from dpr_pg.db.partitions import is_partitioned  # lazy: the index module, which schema imports, imports partitions
-
     return replace(result, partitioned=is_partitioned(engine))
 
 
 def _partition_new(engine: Engine, result: InitResult) -> InitResult:
     """``init --partition-by-collection``: partition an empty table at once; a populated one is refused."""
-    from dpr_pg.db.partitions import is_partitioned, partition_passages  # lazy: the index module, which schema imports, imports partitions
-
     with engine.connect() as conn:
         if is_partitioned(conn):
             return replace(result, partitioned=True)

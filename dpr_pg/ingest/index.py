@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import _progress
 from dpr_pg.errors import ConfigError, IndexBuildError
-from dpr_pg.db.models import SCHEMA
+from dpr_pg.db.models import HNSW_INDEX, SCHEMA
 from dpr_pg.db.partitions import is_partitioned
 from dpr_pg.db.revision import require_schema
 from dpr_pg.db.storage import Storage, column_type, index_method, read_storage, write_storage
@@ -43,8 +43,6 @@ from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
 
 log = logging.getLogger(__name__)
 
-# The index DPR's inner-product search runs on (migration 0002 builds it, bulk loads rebuild it).
-HNSW_INDEX = "passages_embedding_hnsw"
 # Runs in autocommit: an index left INVALID by a killed CREATE INDEX CONCURRENTLY is dropped.
 DROP_INVALID_HNSW = f"""
 DO $$
