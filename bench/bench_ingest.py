@@ -68,7 +68,7 @@ def write_inputs(folder: Path, n: int) -> tuple[Path, Path]:
 def fresh_database(admin_url: str, name: str, *, drop_hnsw: bool = True) -> str:
     import sqlalchemy as sa
 
-    from dpr_pg.ingest.index import drop_hnsw as drop
+    from dpr_pg.db.index import drop_hnsw as drop
     from dpr_pg.db.schema import init
 
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -292,7 +292,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="dpr_bench_"))
     os.environ.setdefault("DPR_PG_HOME", str(folder / "home"))
     from dpr_pg.db.engine import embedded_url
-    from dpr_pg.ingest.index import ensure_hnsw
+    from dpr_pg.db.index import ensure_hnsw
 
     admin_url = embedded_url()
     source, emb = write_inputs(folder, args.n)

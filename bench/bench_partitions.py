@@ -37,7 +37,7 @@ from dpr_pg.db.engine import embedded_url
 from dpr_pg.db.partition_ops import partition_passages
 from dpr_pg.db.promoted import drop_promoted, promote_key
 from dpr_pg.db.schema import init
-from dpr_pg.ingest.index import build_index, drop_hnsw
+from dpr_pg.db.index import build_index, drop_hnsw
 from dpr_pg.search.api import search
 
 BANDS = [("none", None, None), ("1% = collection", "small", None),

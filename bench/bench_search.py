@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest import ingest
-from dpr_pg.ingest.index import HnswParameters, build_index, drop_hnsw, ensure_hnsw, hnsw_parameters
+from dpr_pg.db.index import HnswParameters, build_index, drop_hnsw, ensure_hnsw, hnsw_parameters
 from dpr_pg.db.schema import init
 from dpr_pg.search.api import search, search_statement
 

@@ -41,7 +41,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from dpr_pg.db.engine import embedded_url
-from dpr_pg.ingest.index import build_index, drop_hnsw
+from dpr_pg.db.index import build_index, drop_hnsw
 from dpr_pg.db.schema import init
 from dpr_pg.search.api import search
 from dpr_pg.db.column import set_storage

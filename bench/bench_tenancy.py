@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import DIM, K, measure, queries_near, synthetic  # noqa: E402
 
 from dpr_pg.db.engine import embedded_url  # noqa: E402
-from dpr_pg.ingest.index import HnswParameters, drop_hnsw, ensure_hnsw  # noqa: E402
+from dpr_pg.db.index import HnswParameters, drop_hnsw, ensure_hnsw  # noqa: E402
 from dpr_pg.db.schema import init  # noqa: E402
 from dpr_pg.search.api import search  # noqa: E402
 from dpr_pg.db.tenancy import grant  # noqa: E402

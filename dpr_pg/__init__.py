@@ -64,9 +64,9 @@ _EXPORTS = {
     "ingest_records": "dpr_pg.ingest",
     "delete_passages": "dpr_pg.ingest.delete",
     "list_collections": "dpr_pg.db.collections",
-    "HnswParameters": "dpr_pg.ingest.index",
-    "IndexBuild": "dpr_pg.ingest.index",
-    "build_index": "dpr_pg.ingest.index",
+    "HnswParameters": "dpr_pg.db.index",
+    "IndexBuild": "dpr_pg.db.index",
+    "build_index": "dpr_pg.db.index",
     "Encoder": "dpr_pg.db.models",
     "Passage": "dpr_pg.db.models",
     "InitResult": "dpr_pg.db.schema",
@@ -156,7 +156,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.db.collections import list_collections
     from dpr_pg.ingest import FieldMapping, IngestReport, RayEncoding, RecordRejectedError, ingest, ingest_records
     from dpr_pg.ingest.delete import delete_passages
-    from dpr_pg.ingest.index import HnswParameters, IndexBuild, build_index
+    from dpr_pg.db.index import HnswParameters, IndexBuild, build_index
     from dpr_pg.db.column import StorageChange, set_storage
     from dpr_pg.db.models import Encoder, Passage
     from dpr_pg.db.schema import InitResult, downgrade, init, init_sql, upgrade

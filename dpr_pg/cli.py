@@ -641,7 +641,7 @@ def index_command(ctx: Context, m: int, ef_construction: int, promote: str | Non
     if promote is not None or drop_column is not None or list_columns:
         _promoted_columns_command(ctx, promote, kind, drop_column, as_json)
         return
-    from dpr_pg.ingest.index import build_index
+    from dpr_pg.db.index import build_index
 
     build = build_index(ctx.engine, m=m, ef_construction=ef_construction, maintenance_work_mem=maintenance_work_mem,
                         wait=wait, progress=progress)

@@ -181,7 +181,7 @@ def test_doctor_json_reports_versions_and_hides_the_password(cli, database_url: 
 
 
 def test_doctor_warns_when_the_hnsw_index_is_missing(cli, database_url: str) -> None:
-    from dpr_pg.ingest.index import drop_hnsw
+    from dpr_pg.db.index import drop_hnsw
 
     engine = sa.create_engine(database_url)
     drop_hnsw(engine)

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.errors import ConfigError
 from dpr_pg.ingest import ingest
-from dpr_pg.ingest.index import HnswParameters, build_index, hnsw_exists, hnsw_parameters
+from dpr_pg.db.index import HnswParameters, build_index, hnsw_exists, hnsw_parameters
 from dpr_pg.search.api import search
 
 FP = EncoderFingerprint("test/question", "r1", "test/passage", "r1", "tok", 768, 512)

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.db.doctor import doctor
 from dpr_pg.ingest import ingest
-from dpr_pg.ingest.index import HnswParameters, hnsw_exists, hnsw_parameters
+from dpr_pg.db.index import HnswParameters, hnsw_exists, hnsw_parameters
 
 FP = EncoderFingerprint("test/question", "r1", "test/passage", "r1", "tok", 768, 512)
 _NEW = "passages_embedding_hnsw_new"

@@ -18,7 +18,7 @@ from dpr_pg.db.column import set_storage
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.errors import DimensionError, IngestError
 from dpr_pg.ingest import ingest
-from dpr_pg.ingest.index import HnswParameters, graph_bytes, parallel_workers
+from dpr_pg.db.index import HnswParameters, graph_bytes, parallel_workers
 from dpr_pg.ingest.vectors import EmbeddingSource
 
 FP = EncoderFingerprint("test/question", "r1", "test/passage", "r1", "tok", 768, 512)

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.ingest import ingest
-from dpr_pg.ingest.index import hnsw_exists
+from dpr_pg.db.index import hnsw_exists
 
 REPORT_KEYS = {"read", "inserted", "updated", "unchanged", "rejected", "rejections", "truncated", "seconds",
                "passages_per_second"}

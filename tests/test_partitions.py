@@ -29,7 +29,7 @@ from dpr_pg.db.partition_ops import drop_collection, partition_passages
 from dpr_pg.db.partitions import is_partitioned, list_partitions, partition_name
 from dpr_pg.db.schema import init
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
-from dpr_pg.ingest.index import build_index, hnsw_exists, hnsw_parameters
+from dpr_pg.db.index import build_index, hnsw_exists, hnsw_parameters
 
 DIM = 8
 FINGERPRINT = EncoderFingerprint("partitions/question", None, "partitions/passage", None, "tok", DIM, 512)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from dpr_pg import ConfigError, SchemaError, current_storage, set_storage
 from dpr_pg.cli import main
-from dpr_pg.ingest.index import drop_hnsw, ensure_hnsw
+from dpr_pg.db.index import drop_hnsw, ensure_hnsw
 from dpr_pg.db.schema import downgrade, init, upgrade
 from dpr_pg.search.api import ann_settings, search, search_statement
 

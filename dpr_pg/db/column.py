@@ -12,7 +12,7 @@ Widening halfvec to vector is exact (every half value is a float4), but it gives
 precision that was lost.
 
 :func:`set_storage` (``dpr-pg storage set``) is the one entry point for both changes: a new index
-type online (:func:`dpr_pg.ingest.index.build_index`), or with ``rewrite_column`` the column offline.
+type online (:func:`dpr_pg.db.index.build_index`), or with ``rewrite_column`` the column offline.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dpr_pg.db.storage import (
     write_storage,
 )
 from dpr_pg.errors import ConfigError, IndexBuildError
-from dpr_pg.ingest.index import (
+from dpr_pg.db.index import (
     HNSW_INDEX,
     INDEX_LOCK_WAIT,
     HnswParameters,
@@ -190,7 +190,7 @@ def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None
     The new index is built CONCURRENTLY (with the current index's m and ef_construction unless
     given), then swapped in with the setting in one short transaction; until then searches use
     the old index. ``rerank_multiple`` (``bit``'s candidates per hit) alone changes no index.
-    ``progress`` shows a bar of the build on stderr, as :func:`~dpr_pg.ingest.index.build_index` does.
+    ``progress`` shows a bar of the build on stderr, as :func:`~dpr_pg.db.index.build_index` does.
 
     ``rewrite_column=True`` also changes the column to ``kind`` (``vector`` or ``halfvec``) when it
     has another type: offline, since every row is rewritten and the index rebuilt under an

@@ -13,7 +13,7 @@ from dpr_pg.db.partitions import partition_warnings
 from dpr_pg.db.replicas import ReplicaStatus, probe_replica, reason_of, route_of
 from dpr_pg.db.revision import current_revision, embedding_dim, head_revision
 from dpr_pg.db.storage import read_storage
-from dpr_pg.ingest.index import HNSW_INDEX, hnsw_exists, hnsw_parameters, index_lock_holder
+from dpr_pg.db.index import HNSW_INDEX, hnsw_exists, hnsw_parameters, index_lock_holder
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

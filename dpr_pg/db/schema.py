@@ -43,7 +43,7 @@ from dpr_pg.db.revision import (  # re-exported: callers know them from here
 from dpr_pg.db.column import set_storage
 from dpr_pg.db.partition_ops import partition_passages
 from dpr_pg.db.partitions import is_partitioned
-from dpr_pg.ingest.index import DROP_INVALID_HNSW, HNSW_INDEX, HnswParameters, hnsw_parameters
+from dpr_pg.db.index import DROP_INVALID_HNSW, HNSW_INDEX, HnswParameters, hnsw_parameters
 from dpr_pg.validation import check_dim
 
 # Serialises concurrent `dpr-pg init` runs (a session-level advisory lock; any constant will do).

@@ -2,10 +2,10 @@
 
 Modules: ``readers`` (JSONL, CSV, Parquet), ``squad`` (SQuAD JSON and its questions file), ``documents``
 (PDF, HTML, Markdown, DOCX files and folders), ``mapping`` (fields), ``limits`` (record sizes),
-``chunking``, ``validate``, ``vectors`` (precomputed embeddings), ``loader`` (COPY + upsert), ``index``
-(the HNSW index: bulk loads and rebuilds), ``batches``, ``stages`` (the threads that overlap),
+``chunking``, ``validate``, ``vectors`` (precomputed embeddings), ``loader`` (COPY + upsert), ``batches``,
+``stages`` (the threads that overlap),
 ``writers`` (the writer pool), ``ray_encoders`` (encoding on Ray), ``report``, ``pipeline``
-(:func:`ingest`).
+(:func:`ingest`). The HNSW index a bulk load defers and rebuilds is :mod:`dpr_pg.db.index`.
 """
 
 from dpr_pg.ingest.chunking import chunk_text

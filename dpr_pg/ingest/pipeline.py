@@ -31,7 +31,7 @@ from dpr_pg.ingest.batches import BatchRun, RecordRejectedError, content_hash, l
 from dpr_pg.ingest.chunking import DEFAULT_CHUNK_WORDS, check_chunking
 from dpr_pg.ingest.documents.source import DocumentSource
 from dpr_pg.ingest.documents.structure import DOCUMENT_FORMATS
-from dpr_pg.ingest.index import drop_hnsw, ensure_hnsw
+from dpr_pg.db.index import drop_hnsw, ensure_hnsw
 from dpr_pg.ingest.loader import PassageWriter
 from dpr_pg.ingest.mapping import FieldMapping
 from dpr_pg.ingest.limits import RecordLimits
@@ -97,7 +97,7 @@ def ingest(
     ``prune`` deletes the collection's passages that are not in the source (skipped when any
     record was rejected). SQuAD questions go to ``questions_path`` (default ``<stem>.questions.jsonl``
     in the current folder). ``defer_index`` drops the HNSW index for a bulk load and builds it
-    once at the end (see :mod:`dpr_pg.ingest.index`). ``limits`` bounds each record's size (default:
+    once at the end (see :mod:`dpr_pg.db.index`). ``limits`` bounds each record's size (default:
     1 MB of text, 64 kB of title, 8 MB read per record); a record over one is rejected, the run goes on.
     An input file that changes during the run stops it with :class:`IngestError`; what was
     committed before is kept.
