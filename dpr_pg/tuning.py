@@ -11,6 +11,10 @@ The planner's rules, in order (sql/search.sql's ``dpr_pg._search_plan`` applies 
 - no filter: HNSW with ``hnsw.ef_search = max(k, UNFILTERED_EF_SEARCH)``; exact above
   ``k = MAX_EF_SEARCH`` (pgvector's limit);
 - a filter on pgvector older than ``ITERATIVE_SCAN_VERSION``, or ``k > MAX_EF_SEARCH``: exact;
+- a search of one collection of a table partitioned by collection whose partition has more than
+  ``EXACT_THRESHOLD`` rows (as of its last ANALYZE): with no other filter, the partition's own HNSW
+  index with ``hnsw.ef_search = max(k, UNFILTERED_EF_SEARCH)``; with one, the rules below judge the
+  filter's share against the partition's rows rather than the table's;
 - a table without statistics (never analysed) and an estimate low enough for a rule below: the
   estimate is a guess, so count up to ``EXACT_THRESHOLD + 1`` matching rows, exact if there are no
   more than ``EXACT_THRESHOLD``, else iterative HNSW;

@@ -326,13 +326,16 @@ $$;
 
 -- The path of a dense top-k search over the rows of `source` (a FROM item: dpr_pg.passages, or an
 -- app table's subquery) that match `where_sql`, which may refer to $1 (params) and $4 (collection).
--- The rules of dpr_pg/_planner.py with the numbers of dpr_pg/tuning.py:
+-- The rules of dpr_pg/search/planner.py with the numbers of dpr_pg/tuning.py:
 -- no filter → HNSW (exact above k = @MAX_EF_SEARCH@); a filter on pgvector < 0.8, or k above
 -- @MAX_EF_SEARCH@ → exact; a narrow filter (≤ exact_threshold rows by the estimate, ≤ @EXACT_MAX_ROWS@
 -- rows that are ≤ exact_selectivity of `relation`, or ≤ exact_threshold by a count bounded at
 -- exact_threshold + 1 when the estimate is within @COUNT_BAND@ times it) → exact over the filtered
--- rows; otherwise an iterative HNSW scan. When `relation` has no statistics (never analysed), a low
--- estimate is a guess: the bounded count decides instead (exact or iterative HNSW). The caller falls back to exact when the index scan
+-- rows; otherwise an iterative HNSW scan. A search of one collection of a partitioned dpr_pg.passages
+-- larger than exact_threshold takes its partition's HNSW index when there is no other filter, and
+-- judges a filter's share against the partition's rows (the partition rule of dpr_pg/search/planner.py).
+-- When `relation` has no statistics (never analysed), a low estimate is a guess: the bounded count
+-- decides instead (exact or iterative HNSW). The caller falls back to exact when the index scan
 -- returns fewer than k rows. The two thresholds are arguments so that tests can reach every rule;
 -- `estimate`, when given, stands in for PostgreSQL's estimate of the matching rows.
 CREATE OR REPLACE FUNCTION dpr_pg._search_plan(
@@ -349,6 +352,7 @@ DECLARE
     table_rows double precision;
     rls boolean := row_security_active(relation);
     trusted boolean := true;  -- statistics the plan may trust; else the bounded count decides
+    partition_rows double precision;  -- the rows of the searched collection's partition, when it has one
 BEGIN
     IF where_sql = 'true' AND NOT rls THEN
         IF k > @MAX_EF_SEARCH@ THEN
@@ -364,6 +368,24 @@ BEGIN
     IF pgv < ARRAY[@ITERATIVE_SCAN_VERSION@] OR k > @MAX_EF_SEARCH@ THEN
         path := 'exact';  -- no iterative index scans, or k above hnsw.ef_search's limit
         RETURN;
+    END IF;
+    -- A search of one collection of dpr_pg.passages partitioned by collection (dpr_pg/db/partitions.py)
+    -- reads that collection's partition, which has an HNSW index of its own: a collection larger than
+    -- exact_threshold (its rows as of the last ANALYZE) with no other filter walks that index, and a
+    -- filter's share is judged against the partition's rows rather than the table's. dpr_pg.search
+    -- builds 'true AND collection = $4' for a search of one collection with no filter.
+    IF collection IS NOT NULL AND NOT rls AND estimate IS NULL AND relation = 'dpr_pg.passages'::regclass
+            AND (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = relation) THEN
+        SELECT c.reltuples INTO partition_rows FROM pg_class c
+        WHERE c.oid = to_regclass(format('dpr_pg.%I', 'passages_c_' || left(md5(collection), 16)));
+        IF partition_rows < 0 OR partition_rows <= exact_threshold THEN  -- never analysed, or small
+            partition_rows := NULL;
+        ELSIF where_sql = 'true AND collection = $4' THEN
+            path := 'hnsw-iterative';
+            estimated_rows := partition_rows;
+            ef_search := greatest(k, @UNFILTERED_EF_SEARCH@);
+            RETURN;
+        END IF;
     END IF;
     IF rls AND estimate IS NULL THEN
         -- Row-level security (a tenant role, see dpr_pg.grant_access) hides rows, and PostgreSQL
@@ -401,7 +423,9 @@ BEGIN
         RETURN;
     END IF;
     IF exact_selectivity > 0 AND estimated_rows <= @EXACT_MAX_ROWS@ THEN
-        IF table_rows IS NULL THEN  -- the estimate came from the caller
+        IF partition_rows IS NOT NULL THEN
+            table_rows := partition_rows;
+        ELSIF table_rows IS NULL THEN  -- the estimate came from the caller
             SELECT c.reltuples INTO table_rows FROM pg_class c WHERE c.oid = relation;
         END IF;
         IF estimated_rows <= exact_selectivity * table_rows THEN

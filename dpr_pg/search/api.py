@@ -539,8 +539,9 @@ def search_many(
         pinned = (_custom_plans(conn, restore, iterative_ef=iterative_ef) if probes
                   else nullcontext((False, None)))
         with pinned as (row_security, table):
+            # hybrid too: its dense side is the dense search of SQL's dpr_pg.hybrid_search, which plans alike
             partition = (_collection_partition(conn, collection, whole=not filter)
-                         if collection is not None and mode == "dense" and not row_security else None)
+                         if collection is not None and mode != "exact" and not row_security else None)
             plan = _planner.plan(conn, where_probe, k=max(k, candidates) if mode == "hybrid" else k,
                                  pgvector_version=pgvector, exact=mode == "exact",
                                  exact_threshold=exact_threshold, exact_selectivity=exact_selectivity,
