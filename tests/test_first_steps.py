@@ -30,6 +30,7 @@ NOT_RUN = {
     "--vector query.npy": "needs the reader's own query vector file",
     "--sql": "prints a script; tests/test_schema.py applies it",
     "--ray": "needs a Ray cluster; tests/test_ingest_ray.py runs it against one started there",
+    "--partition-by-collection": "needs a new, empty database; tests/test_partitions.py runs it on one",
 }
 
 

@@ -111,6 +111,25 @@ def test_init_partitions_an_empty_database_and_refuses_a_populated_one(
     assert not is_partitioned(engine)
 
 
+def test_the_cli_partitions_a_new_database_and_points_a_populated_one_to_the_conversion(
+        server: Any, plain: tuple[str, Engine], tmp_path: Path, cli: Any) -> None:
+    name = server.create_database()
+    try:
+        made = cli("--database-url", server.url_for(name), "init", "--dim", str(DIM), "--partition-by-collection",
+                       check=True)
+        engine = sa.create_engine(server.url_for(name))
+        assert is_partitioned(engine), made.stdout
+        engine.dispose()
+    finally:
+        server.drop_database(name)
+    url, populated = plain
+    _ingest(populated, tmp_path, "news")
+    refused = cli("--database-url", url, "init", "--partition-by-collection")
+    assert refused.returncode != 0
+    assert "dpr-pg storage partition" in refused.stderr
+    assert not is_partitioned(populated)
+
+
 def test_the_first_ingest_into_a_collection_makes_its_partition(partitioned: tuple[str, Engine],
                                                                  tmp_path: Path) -> None:
     _, engine = partitioned
