@@ -22,7 +22,7 @@ from rich.table import Table
 from dpr_pg import config
 from dpr_pg._progress import step
 from dpr_pg.errors import ConfigError, DprPgError
-from dpr_pg.tuning import MAX_ASK_K, MAX_DIM, MAX_EF_SEARCH, MAX_K
+from dpr_pg.tuning import MAX_ANSWERS, MAX_ASK_K, MAX_DIM, MAX_EF_SEARCH, MAX_K
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -245,6 +245,25 @@ class EfSearch(click.ParamType):
         try:
             return check_ef_search(number)
         except SearchError as e:
+            self.fail(str(e), param, ctx)
+
+
+class AnswerCount(click.ParamType):
+    """top_answers: an integer the core accepts (:func:`dpr_pg.validation.check_top_answers`), with its message."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from dpr_pg.errors import ReaderError
+        from dpr_pg.validation import check_top_answers
+
+        try:
+            number = value if isinstance(value, int) else int(str(value).strip())
+        except ValueError:
+            self.fail(f"expected top_answers as an integer, not {value!r}", param, ctx)
+        try:
+            return check_top_answers(number)
+        except ReaderError as e:
             self.fail(str(e), param, ctx)
 
 
@@ -1907,8 +1926,8 @@ def keys_revoke(ctx: Context, name: str) -> None:
               metavar="JSON", help='Metadata filter document, e.g. \'{"source": "guia.pdf"}\'.')
 @click.option("-k", "k", type=HitCount(MAX_ASK_K), default=10, show_default=True,
               help=f"Passages retrieved and read (1 to {MAX_ASK_K}).")
-@click.option("--top-answers", type=click.IntRange(1, 100), default=1, show_default=True,
-              help="Answers to return, best first.")
+@click.option("--top-answers", type=AnswerCount(), default=1, show_default=True,
+              help=f"Answers to return, best first (1 to {MAX_ANSWERS}).")
 @click.option("--no-answer-threshold", type=click.FloatRange(0, 1), metavar="SCORE",
               help="Answer 'no answer' when no span scores this much (0-1), or the reader's null score beats "
                    "every span, as SQuAD 2.0 models allow. Default: always the best spans.")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 MAX_K = 10_000  # hits one search may ask for
 MAX_ASK_K = 100  # passages one ask reads: reading costs far more than retrieving
+MAX_ANSWERS = 100  # answer spans one ask or reading returns
 MAX_DIM = 16_000  # pgvector's limit for a vector column
 
 EXACT_THRESHOLD = 2000  # filtered rows at or below which exact search is both faster and exact

@@ -1,4 +1,4 @@
-"""The checks every face shares: k, ef_search, query vectors, filters and the embedding dimension.
+"""The checks every face shares: k, ef_search, top_answers, query vectors, filters and the embedding dimension.
 
 The Python API (:mod:`dpr_pg.search.api`), the ORM helpers (:mod:`dpr_pg.search.orm`), the CLI and the
 HTTP service call these functions, so one mistake raises one error class with one message
@@ -9,6 +9,7 @@ mistake                                error                        function
 =====================================  ===========================  ===============================
 k not an integer in 1..limit           :class:`InvalidKError`       :func:`check_k`
 ef_search not an integer in 1..1000    :class:`SearchError`         :func:`check_ef_search`
+top_answers not an integer in 1..100   :class:`ReaderError`         :func:`check_top_answers`
 vector missing, not numbers, NaN/inf   :class:`QueryVectorError`    :func:`check_query_vector`
 vector of the wrong length             :class:`DimensionError`      :func:`check_query_vector`
 filter outside the filter language     :class:`FilterError`         :func:`check_filter`
@@ -26,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from dpr_pg.errors import ConfigError, DimensionError, InvalidKError, QueryVectorError, SearchError
+from dpr_pg.errors import ConfigError, DimensionError, InvalidKError, QueryVectorError, ReaderError, SearchError
 from dpr_pg.filters import Filter, Node, parse
-from dpr_pg.tuning import MAX_DIM, MAX_EF_SEARCH, MAX_K
+from dpr_pg.tuning import MAX_ANSWERS, MAX_DIM, MAX_EF_SEARCH, MAX_K
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -80,6 +81,21 @@ def check_ef_search(ef_search: Any) -> int | None:
     return int(ef_search)
 
 
+def check_top_answers(top_answers: Any) -> int:
+    """``top_answers`` (answer spans to return) when an integer from 1 to ``MAX_ANSWERS``; else :class:`ReaderError`.
+
+    >>> check_top_answers(3)
+    3
+    >>> check_top_answers(101)
+    Traceback (most recent call last):
+    dpr_pg.errors.ReaderError: expected top_answers between 1 and 100, not 101
+    """
+    if (not isinstance(top_answers, (int, np.integer)) or isinstance(top_answers, bool)
+            or not 1 <= top_answers <= MAX_ANSWERS):
+        raise ReaderError(f"expected top_answers between 1 and {MAX_ANSWERS}, not {top_answers!r}")
+    return int(top_answers)
+
+
 def check_query_vector(value: Any, dim: int) -> np.ndarray:
     """A query vector checked at the boundary: present, numbers, 1-d, ``dim`` long, finite; as float32.
 
@@ -126,4 +142,4 @@ def check_dim(dim: Any) -> int:
     return int(dim)
 
 
-__all__ = ["check_dim", "check_ef_search", "check_filter", "check_k", "check_query_vector"]
+__all__ = ["check_dim", "check_ef_search", "check_filter", "check_k", "check_query_vector", "check_top_answers"]

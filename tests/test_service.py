@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import dpr_pg
 from dpr_pg.db import embedded
 from dpr_pg.cli import main
-from dpr_pg.errors import DimensionError, FilterError, InvalidKError, QueryVectorError, SearchError
+from dpr_pg.errors import DimensionError, FilterError, InvalidKError, QueryVectorError, ReaderError, SearchError
 from dpr_pg.search.orm import DprSearchable, model_search_statement
 from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.ingest import ingest, ingest_records
@@ -191,7 +191,7 @@ def test_ask_with_an_unreachable_threshold_answers_no_answer(client: httpx.Clien
 
 @pytest.mark.parametrize(("body", "error"), [
     ({"question": "   "}, "reader_error"),
-    ({"question": "x", "top_answers": 0}, "invalid_request"),
+    ({"question": "x", "top_answers": 0}, "reader_error"),
     ({"question": "x", "no_answer_threshold": 1.5}, "invalid_request"),
     ({"question": "x", "k": 101}, "search_error"),
     ({"question": "x", "filter": {"$where": "1"}}, "filter_error"),
@@ -586,12 +586,14 @@ ASK_AND_EF_CASES = {
     "ask-k-101": ({"k": 101}, InvalidKError, "expected k between 1 and 100, not 101"),
     "ef-search-0": ({"ef_search": 0}, SearchError, "expected ef_search between 1 and 1000, not 0"),
     "ef-search-1001": ({"ef_search": 1001}, SearchError, "expected ef_search between 1 and 1000, not 1001"),
+    "top-answers-0": ({"top_answers": 0}, ReaderError, "expected top_answers between 1 and 100, not 0"),
+    "top-answers-101": ({"top_answers": 101}, ReaderError, "expected top_answers between 1 and 100, not 101"),
 }
 
 
 @pytest.mark.parametrize("case", list(ASK_AND_EF_CASES), ids=list(ASK_AND_EF_CASES))
 def test_ask_k_and_ef_search_get_the_same_error_on_every_face(case: str, engine: Engine, client: httpx.Client,
-                                                              service_db: tuple[str, str]) -> None:
+                                                              service_db: tuple[str, str], reader: Reader) -> None:
     change, kind, message = ASK_AND_EF_CASES[case]
     options = {"k": 5} | change
     # The checks run before anything is encoded or read: no encoder or reader is needed to see them.
@@ -601,15 +603,22 @@ def test_ask_k_and_ef_search_get_the_same_error_on_every_face(case: str, engine:
         asyncio.run(dpr_pg.aio.ask(engine, "¿Dónde está Sevilla?", encoder=None,  # type: ignore[arg-type]
                                    reader=None, **options))
     response = client.post("/v1/ask", json={"question": "¿Dónde está Sevilla?"} | options)
-    assert (response.status_code, response.json()["error"], response.json()["message"]) == (422, "search_error",
-                                                                                             message)
+    error = "reader_error" if "top_answers" in change else "search_error"
+    assert (response.status_code, response.json()["error"], response.json()["message"]) == (422, error, message)
+    if "top_answers" in change:
+        with pytest.raises(kind, match=f"^{message}$"):  # the reader's own face
+            reader.read("¿Dónde está Sevilla?", ["Sevilla está a orillas del Guadalquivir."], **change)
     if "ef_search" in change:
         with pytest.raises(kind, match=f"^{message}$"):
             dpr_pg.search(engine, _GOOD, **options)
         response = client.post("/v1/search", json={"vector": _GOOD} | options)
         assert (response.status_code, response.json()["message"]) == (422, message)
-    command = ["ask", "x", "-k", str(options["k"])] if "k" in change else ["search", "x", "--ef-search",
-                                                                           str(options["ef_search"])]
+    if "k" in change:
+        command = ["ask", "x", "-k", str(options["k"])]
+    elif "top_answers" in change:
+        command = ["ask", "x", "--top-answers", str(options["top_answers"])]
+    else:
+        command = ["search", "x", "--ef-search", str(options["ef_search"])]
     result = CliRunner().invoke(main, ["--database-url", service_db[0], *command])
     assert result.exit_code == 64, result.output  # a usage error, as for any option the core refuses
     assert message in " ".join(result.output.split()), result.output

@@ -12,7 +12,7 @@ from dpr_pg.errors import ReaderError
 from dpr_pg.reader.model import check_threshold
 from dpr_pg.search.api import search
 from dpr_pg.tuning import MAX_ASK_K
-from dpr_pg.validation import check_k
+from dpr_pg.validation import check_k, check_top_answers
 
 if TYPE_CHECKING:
     from dpr_pg.encoders.pair import EncoderPair
@@ -101,12 +101,12 @@ def ask(
 
 def check_ask(question: Any, *, k: int, top_answers: int, no_answer_threshold: float | None) -> None:
     """Refuse a question without text, k outside 1..MAX_ASK_K (:func:`dpr_pg.validation.check_k`'s
-    InvalidKError), ``top_answers`` < 1 or a threshold outside [0, 1], before any search."""
+    InvalidKError), ``top_answers`` outside 1..MAX_ANSWERS (:func:`dpr_pg.validation.check_top_answers`'s
+    ReaderError) or a threshold outside [0, 1], before any search."""
     if not isinstance(question, str) or not question.strip():
         raise ReaderError(f"expected a question with some text, not {question!r}")
     check_k(k, limit=MAX_ASK_K)
-    if isinstance(top_answers, bool) or not isinstance(top_answers, int) or top_answers < 1:
-        raise ReaderError(f"expected top_answers >= 1, not {top_answers!r}")
+    check_top_answers(top_answers)
     check_threshold(no_answer_threshold)
 
 

@@ -22,6 +22,7 @@ from dpr_pg.errors import ReaderError
 from dpr_pg.reader.loading import load_reader_parts
 from dpr_pg.reader.spans import window_spans
 from dpr_pg.reader.windows import Window, cut_question, make_windows
+from dpr_pg.validation import check_top_answers
 
 CPU_BATCH_SIZE = 16
 GPU_BATCH_SIZE = 64
@@ -137,8 +138,7 @@ class Reader:
         if len(questions) != len(passages):
             raise ReaderError(f"expected one list of passages per question, not {len(passages)} lists for "
                               f"{len(questions)} questions")
-        if top_answers < 1:
-            raise ReaderError(f"expected top_answers >= 1, not {top_answers}")
+        check_top_answers(top_answers)
         check_threshold(no_answer_threshold)
         pairs, owners = [], []
         for q, (question, texts) in enumerate(zip(questions, passages, strict=True)):

@@ -1,9 +1,9 @@
 """Request and response bodies of the HTTP API (pydantic models: they make the OpenAPI schema).
 
 Bounds here protect the server (list lengths). Everything the core checks itself (k, ask's k,
-ef_search, filters, dimensions, finiteness; see :mod:`dpr_pg.validation`) is left to the core,
-which answers with the same messages as in Python and on the command line; the schema still shows
-the bounds of k and ef_search.
+ef_search, top_answers, filters, dimensions, finiteness; see :mod:`dpr_pg.validation`) is left to
+the core, which answers with the same messages as in Python and on the command line; the schema
+still shows the bounds of k, ef_search and top_answers.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dpr_pg.ingest.validate import text_problem
-from dpr_pg.tuning import MAX_ASK_K, MAX_EF_SEARCH, MAX_K, MAX_QUERY_TEXT_CHARS
+from dpr_pg.tuning import MAX_ANSWERS, MAX_ASK_K, MAX_EF_SEARCH, MAX_K, MAX_QUERY_TEXT_CHARS
 
 MAX_TEXT = 20_000  # characters of a passage's title, of a question to encode (the encoder keeps 512 tokens)
 MAX_QUESTION = MAX_QUERY_TEXT_CHARS  # a search's question or query text: the core's own bound
 MAX_LIST = 256
 MAX_DIM = 16_000
-MAX_ANSWERS = 100
 Mode = Literal["dense", "hybrid", "exact"]
 
 
@@ -140,7 +139,9 @@ class AskRequest(SearchOptions):
     question: str = Field(min_length=1, max_length=MAX_QUESTION)
     k: int = Field(10, description="Passages retrieved and read.",
                    json_schema_extra={"minimum": 1, "maximum": MAX_ASK_K})
-    top_answers: int = Field(1, ge=1, le=MAX_ANSWERS, description="Answers to return, best first.")
+    # top_answers too is the core's to check (dpr_pg.validation.check_top_answers): one error and message.
+    top_answers: int = Field(1, description="Answers to return, best first.",
+                             json_schema_extra={"minimum": 1, "maximum": MAX_ANSWERS})
     no_answer_threshold: float | None = Field(
         None, ge=0, le=1, description="Answer 'no answer' when no span scores this much, or the reader's null "
                                       "score beats every span (SQuAD 2.0 style); null: always the best spans.")
