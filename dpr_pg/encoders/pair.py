@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -28,7 +29,8 @@ from dpr_pg.encoders.fingerprint import (
     register_encoder,
     vocab_hash,
 )
-from dpr_pg.encoders.loading import load_light, load_parts, output_dim, token_limit
+from dpr_pg.encoders.files import folder_parts
+from dpr_pg.encoders.loading import load_light, load_parts, output_dim, resolve_source, token_limit
 from dpr_pg.encoders.batching import EncodeResult, BatchingEncoder, _default_device
 from dpr_pg.encoders.onnx_runtime import resolve_runtime
 from dpr_pg.encoders.precision import PRECISIONS, resolve_precision
@@ -350,15 +352,24 @@ def fingerprint_of(
 
     For precomputed vectors, which only need the pair named: no weights are loaded (a local
     folder's files are still hashed for its revision). Names resolve as in ``EncoderPair.load``.
+    Two local folders whose files say everything (:func:`dpr_pg.encoders.files.folder_parts`) are
+    read without importing transformers or torch; otherwise transformers loads the configs and tokenizers.
 
     Example:
         >>> fingerprint_of("/tmp/tiny/question", "/tmp/tiny/passage").dim  # doctest: +SKIP
         768
     """
-    q_config, q_tokenizer, q_source, q_revision = load_light(
-        "question", config.question_model(question_model), question_revision)
-    p_config, p_tokenizer, p_source, p_revision = load_light(
-        "passage", config.passage_model(passage_model), passage_revision)
+    question_name, passage_name = config.question_model(question_model), config.passage_model(passage_model)
+    light = _from_files(question_name, question_revision, passage_name, passage_revision)
+    return light if light is not None else _from_transformers(question_name, question_revision, passage_name,
+                                                              passage_revision)
+
+
+def _from_transformers(question_name: str, question_revision: str | None, passage_name: str,
+                       passage_revision: str | None) -> EncoderFingerprint:
+    """:func:`fingerprint_of` from the configs and tokenizers transformers loads."""
+    q_config, q_tokenizer, q_source, q_revision = load_light("question", question_name, question_revision)
+    p_config, p_tokenizer, p_source, p_revision = load_light("passage", passage_name, passage_revision)
     _check_same_dim(q_source, output_dim(q_config), p_source, output_dim(p_config))
     return EncoderFingerprint(
         question_model=q_source,
@@ -368,6 +379,29 @@ def fingerprint_of(
         tokenizer_hash=vocab_hash(q_tokenizer.get_vocab(), p_tokenizer.get_vocab()),
         dim=output_dim(p_config),
         max_length=token_limit(p_config, p_tokenizer),
+        pooling=POOLING,
+    )
+
+
+def _from_files(question_name: str, question_revision: str | None, passage_name: str,
+                passage_revision: str | None) -> EncoderFingerprint | None:
+    """:func:`fingerprint_of` for two local folders whose files say everything; None otherwise."""
+    if not (Path(question_name).expanduser().is_dir() and Path(passage_name).expanduser().is_dir()):
+        return None
+    question, passage = (folder_parts(Path(name).expanduser()) for name in (question_name, passage_name))
+    if question is None or passage is None:
+        return None
+    q_source, q_revision = resolve_source("question", question_name, question_revision)[:2]
+    p_source, p_revision = resolve_source("passage", passage_name, passage_revision)[:2]
+    _check_same_dim(q_source, question.dim, p_source, passage.dim)
+    return EncoderFingerprint(
+        question_model=q_source,
+        question_revision=q_revision,
+        passage_model=p_source,
+        passage_revision=p_revision,
+        tokenizer_hash=vocab_hash(question.vocabulary, passage.vocabulary),
+        dim=passage.dim,
+        max_length=passage.max_length,
         pooling=POOLING,
     )
 
