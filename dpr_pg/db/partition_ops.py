@@ -75,12 +75,18 @@ def drop_collection(engine: Engine, collection: str) -> DroppedCollection:
                     removed += conn.execute(sa.text("DELETE FROM dpr_pg.passages_default WHERE collection = :c"),
                                             {"c": collection}).rowcount
     except sa.exc.DBAPIError as e:
-        if isinstance(e.orig, psycopg.errors.InsufficientPrivilege):
-            raise PrivilegeError(f"{e.orig.diag.message_primary}: only the owner of the dpr_pg tables (the role that "
-                                 "ran dpr-pg init) can drop a collection's partition; connect as that role") from e
-        raise DatabaseError(f"collection {collection!r} was not dropped: {_first_line(e)}; nothing was changed") from e
+        raise _owner_only(e, "only the owner of the dpr_pg tables (the role that ran dpr-pg init) can drop a "
+                             "collection's partition; connect as that role",
+                          f"collection {collection!r} was not dropped") from e
     forget_database_facts(engine)
     return DroppedCollection(collection, int(removed), bool(owned))
+
+
+def _owner_only(error: sa.exc.DBAPIError, who: str, failed: str) -> PrivilegeError | DatabaseError:
+    """The error for a rolled-back change that only the tables' owner may make: ``who`` says who may."""
+    if isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
+        return PrivilegeError(f"{error.orig.diag.message_primary}: {who}")
+    return DatabaseError(f"{failed}: {_first_line(error)}; nothing was changed")
 
 
 def _first_line(error: BaseException) -> str:
@@ -124,10 +130,8 @@ def partition_passages(engine: Engine, *, progress: Progress | None = None,
         with engine.begin() as conn:
             result = _convert(conn, say, maintenance_work_mem)
     except sa.exc.DBAPIError as e:
-        if isinstance(e.orig, psycopg.errors.InsufficientPrivilege):
-            raise PrivilegeError(f"{e.orig.diag.message_primary}: only the owner of the dpr_pg tables can "
-                                 "partition them; connect as the role that ran dpr-pg init") from e
-        raise DatabaseError(f"dpr_pg.passages was not partitioned: {_first_line(e)}; nothing was changed") from e
+        raise _owner_only(e, "only the owner of the dpr_pg tables can partition them; connect as the role that ran "
+                             "dpr-pg init", "dpr_pg.passages was not partitioned") from e
     forget_database_facts(engine)
     return Conversion(result[0], result[1], time.perf_counter() - started)
 
