@@ -126,12 +126,12 @@ def join(*, home: Path | None = None, postgres_version: int | None = None) -> Em
     lib = _pgserver.library()
     try:
         pgdata.mkdir(parents=True, exist_ok=True)
-        found = lib.pgdata_version(pgdata)
-        if found is not None and found != version:
-            raise DatabaseError(f"{pgdata} holds PostgreSQL {found} data, not {version}; "
-                                f"set DPR_PG_POSTGRES_VERSION={found}, or move the folder away")
-        server = lib.PostgresServer(pgdata, cleanup_mode=None, postgres_version=version)
-        with _pgserver.locked():
+        with _pgserver.locked():  # another process may be running initdb: read PG_VERSION after it
+            found = lib.pgdata_version(pgdata)
+            if found is not None and found != version:
+                raise DatabaseError(f"{pgdata} holds PostgreSQL {found} data, not {version}; "
+                                    f"set DPR_PG_POSTGRES_VERSION={found}, or move the folder away")
+            server = lib.PostgresServer(pgdata, cleanup_mode=None, postgres_version=version)
             _wait_for_shutdown(pgdata)
             server.ensure_pgdata_inited()
             server.ensure_postgres_running()
