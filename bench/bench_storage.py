@@ -45,6 +45,7 @@ from dpr_pg.db.index import build_index, drop_hnsw
 from dpr_pg.db.schema import init
 from dpr_pg.search.api import search
 from dpr_pg.db.column import set_storage
+from dpr_pg.tuning import HNSW_EF_CONSTRUCTION, HNSW_M
 
 DIM = 768
 K = 10
@@ -117,8 +118,8 @@ CONTENDERS = {"vector": ("vector", "vector"), "halfvec-index": ("vector", "halfv
               "halfvec-column": ("halfvec", "halfvec"), "bit": ("vector", "bit")}
 
 
-def prepare(admin: sa.Engine, url: str, label: str, rows: int, vectors: np.ndarray, bucket: np.ndarray
-            ) -> tuple[sa.Engine, dict[str, float]]:
+def prepare(admin: sa.Engine, url: str, label: str, rows: int, vectors: np.ndarray, bucket: np.ndarray,
+            *, m: int, ef_construction: int) -> tuple[sa.Engine, dict[str, float]]:
     """A database for one contender: schema, rows, index; returns its engine and sizes/timings."""
     name = f"bench_storage_{label.replace('-', '_')}_{rows}"
     with admin.connect() as conn:
@@ -130,7 +131,7 @@ def prepare(admin: sa.Engine, url: str, label: str, rows: int, vectors: np.ndarr
     if index != column:
         set_storage(engine, index)  # on the empty table: recorded; the index is built below like the others'
     load_s = load(engine, vectors, bucket, half=column == "halfvec")
-    build_s = build_index(engine).seconds
+    build_s = build_index(engine, m=m, ef_construction=ef_construction).seconds
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("ANALYZE dpr_pg.passages"))
     return engine, {**sizes(engine), "load_s": load_s, "build_s": build_s}
@@ -174,6 +175,9 @@ def main() -> None:
                         help=f"comma-separated, vector first: {', '.join(CONTENDERS)}")
     parser.add_argument("--ef-search", default="400",
                         help="extra unfiltered rows at these hnsw.ef_search values (comma-separated; '' for none)")
+    parser.add_argument("--m", type=int, default=HNSW_M, help="the HNSW graph's links per node (every contender)")
+    parser.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION,
+                        help="the HNSW build's candidate list (every contender)")
     parser.add_argument("--home", default=str(Path(tempfile.gettempdir()) / "dpr_pg_bench_storage"))
     args = parser.parse_args()
     labels = [label.strip() for label in args.contenders.split(",")]
@@ -188,7 +192,8 @@ def main() -> None:
         vectors, bucket = synthetic(args.rows, args.seed)
         facts = {}
         for label in labels:
-            engines[label], facts[label] = prepare(admin, url, label, args.rows, vectors, bucket)
+            engines[label], facts[label] = prepare(admin, url, label, args.rows, vectors, bucket,
+                                                         m=args.m, ef_construction=args.ef_construction)
         with engines["vector"].connect() as conn:
             ids = np.array(conn.execute(sa.text(
                 "SELECT id FROM dpr_pg.passages ORDER BY substr(external_id, 2)::integer")).scalars().all())
@@ -199,7 +204,8 @@ def main() -> None:
         queries = (vectors[rng.integers(0, args.rows, args.queries)]
                    + rng.normal(scale=NOISE / 2, size=(args.queries, DIM))).astype(np.float32)
         expected = {band: truth(vectors, None if m is None else bucket % m == 0, queries, ids) for band, m in BANDS}
-        print(f"{args.rows} rows x {DIM} dims per contender, loaded by binary COPY; {args.queries} queries, k={K}, "
+        print(f"{args.rows} rows x {DIM} dims per contender, loaded by binary COPY; HNSW m {args.m}, ef_construction "
+              f"{args.ef_construction}; {args.queries} queries, k={K}, "
               f"latency round-robin over {', '.join(labels)}")
         report(labels, facts, measure(engines, queries, expected, ef_searches), ef_searches)
     finally:

@@ -75,6 +75,12 @@ ANALYZE_MIN_ROWS = 1000
 # New HNSW indexes (passages, and app tables at enable time); `dpr-pg index` rebuilds with others.
 HNSW_M = 16  # pgvector's default
 HNSW_EF_CONSTRUCTION = 64  # pgvector's default
+# A graph over more rows than this needs more links: with the defaults, recall@10 on the clustered
+# benchmark falls from 0.98-0.99 at 100k rows to 0.90-0.92 at 1M however high ef_search goes, while
+# m 24 / ef_construction 128 keeps 1.000 at 1M (docs/operations.md). `dpr-pg doctor` says so.
+LARGE_GRAPH_ROWS = 250_000
+LARGE_GRAPH_M = 24
+LARGE_GRAPH_EF_CONSTRUCTION = 128
 
 
 def sql_values() -> dict[str, str]:

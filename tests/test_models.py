@@ -8,7 +8,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from dpr_pg import Encoder, Passage
-from dpr_pg.db.doctor import index_memory_warning, pgvector_warnings
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dpr_pg.db.doctor import graph_warning, index_memory_warning, pgvector_warnings
+from dpr_pg.tuning import LARGE_GRAPH_EF_CONSTRUCTION, LARGE_GRAPH_M, LARGE_GRAPH_ROWS
 
 
 def test_models_round_trip_through_an_application_session(engine: sa.Engine) -> None:
@@ -57,3 +61,20 @@ def test_doctor_warns_when_the_hnsw_index_outgrows_shared_buffers() -> None:
     assert warning is not None and "(3993 MB) is larger than shared_buffers (128 MB)" in warning
     assert "shared_buffers to at least 5GB" in warning
     assert index_memory_warning(100 * 2**20, 128 * 2**20) is None
+
+
+def test_doctor_warns_when_a_large_graph_has_the_default_links() -> None:
+    # The 1M-row benchmark's index with pgvector's defaults, and the rebuild the warning asks for.
+    warning = graph_warning(1_000_000, 16, 64)
+    assert warning is not None and "holds 1,000,000 rows in one graph" in warning
+    assert "dpr-pg index --m 24 --ef-construction 128" in warning
+    assert graph_warning(1_000_000, 24, 128) is None
+    assert graph_warning(100_000, 16, 64) is None
+
+
+@given(rows=st.integers(0, 10**9), m=st.integers(2, 100), ef_construction=st.integers(4, 1000))
+def test_the_graph_warning_asks_exactly_for_large_graphs_with_fewer_links(rows: int, m: int,
+                                                                           ef_construction: int) -> None:
+    warned = graph_warning(rows, m, ef_construction) is not None
+    small_links = m < LARGE_GRAPH_M or ef_construction < LARGE_GRAPH_EF_CONSTRUCTION
+    assert warned == (rows > LARGE_GRAPH_ROWS and small_links)
