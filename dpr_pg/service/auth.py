@@ -38,7 +38,8 @@ async def require(request: Request, scope: str, collection: str | None = None) -
     """The request's key, checked for ``scope`` and ``collection``; None when the server is open."""
     service: Service = request.app.state.service
     secret = _secret(request)
-    key, live = await service.database("auth", lambda conn: authenticate(conn, secret))
+    # One statement (the key and the live count together), so no transaction around it.
+    key, live = await service.database("auth", lambda conn: authenticate(conn, secret), transaction=False)
     if key is None:
         if live == 0 and secret is None and service.settings.open_without_keys:
             return None
