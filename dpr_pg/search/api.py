@@ -48,6 +48,9 @@ MODES = ("dense", "hybrid", "exact")
 Query = Union[str, Sequence[float], np.ndarray]
 _LONG_VECTOR = re.compile(r"'\[[-+0-9.,eE]{60,}\]'")
 _GUC_DEFAULTS = {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off"}
+# Execution option of a Connection whose transaction was begun for one search and ends with it
+# (dpr_pg.aio sets it): the search leaves its settings to the transaction's end.
+TRANSACTION_OF_ITS_OWN = "dpr_pg_transaction_of_its_own"
 
 _VECTOR = Storage()
 
@@ -528,7 +531,9 @@ def search_many(
         if stored.column == "halfvec":
             for vector in vectors:
                 check_half_range(vector)
-        restore = not isinstance(bind, Engine)  # our own transaction ends right after: nothing to restore
+        # Our own transaction ends right after (an Engine's, or one the async API opened for this
+        # search alone): its SET LOCALs end with it, nothing to restore.
+        restore = not isinstance(bind, Engine) and not conn.get_execution_options().get(TRANSACTION_OF_ITS_OWN)
         # Unfiltered ANN sets the plan mode with its other settings: one round trip fewer.
         pgvector = pgvector_version or version
         # A filtered dense search takes the exact path or an iterative scan at this ef_search: its
