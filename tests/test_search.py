@@ -167,6 +167,24 @@ def test_search_settings_are_restored_after_the_query(corpus_engine: Engine) -> 
                 "current_setting('plan_cache_mode')")).one() == ("off", "40", "auto")
 
 
+def test_the_planners_cached_probe_estimates_each_filter_with_its_own_values(corpus_engine: Engine) -> None:
+    # The EXPLAIN probe is compiled once per filter shape; its values are bound afresh on every call.
+    from dpr_pg.search.planner import Explain
+
+    def estimate(conn: sa.Connection, collection: str) -> float:
+        probe = sa.select(sa.literal(1)).select_from(Passage).where(Passage.collection == collection)
+        return float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
+
+    with corpus_engine.connect() as conn:
+        wiki, news, wiki_again = estimate(conn, "wiki"), estimate(conn, "news"), estimate(conn, "wiki")
+        rows = conn.execute(sa.text("SELECT collection, count(*) FROM dpr_pg.passages GROUP BY 1")).all()
+    counts = dict(rows)
+    assert (wiki, news, wiki_again) == (counts["wiki"], counts["news"], counts["wiki"])  # analysed: exact per value
+    explained = [search(corpus_engine, QUERIES[0], k=3, collection=name, explain=True) for name in ("wiki", "news")]
+    assert ["'wiki'" in explained[0].plan.explain, "'news'" in explained[1].plan.explain] == [True, True]
+    assert [{h.collection for h in hits} for hits in explained] == [{"wiki"}, {"news"}]
+
+
 def test_search_many_equals_one_search_per_query(corpus_engine: Engine) -> None:
     batch = search_many(corpus_engine, QUERIES, k=5, filter={"tenth": True})
     assert [ids(h) for h in batch] == [ids(search(corpus_engine, q, k=5, filter={"tenth": True})) for q in QUERIES]

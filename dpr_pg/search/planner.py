@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from dpr_pg.search.statistics import TABLE_FACTS
 from dpr_pg.db.models import Passage
@@ -57,9 +58,18 @@ class SearchPlan:
 
 
 class Explain(sa.sql.expression.Executable, sa.sql.expression.ClauseElement):
-    """``EXPLAIN (options) <statement>`` with the statement's bound parameters (SQLAlchemy recipe)."""
+    """``EXPLAIN (options) <statement>`` with the statement's bound parameters (SQLAlchemy recipe).
 
-    inherit_cache = False
+    Cacheable: the planner sends one per filtered search, and compiling it afresh each time cost more
+    Python than the rest of the plan. Its cache key is the statement's own (whose bound values are
+    extracted per execution, as for any cached statement) and the options.
+    """
+
+    inherit_cache = True
+    _traverse_internals = [("statement", InternalTraversal.dp_clauseelement),
+                           ("options", InternalTraversal.dp_string)]
+    # Its rows (the plan) are read by position: no column of the statement maps onto them.
+    _all_selected_columns: list[Any] = []
 
     def __init__(self, statement: sa.sql.expression.ClauseElement, options: str = "FORMAT JSON") -> None:
         self.statement = statement
