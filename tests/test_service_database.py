@@ -127,3 +127,23 @@ def test_bursts_of_concurrent_requests_reuse_the_pools_connections(loaded: Engin
     assert statuses == [200] * (6 * POOL_SIZE)
     assert closed == 0  # no connection was closed on its return to the pool...
     assert opened <= POOL_SIZE  # ...so the pool never opened more than it holds
+
+
+def test_after_a_burst_one_client_at_a_time_is_served_by_one_connection(loaded: Engine, database_url: str,
+                                                                        pair: EncoderPair) -> None:
+    async def scenario(app: FastAPI, client: httpx.AsyncClient) -> tuple[int, set[int]]:
+        await asyncio.gather(*(client.post("/v1/search", json={"question": f"{QUESTION} ({i})", "k": 2})
+                               for i in range(POOL_SIZE)))
+        backends: set[int] = set()
+
+        def record(conn: sa.Connection, *args: Any) -> None:
+            backends.add(conn.connection.driver_connection.info.backend_pid)
+
+        sa.event.listen(app.state.service.engine.sync_engine, "before_cursor_execute", record)
+        for i in range(8):
+            assert (await client.post("/v1/search", json={"question": f"{QUESTION} [{i}]", "k": 2})).status_code == 200
+        return app.state.service.engine.sync_engine.pool.checkedin(), backends
+
+    idle, backends = _run(scenario, database_url, pair)
+    assert idle > 1  # the burst left several connections open...
+    assert len(backends) == 1  # ...and the last one returned serves each next request (its caches are warm)
