@@ -20,6 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import dpr_pg
 from dpr_pg import (
     EncoderError,
     EncoderFingerprint,
@@ -361,6 +362,31 @@ def test_fingerprint_mismatch_is_refused_naming_both_pairs(
     assert str(other_dirs[0].resolve()) in message and pair.question.name in message
     with engine.connect() as conn, pytest.raises(EncoderMismatchError, match="this database"):
         check_encoder(conn, other.fingerprint)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"collection": "wiki"}, {"filter": {"lang": "es"}}, {"collection": "wiki", "mode": "hybrid"},
+    {"collection": "wiki", "mode": "exact"}, {"collection": "wiki", "exact_threshold": 0, "exact_selectivity": 0},
+], ids=["unfiltered", "collection", "filter", "hybrid", "exact", "iterative"])
+def test_a_search_refuses_another_pairs_vectors_on_every_path_and_leaves_the_callers_settings(
+        engine: sa.Engine, pair: EncoderPair, tmp_path: Path, options: dict) -> None:
+    # With a filter or a collection, the check rides on the planner's first round trip; it must still
+    # come first: the other pair's 384-d question would otherwise fail on its dimension.
+    other_dirs = make_tiny_models(tmp_path / "other", dim=384, seed=1)
+    other = EncoderPair.load(str(other_dirs[0]), str(other_dirs[1]), precision="fp32")
+    with engine.begin() as conn:
+        insert_passage(conn, "wiki", register_encoder(conn, pair.fingerprint))
+        conn.execute(sa.text("UPDATE dpr_pg.passages SET metadata = '{\"lang\": \"es\"}'"))
+    with engine.connect() as conn:
+        with pytest.raises(EncoderMismatchError, match="collection 'wiki'" if "collection" in options
+                           else "this database"):
+            dpr_pg.search(conn, "¿Dónde está Sevilla?", encoder=other, k=3, **options)
+        settings = conn.execute(sa.text(
+            "SELECT current_setting('hnsw.iterative_scan'), current_setting('hnsw.ef_search'), "
+            "current_setting('plan_cache_mode')")).one()
+        assert tuple(settings) == ("off", "40", "auto")
+        hits = dpr_pg.search(conn, "¿Dónde está Sevilla?", encoder=pair, k=3, **options)
+    assert [h.external_id for h in hits] == ["p1"]
 
 
 def test_register_encoder_writes_the_fingerprint_row(engine: sa.Engine, pair: EncoderPair) -> None:

@@ -83,6 +83,9 @@ def test_a_search_checks_the_key_in_autocommit_then_searches_in_one_transaction(
     assert search and all(not autocommit for _, autocommit, _ in search)  # in a transaction...
     assert len({connection for connection, _, _ in search}) == 1  # ...on one connection
     assert "ORDER BY" in search[-1][2] and "LIMIT" in search[-1][2]  # the hits' query ends it: nothing restored after
+    # The encoder pair is checked once: on its own without a filter, else with the planner's settings.
+    checks = [statement for _, _, statement in search if "FROM dpr_pg.encoders" in statement]
+    assert len(checks) == 1 and ("plan_cache_mode" in checks[0]) == ("collection" in body or "filter" in body)
     options = {k: v for k, v in body.items() if k != "question"}
     expected = dpr_pg.search(loaded, QUESTION, encoder=pair, **options)
     assert [h["external_id"] for h in found["hits"]] == [h.external_id for h in expected]

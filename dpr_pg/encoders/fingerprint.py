@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -147,10 +148,11 @@ _INSERT = sa.text(
 )
 _SELECT_ID = sa.text("SELECT id FROM dpr_pg.encoders WHERE fingerprint = :fingerprint")
 # Probes the small encoders table and, per encoder, one index lookup on passages.
-_STORED = sa.text(
-    """
-    SELECT e.fingerprint, e.question_model, e.question_revision, e.passage_model, e.passage_revision,
-           e.tokenizer_hash, e.dim, e.max_length, e.pooling
+# The search reads it in the same round trip as its planner settings (dpr_pg.search.api), by these columns.
+STORED_COLUMNS = ("fingerprint", "question_model", "question_revision", "passage_model", "passage_revision",
+                  "tokenizer_hash", "dim", "max_length", "pooling")
+STORED_SQL = f"""
+    SELECT {", ".join("e." + column for column in STORED_COLUMNS)}
     FROM dpr_pg.encoders e
     WHERE e.fingerprint <> :fingerprint
       AND EXISTS (SELECT 1 FROM dpr_pg.passages p
@@ -159,7 +161,7 @@ _STORED = sa.text(
     ORDER BY e.id
     LIMIT 1
     """
-)
+_STORED = sa.text(STORED_SQL)
 
 
 def register_encoder(conn: Connection, fingerprint: EncoderFingerprint) -> int:
@@ -194,11 +196,16 @@ def check_encoder(
             stored = connection.execute(_STORED, params).mappings().first()
     else:
         stored = conn.execute(_STORED, params).mappings().first()
-    if stored is None:
-        return
+    if stored is not None:
+        raise mismatch_error(stored, fingerprint, collection)
+
+
+def mismatch_error(stored: Mapping[str, Any], fingerprint: EncoderFingerprint,
+                   collection: str | None) -> EncoderMismatchError:
+    """The error for a question of ``fingerprint`` against vectors of ``stored`` (a row of STORED_SQL)."""
     other = EncoderFingerprint(**{k: v for k, v in stored.items() if k != "fingerprint"})
     where = f"collection {collection!r}" if collection is not None else "this database"
-    raise EncoderMismatchError(
+    return EncoderMismatchError(
         f"the vectors in {where} were made by {other.describe()}, "
         f"but the question would be encoded by {fingerprint.describe()}. "
         "Expected the same encoder pair for both. Load the pair that made the collection "

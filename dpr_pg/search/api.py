@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg.encoders.fingerprint import check_encoder
+from dpr_pg.encoders.fingerprint import STORED_COLUMNS, STORED_SQL, check_encoder, mismatch_error
 from dpr_pg.search import planner as _planner
 from dpr_pg.search.planner import Explain, SearchPlan
 from dpr_pg.search.orm import model_search_statement
@@ -40,6 +40,7 @@ from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS, MAX_QUERY_TEXT_WORDS
 from dpr_pg.validation import check_ef_search, check_filter, check_half_range, check_k, check_query_vector
 
 if TYPE_CHECKING:
+    from dpr_pg.encoders.fingerprint import EncoderFingerprint
     from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.encoders.question_side import QuestionSide
 
@@ -253,35 +254,46 @@ def _unfiltered_statement(path: str, vector_type: Any, storage: Storage = _VECTO
 
 
 # One round trip: plan_cache_mode, and what the planner needs to know of the table (statistics.TABLE_FACTS);
-# for a filtered search also the iterative scan's settings, the only index path it may take.
-_CUSTOM_PLANS = sa.text(
-    "SELECT current_setting('plan_cache_mode'), row_security_active('dpr_pg.passages'), "
-    "set_config('plan_cache_mode', 'force_custom_plan', true), f.reltuples, f.analyzed "
-    "FROM (" + str(TABLE_FACTS) + ") AS f")
-_CUSTOM_PLANS_ITERATIVE = sa.text(
-    "SELECT current_setting('plan_cache_mode'), row_security_active('dpr_pg.passages'), "
-    "set_config('plan_cache_mode', 'force_custom_plan', true), f.reltuples, f.analyzed, "
-    "current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true), "
-    "set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true) "
-    "FROM (" + str(TABLE_FACTS) + ") AS f")
+# for a filtered search also the iterative scan's settings, the only index path it may take; for a
+# question's encoder pair, whether another pair made the vectors searched (check_encoder's query).
+_SAVE_AND_PIN = ("current_setting('plan_cache_mode'), row_security_active('dpr_pg.passages'), "
+                 "set_config('plan_cache_mode', 'force_custom_plan', true), f.reltuples, f.analyzed")
+_ITERATIVE = ("current_setting('hnsw.ef_search', true), current_setting('hnsw.iterative_scan', true), "
+              "set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+
+
+@functools.lru_cache(maxsize=4)
+def _custom_plans_statement(iterative: bool, encoder: bool) -> sa.TextClause:
+    columns = [_SAVE_AND_PIN, *([_ITERATIVE] if iterative else []),
+               *([", ".join("other." + c for c in STORED_COLUMNS)] if encoder else [])]
+    other = f" LEFT JOIN ({STORED_SQL}) AS other ON true" if encoder else ""
+    return sa.text(f"SELECT {', '.join(columns)} FROM ({TABLE_FACTS}) AS f{other}")
 
 
 @contextmanager
-def _custom_plans(conn: Connection, restore: bool, *,
-                  iterative_ef: int | None = None) -> Iterator[tuple[bool, tuple[float, bool]]]:
+def _custom_plans(conn: Connection, restore: bool, *, iterative_ef: int | None = None,
+                  encoder: EncoderFingerprint | None = None,
+                  collection: str | None = None) -> Iterator[tuple[bool, tuple[float, bool]]]:
     """plan_cache_mode = force_custom_plan for the planner's probes and the exact query (see above).
 
     Yields whether row-level security hides rows of dpr_pg.passages from this role, and the table's
     (reltuples, has statistics) for :func:`dpr_pg.search.planner.plan`, read in the same round trip. With
     ``iterative_ef``, it also sets what :func:`ann_settings` would for an iterative scan at that
     ef_search (the exact path ignores them; under row-level security ann_settings runs all the same).
+    With ``encoder``, it raises :class:`EncoderMismatchError` as :func:`check_encoder` would for
+    ``collection``, settings restored, before anything else runs.
     """
-    if iterative_ef is None:
-        saved, row_security, _, rows, analyzed = conn.execute(_CUSTOM_PLANS).one()
-    else:
-        saved, row_security, _, rows, analyzed, ef, mode, *_ = conn.execute(
-            _CUSTOM_PLANS_ITERATIVE, {"ef": str(iterative_ef)}).one()
+    params: dict[str, Any] = {}
+    if iterative_ef is not None:
+        params["ef"] = str(iterative_ef)
+    if encoder is not None:
+        params |= {"fingerprint": encoder.id, "collection": collection}
+    row = conn.execute(_custom_plans_statement(iterative_ef is not None, encoder is not None), params).one()
+    saved, row_security, _, rows, analyzed = row[:5]
+    ef, mode = row[5:7] if iterative_ef is not None else (None, None)
     try:
+        if encoder is not None and row[-len(STORED_COLUMNS)] is not None:
+            raise mismatch_error(dict(zip(STORED_COLUMNS, row[-len(STORED_COLUMNS):])), encoder, collection)
         yield bool(row_security), (float(rows), bool(analyzed))
     finally:
         if restore and iterative_ef is None:
@@ -524,13 +536,6 @@ def search_many(
             promoted = promoted_by_key(conn)
             if promoted:
                 where_probe = _where(filter, collection, promoted=promoted)
-        if encoder is not None:
-            check_encoder(conn, encoder.fingerprint, collection=collection)
-        encoded = iter(encoder.question.encode(questions)) if questions and encoder is not None else iter(())
-        vectors = [query_vector(next(encoded) if isinstance(q, str) else q, dim) for q in queries]
-        if stored.column == "halfvec":
-            for vector in vectors:
-                check_half_range(vector)
         # Our own transaction ends right after (an Engine's, or one the async API opened for this
         # search alone): its SET LOCALs end with it, nothing to restore.
         restore = not isinstance(bind, Engine) and not conn.get_execution_options().get(TRANSACTION_OF_ITS_OWN)
@@ -541,9 +546,18 @@ def search_many(
         iterative_ef = (max(k, ef_search or _planner.FILTERED_EF_SEARCH) if where_probe is not None and mode == "dense"
                         and pgvector >= _planner.ITERATIVE_SCAN_VERSION and k <= _planner.MAX_EF_SEARCH else None)
         probes = where_probe is not None or mode != "dense" or row_security
-        pinned = (_custom_plans(conn, restore, iterative_ef=iterative_ef) if probes
-                  else nullcontext((False, None)))
+        fingerprint = encoder.fingerprint if encoder is not None else None
+        if fingerprint is not None and not probes:
+            check_encoder(conn, fingerprint, collection=collection)
+        # With probes, the encoder check rides on their round trip; either way it comes first.
+        pinned = (_custom_plans(conn, restore, iterative_ef=iterative_ef, encoder=fingerprint, collection=collection)
+                  if probes else nullcontext((False, None)))
         with pinned as (row_security, table):
+            encoded = iter(encoder.question.encode(questions)) if questions and encoder is not None else iter(())
+            vectors = [query_vector(next(encoded) if isinstance(q, str) else q, dim) for q in queries]
+            if stored.column == "halfvec":
+                for vector in vectors:
+                    check_half_range(vector)
             # hybrid too: its dense side is the dense search of SQL's dpr_pg.hybrid_search, which plans alike
             partition = (_collection_partition(conn, collection, whole=not filter)
                          if collection is not None and mode != "exact" and not row_security else None)
