@@ -1,7 +1,8 @@
 """Search: a question (or a precomputed query vector) → the top-k passages by inner product.
 
 ``search`` plans (see :mod:`dpr_pg.search.planner`), sets pgvector's scan settings with ``set_config(...,
-is_local => true)`` inside the query's own transaction and restores them afterwards, and never
+is_local => true)`` inside the query's own transaction and restores them afterwards (in a caller's
+transaction; one opened for the search alone just ends), and never
 returns fewer than ``min(k, matching rows)`` hits. ``search_statement`` is the same query as a
 SQLAlchemy ``Select`` for an application's own Session, joins and WHERE clauses.
 """
