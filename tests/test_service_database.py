@@ -150,3 +150,29 @@ def test_after_a_burst_one_client_at_a_time_is_served_by_one_connection(loaded: 
     idle, backends = _run(scenario, database_url, pair)
     assert idle > 1  # the burst left several connections open...
     assert len(backends) == 1  # ...and the last one returned serves each next request (its caches are warm)
+
+
+def test_when_the_storage_expires_one_search_of_a_burst_reads_it_again(loaded: Engine, database_url: str,
+                                                                       pair: EncoderPair,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpr_pg.search import api
+
+    monkeypatch.setattr(api, "STORAGE_TTL", 3600.0)  # only the entries aged below expire during the test
+
+    async def scenario(app: FastAPI, client: httpx.AsyncClient) -> tuple[list[str], list[int]]:
+        body = {"question": QUESTION, "k": 2, "collection": "demo"}
+        assert (await client.post("/v1/search", json=body)).status_code == 200
+        engine = app.state.service.engine.sync_engine
+        for cache in (api._STORAGE, api._PARTITIONED):  # as if STORAGE_TTL had passed
+            stamp, value = cache[engine]
+            cache[engine] = (stamp - 7200.0, value)
+        sent: list[str] = []
+        sa.event.listen(engine, "before_cursor_execute", lambda conn, cursor, statement, *args: sent.append(statement))
+        responses = await asyncio.gather(*(client.post("/v1/search", json={**body, "question": f"{QUESTION} ({i})"})
+                                           for i in range(16)))
+        return sent, [r.status_code for r in responses]
+
+    sent, statuses = _run(scenario, database_url, pair)
+    assert statuses == [200] * 16
+    assert sum("FROM dpr_pg.settings" in statement for statement in sent) == 1  # the storage, read once
+    assert sum("relkind = 'p'" in statement for statement in sent) == 1  # whether the table is partitioned, once

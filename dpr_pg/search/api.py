@@ -14,10 +14,10 @@ import math
 import re
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 import numpy as np
 import sqlalchemy as sa
@@ -391,9 +391,34 @@ _FACTS: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[int, ...], int, bool]
 _STORAGE: weakref.WeakKeyDictionary[Engine, tuple[float, Storage]] = weakref.WeakKeyDictionary()
 _PARTITIONED: weakref.WeakKeyDictionary[Engine, tuple[float, bool]] = weakref.WeakKeyDictionary()
 # Seconds a process trusts the storage it read: after another process switches it (dpr-pg storage
-# set), searches here order by the old index's expression for at most this long; they stay right
-# (the exact path), only slower. set_storage in this process takes effect at once.
+# set), searches here order by the old index's expression for at most this long (and the moment one
+# search takes to read it again); they stay right (the exact path), only slower. set_storage in this
+# process takes effect at once.
 STORAGE_TTL = 5.0
+_T = TypeVar("_T")
+
+
+def _fresh(cache: weakref.WeakKeyDictionary[Engine, tuple[float, _T]], engine: Engine,
+           read: Callable[[], _T]) -> _T:
+    """``engine``'s value in ``cache`` while younger than STORAGE_TTL seconds, else ``read()`` again.
+
+    One search reads it again; the searches that come meanwhile go on with the value it replaces
+    (a moment older), rather than every search in flight reading it at once when it expires.
+    """
+    now = time.monotonic()
+    cached = cache.get(engine)
+    if cached is not None and now - cached[0] < STORAGE_TTL:
+        return cached[1]
+    if cached is not None:
+        cache[engine] = (now, cached[1])
+    try:
+        value = read()
+    except BaseException:
+        if cached is not None and cache.get(engine) == (now, cached[1]):
+            cache[engine] = cached  # the next search tries again
+        raise
+    cache[engine] = (now, value)
+    return value
 
 
 def forget_database_facts(engine: Engine) -> None:
@@ -433,12 +458,7 @@ def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
 
 def _collection_partition(conn: Connection, collection: str, *, whole: bool) -> _planner.CollectionPartition | None:
     """The collection's partition and its rows, when dpr_pg.passages is partitioned and it was analysed."""
-    now = time.monotonic()
-    cached = _PARTITIONED.get(conn.engine)
-    if cached is None or now - cached[0] >= STORAGE_TTL:
-        cached = (now, is_partitioned(conn))
-        _PARTITIONED[conn.engine] = cached
-    if not cached[1]:
+    if not _fresh(_PARTITIONED, conn.engine, lambda: is_partitioned(conn)):
         return None
     rows = conn.execute(sa.text("SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = to_regclass(:t)"),
                         {"t": f"dpr_pg.{partition_name(collection)}"}).scalar()
@@ -447,13 +467,7 @@ def _collection_partition(conn: Connection, collection: str, *, whole: bool) -> 
 
 def _storage(conn: Connection) -> Storage:
     """The index's storage (see :mod:`dpr_pg.db.storage`), read again after STORAGE_TTL seconds."""
-    now = time.monotonic()
-    cached = _STORAGE.get(conn.engine)
-    if cached is not None and now - cached[0] < STORAGE_TTL:
-        return cached[1]
-    chosen = read_storage(conn)
-    _STORAGE[conn.engine] = (now, chosen)
-    return chosen
+    return _fresh(_STORAGE, conn.engine, lambda: read_storage(conn))
 
 
 def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collection: str | None = None,
