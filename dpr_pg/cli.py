@@ -746,7 +746,8 @@ def storage_show(ctx: Context, as_json: bool) -> None:
 
 @storage_group.command("partition")
 @click.option("--maintenance-work-mem", metavar="SIZE",
-              help="Memory for the index builds, e.g. 2GB (default: the server's setting).")
+              help="Memory for the index builds, e.g. 2GB (default: what the largest partition's HNSW graph "
+                   "needs, at most a quarter of the RAM; never below the server's setting).")
 @json_option()
 @pass_context
 @reports_errors

@@ -380,3 +380,27 @@ def test_a_promoted_key_reaches_every_partition(partitioned: tuple[str, Engine],
     hits = search(engine, QUERY, k=5, collection="news", filter={"even": False}, explain=True)
     assert [h.external_id for h in hits] == truth(["news"], even=False)
     assert "meta_even" in hits.plan.explain
+
+
+def test_the_conversion_sizes_its_memory_for_the_largest_partitions_graph(plain: tuple[str, Engine]) -> None:
+    # Each partition's HNSW graph is built on its own: 6,000 rows of DIM-d vectors need about 2MB
+    # (graph_bytes), the whole table's 12,100 about 5MB; the database's own setting is 1MB.
+    _, engine = plain
+    with engine.begin() as conn:
+        encoder = conn.execute(sa.text(
+            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
+            "VALUES ('memory', 'q', 'p', 't', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
+        for collection, rows in {"big": 6000, "also big": 6000, "small": 100}.items():
+            conn.execute(sa.text(
+                "INSERT INTO dpr_pg.passages (collection, external_id, text, content_hash, embedding, encoder_id) "
+                "SELECT :c, 'p' || i, 'texto ' || i, 'h' || i, "
+                "(SELECT array_agg(random() - 0.5) FROM generate_series(1, :d) WHERE i > 0)::vector, :e "
+                "FROM generate_series(1, :n) AS i"), {"c": collection, "d": DIM, "e": encoder, "n": rows})
+        conn.execute(sa.text(f'ALTER DATABASE "{engine.url.database}" SET maintenance_work_mem = \'1MB\''))
+    engine.dispose()  # new connections take the database's setting
+    lines: list[str] = []
+    conversion = partition_passages(engine, progress=lines.append)
+    assert conversion.rows == 12_100 and conversion.partitions == 3
+    assert "building with maintenance_work_mem 2MB" in lines
+    with engine.connect() as conn:  # the setting was the conversion's own
+        assert conn.execute(sa.text("SHOW maintenance_work_mem")).scalar() == "1MB"

@@ -226,9 +226,14 @@ def hnsw_parameters(engine: Engine) -> HnswParameters | None:
         HnswParameters(m=16, ef_construction=64)
     """
     with engine.connect() as conn:
-        options = conn.execute(sa.text(
-            "SELECT coalesce(c.reloptions, '{}') FROM pg_class c WHERE c.oid = to_regclass(:name)"),
-            {"name": f"dpr_pg.{HNSW_INDEX}"}).scalar()
+        return index_parameters(conn)
+
+
+def index_parameters(conn: Connection) -> HnswParameters | None:
+    """:func:`hnsw_parameters` on a connection (in its transaction)."""
+    options = conn.execute(sa.text(
+        "SELECT coalesce(c.reloptions, '{}') FROM pg_class c WHERE c.oid = to_regclass(:name)"),
+        {"name": f"dpr_pg.{HNSW_INDEX}"}).scalar()
     if options is None:
         return None
     values = dict(option.split("=", 1) for option in options)
@@ -463,6 +468,18 @@ def _tell(progress: bool | None, kind: str, memory: str, workers: int) -> None:
               f"the RAM), {workers} parallel worker(s) + leader", file=sys.stderr, flush=True)
 
 
+def graph_memory(conn: Connection, rows: float, parameters: HnswParameters, kind: str = "vector") -> str | None:
+    """``maintenance_work_mem`` for building one graph of ``rows`` of dpr_pg.passages' dimension: what
+    :func:`graph_bytes` says, at most :func:`memory_cap`; None when the server's setting is as large
+    (it is never lowered).
+    """
+    dim, current = conn.execute(sa.text(
+        "SELECT a.atttypmod, pg_size_bytes(current_setting('maintenance_work_mem')) "
+        "FROM pg_attribute a WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding'")).one()
+    needed = min(graph_bytes(rows, int(dim), parameters, kind), memory_cap())
+    return f"{needed // 2**20}MB" if needed > current else None
+
+
 def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters, kind: str = "vector") -> str:
     """SET maintenance_work_mem for this session: ``memory``, or enough for the table's graph; returns it.
 
@@ -476,11 +493,8 @@ def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters
         # after large writes: a sized build needs the count, so ANALYZE first (a sample: seconds at 1M rows).
         if conn.execute(_STALE_COUNT).scalar():
             conn.execute(sa.text("ANALYZE dpr_pg.passages"))
-        rows, dim, current = conn.execute(sa.text(
-            f"SELECT ({_ROWS}), a.atttypmod, pg_size_bytes(current_setting('maintenance_work_mem')) "
-            "FROM pg_attribute a WHERE a.attrelid = 'dpr_pg.passages'::regclass AND a.attname = 'embedding'")).one()
-        needed = min(graph_bytes(rows, int(dim), parameters, kind), memory_cap())
-        memory = f"{needed // 2**20}MB" if needed > current else None  # never lower the server's setting
+        rows = conn.execute(sa.text(_ROWS)).scalar_one()
+        memory = graph_memory(conn, rows, parameters, kind)
     if memory is not None:
         try:
             conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :m, false)"), {"m": memory})

@@ -17,9 +17,11 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Connection, Engine
 
+from dpr_pg.db.index import HnswParameters, graph_memory, index_parameters
 from dpr_pg.db.models import HNSW_INDEX
 from dpr_pg.db.partitions import DEFAULT_PARTITION, is_partitioned, list_partitions, partition_name
 from dpr_pg.db.revision import require_schema
+from dpr_pg.db.storage import read_storage
 from dpr_pg.errors import ConfigError, DatabaseError, PrivilegeError, SchemaError
 from dpr_pg.ingest.loader import LOCK_SQL
 from dpr_pg.search.api import forget_database_facts
@@ -144,13 +146,24 @@ def _convert(conn: Connection, say: Progress, maintenance_work_mem: str | None) 
         quoting.execute(statement if isinstance(statement, sql.Composable) else statement.encode())
 
     conn.execute(sa.text("SET LOCAL row_security = off"))  # a role under row-level security fails, never copies less
-    if maintenance_work_mem is not None:
-        conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :m, true)"), {"m": maintenance_work_mem})
     say("locking dpr_pg.passages (SHARE: searches go on, writes wait)")
     conn.execute(sa.text("LOCK TABLE dpr_pg.passages IN SHARE MODE"))
     counts = conn.execute(sa.text(
         "SELECT collection, count(*) FROM dpr_pg.passages GROUP BY collection ORDER BY collection")).all()
     rows = sum(int(n) for _, n in counts)
+    if maintenance_work_mem is None:
+        # Each partition's graph is built on its own: enough memory for the largest. In the server's
+        # default 64MB, a 1M-row table's 110k-row partitions built about five times slower.
+        largest = max((int(n) for _, n in counts), default=0)
+        maintenance_work_mem = graph_memory(conn, largest, index_parameters(conn) or HnswParameters(),
+                                            read_storage(conn).kind)
+    if maintenance_work_mem is not None:
+        try:
+            conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :m, true)"), {"m": maintenance_work_mem})
+        except sa.exc.DBAPIError as e:
+            raise ConfigError("expected a maintenance_work_mem size such as 512MB or 4GB, "
+                              f"not {maintenance_work_mem!r}") from e
+    say(f"building with maintenance_work_mem {conn.execute(sa.text('SHOW maintenance_work_mem')).scalar()}")
     run(f"CREATE TABLE dpr_pg.{_NEW} (LIKE dpr_pg.passages INCLUDING DEFAULTS INCLUDING GENERATED "
         "INCLUDING IDENTITY INCLUDING STORAGE INCLUDING CONSTRAINTS INCLUDING COMMENTS) PARTITION BY LIST (collection)")
     run(sql.SQL("CREATE TABLE dpr_pg.{} PARTITION OF dpr_pg.{} DEFAULT").format(
