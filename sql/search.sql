@@ -333,7 +333,8 @@ $$;
 -- exact_threshold + 1 when the estimate is within @COUNT_BAND@ times it) → exact over the filtered
 -- rows; otherwise an iterative HNSW scan. A search of one collection of a partitioned dpr_pg.passages
 -- larger than exact_threshold takes its partition's HNSW index when there is no other filter, and
--- judges a filter's share against the partition's rows (the partition rule of dpr_pg/search/planner.py).
+-- judges a filter's share against the partition's rows (the partition rule of dpr_pg/search/planner.py);
+-- a search of every collection of it walks each partition's index at the partitions' share of ef_search.
 -- When `relation` has no statistics (never analysed), a low estimate is a guess: the bounded count
 -- decides instead (exact or iterative HNSW). The caller falls back to exact when the index scan
 -- returns fewer than k rows. The two thresholds are arguments so that tests can reach every rule;
@@ -353,13 +354,34 @@ DECLARE
     rls boolean := row_security_active(relation);
     trusted boolean := true;  -- statistics the plan may trust; else the bounded count decides
     partition_rows double precision;  -- the rows of the searched collection's partition, when it has one
+    spread record;  -- how the partitions spread the rows, for a search of every collection
+    unfiltered_ef integer := greatest(k, @UNFILTERED_EF_SEARCH@);
+    filtered_ef integer := greatest(k, @FILTERED_EF_SEARCH@);
 BEGIN
+    -- A search of every collection of dpr_pg.passages partitioned by collection walks each partition's
+    -- HNSW index, and PostgreSQL merges them: each index scan makes its whole first search before the
+    -- first row comes. Each keeps the largest partition's share of the one index's ef_search, rounded
+    -- up, at least @PARTITIONS_MIN_EF_SEARCH@ and k; unless a partition was never analysed.
+    -- The same numbers, in the same order of operations, as spread_ef_search in dpr_pg/search/planner.py.
+    IF collection IS NULL AND NOT rls AND relation = 'dpr_pg.passages'::regclass
+            AND (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = relation) THEN
+        SELECT count(*) AS partitions, max(c.reltuples::float8) AS largest, sum(c.reltuples::float8) AS total,
+               bool_and(c.reltuples >= 0) AS analyzed
+        INTO spread
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = relation;
+        IF spread.partitions > 0 AND spread.analyzed AND spread.total > 0 THEN
+            unfiltered_ef := greatest(k, least(@UNFILTERED_EF_SEARCH@, greatest(@PARTITIONS_MIN_EF_SEARCH@,
+                ceil(@UNFILTERED_EF_SEARCH@ * spread.largest / spread.total)::integer)));
+            filtered_ef := greatest(k, least(@FILTERED_EF_SEARCH@, greatest(@PARTITIONS_MIN_EF_SEARCH@,
+                ceil(@FILTERED_EF_SEARCH@ * spread.largest / spread.total)::integer)));
+        END IF;
+    END IF;
     IF where_sql = 'true' AND NOT rls THEN
         IF k > @MAX_EF_SEARCH@ THEN
             path := 'exact';  -- above hnsw.ef_search's limit
         ELSE
             path := 'hnsw';
-            ef_search := greatest(k, @UNFILTERED_EF_SEARCH@);
+            ef_search := unfiltered_ef;
         END IF;
         RETURN;
     END IF;
@@ -414,7 +436,7 @@ BEGIN
             path := 'exact';
         ELSE
             path := 'hnsw-iterative';
-            ef_search := greatest(k, @FILTERED_EF_SEARCH@);
+            ef_search := filtered_ef;
         END IF;
         RETURN;
     END IF;
@@ -442,7 +464,7 @@ BEGIN
         END IF;
     END IF;
     path := 'hnsw-iterative';
-    ef_search := greatest(k, @FILTERED_EF_SEARCH@);
+    ef_search := filtered_ef;
 END
 $$;
 

@@ -4,12 +4,14 @@ A search of one collection of a partitioned dpr_pg.passages reads that collectio
 which has an HNSW index of its own: Python ``search`` and SQL ``dpr_pg.search`` (and the dense side
 of both hybrid searches) must take the same path for the same reason (estimate, bounded count,
 ef_search, fallback) and return the same hits, and an unpartitioned table with the same rows keeps
-the table-wide rules. The SQL functions report their plan as a DEBUG message.
+the table-wide rules. A search of every collection walks each partition's index at the partitions'
+share of ef_search, in both faces. The SQL functions report their plan as a DEBUG message.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +20,16 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import ingest, search, tuning
-from dpr_pg.db.partitions import is_partitioned
+from dpr_pg.db.partitions import is_partitioned, partition_name
 from dpr_pg.db.schema import init
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
+from dpr_pg.search.api import forget_database_facts
+from dpr_pg.search.planner import PartitionSpread, spread_ef_search
 
 DIM = 8
 FINGERPRINT = EncoderFingerprint("plans/question", None, "plans/passage", None, "tok", DIM, 512)
@@ -151,3 +157,92 @@ def test_the_sql_planner_judges_a_collection_by_its_partition_like_the_python_pl
     assert (sql.path, sql.matching_rows, sql.ef_search) == (hits.plan.path, hits.plan.matching_rows,
                                                              hits.plan.ef_search)
     assert sql.estimated_rows == pytest.approx(hits.plan.estimated_rows)
+
+
+# A search of every collection walks each partition's HNSW index, merged: the largest partition ("big",
+# 2,400 of 5,100 rows) keeps its share of the one index's ef_search (tuning.PARTITIONS_MIN_EF_SEARCH at least).
+SHARE = max(SIZES.values()) / sum(SIZES.values())
+ACROSS = [
+    pytest.param({}, "hnsw", {True: math.ceil(tuning.UNFILTERED_EF_SEARCH * SHARE),
+                              False: tuning.UNFILTERED_EF_SEARCH}, id="no filter"),
+    pytest.param({"even": True}, "hnsw-iterative", {True: math.ceil(tuning.FILTERED_EF_SEARCH * SHARE),
+                                                    False: tuning.FILTERED_EF_SEARCH}, id="a broad metadata filter"),
+]
+
+
+@pytest.mark.parametrize(("document", "path", "ef_search"), ACROSS)
+def test_a_search_of_every_collection_takes_the_partitions_share_of_ef_search_in_both_faces(
+    engine: Engine, document: dict[str, Any], path: str, ef_search: dict[bool, int]
+) -> None:
+    partitioned = is_partitioned(engine)
+    hits = search(engine, QUERY, k=10, filter=document)
+    with engine.begin() as conn:
+        rows, sql = _sql_face(conn, "SELECT id, score FROM dpr_pg.search(CAST(:q AS vector), 10, CAST(:f AS jsonb))",
+                              {"q": str(QUERY.tolist()), "f": json.dumps(document)})
+    assert (hits.plan.path, hits.plan.ef_search) == (path, ef_search[partitioned])
+    assert (sql["path"], sql["ef_search"], sql["fell_back"]) == (path, ef_search[partitioned], False)
+    assert ("the HNSW indexes of 4 partitions, merged: the largest holds 47% of the rows" in hits.plan.reason) \
+        == partitioned
+    assert [h.id for h in hits] == [r.id for r in rows] and len(hits) == 10
+
+
+def test_an_explicit_ef_search_is_honoured_across_partitions(engine: Engine) -> None:
+    assert search(engine, QUERY, k=10, ef_search=300).plan.ef_search == 300
+    assert search(engine, QUERY, k=10, ef_search=5).plan.ef_search == 10  # never below k
+    assert search(engine, QUERY, k=10, filter={"even": True}, ef_search=20).plan.ef_search == 20
+
+
+@settings(max_examples=25)
+@given(k=st.integers(min_value=1, max_value=tuning.MAX_EF_SEARCH + 5), filtered=st.booleans())
+def test_both_planners_choose_the_same_ef_search_for_any_k(engine: Engine, k: int, filtered: bool) -> None:
+    document = {"even": True} if filtered else {}
+    python = search(engine, QUERY, k=k, filter=document, mode="dense").plan
+    with engine.begin() as conn:
+        sql = conn.execute(sa.text(
+            "SELECT p.* FROM dpr_pg.compile_filter(CAST(:f AS jsonb)) AS c, "
+            "dpr_pg._search_plan('dpr_pg.passages', 'dpr_pg.passages', c.clause, c.params, :k) AS p"),
+            {"f": json.dumps(document), "k": k}).one()
+    assert sql.ef_search == python.ef_search
+    assert sql.path == python.path or python.fell_back  # an index scan short of k rows: exact after planning
+    if python.ef_search is not None:
+        base = tuning.FILTERED_EF_SEARCH if filtered else tuning.UNFILTERED_EF_SEARCH
+        assert k <= python.ef_search <= max(k, base)
+
+
+def test_a_partition_never_analysed_keeps_the_one_index_ef_search(server: Any, tmp_path: Path) -> None:
+    name = server.create_database()
+    eng = sa.create_engine(server.url_for(name))
+    try:
+        init(eng, dim=DIM, partition_by_collection=True)
+        _load(eng, tmp_path)
+        with eng.begin() as conn:
+            conn.execute(sa.text("SELECT dpr_pg.ensure_collection_partition('new')"))
+            assert conn.execute(sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"),
+                                {"t": f"dpr_pg.{partition_name('new')}"}).scalar() < 0
+        hits = search(eng, QUERY, k=10)
+        with eng.begin() as conn:
+            _, sql = _sql_face(conn, "SELECT id FROM dpr_pg.search(CAST(:q AS vector), 10)", {"q": str(QUERY.tolist())})
+        assert hits.plan.ef_search == sql["ef_search"] == tuning.UNFILTERED_EF_SEARCH
+        with eng.begin() as conn:
+            conn.execute(sa.text("ANALYZE dpr_pg.passages"))
+        forget_database_facts(eng)
+        hits = search(eng, QUERY, k=10)
+        assert hits.plan.ef_search == math.ceil(tuning.UNFILTERED_EF_SEARCH * SHARE)
+    finally:
+        eng.dispose()
+        server.drop_database(name)
+
+
+@given(base=st.integers(1, tuning.MAX_EF_SEARCH), k=st.integers(1, tuning.MAX_EF_SEARCH),
+       partitions=st.integers(1, 50), largest=st.floats(0, 1e9), rest=st.floats(0, 1e9), analyzed=st.booleans())
+def test_the_partitions_ef_search_is_never_below_k_nor_above_the_one_index_choice(
+    base: int, k: int, partitions: int, largest: float, rest: float, analyzed: bool
+) -> None:
+    spread = PartitionSpread(partitions, largest, largest + rest, analyzed)
+    ef = spread_ef_search(base, k, spread)
+    assert k <= ef <= max(k, base)
+    assert ef >= min(max(k, tuning.PARTITIONS_MIN_EF_SEARCH), max(k, base))
+    if not analyzed or largest + rest == 0:
+        assert ef == max(k, base)
+    # a larger share of the rows in the largest partition never lowers it
+    assert spread_ef_search(base, k, PartitionSpread(partitions, largest + rest, largest + rest, analyzed)) >= ef

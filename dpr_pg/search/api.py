@@ -456,13 +456,35 @@ def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
     return facts
 
 
+def _partitioned(conn: Connection) -> bool:
+    """Whether dpr_pg.passages is partitioned by collection, read again after STORAGE_TTL seconds."""
+    return _fresh(_PARTITIONED, conn.engine, lambda: is_partitioned(conn))
+
+
 def _collection_partition(conn: Connection, collection: str, *, whole: bool) -> _planner.CollectionPartition | None:
     """The collection's partition and its rows, when dpr_pg.passages is partitioned and it was analysed."""
-    if not _fresh(_PARTITIONED, conn.engine, lambda: is_partitioned(conn)):
+    if not _partitioned(conn):
         return None
     rows = conn.execute(sa.text("SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = to_regclass(:t)"),
                         {"t": f"dpr_pg.{partition_name(collection)}"}).scalar()
     return _planner.CollectionPartition(collection, float(rows), whole) if rows is not None and rows >= 0 else None
+
+
+# The same aggregate as dpr_pg._search_plan's (sql/search.sql), so that both faces compute one ef_search.
+_PARTITION_SPREAD = sa.text(
+    "SELECT count(*), max(c.reltuples::float8), sum(c.reltuples::float8), bool_and(c.reltuples >= 0) "
+    "FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = 'dpr_pg.passages'::regclass")
+
+
+def _partition_spread(conn: Connection) -> _planner.PartitionSpread | None:
+    """How the partitions of dpr_pg.passages spread its rows, when it is partitioned by collection."""
+    if not _partitioned(conn):
+        return None
+    partitions, largest, rows, analyzed = conn.execute(_PARTITION_SPREAD).one()
+    if not partitions:
+        return None
+    return _planner.PartitionSpread(int(partitions), float(largest), float(rows), bool(analyzed))
 
 
 def _storage(conn: Connection) -> Storage:
@@ -556,9 +578,14 @@ def search_many(
         restore = not isinstance(bind, Engine) and not conn.get_execution_options().get(TRANSACTION_OF_ITS_OWN)
         # Unfiltered ANN sets the plan mode with its other settings: one round trip fewer.
         pgvector = pgvector_version or version
+        # A search of every collection of a partitioned table walks each partition's index, at the
+        # partitions' share of the one index's ef_search (planner.spread_ef_search).
+        spread = _partition_spread(conn) if collection is None and mode != "exact" else None
         # A filtered dense search takes the exact path or an iterative scan at this ef_search: its
         # settings go with plan_cache_mode, one round trip fewer.
-        iterative_ef = (max(k, ef_search or _planner.FILTERED_EF_SEARCH) if where_probe is not None and mode == "dense"
+        filtered_ef = max(k, ef_search) if ef_search else _planner.spread_ef_search(_planner.FILTERED_EF_SEARCH, k,
+                                                                                     spread)
+        iterative_ef = (filtered_ef if where_probe is not None and mode == "dense"
                         and pgvector >= _planner.ITERATIVE_SCAN_VERSION and k <= _planner.MAX_EF_SEARCH else None)
         probes = where_probe is not None or mode != "dense" or row_security
         fingerprint = encoder.fingerprint if encoder is not None else None
@@ -580,7 +607,7 @@ def search_many(
                                  pgvector_version=pgvector, exact=mode == "exact",
                                  exact_threshold=exact_threshold, exact_selectivity=exact_selectivity,
                                  ef_search=ef_search, row_security=row_security, table=table,
-                                 partition=partition).with_(storage=storage.kind)
+                                 partition=partition, partitions=spread).with_(storage=storage.kind)
             if mode == "hybrid":
                 return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
                                 text_weight=text_weight, candidates=candidates, vector_oid=oid, storage=storage)

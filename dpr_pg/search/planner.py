@@ -15,6 +15,7 @@ same rules for the SQL functions, and tests/test_search.py runs both over the sa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,7 +28,7 @@ from dpr_pg.search.statistics import TABLE_FACTS
 from dpr_pg.db.models import Passage
 # The numbers live in dpr_pg.tuning, shared with the SQL functions; re-exported here for callers.
 from dpr_pg.tuning import (COUNT_BAND, EXACT_MAX_ROWS, EXACT_SELECTIVITY, EXACT_THRESHOLD, FILTERED_EF_SEARCH,
-                           ITERATIVE_SCAN_VERSION, MAX_EF_SEARCH, UNFILTERED_EF_SEARCH)
+                           ITERATIVE_SCAN_VERSION, MAX_EF_SEARCH, PARTITIONS_MIN_EF_SEARCH, UNFILTERED_EF_SEARCH)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,45 @@ class CollectionPartition:
     whole: bool
 
 
+@dataclass(frozen=True)
+class PartitionSpread:
+    """How a table partitioned by collection spreads its rows, for a search of every collection: the
+    number of partitions, the largest one's rows and all of theirs (as of their last ANALYZE), and
+    whether every partition was analysed (else the sizes are unknown)."""
+
+    partitions: int
+    largest: float
+    rows: float
+    analyzed: bool
+
+
+def spread_ef_search(base: int, k: int, spread: PartitionSpread | None) -> int:
+    """``hnsw.ef_search`` for a search that walks every partition's HNSW index, where one index would take ``base``.
+
+    PostgreSQL merges the partitions' index scans, and each makes its whole first search at this
+    ef_search before the first row comes: each keeps the largest partition's share of ``base``
+    candidates, rounded up, and at least ``PARTITIONS_MIN_EF_SEARCH``, but never more than ``base``,
+    nor fewer than ``k``. Without a spread, or with a partition never analysed: ``max(k, base)``.
+    sql/search.sql's ``dpr_pg._search_plan`` computes the same, in the same order of operations.
+
+    >>> spread_ef_search(250, 10, PartitionSpread(11, 11_111, 100_000, True))
+    40
+    >>> spread_ef_search(250, 10, PartitionSpread(2, 60_000, 100_000, True))
+    150
+    """
+    if spread is None or not spread.analyzed or spread.rows <= 0:
+        return max(k, base)
+    return max(k, min(base, max(PARTITIONS_MIN_EF_SEARCH, math.ceil(base * spread.largest / spread.rows))))
+
+
+def _spread_reason(spread: PartitionSpread | None, base: int, ef_search: int) -> str:
+    if spread is None or ef_search == base:
+        return ""
+    share = spread.largest / spread.rows
+    return (f"; the HNSW indexes of {spread.partitions} partitions, merged: the largest holds {share:.0%} of the "
+            f"rows, so hnsw.ef_search {ef_search} in each (one index: {base})")
+
+
 def version_tuple(version: str | None) -> tuple[int, ...]:
     """``"0.8.5"`` → ``(0, 8, 5)``."""
     if not version:
@@ -111,6 +151,7 @@ def plan(
     row_security: bool = False,
     table: tuple[float, bool] | None = None,
     partition: CollectionPartition | None = None,
+    partitions: PartitionSpread | None = None,
 ) -> SearchPlan:
     """Choose the path for a top-``k`` dense search over the rows matching ``where`` (None: all rows).
 
@@ -124,6 +165,9 @@ def plan(
     :mod:`dpr_pg.db.partitions`). Its partition has an HNSW index of its own, so a search of the
     whole collection walks that index unfiltered, and a filter's share is judged against the
     partition's rows rather than the table's.
+    ``partitions``: the search spans every partition of a table partitioned by collection (no
+    ``collection``); unless ``ef_search`` is given, each partition's index scan takes
+    :func:`spread_ef_search` of the one index's ef_search.
 
     >>> plan(conn, None, k=10, pgvector_version=(0, 8, 5)).path  # doctest: +SKIP
     'hnsw'
@@ -133,10 +177,15 @@ def plan(
     if row_security:
         return _plan_under_row_security(conn, where, k=k, pgvector_version=pgvector_version,
                                         exact_threshold=exact_threshold, ef_search=ef_search)
+    spread = partitions if partition is None else None
     if where is None:
         if k > MAX_EF_SEARCH:
             return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}")
-        return SearchPlan("hnsw", "no filter: HNSW index", ef_search=max(k, ef_search or UNFILTERED_EF_SEARCH))
+        if ef_search:
+            return SearchPlan("hnsw", "no filter: HNSW index", ef_search=max(k, ef_search))
+        unfiltered_ef = spread_ef_search(UNFILTERED_EF_SEARCH, k, spread)
+        return SearchPlan("hnsw", "no filter: HNSW index" + _spread_reason(spread, max(k, UNFILTERED_EF_SEARCH),
+                                                                           unfiltered_ef), ef_search=unfiltered_ef)
     if pgvector_version < ITERATIVE_SCAN_VERSION:
         shown = ".".join(map(str, pgvector_version))
         return SearchPlan("exact", f"pgvector {shown} has no iterative index scans: exact over the filtered rows")
@@ -151,7 +200,8 @@ def plan(
         table = (partition.rows, table[1] if table is not None else True)
     probe = sa.select(sa.literal(1)).select_from(Passage).where(where)
     estimate = float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
-    chosen_ef = max(k, ef_search or FILTERED_EF_SEARCH)
+    chosen_ef = max(k, ef_search) if ef_search else spread_ef_search(FILTERED_EF_SEARCH, k, spread)
+    spread_note = "" if ef_search else _spread_reason(spread, max(k, FILTERED_EF_SEARCH), chosen_ef)
     rows, analyzed = -1.0, True
     if estimate <= max(COUNT_BAND * exact_threshold, EXACT_MAX_ROWS):  # a rule below may act on the estimate
         rows, analyzed = table if table is not None else conn.execute(TABLE_FACTS).one()
@@ -164,7 +214,8 @@ def plan(
             return SearchPlan("exact", guess + f"the filter matches {matches} rows (<= {exact_threshold}): exact scan",
                               estimated_rows=estimate, matching_rows=matches)
         return SearchPlan("hnsw-iterative", guess + f"the filter matches more than {exact_threshold} rows: "
-                          "iterative HNSW scan", estimated_rows=estimate, matching_rows=matches, ef_search=chosen_ef)
+                          "iterative HNSW scan" + spread_note, estimated_rows=estimate, matching_rows=matches,
+                          ef_search=chosen_ef)
     if estimate <= exact_threshold:  # exact is right at any size; a bounded count would cost as much
         return SearchPlan("exact", f"the filter matches about {estimate:.0f} rows (<= {exact_threshold}): exact scan",
                           estimated_rows=estimate)
@@ -174,14 +225,14 @@ def plan(
                               f"table (<= {exact_selectivity:.0%}): too narrow for iterative HNSW: exact scan",
                               estimated_rows=estimate)
     if estimate > COUNT_BAND * exact_threshold:
-        return SearchPlan("hnsw-iterative", f"the filter matches about {estimate:.0f} rows: iterative HNSW scan",
-                          estimated_rows=estimate, ef_search=chosen_ef)
+        return SearchPlan("hnsw-iterative", f"the filter matches about {estimate:.0f} rows: iterative HNSW scan"
+                          + spread_note, estimated_rows=estimate, ef_search=chosen_ef)
     matches = _bounded_count(conn, probe, exact_threshold)
     if matches <= exact_threshold:
         return SearchPlan("exact", f"the filter matches {matches} rows (<= {exact_threshold}): exact scan",
                           estimated_rows=estimate, matching_rows=matches)
-    return SearchPlan("hnsw-iterative", f"the filter matches more than {exact_threshold} rows: iterative HNSW scan",
-                      estimated_rows=estimate, matching_rows=matches, ef_search=chosen_ef)
+    return SearchPlan("hnsw-iterative", f"the filter matches more than {exact_threshold} rows: iterative HNSW scan"
+                      + spread_note, estimated_rows=estimate, matching_rows=matches, ef_search=chosen_ef)
 
 
 def _plan_under_row_security(conn: Connection, where: sa.ColumnElement[bool] | None, *, k: int,
