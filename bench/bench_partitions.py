@@ -13,9 +13,13 @@ states of the same database, one after the other:
   partitioned            the promoted columns dropped again
 
 Bands: no filter; collection='small' (1% is a collection); collection='big0' + {"tag": "hot"}
-(1% is a metadata filter inside a collection); {"f1": true} (1% scattered, for reference).
+(1% is a metadata filter inside a collection); {"f1": true} (1% scattered, for reference);
+collection='big1' (11%); {"f1": false} (99% scattered: an iterative scan of every partition).
 Printed per state and band: p50 / p95 (ms), recall@10 against numpy's exact top 10, the paths,
-and the p50 ratio to plain; also the HNSW build, promotion and conversion times.
+the planner's ef_search, and the p50 ratio to plain; also the HNSW build, promotion and conversion
+times. ``--ef-curve 10,20,40`` adds, in the plain and partitioned states, the two bands that span
+every partition (no filter, 99% scattered) at each of those hnsw.ef_search values (the caller's
+ef_search), next to the planner's own choice.
 
     flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_partitions.py --rows 100000
 """
@@ -26,6 +30,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,9 @@ from dpr_pg.search.api import search
 
 BANDS = [("none", None, None), ("1% = collection", "small", None),
          ("1% in a collection", "big0", {"tag": "hot"}), ("1% scattered", None, {"f1": True}),
-         ("11% = collection", "big1", None)]  # 11k rows: the size of a 1% collection at 1M rows
+         ("11% = collection", "big1", None),  # 11k rows: the size of a 1% collection at 1M rows
+         ("99% scattered", None, {"f1": False})]
+CURVE_BANDS = ("none", "99% scattered")  # the bands that span every partition, measured at each --ef-curve value
 
 
 def layout(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,23 +95,31 @@ def load(engine: sa.Engine, vectors: np.ndarray, collection: np.ndarray, hot: np
     return time.perf_counter() - started
 
 
-def measure(engine: sa.Engine, queries: np.ndarray, expected: dict[str, list[list[int]]]) -> dict[str, Any]:
+def measure(engine: sa.Engine, queries: np.ndarray, expected: dict[str, list[list[int]]],
+            ef_curve: Sequence[int] = ()) -> dict[str, Any]:
+    """Each band at the planner's choices; then the CURVE_BANDS at each ef_search of ``ef_curve``."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("ANALYZE dpr_pg.passages"))
     out = {}
-    for band, collection, document in BANDS:
+    runs = [(band, collection, document, None) for band, collection, document in BANDS]
+    runs += [(f"{band}, ef_search {ef}", collection, document, ef) for band, collection, document in BANDS
+             if band in CURVE_BANDS for ef in ef_curve]
+    for band, collection, document, ef_search in runs:
+        truth_of = band.split(",")[0]
         for query in queries[:20]:  # warm-up: walk the index and the heap once
-            search(engine, query, k=K, filter=document, collection=collection)
-        latencies, recalls, paths = [], [], set()
-        for query, want in zip(queries, expected[band]):
+            search(engine, query, k=K, filter=document, collection=collection, ef_search=ef_search)
+        latencies, recalls, paths, efs = [], [], set(), set()
+        for query, want in zip(queries, expected[truth_of]):
             started = time.perf_counter()
-            hits = search(engine, query, k=K, filter=document, collection=collection)
+            hits = search(engine, query, k=K, filter=document, collection=collection, ef_search=ef_search)
             latencies.append((time.perf_counter() - started) * 1000)
             recalls.append(len({h.id for h in hits} & set(want)) / len(want))
             paths.add(hits.plan.path)
+            efs.add(str(hits.plan.ef_search or "-"))
         latencies.sort()
         out[band] = {"p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
-                     "recall": statistics.mean(recalls), "paths": "/".join(sorted(paths))}
+                     "recall": statistics.mean(recalls), "paths": "/".join(sorted(paths)),
+                     "ef_search": "/".join(sorted(efs))}
     return out
 
 
@@ -115,8 +130,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-promote", action="store_true",
                         help="leave out the promoted-column states (each promotion rewrites the table)")
+    parser.add_argument("--ef-curve", default="",
+                        help="hnsw.ef_search values (comma-separated) at which to measure the bands that span every "
+                             "partition too, in the plain and partitioned states")
     parser.add_argument("--home", default=str(Path(tempfile.gettempdir()) / "dpr_pg_bench_partitions"))
     args = parser.parse_args()
+    ef_curve = [int(ef) for ef in args.ef_curve.split(",") if ef]
 
     url = embedded_url(home=Path(args.home))
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
@@ -137,7 +156,7 @@ def main() -> None:
         queries = (vectors[rng.integers(0, args.rows, args.queries)]
                    + rng.normal(scale=NOISE / 2, size=(args.queries, DIM))).astype(np.float32)
         masks = {"none": None, "1% = collection": collection == 0, "1% in a collection": hot,
-                 "1% scattered": flag, "11% = collection": collection == 2}
+                 "1% scattered": flag, "11% = collection": collection == 2, "99% scattered": ~flag}
         expected = {band: truth(vectors, masks[band], queries, ids) for band in masks}
         shares = {band: (1.0 if m is None else float(m.mean())) for band, m in masks.items()}
         print(f"{args.rows} rows x {DIM} dims loaded by binary COPY in {load_s:.1f} s; {args.queries} queries, k={K}; "
@@ -145,7 +164,7 @@ def main() -> None:
         steps: dict[str, float] = {}
         runs: list[tuple[str, dict[str, Any]]] = []
         steps["HNSW build (plain)"] = build_index(engine).seconds
-        runs.append(("plain", measure(engine, queries, expected)))
+        runs.append(("plain", measure(engine, queries, expected, ef_curve)))
         if not args.skip_promote:
             started = time.perf_counter()
             promote_key(engine, "tag", kind="text")
@@ -158,7 +177,7 @@ def main() -> None:
             runs.append(("partitioned+promoted", measure(engine, queries, expected)))
             drop_promoted(engine, "tag")
             drop_promoted(engine, "f1")
-        runs.append(("partitioned", measure(engine, queries, expected)))
+        runs.append(("partitioned", measure(engine, queries, expected, ef_curve)))
         report(runs, steps)
     finally:
         engine.dispose()
@@ -171,13 +190,13 @@ def report(runs: list[tuple[str, dict[str, Any]]], steps: dict[str, float]) -> N
     for step, seconds in steps.items():
         print(f"{step}: {seconds:.1f} s")
     baseline = runs[0][1]
-    print(f"\n{'state':<22} {'band':<20} {'p50 ms':>8} {'p95 ms':>8} {'recall':>7} {'p50/plain':>10}  paths")
+    print(f"\n{'state':<22} {'band':<30} {'p50 ms':>8} {'p95 ms':>8} {'recall':>7} {'p50/plain':>10}  paths "
+          "(ef_search)")
     for label, result in runs:
-        for band, _, _ in BANDS:
-            r = result[band]
-            ratio = r["p50"] / baseline[band]["p50"]
-            print(f"{label:<22} {band:<20} {r['p50']:8.2f} {r['p95']:8.2f} {r['recall']:7.3f} {ratio:10.2f}  "
-                  f"{r['paths']}")
+        for band, r in result.items():
+            ratio = r["p50"] / baseline[band]["p50"] if band in baseline else float("nan")
+            print(f"{label:<22} {band:<30} {r['p50']:8.2f} {r['p95']:8.2f} {r['recall']:7.3f} {ratio:10.2f}  "
+                  f"{r['paths']} ({r['ef_search']})")
 
 
 if __name__ == "__main__":
