@@ -579,8 +579,9 @@ def search_many(
         # Unfiltered ANN sets the plan mode with its other settings: one round trip fewer.
         pgvector = pgvector_version or version
         # A search of every collection of a partitioned table walks each partition's index, at the
-        # partitions' share of the one index's ef_search (planner.spread_ef_search).
-        spread = _partition_spread(conn) if collection is None and mode != "exact" else None
+        # partitions' share of the one index's ef_search (planner.spread_ef_search; not under row-level
+        # security, whose plan counts the visible rows instead).
+        spread = _partition_spread(conn) if collection is None and mode != "exact" and not row_security else None
         # A filtered dense search takes the exact path or an iterative scan at this ef_search: its
         # settings go with plan_cache_mode, one round trip fewer.
         filtered_ef = max(k, ef_search) if ef_search else _planner.spread_ef_search(_planner.FILTERED_EF_SEARCH, k,
