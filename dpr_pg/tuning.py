@@ -54,8 +54,8 @@ MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
 # first search at hnsw.ef_search before PostgreSQL's Merge Append returns a row, so the cost is the
 # partitions times one search. Each partition keeps its share of the one index's candidates instead
 # (the largest partition's share), never fewer than pgvector's default of 40: on the 100k benchmark's
-# 11 partitions (the largest 11%), recall@10 was 1.000 at 40 in two runs (0.996-0.998 at 20) against
-# 0.981-0.992 for the unpartitioned table at 250, in a fifth of the time of 250 per partition.
+# 11 partitions (the largest 11%), recall@10 was 1.000 at 40 in three runs (0.996-1.000 at 20) against
+# 0.981-0.992 for the unpartitioned table at 250, in a quarter to a fifth of the time of 250 per partition.
 PARTITIONS_MIN_EF_SEARCH = 40
 # dpr_pg.search_table filters a document built from each row, which no statistics describe: it
 # estimates such a filter's matching rows from a sample of about this many rows (whole pages).
