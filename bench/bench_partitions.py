@@ -18,8 +18,15 @@ collection='big1' (11%); {"f1": false} (99% scattered: an iterative scan of ever
 Printed per state and band: p50 / p95 (ms), recall@10 against numpy's exact top 10, the paths,
 the planner's ef_search, and the p50 ratio to plain; also the HNSW build, promotion and conversion
 times. ``--ef-curve 10,20,40`` adds, in the plain and partitioned states, the two bands that span
-every partition (no filter, 99% scattered) at each of those hnsw.ef_search values (the caller's
-ef_search), next to the planner's own choice.
+every partition (no filter, 99% scattered), and collection='big1' for reference, at each of those
+hnsw.ef_search values (the caller's ef_search), next to the planner's own choice; "min" is the
+lowest recall@10 of one question.
+
+The collections are drawn at random, independently of the vectors' clusters, so each partition
+holds about 1/11 of a question's true top 10. ``--topical`` makes them follow the clusters instead
+(one collection = one subject): 1% of the clusters form ``small``, the rest are dealt round-robin
+to big0..big8 (11 clusters each at 100k rows), so a question's true top 10 sits in one partition,
+whose own index must find all of it at the ef_search of a search of every collection.
 
     flock /tmp/dpr_pg_bench.lock .venv/bin/python bench/bench_partitions.py --rows 100000
 """
@@ -36,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from bench_storage import DIM, K, NOISE, synthetic, truth
+from bench_storage import DIM, K, NOISE, clustered, truth
 
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.db.partition_ops import partition_passages
@@ -49,13 +56,21 @@ BANDS = [("none", None, None), ("1% = collection", "small", None),
          ("1% in a collection", "big0", {"tag": "hot"}), ("1% scattered", None, {"f1": True}),
          ("11% = collection", "big1", None),  # 11k rows: the size of a 1% collection at 1M rows
          ("99% scattered", None, {"f1": False})]
-CURVE_BANDS = ("none", "99% scattered")  # the bands that span every partition, measured at each --ef-curve value
+# measured at each --ef-curve value: the bands that span every partition, and one collection's for reference
+CURVE_BANDS = ("none", "99% scattered", "11% = collection")
 
 
-def layout(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's collection (0: small, 1..9: big0..big8), hot tag, and f1 flag."""
+def layout(rows: int, seed: int, cluster: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's collection (0: small, 1..9: big0..big8), hot tag, and f1 flag.
+
+    The collection is drawn at random, or, given each row's cluster, follows it: the first 1% of the
+    clusters (at least one) are ``small``, the others go round-robin to big0..big8.
+    """
     rng = np.random.default_rng(seed + 2)
     collection = np.where(rng.random(rows) < 0.01, 0, 1 + rng.integers(0, 9, rows))
+    if cluster is not None:
+        small = max(1, (int(cluster.max()) + 1) // 100)
+        collection = np.where(cluster < small, 0, 1 + (cluster - small) % 9)
     hot = (collection == 1) & (rng.random(rows) < 1 / 11)
     flag = rng.random(rows) < 0.01
     return collection, hot, flag
@@ -118,7 +133,7 @@ def measure(engine: sa.Engine, queries: np.ndarray, expected: dict[str, list[lis
             efs.add(str(hits.plan.ef_search or "-"))
         latencies.sort()
         out[band] = {"p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
-                     "recall": statistics.mean(recalls), "paths": "/".join(sorted(paths)),
+                     "recall": statistics.mean(recalls), "min": min(recalls), "paths": "/".join(sorted(paths)),
                      "ef_search": "/".join(sorted(efs))}
     return out
 
@@ -133,21 +148,24 @@ def main() -> None:
     parser.add_argument("--ef-curve", default="",
                         help="hnsw.ef_search values (comma-separated) at which to measure the bands that span every "
                              "partition too, in the plain and partitioned states")
+    parser.add_argument("--topical", action="store_true",
+                        help="collections follow the vectors' clusters (a question's neighbours share a partition) "
+                             "instead of being drawn at random")
     parser.add_argument("--home", default=str(Path(tempfile.gettempdir()) / "dpr_pg_bench_partitions"))
     args = parser.parse_args()
     ef_curve = [int(ef) for ef in args.ef_curve.split(",") if ef]
 
     url = embedded_url(home=Path(args.home))
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"bench_partitions_{args.rows}"
+    name = f"bench_partitions_{args.rows}{'_topical' if args.topical else ''}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
     try:
         init(engine, dim=DIM)
-        vectors, _ = synthetic(args.rows, args.seed)
-        collection, hot, flag = layout(args.rows, args.seed)
+        vectors, _, cluster = clustered(args.rows, args.seed)
+        collection, hot, flag = layout(args.rows, args.seed, cluster if args.topical else None)
         load_s = load(engine, vectors, collection, hot, flag)
         with engine.connect() as conn:
             ids = np.array(conn.execute(sa.text(
@@ -161,6 +179,11 @@ def main() -> None:
         shares = {band: (1.0 if m is None else float(m.mean())) for band, m in masks.items()}
         print(f"{args.rows} rows x {DIM} dims loaded by binary COPY in {load_s:.1f} s; {args.queries} queries, k={K}; "
               + ", ".join(f"{band}: {share:.2%} of rows" for band, share in shares.items() if band != "none"))
+        row_of = {int(i): r for r, i in enumerate(ids)}
+        together = [np.bincount(collection[[row_of[i] for i in want]]).max() / len(want) for want in expected["none"]]
+        print(f"collections {'follow the clusters' if args.topical else 'at random'}: the largest holds "
+              f"{np.bincount(collection).max() / args.rows:.1%} of the rows; a question's true top {K} (no filter) "
+              f"has on average {statistics.mean(together):.0%} in one collection (at least {min(together):.0%})")
         steps: dict[str, float] = {}
         runs: list[tuple[str, dict[str, Any]]] = []
         steps["HNSW build (plain)"] = build_index(engine).seconds
@@ -190,12 +213,13 @@ def report(runs: list[tuple[str, dict[str, Any]]], steps: dict[str, float]) -> N
     for step, seconds in steps.items():
         print(f"{step}: {seconds:.1f} s")
     baseline = runs[0][1]
-    print(f"\n{'state':<22} {'band':<30} {'p50 ms':>8} {'p95 ms':>8} {'recall':>7} {'p50/plain':>10}  paths "
-          "(ef_search)")
+    print(f"\n{'state':<22} {'band':<30} {'p50 ms':>8} {'p95 ms':>8} {'recall':>7} {'min':>5} {'p50/plain':>10}  "
+          "paths (ef_search)")
     for label, result in runs:
         for band, r in result.items():
             ratio = r["p50"] / baseline[band]["p50"] if band in baseline else float("nan")
-            print(f"{label:<22} {band:<30} {r['p50']:8.2f} {r['p95']:8.2f} {r['recall']:7.3f} {ratio:10.2f}  "
+            print(f"{label:<22} {band:<30} {r['p50']:8.2f} {r['p95']:8.2f} {r['recall']:7.3f} {r['min']:5.1f} "
+                  f"{ratio:10.2f}  "
                   f"{r['paths']} ({r['ef_search']})")
 
 

@@ -55,13 +55,21 @@ BANDS = [("none", None), ("10%", 10), ("1%", 100), ("0.1%", 1000)]
 
 def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Clustered vectors and the flag bucket of each row (row i is in 1/m of the rows when bucket % m == 0)."""
+    vectors, bucket, _ = clustered(rows, seed)
+    return vectors, bucket
+
+
+def clustered(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """synthetic()'s vectors and buckets (the same draws), and each row's cluster: max(10, rows // 1000) of them."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(max(10, rows // 1000), DIM)).astype(np.float32)
     vectors = np.empty((rows, DIM), dtype=np.float32)
+    cluster = np.empty(rows, dtype=np.int64)
     for start in range(0, rows, 50_000):
         n = min(50_000, rows - start)
-        vectors[start:start + n] = centers[rng.integers(0, len(centers), n)] + rng.normal(scale=NOISE, size=(n, DIM))
-    return vectors, rng.permutation(rows)
+        cluster[start:start + n] = rng.integers(0, len(centers), n)
+        vectors[start:start + n] = centers[cluster[start:start + n]] + rng.normal(scale=NOISE, size=(n, DIM))
+    return vectors, rng.permutation(rows), cluster
 
 
 def load(engine: sa.Engine, vectors: np.ndarray, bucket: np.ndarray, *, half: bool) -> float:
