@@ -53,10 +53,13 @@ MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
 # A search of every collection of a partitioned table: each partition's index scan makes its whole
 # first search at hnsw.ef_search before PostgreSQL's Merge Append returns a row, so the cost is the
 # partitions times one search. Each partition keeps its share of the one index's candidates instead
-# (the largest partition's share), never fewer than pgvector's default of 40: on the 100k benchmark's
-# 11 partitions (the largest 11%), recall@10 was 1.000 at 40 in three runs (0.996-1.000 at 20) against
-# 0.981-0.992 for the unpartitioned table at 250, in a quarter to a fifth of the time of 250 per partition.
-PARTITIONS_MIN_EF_SEARCH = 40
+# (the largest partition's share), but never fewer than this floor: when collections follow topics, a
+# question's whole top 10 sits in one partition, whose own graph must find all of it. On the 100k
+# benchmark's 11 partitions (the largest 11%) with topical collections, recall@10 of a search of every
+# collection was 0.968 at 40 (one question at 0), 0.988 at 100, 0.991 at 160 and 0.992 at 250; with
+# collections at random, 1.000 from 20 up. The unpartitioned table reaches its 250 recall at 160 too
+# (0.987). base * sqrt(share) would give 84 here, under 0.99.
+PARTITIONS_MIN_EF_SEARCH = 160
 # dpr_pg.search_table filters a document built from each row, which no statistics describe: it
 # estimates such a filter's matching rows from a sample of about this many rows (whole pages).
 TABLE_SAMPLE_ROWS = 1000

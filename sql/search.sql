@@ -361,7 +361,8 @@ BEGIN
     -- A search of every collection of dpr_pg.passages partitioned by collection walks each partition's
     -- HNSW index, and PostgreSQL merges them: each index scan makes its whole first search before the
     -- first row comes. Each keeps the largest partition's share of the one index's ef_search, rounded
-    -- up, at least @PARTITIONS_MIN_EF_SEARCH@ and k; unless a partition was never analysed.
+    -- up, at least @PARTITIONS_MIN_EF_SEARCH@ (one partition may hold a question's whole top k, when
+    -- collections follow topics) and k; unless a partition was never analysed.
     -- The same numbers, in the same order of operations, as spread_ef_search in dpr_pg/search/planner.py.
     IF collection IS NULL AND NOT rls AND relation = 'dpr_pg.passages'::regclass
             AND (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = relation) THEN

@@ -160,14 +160,20 @@ def test_the_sql_planner_judges_a_collection_by_its_partition_like_the_python_pl
 
 
 # A search of every collection walks each partition's HNSW index, merged: the largest partition ("big",
-# 2,400 of 5,100 rows) keeps its share of the one index's ef_search (tuning.PARTITIONS_MIN_EF_SEARCH at least).
+# 2,400 of 5,100 rows) keeps its share of the one index's ef_search, at least tuning.PARTITIONS_MIN_EF_SEARCH:
+# 250 x 47% is 118, under the floor (160); 400 x 47% is 189, above it.
 SHARE = max(SIZES.values()) / sum(SIZES.values())
 ACROSS = [
-    pytest.param({}, "hnsw", {True: math.ceil(tuning.UNFILTERED_EF_SEARCH * SHARE),
-                              False: tuning.UNFILTERED_EF_SEARCH}, id="no filter"),
+    pytest.param({}, "hnsw", {True: tuning.PARTITIONS_MIN_EF_SEARCH, False: tuning.UNFILTERED_EF_SEARCH},
+                 id="no filter"),
     pytest.param({"even": True}, "hnsw-iterative", {True: math.ceil(tuning.FILTERED_EF_SEARCH * SHARE),
                                                     False: tuning.FILTERED_EF_SEARCH}, id="a broad metadata filter"),
 ]
+
+
+def test_the_fixture_spans_both_terms_of_the_partitions_rule() -> None:
+    assert math.ceil(tuning.UNFILTERED_EF_SEARCH * SHARE) < tuning.PARTITIONS_MIN_EF_SEARCH \
+        < math.ceil(tuning.FILTERED_EF_SEARCH * SHARE)
 
 
 @pytest.mark.parametrize(("document", "path", "ef_search"), ACROSS)
@@ -227,7 +233,7 @@ def test_a_partition_never_analysed_keeps_the_one_index_ef_search(server: Any, t
             conn.execute(sa.text("ANALYZE dpr_pg.passages"))
         forget_database_facts(eng)
         hits = search(eng, QUERY, k=10)
-        assert hits.plan.ef_search == math.ceil(tuning.UNFILTERED_EF_SEARCH * SHARE)
+        assert hits.plan.ef_search == tuning.PARTITIONS_MIN_EF_SEARCH < tuning.UNFILTERED_EF_SEARCH
     finally:
         eng.dispose()
         server.drop_database(name)

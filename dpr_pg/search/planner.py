@@ -109,14 +109,17 @@ def spread_ef_search(base: int, k: int, spread: PartitionSpread | None) -> int:
 
     PostgreSQL merges the partitions' index scans, and each makes its whole first search at this
     ef_search before the first row comes: each keeps the largest partition's share of ``base``
-    candidates, rounded up, and at least ``PARTITIONS_MIN_EF_SEARCH``, but never more than ``base``,
-    nor fewer than ``k``. Without a spread, or with a partition never analysed: ``max(k, base)``.
+    candidates, rounded up, and at least ``PARTITIONS_MIN_EF_SEARCH`` (so that one partition that holds
+    a question's whole top k, as when collections follow topics, still finds it), but never more than
+    ``base``, nor fewer than ``k``. Without a spread, or with a partition never analysed: ``max(k, base)``.
     sql/search.sql's ``dpr_pg._search_plan`` computes the same, in the same order of operations.
 
     >>> spread_ef_search(250, 10, PartitionSpread(11, 11_111, 100_000, True))
-    40
-    >>> spread_ef_search(250, 10, PartitionSpread(2, 60_000, 100_000, True))
-    150
+    160
+    >>> spread_ef_search(400, 10, PartitionSpread(2, 60_000, 100_000, True))
+    240
+    >>> spread_ef_search(250, 200, PartitionSpread(11, 11_111, 100_000, True))
+    200
     """
     if spread is None or not spread.analyzed or spread.rows <= 0:
         return max(k, base)
@@ -128,7 +131,8 @@ def _spread_reason(spread: PartitionSpread | None, base: int, ef_search: int) ->
         return ""
     share = spread.largest / spread.rows
     return (f"; the HNSW indexes of {spread.partitions} partitions, merged: the largest holds {share:.0%} of the "
-            f"rows, so hnsw.ef_search {ef_search} in each (one index: {base})")
+            f"rows: hnsw.ef_search {ef_search} in each (its share of one index's {base}, at least "
+            f"{PARTITIONS_MIN_EF_SEARCH} and k)")
 
 
 def version_tuple(version: str | None) -> tuple[int, ...]:
