@@ -56,9 +56,10 @@ MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
 # (the largest partition's share), but never fewer than this floor: when collections follow topics, a
 # question's whole top 10 sits in one partition, whose own graph must find all of it. On the 100k
 # benchmark's 11 partitions (the largest 11%) with topical collections, recall@10 of a search of every
-# collection was 0.968 at 40 (one question at 0), 0.988 at 100, 0.991 at 160 and 0.992 at 250; with
-# collections at random, 1.000 from 20 up. The unpartitioned table reaches its 250 recall at 160 too
-# (0.987). base * sqrt(share) would give 84 here, under 0.99.
+# collection was 0.968 at 40 (one question at 0), 0.988 at 100, 0.991 at 160 and 0.992 at 250 (a
+# second build: 0.979, 0.991, 0.992, 0.993); with collections at random, 1.000 from 20 or 40 up. The
+# unpartitioned table reaches its 250 recall at 160 too. base * sqrt(share) would give 84, under 0.99.
+# The price: 32-44 ms p50 at 160 against 9-22 ms at 40 and 49-53 ms at 250 (docs/benchmarks.md).
 PARTITIONS_MIN_EF_SEARCH = 160
 # dpr_pg.search_table filters a document built from each row, which no statistics describe: it
 # estimates such a filter's matching rows from a sample of about this many rows (whole pages).
