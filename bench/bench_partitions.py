@@ -43,13 +43,13 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from bench_storage import DIM, K, NOISE, clustered, truth
+from bench_storage import DIM, K, NOISE, clustered, copy_passages, truth
 
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.db.partition_ops import partition_passages
 from dpr_pg.db.promoted import drop_promoted, promote_key
 from dpr_pg.db.schema import init
-from dpr_pg.db.index import build_index, drop_hnsw
+from dpr_pg.db.index import build_index
 from dpr_pg.search.api import search
 
 BANDS = [("none", None, None), ("1% = collection", "small", None),
@@ -81,33 +81,11 @@ def name_of(c: int) -> str:
 
 
 def load(engine: sa.Engine, vectors: np.ndarray, collection: np.ndarray, hot: np.ndarray, flag: np.ndarray) -> float:
-    from pgvector.psycopg import register_vector
-    from psycopg.types.json import Jsonb
+    def metadata(i: int) -> dict[str, Any]:
+        tag = {"tag": "hot"} if hot[i] else {"tag": "cold"} if collection[i] == 1 else {}
+        return {"f1": bool(flag[i]), **tag}
 
-    with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('bench', 'bench/q', 'bench/p', 'bench', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
-    drop_hnsw(engine)
-    started = time.perf_counter()
-    with engine.begin() as conn:
-        raw = conn.connection.driver_connection
-        register_vector(raw)
-        with raw.cursor().copy(
-                "COPY dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
-                "encoder_id) FROM STDIN WITH (FORMAT BINARY)") as copy:
-            copy.set_types(["text", "text", "text", "text", "jsonb", "text", "vector", "integer"])
-            for i in range(len(vectors)):
-                metadata = {"f1": bool(flag[i])}
-                if hot[i]:
-                    metadata["tag"] = "hot"
-                elif collection[i] == 1:
-                    metadata["tag"] = "cold"
-                copy.write_row((name_of(int(collection[i])), f"p{i}", f"Pasaje {i}", f"Texto sintético número {i}.",
-                                Jsonb(metadata), f"h{i}", vectors[i], encoder))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("VACUUM ANALYZE dpr_pg.passages"))
-    return time.perf_counter() - started
+    return copy_passages(engine, ((name_of(int(collection[i])), metadata(i), vectors[i]) for i in range(len(vectors))))
 
 
 def measure(engine: sa.Engine, queries: np.ndarray, expected: dict[str, list[list[int]]],

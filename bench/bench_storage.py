@@ -34,6 +34,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,10 @@ def clustered(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return vectors, rng.permutation(rows), cluster
 
 
-def load(engine: sa.Engine, vectors: np.ndarray, bucket: np.ndarray, *, half: bool) -> float:
-    """COPY the rows in binary, without an index (built afterwards); returns seconds."""
+def copy_passages(engine: sa.Engine, rows: Iterable[tuple[str, dict[str, Any], np.ndarray]], *,
+                  half: bool = False) -> float:
+    """COPY (collection, metadata, vector) rows in binary into dpr_pg.passages, with the HNSW index
+    dropped (built afterwards), then VACUUM ANALYZE; returns seconds. Row i is ``p{i}``."""
     from pgvector import HalfVector
     from pgvector.psycopg import register_vector
     from psycopg.types.json import Jsonb
@@ -92,13 +95,18 @@ def load(engine: sa.Engine, vectors: np.ndarray, bucket: np.ndarray, *, half: bo
                 "encoder_id) FROM STDIN WITH (FORMAT BINARY)") as copy:
             copy.set_types(["text", "text", "text", "text", "jsonb", "text", "halfvec" if half else "vector",
                             "integer"])
-            for i in range(len(vectors)):
-                flags = {f"s{m}": bool(bucket[i] % m == 0) for _, m in BANDS if m}
-                copy.write_row(("bench", f"p{i}", f"Pasaje {i}", f"Texto sintético número {i}.", Jsonb(flags),
-                                f"h{i}", HalfVector(vectors[i]) if half else vectors[i], encoder))
+            for i, (collection, metadata, vector) in enumerate(rows):
+                copy.write_row((collection, f"p{i}", f"Pasaje {i}", f"Texto sintético número {i}.", Jsonb(metadata),
+                                f"h{i}", HalfVector(vector) if half else vector, encoder))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE dpr_pg.passages"))
     return time.perf_counter() - started
+
+
+def load(engine: sa.Engine, vectors: np.ndarray, bucket: np.ndarray, *, half: bool) -> float:
+    """The rows of one collection, each with the flags of every band; returns seconds."""
+    return copy_passages(engine, (("bench", {f"s{m}": bool(bucket[i] % m == 0) for _, m in BANDS if m}, vectors[i])
+                                  for i in range(len(vectors))), half=half)
 
 
 def truth(vectors: np.ndarray, mask: np.ndarray | None, queries: np.ndarray, ids: np.ndarray) -> list[list[int]]:
