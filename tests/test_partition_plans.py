@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _sql_face import sql_face
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from dpr_pg import ingest, search, tuning
 from dpr_pg.db.partitions import is_partitioned, partition_name
@@ -63,24 +64,6 @@ def engine(request: pytest.FixtureRequest, server: Any, tmp_path_factory: pytest
     server.drop_database(name)
 
 
-def _sql_face(conn: Connection, statement: str, params: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    """The rows of a SQL search function, and the plan dpr_pg.search reported as a DEBUG message."""
-    messages: list[str] = []
-
-    def keep(diagnostic: Any) -> None:
-        messages.append(diagnostic.message_primary or "")
-
-    raw = conn.connection.driver_connection
-    raw.add_notice_handler(keep)
-    try:
-        conn.execute(sa.text("SET LOCAL client_min_messages = debug1"))
-        found = list(conn.execute(sa.text(statement), params))
-    finally:
-        raw.remove_notice_handler(keep)
-    (plan,) = [json.loads(m.split(" plan: ", 1)[1]) for m in messages if m.startswith("dpr_pg.search")]
-    return found, plan
-
-
 PARTITION = f"is a partition of about {SIZES['big']} rows with its own HNSW index"
 # (collection, filter) → (path, estimated rows, matching rows, ef_search) on each table, None: not checked
 CASES = [
@@ -101,7 +84,7 @@ def test_python_and_sql_search_take_the_same_plan_and_hits(
     partitioned = is_partitioned(engine)
     hits = search(engine, QUERY, k=10, collection=collection, filter=document)
     with engine.begin() as conn:
-        rows, sql = _sql_face(conn, "SELECT id, score FROM dpr_pg.search(CAST(:q AS vector), 10, CAST(:f AS jsonb), "
+        rows, sql = sql_face(conn, "SELECT id, score FROM dpr_pg.search(CAST(:q AS vector), 10, CAST(:f AS jsonb), "
                                     ":c)", {"q": str(QUERY.tolist()), "f": json.dumps(document), "c": collection})
     python = hits.plan
     path, estimated, matching, ef = expected[partitioned]
@@ -124,7 +107,7 @@ def test_python_and_sql_search_take_the_same_plan_and_hits(
 def test_python_and_sql_hybrid_search_plan_their_dense_side_alike(engine: Engine) -> None:
     hits = search(engine, QUERY, k=10, collection="big", mode="hybrid", query_text="texto big", candidates=50)
     with engine.begin() as conn:
-        rows, sql = _sql_face(conn, "SELECT id FROM dpr_pg.hybrid_search(CAST(:q AS vector), 'texto big', 10, "
+        rows, sql = sql_face(conn, "SELECT id FROM dpr_pg.hybrid_search(CAST(:q AS vector), 'texto big', 10, "
                                     "collection => 'big', candidates => 50)", {"q": str(QUERY.tolist())})
     assert hits.plan.path == "hybrid"
     assert f"({sql['path']}: " in hits.plan.reason
@@ -183,7 +166,7 @@ def test_a_search_of_every_collection_takes_the_partitions_share_of_ef_search_in
     partitioned = is_partitioned(engine)
     hits = search(engine, QUERY, k=10, filter=document)
     with engine.begin() as conn:
-        rows, sql = _sql_face(conn, "SELECT id, score FROM dpr_pg.search(CAST(:q AS vector), 10, CAST(:f AS jsonb))",
+        rows, sql = sql_face(conn, "SELECT id, score FROM dpr_pg.search(CAST(:q AS vector), 10, CAST(:f AS jsonb))",
                               {"q": str(QUERY.tolist()), "f": json.dumps(document)})
     assert (hits.plan.path, hits.plan.ef_search) == (path, ef_search[partitioned])
     assert (sql["path"], sql["ef_search"], sql["fell_back"]) == (path, ef_search[partitioned], False)
@@ -227,7 +210,7 @@ def test_a_partition_never_analysed_keeps_the_one_index_ef_search(server: Any, t
                                 {"t": f"dpr_pg.{partition_name('new')}"}).scalar() < 0
         hits = search(eng, QUERY, k=10)
         with eng.begin() as conn:
-            _, sql = _sql_face(conn, "SELECT id FROM dpr_pg.search(CAST(:q AS vector), 10)", {"q": str(QUERY.tolist())})
+            _, sql = sql_face(conn, "SELECT id FROM dpr_pg.search(CAST(:q AS vector), 10)", {"q": str(QUERY.tolist())})
         assert hits.plan.ef_search == sql["ef_search"] == tuning.UNFILTERED_EF_SEARCH
         with eng.begin() as conn:
             conn.execute(sa.text("ANALYZE dpr_pg.passages"))

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from _filter_oracle import matches
-from sqlalchemy.engine import Connection, Engine
+from _sql_face import sql_face
+from sqlalchemy.engine import Engine
 
 from dpr_pg import tuning
 from dpr_pg.search.api import search
@@ -107,24 +108,6 @@ def _as_filtered(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "created_at": row["created_at"].isoformat(), "updated_at": None, "metadata": {"lang": row["lang"]}}
 
 
-def _sql_face(conn: Connection, statement: str, params: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    """The rows of a SQL search function, and the plan it reported as a DEBUG message."""
-    messages: list[str] = []
-
-    def keep(diagnostic: Any) -> None:
-        messages.append(diagnostic.message_primary or "")
-
-    raw = conn.connection.driver_connection
-    raw.add_notice_handler(keep)
-    try:
-        conn.execute(sa.text("SET LOCAL client_min_messages = debug1"))
-        found = list(conn.execute(sa.text(statement), params))
-    finally:
-        raw.remove_notice_handler(keep)
-    (plan,) = [json.loads(m.split(" plan: ", 1)[1]) for m in messages if m.startswith("dpr_pg.search")]
-    return found, plan
-
-
 def _plans_and_hits(engine: Engine, query: np.ndarray, document: dict[str, Any], k: int) -> dict[str, Any]:
     hits = search(engine, query, k=k, filter=document)
     python = {"path": hits.plan.path, "estimated_rows": hits.plan.estimated_rows,
@@ -132,10 +115,10 @@ def _plans_and_hits(engine: Engine, query: np.ndarray, document: dict[str, Any],
               "fell_back": hits.plan.fell_back}
     params = {"q": str(query.tolist()), "k": k, "f": json.dumps(document)}
     with engine.begin() as conn:
-        passages, sql = _sql_face(
+        passages, sql = sql_face(
             conn, "SELECT id, score FROM dpr_pg.search(CAST(:q AS vector), :k, CAST(:f AS jsonb))", params)
     with engine.begin() as conn:
-        docs, table = _sql_face(conn, "SELECT row_key, score FROM dpr_pg.search_table('docs', CAST(:q AS vector), :k, "
+        docs, table = sql_face(conn, "SELECT row_key, score FROM dpr_pg.search_table('docs', CAST(:q AS vector), :k, "
                                       "CAST(:f AS jsonb))", params)
     return {
         "plans": (python, sql, table),
@@ -188,7 +171,7 @@ def test_search_table_restores_the_settings_it_changes(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT set_config('hnsw.ef_search', '40', true)"))  # pgvector loaded, at its default
         before = conn.execute(sa.text(settings)).one()
-        _sql_face(conn, "SELECT row_key FROM dpr_pg.search_table('docs', CAST(:q AS vector), 10, CAST(:f AS jsonb))",
+        sql_face(conn, "SELECT row_key FROM dpr_pg.search_table('docs', CAST(:q AS vector), 10, CAST(:f AS jsonb))",
                   {"q": str(QUERIES[0].tolist()), "f": json.dumps({"collection": "big"})})
         assert conn.execute(sa.text(settings)).one() == before == ("40", "off", "on")
 
@@ -224,9 +207,9 @@ def test_an_index_scan_that_comes_back_short_falls_back_to_exact_in_every_face(e
         for table in ("dpr_pg.passages", "docs"):
             conn.execute(sa.text(f"UPDATE {table} SET collection = 'moved' WHERE collection = 'big' AND id > 7"))
         hits = search(conn, QUERIES[0], k=10, filter=document)
-        passages, sql = _sql_face(conn, "SELECT id FROM dpr_pg.search(CAST(:q AS vector), 10, CAST(:f AS jsonb))",
+        passages, sql = sql_face(conn, "SELECT id FROM dpr_pg.search(CAST(:q AS vector), 10, CAST(:f AS jsonb))",
                                   params)
-        docs, table = _sql_face(conn, "SELECT row_key FROM dpr_pg.search_table('docs', CAST(:q AS vector), 10, "
+        docs, table = sql_face(conn, "SELECT row_key FROM dpr_pg.search_table('docs', CAST(:q AS vector), 10, "
                                       "CAST(:f AS jsonb))", params)
         transaction.rollback()
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
