@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine, make_url
 from dpr_pg.db.engine import embedded_server, normalize_url
 from dpr_pg.db.embedded import stop_server
 from dpr_pg.db.schema import init
+from dpr_pg.encoders.pair import EncoderPair
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,6 +208,36 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from dpr_pg.encoders.pair import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny_models"), dim=768)
+
+
+def _tiny_pair(tiny_models: tuple[Path, Path], **options: str) -> EncoderPair:
+    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), **options)
+
+
+# The tiny pair in the variants the tests ask for, each loaded once per module that uses it: a module's tests
+# share its encoders (and their question cache), as they did when each module loaded its own.
+@pytest.fixture(scope="module")
+def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
+    """The tiny pair with the device's defaults, as a user gets it (precision and runtime chosen for the device)."""
+    return _tiny_pair(tiny_models)
+
+
+@pytest.fixture(scope="module")
+def fp32_pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
+    """The tiny pair in fp32: no bf16 or fp16 rounding, whatever the device."""
+    return _tiny_pair(tiny_models, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def torch_pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
+    """The tiny pair with both encoders on torch (no ONNX Runtime question encoder), the device's default precision."""
+    return _tiny_pair(tiny_models, runtime="torch")
+
+
+@pytest.fixture(scope="module")
+def torch_fp32_pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
+    """The tiny pair in fp32 with both encoders on torch."""
+    return _tiny_pair(tiny_models, precision="fp32", runtime="torch")
 
 
 @pytest.fixture(scope="session")

@@ -24,11 +24,6 @@ SAMPLE = Path(dpr_pg.__file__).parent / "data" / "sample_es.jsonl"
 QUESTIONS = ["¿Cuál es la capital de España?", "¿Quién pintó el Guernica?", "¿Dónde está Sevilla?"]
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]))
-
-
 @pytest.fixture
 def loaded(engine: Engine, pair: EncoderPair) -> Engine:
     ingest(engine, pair, SAMPLE, collection="demo")

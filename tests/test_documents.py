@@ -19,11 +19,6 @@ from dpr_pg.errors import IngestError
 from dpr_pg.ingest import RecordLimits, RecordRejectedError, ingest
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), precision="fp32")
-
-
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """One document of each format, two of them in a subfolder."""
@@ -48,8 +43,9 @@ def words_of(sections) -> list[str]:
     return [word for _, paragraphs in sections for paragraph in paragraphs for word in paragraph.split()]
 
 
-def test_a_folder_of_every_format_becomes_structured_passages(engine: Engine, pair: EncoderPair, folder: Path) -> None:
-    report = ingest(engine, pair, folder, collection="docs")
+def test_a_folder_of_every_format_becomes_structured_passages(engine: Engine, fp32_pair: EncoderPair,
+                                                               folder: Path) -> None:
+    report = ingest(engine, fp32_pair, folder, collection="docs")
 
     assert (report.documents, report.documents_parsed, report.documents_unchanged, report.rejected) == (4, 4, 0, 0)
     stored = rows(engine, "docs")
@@ -81,12 +77,12 @@ def test_a_folder_of_every_format_becomes_structured_passages(engine: Engine, pa
     assert html[0]["metadata"]["document"]["author"] == "Marta Ruiz"
 
 
-def test_chunks_follow_paragraphs_and_stay_under_the_word_limit(engine: Engine, pair: EncoderPair,
+def test_chunks_follow_paragraphs_and_stay_under_the_word_limit(engine: Engine, fp32_pair: EncoderPair,
                                                                 tmp_path: Path) -> None:
     long = " ".join(f"Frase número {i} del párrafo largo." for i in range(40))  # 200 words, 40 sentences
     (tmp_path / "largo.md").write_text(f"# Largo\n\nPárrafo corto uno.\n\nPárrafo corto dos.\n\n{long}\n",
                                        encoding="utf-8")
-    ingest(engine, pair, tmp_path / "largo.md", collection="c", chunk_words=30)
+    ingest(engine, fp32_pair, tmp_path / "largo.md", collection="c", chunk_words=30)
     chunks = sorted(rows(engine, "c").values(), key=lambda r: r["metadata"]["chunk"])
     assert chunks[0]["text"].startswith("Párrafo corto uno.\n\nPárrafo corto dos.")  # short paragraphs packed
     assert all(len(r["text"].split()) <= 30 for r in chunks)
@@ -95,22 +91,22 @@ def test_chunks_follow_paragraphs_and_stay_under_the_word_limit(engine: Engine, 
         + long.split()
 
 
-def test_reingesting_unchanged_files_is_a_hash_check(engine: Engine, pair: EncoderPair, folder: Path) -> None:
-    first = ingest(engine, pair, folder, collection="docs")
+def test_reingesting_unchanged_files_is_a_hash_check(engine: Engine, fp32_pair: EncoderPair, folder: Path) -> None:
+    first = ingest(engine, fp32_pair, folder, collection="docs")
     before = rows(engine, "docs")
-    again = ingest(engine, pair, folder, collection="docs")
+    again = ingest(engine, fp32_pair, folder, collection="docs")
     assert (again.documents_unchanged, again.documents_parsed, again.read, again.encoded) == (4, 0, 0, 0)
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, first.inserted)
     assert rows(engine, "docs") == before
 
 
-def test_a_changed_file_replaces_exactly_its_chunks(engine: Engine, pair: EncoderPair, folder: Path) -> None:
-    ingest(engine, pair, folder, collection="docs", chunk_words=30)
+def test_a_changed_file_replaces_exactly_its_chunks(engine: Engine, fp32_pair: EncoderPair, folder: Path) -> None:
+    ingest(engine, fp32_pair, folder, collection="docs", chunk_words=30)
     before = rows(engine, "docs")
     shorter = [("Geografía", ["Madrid está en el centro de la península, a 650 metros de altitud."])]
     (folder / "guias" / "madrid.md").write_text(markdown_text("Madrid en breve", shorter), encoding="utf-8")
 
-    report = ingest(engine, pair, folder, collection="docs", chunk_words=30)
+    report = ingest(engine, fp32_pair, folder, collection="docs", chunk_words=30)
 
     after = rows(engine, "docs")
     assert (report.documents_unchanged, report.documents_parsed) == (3, 1)
@@ -121,17 +117,18 @@ def test_a_changed_file_replaces_exactly_its_chunks(engine: Engine, pair: Encode
     assert others == {k: r for k, r in before.items() if r["metadata"]["source"] != "guias/madrid.md"}
 
 
-def test_a_deleted_file_goes_with_prune_only(engine: Engine, pair: EncoderPair, folder: Path) -> None:
-    ingest(engine, pair, folder, collection="docs")
+def test_a_deleted_file_goes_with_prune_only(engine: Engine, fp32_pair: EncoderPair, folder: Path) -> None:
+    ingest(engine, fp32_pair, folder, collection="docs")
     (folder / "portal.html").unlink()
-    kept = ingest(engine, pair, folder, collection="docs")
+    kept = ingest(engine, fp32_pair, folder, collection="docs")
     assert kept.pruned == 0 and any(r["metadata"]["source"] == "portal.html" for r in rows(engine, "docs").values())
-    pruned = ingest(engine, pair, folder, collection="docs", prune=True)
+    pruned = ingest(engine, fp32_pair, folder, collection="docs", prune=True)
     sources = {r["metadata"]["source"] for r in rows(engine, "docs").values()}
     assert pruned.pruned > 0 and sources == {"sevilla.pdf", "guias/madrid.docx", "guias/madrid.md"}
 
 
-def test_bad_files_are_reported_by_path_and_the_run_goes_on(engine: Engine, pair: EncoderPair, tmp_path: Path) -> None:
+def test_bad_files_are_reported_by_path_and_the_run_goes_on(engine: Engine, fp32_pair: EncoderPair,
+                                                            tmp_path: Path) -> None:
     root = tmp_path / "mixed"
     (root / "sub").mkdir(parents=True)
     make_pdf(root / "buena.pdf", "Buena", SEVILLA)
@@ -149,7 +146,7 @@ def test_bad_files_are_reported_by_path_and_the_run_goes_on(engine: Engine, pair
     (root / "sub" / "bucle").symlink_to(root, target_is_directory=True)
     (root / "sub" / "circular.md").symlink_to(root / "sub" / "circular.md")
 
-    report = ingest(engine, pair, root, collection="c", limits=RecordLimits(max_document_bytes=64_000))
+    report = ingest(engine, fp32_pair, root, collection="c", limits=RecordLimits(max_document_bytes=64_000))
 
     reasons = {Path(r.record).relative_to(root).as_posix(): r.reason for r in report.rejections}
     assert set(reasons) == {"cifrada.pdf", "rota.pdf", "escaneada.pdf", "menu.html", "vacio.docx", "binario.md",
@@ -166,13 +163,13 @@ def test_bad_files_are_reported_by_path_and_the_run_goes_on(engine: Engine, pair
     assert {r["metadata"]["source"] for r in rows(engine, "c").values()} == {"buena.pdf"}
 
 
-def test_a_file_that_turns_unreadable_keeps_its_chunks_and_prune_goes_on(engine: Engine, pair: EncoderPair,
+def test_a_file_that_turns_unreadable_keeps_its_chunks_and_prune_goes_on(engine: Engine, fp32_pair: EncoderPair,
                                                                         folder: Path) -> None:
-    ingest(engine, pair, folder, collection="docs")
+    ingest(engine, fp32_pair, folder, collection="docs")
     before = rows(engine, "docs")
     (folder / "sevilla.pdf").write_bytes(b"%PDF-1.4\nrota")
     (folder / "portal.html").unlink()
-    report = ingest(engine, pair, folder, collection="docs", prune=True)
+    report = ingest(engine, fp32_pair, folder, collection="docs", prune=True)
     after = rows(engine, "docs")
     assert [Path(r.record).name for r in report.rejections] == ["sevilla.pdf"] and report.prune_skipped is None
     assert {k: r for k, r in after.items() if r["metadata"]["source"] == "sevilla.pdf"} == \
@@ -180,35 +177,35 @@ def test_a_file_that_turns_unreadable_keeps_its_chunks_and_prune_goes_on(engine:
     assert not any(r["metadata"]["source"] == "portal.html" for r in after.values())
 
 
-def test_include_and_exclude_globs(engine: Engine, pair: EncoderPair, folder: Path) -> None:
+def test_include_and_exclude_globs(engine: Engine, fp32_pair: EncoderPair, folder: Path) -> None:
     (folder / "borradores").mkdir()
     (folder / "borradores" / "nota.md").write_text("# Nota\n\nUn borrador.\n", encoding="utf-8")
     (folder / ".oculto.md").write_text("# Oculto\n\nNo se lee.\n", encoding="utf-8")
-    report = ingest(engine, pair, folder, collection="md", include=["*.md"], exclude=["borradores", ".*"])
+    report = ingest(engine, fp32_pair, folder, collection="md", include=["*.md"], exclude=["borradores", ".*"])
     assert report.documents == 1
     assert {r["metadata"]["source"] for r in rows(engine, "md").values()} == {"guias/madrid.md"}
-    report = ingest(engine, pair, folder, collection="sub", include=["guias/*"])
+    report = ingest(engine, fp32_pair, folder, collection="sub", include=["guias/*"])
     assert {r["metadata"]["source"] for r in rows(engine, "sub").values()} == {"guias/madrid.md", "guias/madrid.docx"}
 
 
-def test_strict_stops_before_writing_anything(engine: Engine, pair: EncoderPair, folder: Path) -> None:
+def test_strict_stops_before_writing_anything(engine: Engine, fp32_pair: EncoderPair, folder: Path) -> None:
     (folder / "rota.pdf").write_bytes(b"%PDF-1.4\nrota")
     with pytest.raises(RecordRejectedError, match="rota.pdf.*--strict"):
-        ingest(engine, pair, folder, collection="docs", strict=True)
+        ingest(engine, fp32_pair, folder, collection="docs", strict=True)
     assert rows(engine, "docs") == {}
 
 
-def test_an_empty_folder_is_an_error(engine: Engine, pair: EncoderPair, tmp_path: Path) -> None:
+def test_an_empty_folder_is_an_error(engine: Engine, fp32_pair: EncoderPair, tmp_path: Path) -> None:
     (tmp_path / "vacia").mkdir()
     with pytest.raises(IngestError, match="no documents found"):
-        ingest(engine, pair, tmp_path / "vacia", collection="c", prune=True)
+        ingest(engine, fp32_pair, tmp_path / "vacia", collection="c", prune=True)
 
 
-def test_without_the_parsers_the_message_says_what_to_install(engine: Engine, pair: EncoderPair, folder: Path,
+def test_without_the_parsers_the_message_says_what_to_install(engine: Engine, fp32_pair: EncoderPair, folder: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pypdf", None)  # what `import pypdf` meets when it is not installed
     with pytest.raises(IngestError, match=r"PDF files needs the Python package 'pypdf'.*pip install 'dpr-pg\[documents\]'"):
-        ingest(engine, pair, folder, collection="docs")
+        ingest(engine, fp32_pair, folder, collection="docs")
     assert rows(engine, "docs") == {}
 
 
@@ -227,9 +224,9 @@ def test_cli_ingests_a_folder_and_reports_rejections(cli, database_url: str, tin
     assert (json.loads(again.output)["documents_unchanged"], json.loads(again.output)["documents"]) == (3, 3)
 
 
-def test_the_readme_example_folder(engine: Engine, pair: EncoderPair) -> None:
+def test_the_readme_example_folder(engine: Engine, fp32_pair: EncoderPair) -> None:
     examples = Path(__file__).resolve().parent.parent / "examples" / "documents"
-    report = ingest(engine, pair, examples, collection="guias")
+    report = ingest(engine, fp32_pair, examples, collection="guias")
     assert (report.documents, report.rejected) == (2, 0)  # make_pdfs.py is not a document: not included
     stored = rows(engine, "guias").values()
     sierra = next(r for r in stored if r["metadata"]["section"] == "Sierra Nevada")

@@ -40,12 +40,6 @@ def app() -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    question_dir, passage_dir = tiny_models
-    return EncoderPair.load(str(question_dir), str(passage_dir), precision="fp32")
-
-
 @pytest.fixture
 def app_engine(empty_url: str, app: ModuleType) -> Iterator[sa.Engine]:
     engine = sa.create_engine(empty_url)
@@ -64,7 +58,7 @@ def _expected_ranking(engine: sa.Engine, pair: EncoderPair, question: np.ndarray
 
 
 def test_app_inserts_edits_deletes_and_searches_its_own_rows(
-    app_engine: sa.Engine, app: ModuleType, pair: EncoderPair
+    app_engine: sa.Engine, app: ModuleType, fp32_pair: EncoderPair
 ) -> None:
     Article, Author = app.Article, app.Author  # noqa: N806 - model classes
     with Session(app_engine) as session, session.begin():
@@ -76,12 +70,12 @@ def test_app_inserts_edits_deletes_and_searches_its_own_rows(
             Article(author=lorca, title="Bodas de sangre", body="Una tragedia rural en verso y prosa."),
             Article(author=lorca, title="Borrador", body="Texto sin publicar.", published=False),
         ])
-    assert run_worker(app_engine, pair, once=True).embedded == 5
+    assert run_worker(app_engine, fp32_pair, once=True).embedded == 5
 
-    question = pair.question.encode("¿Quién es el hidalgo de La Mancha?")
+    question = fp32_pair.question.encode("¿Quién es el hidalgo de La Mancha?")
     with Session(app_engine) as session:
         first = [article.title for article, _ in app.search(session, question, k=10)]
-    assert first == _expected_ranking(app_engine, pair, question)
+    assert first == _expected_ranking(app_engine, fp32_pair, question)
     assert "Borrador" not in first
 
     # The app edits, deletes and inserts as it always did; the worker catches up.
@@ -90,14 +84,14 @@ def test_app_inserts_edits_deletes_and_searches_its_own_rows(
         quijote.body = "Don Quijote y Sancho Panza recorren La Mancha."
         session.delete(session.scalars(sa.select(Article).where(Article.title == "Bodas de sangre")).one())
         session.add(Article(author_id=quijote.author_id, title="La Galatea", body="Una novela pastoril."))
-    report = run_worker(app_engine, pair, once=True)
+    report = run_worker(app_engine, fp32_pair, once=True)
     assert (report.embedded, report.removed, report.failed) == (2, 1, 0)
 
     with Session(app_engine) as session:
         second = [article.title for article, _ in app.search(session, question, k=10)]
         only_lorca = [article.title for article, _ in app.search(session, question, k=10, author="Lorca",
-                                                                 encoder=pair)]
-    assert second == _expected_ranking(app_engine, pair, question)
+                                                                 encoder=fp32_pair)]
+    assert second == _expected_ranking(app_engine, fp32_pair, question)
     assert "Bodas de sangre" not in second and "La Galatea" in second
     assert only_lorca == ["Romancero gitano"]
 
@@ -214,15 +208,15 @@ def test_the_app_without_models_says_what_to_set(empty_url: str) -> None:
 
 @pytest.mark.parametrize("page", ["README.md", "docs/sync.md"])
 def test_the_documented_search_table_query_finds_the_apps_rows(app_engine: sa.Engine, app: ModuleType,
-                                                               pair: EncoderPair, page: str) -> None:
+                                                               fp32_pair: EncoderPair, page: str) -> None:
     text = (ROOT / page).read_text(encoding="utf-8")
     (query,) = [block for block in re.findall(r"```sql\n(.*?)```", text, re.DOTALL) if "search_table(" in block]
     with Session(app_engine) as session, session.begin():
         cervantes = app.Author(name="Cervantes")
         session.add_all([app.Article(author=cervantes, title="El Quijote", body="Un hidalgo de La Mancha."),
                          app.Article(author=cervantes, title="Borrador", body="Sin publicar.", published=False)])
-    run_worker(app_engine, pair, once=True)
-    question = pair.question.encode("¿Quién es el hidalgo?")
+    run_worker(app_engine, fp32_pair, once=True)
+    question = fp32_pair.question.encode("¿Quién es el hidalgo?")
     with app_engine.connect() as conn:
         titles = conn.execute(sa.text(query.replace("$1::vector", "CAST(:q AS vector)")),
                               {"q": str(question.tolist())}).scalars(2).all()

@@ -217,17 +217,12 @@ def test_halfvec_beyond_its_index_limit_is_refused_naming_it(empty_url: str) -> 
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def half768(server: Any, pair: EncoderPair) -> Iterator[Engine]:
+def half768(server: Any, fp32_pair: EncoderPair) -> Iterator[Engine]:
     """A halfvec(768) database holding sample_es.jsonl (encoded) in collection 'demo'."""
     name = server.create_database()
     engine = sa.create_engine(server.url_for(name))
     init(engine, storage="halfvec")
-    report = ingest(engine, pair, DATA / "sample_es.jsonl", collection="demo", progress=False)
+    report = ingest(engine, fp32_pair, DATA / "sample_es.jsonl", collection="demo", progress=False)
     assert report.inserted > 0 and report.rejected == 0
     yield engine
     engine.dispose()
@@ -241,11 +236,11 @@ def _stored(engine: Engine, collection: str) -> dict[str, np.ndarray]:
     return {r[0]: np.asarray(r[1], np.float32) for r in rows}
 
 
-def test_text_ingest_stores_the_encoder_vectors_rounded_to_half(half768: Engine, pair: EncoderPair) -> None:
+def test_text_ingest_stores_the_encoder_vectors_rounded_to_half(half768: Engine, fp32_pair: EncoderPair) -> None:
     stored = _stored(half768, "demo")
     records = [json.loads(line) for line in (DATA / "sample_es.jsonl").read_text(encoding="utf-8").splitlines()]
     first = records[0]
-    (vector,) = pair.passage.encode([(first.get("title", ""), first["text"])])
+    (vector,) = fp32_pair.passage.encode([(first.get("title", ""), first["text"])])
     value = stored[str(first["id"])]
     assert np.array_equal(value, value.astype(np.float16).astype(np.float32))  # half-precision values
     # the encoder's vector within half precision (a batch pads differently: the last float4 bits differ)
@@ -272,10 +267,11 @@ def test_precomputed_embeddings_are_copied_in_halfvec_format_and_out_of_range_ro
     assert np.array_equal(stored["e2"], vectors[2].astype(np.float16).astype(np.float32))
 
 
-def test_evaluation_doctor_and_the_http_service_work_on_the_halfvec_column(half768: Engine, pair: EncoderPair) -> None:
+def test_evaluation_doctor_and_the_http_service_work_on_the_halfvec_column(half768: Engine,
+                                                                           fp32_pair: EncoderPair) -> None:
     questions = read_jsonl(DATA / "sample_questions_es.jsonl")
-    exact = evaluate(half768, pair, questions, collection="demo", mode="exact")
-    dense = evaluate(half768, pair, questions, collection="demo", mode="dense")
+    exact = evaluate(half768, fp32_pair, questions, collection="demo", mode="exact")
+    dense = evaluate(half768, fp32_pair, questions, collection="demo", mode="dense")
     assert exact.metrics.questions == dense.metrics.questions == len(questions)
     assert exact.metrics.top_k_accuracy == dense.metrics.top_k_accuracy  # a dozen passages: HNSW finds them all
     url = half768.url.render_as_string(hide_password=False)
@@ -283,8 +279,8 @@ def test_evaluation_doctor_and_the_http_service_work_on_the_halfvec_column(half7
     hnsw = json.loads(doctor.stdout)["hnsw"]
     assert (hnsw["storage"], hnsw["column"]) == ("halfvec", "halfvec")
     question = questions[0].question
-    expected = search(half768, question, encoder=pair, k=5, collection="demo")
-    with TestClient(create_app(ServiceSettings(database_url=url), pair=pair)) as client:
+    expected = search(half768, question, encoder=fp32_pair, k=5, collection="demo")
+    with TestClient(create_app(ServiceSettings(database_url=url), pair=fp32_pair)) as client:
         response = client.post("/v1/search", json={"question": question, "k": 5, "collection": "demo"})
     assert response.status_code == 200, response.text
     hits = response.json()["hits"]
@@ -292,17 +288,17 @@ def test_evaluation_doctor_and_the_http_service_work_on_the_halfvec_column(half7
     assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], abs=1e-4)
 
 
-def test_sync_worker_writes_embeddings_into_a_halfvec_app_column(half768: Engine, pair: EncoderPair) -> None:
+def test_sync_worker_writes_embeddings_into_a_halfvec_app_column(half768: Engine, fp32_pair: EncoderPair) -> None:
     with half768.begin() as conn:
         conn.execute(sa.text("CREATE TABLE notes (id integer PRIMARY KEY, body text NOT NULL)"))
         conn.execute(sa.text("SELECT dpr_pg.enable_table('notes', ARRAY['body'])"))
         conn.execute(sa.text("INSERT INTO notes VALUES (1, 'La Alhambra está en Granada.'), "
                              "(2, 'Sevilla tiene la Giralda.')"))
     assert _column_type(half768, "notes") == "halfvec(768)"
-    run_worker(half768, pair, once=True)
+    run_worker(half768, fp32_pair, once=True)
     with half768.connect() as conn:
         stored = dict(conn.execute(sa.text("SELECT id, embedding::real[] FROM notes")).all())
-    (vector,) = pair.passage.encode([("", "Sevilla tiene la Giralda.")])
+    (vector,) = fp32_pair.passage.encode([("", "Sevilla tiene la Giralda.")])
     value = np.asarray(stored[2], np.float32)
     assert np.array_equal(value, value.astype(np.float16).astype(np.float32))  # half-precision values
     assert np.allclose(value, vector, rtol=2**-10, atol=1e-6)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -21,11 +20,6 @@ from dpr_pg.db.index import hnsw_exists
 
 REPORT_KEYS = {"read", "inserted", "updated", "unchanged", "rejected", "rejections", "truncated", "seconds",
                "passages_per_second"}
-
-
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), precision="fp32")
 
 
 def make_input(tmp_path: Path, n: int) -> tuple[Path, Path]:
@@ -87,7 +81,7 @@ def test_json_report_and_exit_codes(cli, database_url: str, tiny_models, tmp_pat
     assert fatal.returncode == 1 and "2 embedding rows but the input has 3 records" in fatal.stderr
 
 
-def test_kill_9_then_rerun_equals_one_clean_run(database_url: str, engine: Engine, tiny_models, pair: EncoderPair,
+def test_kill_9_then_rerun_equals_one_clean_run(database_url: str, engine: Engine, tiny_models, fp32_pair: EncoderPair,
                                                 tmp_path: Path) -> None:
     # --defer-index keeps batches fast (no HNSW upkeep) and shows that a killed bulk load gets its index back.
     source, emb = make_input(tmp_path, 6000)
@@ -112,12 +106,12 @@ def test_kill_9_then_rerun_equals_one_clean_run(database_url: str, engine: Engin
     assert report["unchanged"] >= partial and report["inserted"] == 6000 - report["unchanged"]
     assert hnsw_exists(engine) and report["index_seconds"] > 0
 
-    ingest(engine, pair, source, collection="clean", embeddings=emb, defer_index=True)
+    ingest(engine, fp32_pair, source, collection="clean", embeddings=emb, defer_index=True)
     assert snapshot(engine, "c") == snapshot(engine, "clean")
 
 
 def test_two_concurrent_ingests_of_one_collection_converge(database_url: str, engine: Engine, tiny_models,
-                                                           pair: EncoderPair, tmp_path: Path) -> None:
+                                                           fp32_pair: EncoderPair, tmp_path: Path) -> None:
     source, emb = make_input(tmp_path, 1200)
     args = ingest_args(database_url, tiny_models, str(source), "--collection", "c", "--embeddings", str(emb),
                        "--batch-size", "100", "--json")
@@ -128,7 +122,7 @@ def test_two_concurrent_ingests_of_one_collection_converge(database_url: str, en
     assert sum(r["inserted"] for r in reports) == 1200
     assert all(r["inserted"] + r["unchanged"] == 1200 and r["updated"] == 0 for r in reports)
     assert not any("deadlock" in err or "duplicate key" in err for _, err in results)
-    ingest(engine, pair, source, collection="clean", embeddings=emb)
+    ingest(engine, fp32_pair, source, collection="clean", embeddings=emb)
     assert snapshot(engine, "c") == snapshot(engine, "clean")
 
 

@@ -21,11 +21,6 @@ from dpr_pg.ingest import IngestReport, ingest
 from dpr_pg.ingest.chunking import chunk_text
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), precision="fp32", runtime="torch")
-
-
 def corpus(n: int) -> list[dict]:
     return [{"id": f"r{i:03d}", "title": f"Ciudad {i}",
              "text": " ".join(f"palabra{(i * 7 + j) % 97} de la ciudad número {i}" for j in range(30))}
@@ -43,10 +38,10 @@ def stored(engine: Engine) -> dict[str, np.ndarray]:
     return {key: np.array(json.loads(vector), dtype=np.float32) for key, vector in rows}
 
 
-def test_the_stages_are_timed_and_write_what_encoding_directly_gives(engine: Engine, pair: EncoderPair,
+def test_the_stages_are_timed_and_write_what_encoding_directly_gives(engine: Engine, torch_fp32_pair: EncoderPair,
                                                                      tmp_path: Path) -> None:
     records = corpus(40)
-    report = ingest(engine, pair, write_jsonl(tmp_path / "c.jsonl", records), collection="c", batch_size=16)
+    report = ingest(engine, torch_fp32_pair, write_jsonl(tmp_path / "c.jsonl", records), collection="c", batch_size=16)
     chunks = [(f"{r['id']}#{k}" if len(pieces) > 1 else r["id"], r["title"], piece)
               for r in records for pieces in [chunk_text(r["text"], words=100)] for k, piece in enumerate(pieces)]
     assert report.inserted == report.encoded == len(chunks) > 40
@@ -54,14 +49,14 @@ def test_the_stages_are_timed_and_write_what_encoding_directly_gives(engine: Eng
     for stage in ("read", "lookup", "tokenize", "encode", "write"):
         assert times[f"{stage}_seconds"] > 0, stage
     assert report.writers >= 1
-    expected = pair.passage.encode([(title, text) for _, title, text in chunks])
+    expected = torch_fp32_pair.passage.encode([(title, text) for _, title, text in chunks])
     rows = stored(engine)
     assert sorted(rows) == sorted(key for key, _, _ in chunks)
     for (key, _, _), vector in zip(chunks, expected):
         np.testing.assert_allclose(rows[key], vector, rtol=1e-5, atol=1e-5)
 
 
-def test_searches_during_a_bulk_load_find_every_committed_row(engine: Engine, pair: EncoderPair,
+def test_searches_during_a_bulk_load_find_every_committed_row(engine: Engine, torch_fp32_pair: EncoderPair,
                                                               tmp_path: Path) -> None:
     # The index is dropped for the load: searches run meanwhile, on other connections, and every row
     # committed before a search began is among its hits.
@@ -75,7 +70,7 @@ def test_searches_during_a_bulk_load_find_every_committed_row(engine: Engine, pa
             assert set(committed) <= {hit.external_id for hit in hits}
         checked.append(len(committed))
 
-    report = ingest(engine, pair, source, collection="bulk", batch_size=16, defer_index=True,
+    report = ingest(engine, torch_fp32_pair, source, collection="bulk", batch_size=16, defer_index=True,
                     on_batch=search_committed)
     assert report.inserted == len(stored(engine)) and report.index_seconds is not None
     assert len(checked) >= 7 and checked[-1] > 0  # searched while the load was still going on
@@ -134,7 +129,8 @@ class StageFault(RuntimeError):
 
 @pytest.mark.parametrize("stage", ["read", "lookup", "tokenize", "encode", "write"])
 def test_an_error_in_any_stage_surfaces_and_the_committed_batches_are_kept(
-        engine: Engine, pair: EncoderPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+        engine: Engine, torch_fp32_pair: EncoderPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        stage: str) -> None:
     records = corpus(8 * BATCH_RECORDS)
     source = write_jsonl(tmp_path / "c.jsonl", records)
     every = set().union(*(batch_keys(b) for b in range(1, 9)))
@@ -164,7 +160,7 @@ def test_an_error_in_any_stage_surfaces_and_the_committed_batches_are_kept(
 
         monkeypatch.setattr(PassageWriter, "existing_hashes", lookup)
     elif stage == "tokenize":
-        real_tokenize = pair.passage.tokenize
+        real_tokenize = torch_fp32_pair.passage.tokenize
 
         def tokenize(passages):  # noqa: ANN001, ANN202
             if any(title == failing_title for title, _ in passages):
@@ -172,9 +168,9 @@ def test_an_error_in_any_stage_surfaces_and_the_committed_batches_are_kept(
                 raise StageFault("tokenization failed")
             return real_tokenize(passages)
 
-        monkeypatch.setattr(pair.passage, "tokenize", tokenize)
+        monkeypatch.setattr(torch_fp32_pair.passage, "tokenize", tokenize)
     elif stage == "encode":
-        real_embed, calls = pair.passage.embed, []
+        real_embed, calls = torch_fp32_pair.passage.embed, []
 
         def embed(tokens):  # noqa: ANN001, ANN202
             calls.append(1)
@@ -183,7 +179,7 @@ def test_an_error_in_any_stage_surfaces_and_the_committed_batches_are_kept(
                 raise StageFault("the encoder failed")
             return real_embed(tokens)
 
-        monkeypatch.setattr(pair.passage, "embed", embed)
+        monkeypatch.setattr(torch_fp32_pair.passage, "embed", embed)
     else:  # the server refuses a row of the failing batch: its transaction rolls back
         import psycopg
 
@@ -197,7 +193,7 @@ def test_an_error_in_any_stage_surfaces_and_the_committed_batches_are_kept(
                                  "FOR EACH ROW EXECUTE FUNCTION public.refuse_row()"))
 
     with pytest.raises(expected) as raised:
-        ingest(engine, pair, source, collection="c", batch_size=16, on_batch=on_batch)
+        ingest(engine, torch_fp32_pair, source, collection="c", batch_size=16, on_batch=on_batch)
     assert "refused" in str(raised.value) if stage == "write" else str(raised.value).endswith("failed")
     # Every stage stopped: no thread of the ingest is left, nor any of its connections.
     assert [t.name for t in threading.enumerate() if t.name.startswith("dpr_pg-ingest")] == []
@@ -218,7 +214,7 @@ def test_an_error_in_any_stage_surfaces_and_the_committed_batches_are_kept(
     if stage == "write":
         with engine.begin() as conn:
             conn.execute(sa.text("DROP TRIGGER refuse_row ON dpr_pg.passages"))
-    again = ingest(engine, pair, source, collection="c", batch_size=16)
+    again = ingest(engine, torch_fp32_pair, source, collection="c", batch_size=16)
     assert (again.unchanged, again.inserted, again.updated) == (len(kept), len(every) - len(kept), 0)
     rows = stored(engine)
     assert set(rows) == every
@@ -226,7 +222,7 @@ def test_an_error_in_any_stage_surfaces_and_the_committed_batches_are_kept(
     texts = {f"r{i:03d}#{k}": piece for i, r in enumerate(records)
              for k, piece in enumerate(chunk_text(r["text"], words=100))}
     keys = sorted(every)
-    expected_vectors = pair.passage.encode([(titles[key.split("#")[0]], texts[key]) for key in keys])
+    expected_vectors = torch_fp32_pair.passage.encode([(titles[key.split("#")[0]], texts[key]) for key in keys])
     for key, vector in zip(keys, expected_vectors):
         np.testing.assert_allclose(rows[key], vector, rtol=1e-5, atol=1e-5)
 

@@ -30,11 +30,6 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), runtime="torch")
-
-
 def write_jsonl(path: Path, n: int) -> Path:
     records = [{"id": f"r{i:02d}", "title": f"Pueblo {i}",
                 "text": " ".join(f"calle{(i + j) % 13} plaza número {i}" for j in range(40))} for i in range(n)]
@@ -61,16 +56,16 @@ def kill_the_encoder_worker(ray) -> int:  # noqa: ANN001
 
 
 def test_ingest_on_ray_writes_what_a_local_ingest_writes_and_retries_a_dead_worker(
-        engine: Engine, pair: EncoderPair, local_ray, tmp_path: Path) -> None:
+        engine: Engine, torch_pair: EncoderPair, local_ray, tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "pueblos.jsonl", 24)
-    local = ingest(engine, pair, source, collection="local", batch_size=8)
+    local = ingest(engine, torch_pair, source, collection="local", batch_size=8)
     killed: list[int] = []
 
     def kill_once(_: IngestReport) -> None:
         if not killed:
             killed.append(kill_the_encoder_worker(local_ray))
 
-    report = ingest(engine, pair, source, collection="ray", batch_size=8, ray=True, on_batch=kill_once)
+    report = ingest(engine, torch_pair, source, collection="ray", batch_size=8, ray=True, on_batch=kill_once)
     # The batches that were out with the killed actor (its capacity, and the one just sent before the oldest
     # is collected) are sent again, once each, to the one actor that replaced it.
     assert report.ray_actors == 1 and len(killed) == 1 and 1 <= report.ray_retries <= BATCHES_PER_ACTOR + 1
@@ -80,7 +75,7 @@ def test_ingest_on_ray_writes_what_a_local_ingest_writes_and_retries_a_dead_work
     for key, (digest, vector) in here.items():
         assert on_ray[key][0] == digest
         np.testing.assert_allclose(on_ray[key][1], vector, rtol=1e-4, atol=1e-5)
-    again = ingest(engine, pair, source, collection="ray", batch_size=8, ray=True)
+    again = ingest(engine, torch_pair, source, collection="ray", batch_size=8, ray=True)
     assert (again.inserted, again.updated, again.encoded, again.unchanged) == (0, 0, 0, local.inserted)
     assert again.ray_actors == 0  # nothing to encode: no actor was started
 

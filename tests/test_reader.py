@@ -37,11 +37,6 @@ def reader(reader_dir: Path) -> Reader:
     return Reader.load(str(reader_dir), max_length=96, stride=24, max_question_tokens=24)
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), precision="fp32")
-
-
 # ---- spans ----------------------------------------------------------------------------------------
 
 LOGITS = st.lists(st.floats(-8, 8), min_size=4, max_size=24)
@@ -156,15 +151,16 @@ def test_loading_fails_fast_and_says_what_to_do(tiny_models: tuple[Path, Path], 
 
 
 @pytest.fixture
-def guides(engine: Engine, pair: EncoderPair, tmp_path: Path) -> Engine:
+def guides(engine: Engine, fp32_pair: EncoderPair, tmp_path: Path) -> Engine:
     (tmp_path / "sevilla.md").write_text(markdown_text("Guía de Sevilla", SEVILLA), encoding="utf-8")
     (tmp_path / "madrid.md").write_text(markdown_text("Guía de Madrid", MADRID), encoding="utf-8")
-    ingest(engine, pair, tmp_path, collection="guias")
+    ingest(engine, fp32_pair, tmp_path, collection="guias")
     return engine
 
 
-def test_ask_returns_the_span_its_offsets_and_its_passage(guides: Engine, pair: EncoderPair, reader: Reader) -> None:
-    result = ask(guides, "¿Dónde está la Giralda?", encoder=pair, reader=reader, collection="guias", k=3,
+def test_ask_returns_the_span_its_offsets_and_its_passage(guides: Engine, fp32_pair: EncoderPair,
+                                                          reader: Reader) -> None:
+    result = ask(guides, "¿Dónde está la Giralda?", encoder=fp32_pair, reader=reader, collection="guias", k=3,
                  top_answers=2)
     assert len(result.answers) == 2 and not result.no_answer and len(result.passages) == 3
     best = result.answer
@@ -176,18 +172,18 @@ def test_ask_returns_the_span_its_offsets_and_its_passage(guides: Engine, pair: 
     json.dumps(as_dict)
 
 
-def test_ask_honours_the_filter_and_the_no_answer_threshold(guides: Engine, pair: EncoderPair,
+def test_ask_honours_the_filter_and_the_no_answer_threshold(guides: Engine, fp32_pair: EncoderPair,
                                                             reader: Reader) -> None:
-    result = ask(guides, "¿Qué hay en el Prado?", encoder=pair, reader=reader, collection="guias",
+    result = ask(guides, "¿Qué hay en el Prado?", encoder=fp32_pair, reader=reader, collection="guias",
                  filter={"source": "madrid.md"}, top_answers=5)
     assert result.answers and {a.passage.metadata["source"] for a in result.answers} == {"madrid.md"}
-    none = ask(guides, "¿Qué hay en el Prado?", encoder=pair, reader=reader, collection="guias",
+    none = ask(guides, "¿Qué hay en el Prado?", encoder=fp32_pair, reader=reader, collection="guias",
                no_answer_threshold=1.0)
     assert none.no_answer and none.answer is None and none.as_dict()["answers"] == []
     with pytest.raises(ReaderError, match="question with some text"):
-        ask(guides, "  ", encoder=pair, reader=reader)
+        ask(guides, "  ", encoder=fp32_pair, reader=reader)
     with pytest.raises(SearchError, match="at most 10000 characters, not 10001"):
-        ask(guides, "x" * 10_001, encoder=pair, reader=reader)
+        ask(guides, "x" * 10_001, encoder=fp32_pair, reader=reader)
 
 
 def test_cli_ask(cli, database_url: str, guides: Engine, tiny_models: tuple[Path, Path], reader_dir: Path,

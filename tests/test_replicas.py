@@ -62,11 +62,6 @@ def cluster(_isolated_environment: None) -> Iterator[Cluster]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]))
-
-
 def _records(prefix: str, n: int) -> list[dict[str, str]]:
     return [{"id": f"{prefix}{i}", "text": f"La Giralda es la torre {prefix} número {i} de Sevilla."} for i in range(n)]
 

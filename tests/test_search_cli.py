@@ -21,12 +21,6 @@ PASSAGES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    question_dir, passage_dir = tiny_models
-    return EncoderPair.load(str(question_dir), str(passage_dir), precision="fp32")
-
-
 def _store(engine: Engine, pair: EncoderPair) -> None:
     vectors = pair.passage.encode([(title, text) for _, title, text, _ in PASSAGES])
     with engine.begin() as conn:
@@ -39,20 +33,20 @@ def _store(engine: Engine, pair: EncoderPair) -> None:
                  "enc": encoder_id})
 
 
-def test_a_question_searches_like_its_encoded_vector(engine: Engine, pair: EncoderPair) -> None:
-    _store(engine, pair)
+def test_a_question_searches_like_its_encoded_vector(engine: Engine, fp32_pair: EncoderPair) -> None:
+    _store(engine, fp32_pair)
     question = "¿Cuál es la capital de España?"
-    by_question = search(engine, question, encoder=pair, k=4, filter={"lang": "es"})
-    by_vector = search(engine, pair.question.encode(question), k=4, filter={"lang": "es"})
+    by_question = search(engine, question, encoder=fp32_pair, k=4, filter={"lang": "es"})
+    by_vector = search(engine, fp32_pair.question.encode(question), k=4, filter={"lang": "es"})
     assert [h.external_id for h in by_question] == [h.external_id for h in by_vector]
     assert len(by_question) == 3 and {h.metadata["lang"] for h in by_question} == {"es"}
-    batch = search_many(engine, [question, "¿Qué es la insulina?"], encoder=pair, k=2)
+    batch = search_many(engine, [question, "¿Qué es la insulina?"], encoder=fp32_pair, k=2)
     assert [len(hits) for hits in batch] == [2, 2]
-    hybrid = search(engine, "insulina glucosa", encoder=pair, k=2, mode="hybrid")
+    hybrid = search(engine, "insulina glucosa", encoder=fp32_pair, k=2, mode="hybrid")
     assert hybrid[0].external_id == "insulina"
 
 
-def test_vectors_of_another_encoder_pair_are_refused(engine: Engine, pair: EncoderPair) -> None:
+def test_vectors_of_another_encoder_pair_are_refused(engine: Engine, fp32_pair: EncoderPair) -> None:
     with engine.begin() as conn:
         other = conn.execute(sa.text(
             "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
@@ -61,27 +55,27 @@ def test_vectors_of_another_encoder_pair_are_refused(engine: Engine, pair: Encod
             "INSERT INTO dpr_pg.passages (collection, external_id, text, content_hash, embedding, encoder_id) "
             "VALUES ('wiki', 'x', 'texto', 'h', :v, :enc)"), {"v": str([0.1] * 768), "enc": other})
     with pytest.raises(EncoderMismatchError, match="other/p"):
-        search(engine, "¿Dónde está Sevilla?", encoder=pair, collection="wiki")
+        search(engine, "¿Dónde está Sevilla?", encoder=fp32_pair, collection="wiki")
 
 
 def _cli_env(tiny_models: tuple[Path, Path]) -> dict[str, str]:
     return {"DPR_PG_QUESTION_MODEL": str(tiny_models[0]), "DPR_PG_PASSAGE_MODEL": str(tiny_models[1])}
 
 
-def test_cli_search_prints_a_table_of_hits(cli: Any, database_url: str, engine: Engine, pair: EncoderPair,
+def test_cli_search_prints_a_table_of_hits(cli: Any, database_url: str, engine: Engine, fp32_pair: EncoderPair,
                                            tiny_models: tuple[Path, Path]) -> None:
-    _store(engine, pair)
+    _store(engine, fp32_pair)
     result = cli("--database-url", database_url, "search", "¿Cuál es la capital de Andalucía?", "-k", "2",
                  "--filter", '{"year": {"$lt": 2021}}', "--explain", env=_cli_env(tiny_models), check=True)
     assert "Sevilla" in result.stdout and "Madrid" in result.stdout and "Insulina" not in result.stdout
     assert "path: exact" in result.stderr
 
 
-def test_cli_search_json_with_a_vector_file(cli: Any, database_url: str, engine: Engine, pair: EncoderPair,
+def test_cli_search_json_with_a_vector_file(cli: Any, database_url: str, engine: Engine, fp32_pair: EncoderPair,
                                             tmp_path: Path) -> None:
-    _store(engine, pair)
+    _store(engine, fp32_pair)
     vector_file = tmp_path / "q.npy"
-    np.save(vector_file, pair.passage.encode(("Madrid", PASSAGES[0][2])))
+    np.save(vector_file, fp32_pair.passage.encode(("Madrid", PASSAGES[0][2])))
     result = cli("--database-url", database_url, "search", "capital", "--vector", str(vector_file), "-k", "3",
                  "--collection", "wiki", "--json", check=True)
     hits = json.loads(result.stdout)
@@ -108,10 +102,10 @@ def test_cli_search_refuses_an_overlong_question_before_loading_a_model(cli: Any
 
 
 def test_cli_search_takes_the_audit_recommended_ef_search(cli: Any, database_url: str, engine: Engine,
-                                                          pair: EncoderPair, tmp_path: Path) -> None:
-    _store(engine, pair)
+                                                          fp32_pair: EncoderPair, tmp_path: Path) -> None:
+    _store(engine, fp32_pair)
     vector_file = tmp_path / "q.npy"
-    np.save(vector_file, pair.passage.encode(("Madrid", PASSAGES[0][2])))
+    np.save(vector_file, fp32_pair.passage.encode(("Madrid", PASSAGES[0][2])))
     common = ("--database-url", database_url, "search", "capital", "--vector", str(vector_file), "--json")
     tuned = cli(*common, "--ef-search", "400", check=True)
     default = cli(*common, check=True)
@@ -120,9 +114,9 @@ def test_cli_search_takes_the_audit_recommended_ef_search(cli: Any, database_url
     assert refused.returncode == 64 and "--ef-search" in refused.stderr
 
 
-def test_cli_search_runtimes_give_the_same_hits(cli: Any, database_url: str, engine: Engine, pair: EncoderPair,
+def test_cli_search_runtimes_give_the_same_hits(cli: Any, database_url: str, engine: Engine, fp32_pair: EncoderPair,
                                                 tiny_models: tuple[Path, Path]) -> None:
-    _store(engine, pair)
+    _store(engine, fp32_pair)
     common = ("--database-url", database_url, "search", "¿Dónde está Sevilla?", "-k", "4", "--json")
     # fp32 on both: ONNX Runtime runs fp32 on the CPU, torch on whatever device there is
     runs = {runtime: json.loads(cli(*common, "--runtime", runtime, "--precision", "fp32", env=_cli_env(tiny_models),
@@ -137,9 +131,9 @@ def test_cli_search_runtimes_give_the_same_hits(cli: Any, database_url: str, eng
 
 @pytest.mark.parametrize("columns", [60, 80])
 def test_cli_search_table_fits_the_terminal_with_rank_and_score_whole(
-        cli: Any, database_url: str, engine: Engine, pair: EncoderPair, tiny_models: tuple[Path, Path],
+        cli: Any, database_url: str, engine: Engine, fp32_pair: EncoderPair, tiny_models: tuple[Path, Path],
         columns: int) -> None:
-    _store(engine, pair)
+    _store(engine, fp32_pair)
     result = cli("--database-url", database_url, "search", "¿Dónde está Sevilla?", "-k", "4",
                  env={**_cli_env(tiny_models), "COLUMNS": str(columns)}, check=True)
     lines = result.stdout.splitlines()
@@ -149,13 +143,13 @@ def test_cli_search_table_fits_the_terminal_with_rank_and_score_whole(
     assert len(scores) == 4 and scores == sorted(scores, reverse=True)
 
 
-def test_no_hits_are_explained_from_python(engine: Engine, pair: EncoderPair) -> None:
+def test_no_hits_are_explained_from_python(engine: Engine, fp32_pair: EncoderPair) -> None:
     from dpr_pg import explain_no_hits
 
     empty = explain_no_hits(engine, collection="wiki")
     assert (empty.reason, empty.passages) == ("no_passages", 0)
     assert "collection 'wiki' is empty" in empty.message and "dpr-pg ingest" in empty.message
-    _store(engine, pair)
+    _store(engine, fp32_pair)
     unknown = explain_no_hits(engine, collection="nosuch")
     assert unknown.reason == "unknown_collection" and unknown.collections == {"wiki": 4}
     assert "collection 'nosuch' does not exist" in unknown.message and "wiki (4 passages)" in unknown.message
@@ -175,8 +169,9 @@ def test_no_hits_are_explained_from_python(engine: Engine, pair: EncoderPair) ->
     ],
 )
 def test_cli_search_with_no_hits_says_why_on_stderr_and_exits_0(
-        cli: Any, database_url: str, engine: Engine, pair: EncoderPair, args: tuple[str, ...], expected: str) -> None:
-    _store(engine, pair)
+        cli: Any, database_url: str, engine: Engine, fp32_pair: EncoderPair, args: tuple[str, ...],
+        expected: str) -> None:
+    _store(engine, fp32_pair)
     # No model folder exists here: the answer comes before any model would load.
     env = {"DPR_PG_QUESTION_MODEL": "/nonexistent/q", "DPR_PG_PASSAGE_MODEL": "/nonexistent/p"}
     table = cli("--database-url", database_url, "search", "¿Dónde está Sevilla?", *args, env=env)
@@ -198,9 +193,9 @@ def test_cli_search_checks_its_options_before_loading_models(cli: Any, database_
         assert "cannot load" not in result.stderr  # no model was loaded
 
 
-def test_cli_search_progress_names_the_model_loading(cli: Any, database_url: str, engine: Engine, pair: EncoderPair,
-                                                     tiny_models: tuple[Path, Path]) -> None:
-    _store(engine, pair)
+def test_cli_search_progress_names_the_model_loading(cli: Any, database_url: str, engine: Engine,
+                                                     fp32_pair: EncoderPair, tiny_models: tuple[Path, Path]) -> None:
+    _store(engine, fp32_pair)
     common = ("--database-url", database_url, "search", "¿Dónde está Sevilla?", "-k", "1", "--json")
     shown = cli(*common, "--progress", env=_cli_env(tiny_models), check=True)
     hidden = cli(*common, env=_cli_env(tiny_models), check=True)  # stderr is no terminal here

@@ -44,11 +44,6 @@ EXPECTED_PATHS = {"/v1/search", "/v1/search/batch", "/v1/ask", "/v1/encode/quest
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    return EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]))
-
-
-@pytest.fixture(scope="module")
 def reader(tiny_reader: Path) -> Reader:
     return Reader.load(str(tiny_reader))
 

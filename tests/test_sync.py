@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +15,6 @@ from dpr_pg.errors import SchemaError, SyncError
 from dpr_pg.sync.queue import sync_status
 from dpr_pg.sync.tables import disable_table, enable_table
 from dpr_pg.sync.worker import run_worker
-
-
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    question_dir, passage_dir = tiny_models
-    return EncoderPair.load(str(question_dir), str(passage_dir), precision="fp32")
 
 
 def _embeddings(engine: Engine) -> dict[int, np.ndarray | None]:
@@ -77,16 +70,16 @@ def test_unrelated_or_same_value_update_enqueues_nothing(engine: Engine) -> None
 
 
 def test_worker_writes_each_rows_own_embedding_and_search_sees_the_new_state(
-    engine: Engine, pair: EncoderPair
+    engine: Engine, fp32_pair: EncoderPair
 ) -> None:
     create_articles(engine)
-    run_worker(engine, pair, once=True)
+    run_worker(engine, fp32_pair, once=True)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO articles (id, title, body) VALUES (5, 'Lorca', 'Poeta granadino.')"))
         conn.execute(sa.text("UPDATE articles SET body = 'Bilbao está en el País Vasco.' WHERE id = 1"))
         conn.execute(sa.text("DELETE FROM articles WHERE id = 2"))
 
-    report = run_worker(engine, pair, once=True)
+    report = run_worker(engine, fp32_pair, once=True)
 
     assert (report.embedded, report.removed, report.failed) == (2, 1, 0)
     assert queued(engine) == []
@@ -95,24 +88,25 @@ def test_worker_writes_each_rows_own_embedding_and_search_sees_the_new_state(
                 5: ("Lorca", "Poeta granadino.")}
     assert sorted(stored) == sorted(expected)
     for row_id, passage in expected.items():
-        np.testing.assert_allclose(stored[row_id], pair.passage.encode(passage), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stored[row_id], fp32_pair.passage.encode(passage), rtol=1e-4, atol=1e-5)
     with engine.connect() as conn:
         keys = conn.execute(sa.text(
             "SELECT row_key FROM dpr_pg.search_table('articles', CAST(:q AS vector), 10)"
-        ), {"q": str(pair.question.encode("¿Dónde está Bilbao?").tolist())}).scalars().all()
+        ), {"q": str(fp32_pair.question.encode("¿Dónde está Bilbao?").tolist())}).scalars().all()
     assert sorted(key["id"] for key in keys) == [1, 3, 4, 5]
 
 
-def test_worker_skips_rows_whose_text_is_unchanged_and_clears_empty_rows(engine: Engine, pair: EncoderPair) -> None:
+def test_worker_skips_rows_whose_text_is_unchanged_and_clears_empty_rows(engine: Engine,
+                                                                         fp32_pair: EncoderPair) -> None:
     create_articles(engine)
-    run_worker(engine, pair, once=True)
+    run_worker(engine, fp32_pair, once=True)
     with engine.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO dpr_pg.sync_queue (tbl, row_key) VALUES ('articles', '{\"id\": 3}')"
         ))
         conn.execute(sa.text("UPDATE articles SET title = '', body = '   ' WHERE id = 4"))
 
-    report = run_worker(engine, pair, once=True)
+    report = run_worker(engine, fp32_pair, once=True)
 
     assert (report.unchanged, report.cleared, report.embedded) == (1, 1, 0)
     assert _embeddings(engine)[4] is None
@@ -137,12 +131,12 @@ class _PairWithFailingPassages:
         self.dim = real.dim
 
 
-def test_failed_item_records_last_error_backs_off_and_others_complete(engine: Engine, pair: EncoderPair) -> None:
+def test_failed_item_records_last_error_backs_off_and_others_complete(engine: Engine, fp32_pair: EncoderPair) -> None:
     create_articles(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE articles SET body = 'boom' WHERE id = 2"))
 
-    report = run_worker(engine, _PairWithFailingPassages(pair), once=True, retry_base=60.0)
+    report = run_worker(engine, _PairWithFailingPassages(fp32_pair), once=True, retry_base=60.0)
 
     assert (report.embedded, report.failed) == (3, 1)
     with engine.connect() as conn:
@@ -155,23 +149,23 @@ def test_failed_item_records_last_error_backs_off_and_others_complete(engine: En
     assert (status.table, status.pending, status.failed) == ("public.articles", 0, 1)
     assert "model exploded" in (status.last_error or "")
     # Not due yet: another --once run leaves it alone.
-    assert run_worker(engine, pair, once=True).failed == 0
+    assert run_worker(engine, fp32_pair, once=True).failed == 0
 
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE dpr_pg.sync_queue SET next_attempt_at = clock_timestamp()"))
-    assert run_worker(engine, pair, once=True).embedded == 1
+    assert run_worker(engine, fp32_pair, once=True).embedded == 1
     assert sync_status(engine)[0].failed == 0
 
 
 def test_worker_with_another_dimension_leaves_the_table_to_another_worker_and_says_why(
-    engine: Engine, pair: EncoderPair
+    engine: Engine, fp32_pair: EncoderPair
 ) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE notes (id bigint PRIMARY KEY, body text)"))
         conn.execute(sa.text("INSERT INTO notes VALUES (1, 'hola')"))
         enable_table(conn, "notes", text_columns=["body"], dim=8)
 
-    report = run_worker(engine, pair, once=True)
+    report = run_worker(engine, fp32_pair, once=True)
 
     assert (report.batches, report.failed) == (0, 0)
     assert "outputs 768 dimensions but public.notes.embedding is vector(8)" in report.refused["public.notes"]
@@ -235,13 +229,13 @@ def test_enable_twice_and_disable_unknown_are_clear_errors(engine: Engine) -> No
         disable_table(conn, "other")
 
 
-def test_status_and_worker_before_init_say_to_run_init(empty_url: str, pair: EncoderPair) -> None:
+def test_status_and_worker_before_init_say_to_run_init(empty_url: str, fp32_pair: EncoderPair) -> None:
     engine = sa.create_engine(empty_url)
     try:
         with pytest.raises(SchemaError, match="run dpr-pg init"):
             sync_status(engine)
         with pytest.raises(SchemaError, match="run dpr-pg init"):
-            run_worker(engine, pair, once=True)
+            run_worker(engine, fp32_pair, once=True)
     finally:
         engine.dispose()
 
@@ -274,10 +268,10 @@ def test_downgrading_dpr_pg_refuses_while_an_app_table_is_enabled(engine: Engine
 
 
 def test_worker_reconnects_when_its_connection_is_dropped(
-    engine: Engine, pair: EncoderPair, caplog: pytest.LogCaptureFixture
+    engine: Engine, fp32_pair: EncoderPair, caplog: pytest.LogCaptureFixture
 ) -> None:
     create_articles(engine)
-    run_worker(engine, pair, once=True)  # the pool now holds the worker's connection
+    run_worker(engine, fp32_pair, once=True)  # the pool now holds the worker's connection
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE articles SET body = 'Nuevo texto.' WHERE id = 1"))
     with sa.create_engine(engine.url).connect() as admin:  # the server drops every other session
@@ -287,7 +281,7 @@ def test_worker_reconnects_when_its_connection_is_dropped(
         ))
 
     with caplog.at_level("WARNING", logger="dpr_pg.sync"):
-        report = run_worker(engine, pair, once=True)
+        report = run_worker(engine, fp32_pair, once=True)
 
     assert "database connection lost" in caplog.text
     assert report.embedded == 1

@@ -4,10 +4,8 @@ every row carries the embedding of its current text (and nothing else is embedde
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 from _sync_app import create_articles, queued
 from hypothesis import HealthCheck, given, settings
@@ -29,15 +27,9 @@ operation = st.one_of(
 )
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
-    question_dir, passage_dir = tiny_models
-    return EncoderPair.load(str(question_dir), str(passage_dir), precision="fp32")
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=st.lists(operation, max_size=12))
-def test_queue_and_embeddings_follow_the_app_writes(engine: Engine, pair: EncoderPair, operations: list) -> None:
+def test_queue_and_embeddings_follow_the_app_writes(engine: Engine, fp32_pair: EncoderPair, operations: list) -> None:
     if not sa.inspect(engine).has_table("articles"):
         create_articles(engine, rows=[])
     with engine.begin() as conn:  # a clean slate for each example; TRUNCATE fires no triggers
@@ -68,7 +60,7 @@ def test_queue_and_embeddings_follow_the_app_writes(engine: Engine, pair: Encode
 
     assert queued(engine) == [{"id": i} for i in sorted(touched)]
 
-    report = run_worker(engine, pair, once=True)
+    report = run_worker(engine, fp32_pair, once=True)
 
     assert report.failed == 0 and queued(engine) == []
     with engine.connect() as conn:
@@ -78,5 +70,5 @@ def test_queue_and_embeddings_follow_the_app_writes(engine: Engine, pair: Encode
         if not title.strip() and not body.strip():
             assert stored[row_id] is None  # nothing to embed
         else:
-            np.testing.assert_allclose(np.array(json.loads(stored[row_id])), pair.passage.encode((title, body)),
+            np.testing.assert_allclose(np.array(json.loads(stored[row_id])), fp32_pair.passage.encode((title, body)),
                                        rtol=1e-4, atol=1e-5)
