@@ -45,11 +45,8 @@ def _rows() -> list[dict[str, Any]]:
 ROWS = _rows()
 
 
-@pytest.fixture(scope="module")
-def filter_engine(server: Any) -> Iterator[Engine]:
-    """A dim-4 database holding ROWS (ids 1..48 in order)."""
-    name = server.create_database(template=server.initialized_template(4))
-    engine = sa.create_engine(server.url_for(name))
+def store_rows(engine: Engine) -> None:
+    """ROWS as the passages of a dim-4 database, ids 1..48 in order, row i with the vector [i + 1, 1, 0, 0]."""
     with engine.begin() as conn:
         encoder = conn.execute(sa.text(
             "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
@@ -60,6 +57,14 @@ def filter_engine(server: Any) -> Iterator[Engine]:
                 "encoder_id, created_at) VALUES (:c, :e, :t, 'texto', CAST(:m AS jsonb), 'h', :v, :enc, :at)"),
                 {"c": row["collection"], "e": row["external_id"], "t": row["title"], "m": json.dumps(row["metadata"]),
                  "v": f"[{i + 1},1,0,0]", "enc": encoder, "at": row["created_at"]})
+
+
+@pytest.fixture(scope="module")
+def filter_engine(server: Any) -> Iterator[Engine]:
+    """A dim-4 database holding ROWS (ids 1..48 in order)."""
+    name = server.create_database(template=server.initialized_template(4))
+    engine = sa.create_engine(server.url_for(name))
+    store_rows(engine)
     yield engine
     engine.dispose()
     server.drop_database(name)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from _filter_oracle import matches
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy.engine import Engine
-from test_filters import ROWS, documents
+from test_filters import ROWS, documents, store_rows
 
 from dpr_pg.cli import main
 from dpr_pg.db.models import Passage
@@ -32,16 +32,7 @@ def promoted_engine(server: Any) -> Iterator[Engine]:
     """ROWS (ids 1..48 in order) in a dim-4 database, with keys a, b and c promoted."""
     name = server.create_database(template=server.initialized_template(4))
     engine = sa.create_engine(server.url_for(name))
-    with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('fp', 'q', 'p', 't', 4, 512) RETURNING id")).scalar_one()
-        for i, row in enumerate(ROWS):
-            conn.execute(sa.text(
-                "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
-                "encoder_id, created_at) VALUES (:c, :e, :t, 'texto', CAST(:m AS jsonb), 'h', :v, :enc, :at)"),
-                {"c": row["collection"], "e": row["external_id"], "t": row["title"], "m": json.dumps(row["metadata"]),
-                 "v": f"[{i + 1},1,0,0]", "enc": encoder, "at": row["created_at"]})
+    store_rows(engine)
     for key, kind in PROMOTED.items():
         promote_key(engine, key, kind=kind)
     yield engine
