@@ -1,6 +1,6 @@
 """A halfvec column: ``dpr-pg init --storage halfvec`` on a new database, every face on it, and the offline rewrite.
 
-The same clustered rows as tests/test_storage.py (fewer of them) live in a database whose
+Clustered rows as in tests/test_storage.py (tests/_clustered.py, another seed) live in a database whose
 ``dpr_pg.passages.embedding`` is halfvec(32); scores there are the inner products of half-precision
 values (the query is cast to halfvec once), which :func:`half_scores` computes with numpy.
 """
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _clustered import DIM, N, clustered_vectors, lang_of, load_clustered
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
@@ -35,27 +36,11 @@ from dpr_pg.service.app import create_app
 from dpr_pg.service.settings import ServiceSettings
 from dpr_pg.sync.worker import run_worker
 
-DIM = 32
-N = 10000
 K = 10
 DATA = Path(__file__).resolve().parent.parent / "dpr_pg" / "data"
 
-
-def _vectors() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(11)
-    centers = rng.normal(size=(15, DIM))
-    vectors = centers[rng.integers(0, 15, N)] + 0.6 * rng.normal(size=(N, DIM))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    queries = (vectors[rng.integers(0, N, 5)] + 0.05 * rng.normal(size=(5, DIM))).astype(np.float32)
-    return vectors, queries
-
-
-VECTORS, QUERIES = _vectors()
+VECTORS, QUERIES = clustered_vectors(seed=11, clusters=15, queries=5)
 HALF = VECTORS.astype(np.float16).astype(np.float32)
-
-
-def _lang(i: int) -> str:
-    return "ca" if i % 100 == 0 else "en" if i % 10 == 1 else "es"
 
 
 def half_scores(query: np.ndarray) -> np.ndarray:
@@ -64,7 +49,7 @@ def half_scores(query: np.ndarray) -> np.ndarray:
 
 
 def truth(query: np.ndarray, lang: str | None = None) -> list[int]:
-    order = [int(i) for i in np.argsort(-half_scores(query), kind="stable") if lang is None or _lang(int(i)) == lang]
+    order = [int(i) for i in np.argsort(-half_scores(query), kind="stable") if lang is None or lang_of(int(i)) == lang]
     return [i + 1 for i in order[:K]]
 
 
@@ -82,28 +67,6 @@ def _indexdefs(engine: Engine, table: str) -> list[str]:
             "AND indexdef LIKE '%hnsw%'"), {"t": table}).scalars())
 
 
-def _load(engine: Engine) -> None:
-    rows = [{"id": i + 1, "lang": _lang(i), "v": str(VECTORS[i].tolist())} for i in range(N)]
-    with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('fp', 'q', 'p', 't', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
-        conn.execute(sa.text(
-            "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
-            "encoder_id) SELECT 'c', 'doc-' || r.id, 'Título ' || r.id, 'texto número ' || r.id, "
-            "jsonb_build_object('lang', r.lang), 'h', CAST(r.v AS vector), :enc "
-            "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id integer, lang text, v text) ORDER BY r.id"),
-            {"enc": encoder, "rows": json.dumps(rows)})
-        conn.execute(sa.text("CREATE TABLE docs (id integer PRIMARY KEY, title text NOT NULL, "
-                             "body text NOT NULL DEFAULT 'texto', lang text)"))
-        conn.execute(sa.text("SELECT dpr_pg.enable_table('docs', ARRAY['body'], 'title', :d)"), {"d": DIM})
-        conn.execute(sa.text("INSERT INTO docs (id, title, lang, embedding, dpr_encoder_id) "
-                             "SELECT id, title, metadata ->> 'lang', embedding, encoder_id FROM dpr_pg.passages"))
-        conn.execute(sa.text("DELETE FROM dpr_pg.sync_queue"))
-        conn.execute(sa.text("ANALYZE dpr_pg.passages"))
-        conn.execute(sa.text("ANALYZE docs"))
-
-
 @pytest.fixture(scope="module")
 def half(server: Any) -> Iterator[Engine]:
     """A new database made with init(storage="halfvec"), then loaded: a halfvec column and app table."""
@@ -111,7 +74,7 @@ def half(server: Any) -> Iterator[Engine]:
     engine = sa.create_engine(server.url_for(name))
     result = init(engine, dim=DIM, storage="halfvec")
     assert (result.storage, result.column) == ("halfvec", "halfvec")
-    _load(engine)
+    load_clustered(engine, VECTORS)
     yield engine
     engine.dispose()
     server.drop_database(name)
@@ -310,7 +273,7 @@ def test_sync_worker_writes_embeddings_into_a_halfvec_app_column(half768: Engine
 def test_rewrite_column_switches_a_populated_database_offline_and_back(server: Any) -> None:
     name = server.create_database(template=server.initialized_template(DIM))
     engine = sa.create_engine(server.url_for(name))
-    _load(engine)
+    load_clustered(engine, VECTORS)
     online = set_storage(engine, "halfvec")  # the index alone: the heap keeps float4 vectors
     assert (online.storage.column, online.column_rewritten) == ("vector", False)
     with engine.begin() as conn:

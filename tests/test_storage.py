@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _clustered import DIM, clustered_vectors, lang_of, load_clustered
 from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -25,57 +26,17 @@ from dpr_pg.db.index import drop_hnsw, ensure_hnsw
 from dpr_pg.db.schema import downgrade, init, upgrade
 from dpr_pg.search.api import ann_settings, search, search_statement
 
-DIM = 32
-N = 10000
 K = 10
 
-
-def _vectors() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(5)
-    centers = rng.normal(size=(20, DIM))
-    vectors = centers[rng.integers(0, 20, N)] + 0.6 * rng.normal(size=(N, DIM))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    queries = (vectors[rng.integers(0, N, 6)] + 0.05 * rng.normal(size=(6, DIM))).astype(np.float32)
-    return vectors, queries
-
-
-VECTORS, QUERIES = _vectors()
+VECTORS, QUERIES = clustered_vectors(seed=5, clusters=20, queries=6)
 BROAD = {"lang": "es"}  # 90%: iterative HNSW
 NARROW = {"lang": "ca"}  # 1%: exact
 
 
-def _lang(i: int) -> str:
-    return "ca" if i % 100 == 0 else "en" if i % 10 == 1 else "es"
-
-
 def truth(query: np.ndarray, k: int = K, lang: str | None = None) -> list[int]:
     scores = VECTORS @ query
-    order = [int(i) for i in np.argsort(-scores, kind="stable") if lang is None or _lang(int(i)) == lang]
+    order = [int(i) for i in np.argsort(-scores, kind="stable") if lang is None or lang_of(int(i)) == lang]
     return [i + 1 for i in order[:k]]
-
-
-def _load(engine: Engine) -> None:
-    with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('fp', 'q', 'p', 't', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
-        rows = [{"id": i + 1, "lang": _lang(i), "v": str(VECTORS[i].tolist())} for i in range(N)]
-        conn.execute(sa.text(
-            "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
-            "encoder_id) SELECT 'c', 'doc-' || r.id, 'Título ' || r.id, 'texto número ' || r.id, "
-            "jsonb_build_object('lang', r.lang), 'h', CAST(r.v AS vector), :enc "
-            "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id integer, lang text, v text) ORDER BY r.id"),
-            {"enc": encoder, "rows": json.dumps(rows)})
-        conn.execute(sa.text(
-            "CREATE TABLE docs (id integer PRIMARY KEY, title text NOT NULL, body text NOT NULL DEFAULT 'texto', "
-            "lang text)"))
-        conn.execute(sa.text("SELECT dpr_pg.enable_table('docs', ARRAY['body'], 'title', :d)"), {"d": DIM})
-        conn.execute(sa.text(
-            "INSERT INTO docs (id, title, lang, embedding, dpr_encoder_id) "
-            "SELECT id, title, metadata ->> 'lang', embedding, encoder_id FROM dpr_pg.passages"))
-        conn.execute(sa.text("DELETE FROM dpr_pg.sync_queue"))
-        conn.execute(sa.text("ANALYZE dpr_pg.passages"))
-        conn.execute(sa.text("ANALYZE docs"))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +44,7 @@ def populated(server: Any) -> Iterator[str]:
     """The name of a database with the rows loaded and analyzed, on the default storage: each storage's copy."""
     name = server.create_database(template=server.initialized_template(DIM))
     engine = sa.create_engine(server.url_for(name), poolclass=sa.NullPool)  # no connection left: a template
-    _load(engine)
+    load_clustered(engine, VECTORS)
     engine.dispose()
     yield name
     server.drop_database(name)
@@ -243,15 +204,6 @@ def test_unknown_storage_is_refused_with_the_list(database_url: str) -> None:
     result = CliRunner().invoke(main, ["--database-url", database_url, "storage", "set", "float8"])
     assert result.exit_code == 64 and "'vector', 'halfvec'" in result.output
     assert current_storage(engine).kind == "vector"
-    engine.dispose()
-
-
-def test_a_dimension_beyond_the_index_limit_is_refused_before_anything_is_written(empty_url: str) -> None:
-    engine = sa.create_engine(empty_url)
-    with pytest.raises(ConfigError, match="halfvec takes at most 4000 dimensions"):
-        init(engine, dim=4001, storage="halfvec")
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT to_regclass('dpr_pg.passages')")).scalar() is None
     engine.dispose()
 
 
