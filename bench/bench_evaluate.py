@@ -32,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
+from _database import drop_database, fresh_database
 
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.evaluation.audit import audit_ann
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.evaluation.evaluate import evaluate
 from dpr_pg.ingest import ingest
-from dpr_pg.db.schema import HNSW_INDEX, init
+from dpr_pg.db.schema import HNSW_INDEX
 
 DIM = 768
 
@@ -115,13 +116,8 @@ def main() -> None:
     args = parser.parse_args()
 
     url = embedded_url(home=Path(args.home))
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     name = f"bench_evaluate_{args.rows}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
-    init(engine, dim=DIM)
+    engine = sa.create_engine(fresh_database(url, name, dim=DIM))
     vectors = synthetic(args.rows, args.seed)
     with tempfile.TemporaryDirectory() as folder:
         load_s = load(engine, Path(folder), vectors)
@@ -131,8 +127,7 @@ def main() -> None:
         questions = [{"question": f"pregunta {i}", "gold_ids": [f"p{g}"]} for i, g in enumerate(gold)]
         run_round(engine, questions, queries, noise, args.audit_sample)
     engine.dispose()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    drop_database(url, name)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _database
 import numpy as np
 
 DIM = 768
@@ -66,22 +67,16 @@ def write_inputs(folder: Path, n: int) -> tuple[Path, Path]:
 
 
 def fresh_database(admin_url: str, name: str, *, drop_hnsw: bool = True) -> str:
+    """A new database with dpr_pg's schema, without its HNSW index unless ``drop_hnsw`` is False."""
     import sqlalchemy as sa
 
     from dpr_pg.db.index import drop_hnsw as drop
-    from dpr_pg.db.schema import init
 
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    engine = sa.create_engine(url)
-    init(engine, dim=DIM)
+    url = _database.fresh_database(admin_url, name, dim=DIM)
     if drop_hnsw:
+        engine = sa.create_engine(url)
         drop(engine)
-    engine.dispose()
+        engine.dispose()
     return url
 
 

@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _database import drop_database, fresh_database
 
 DIM = 768
 NOISE = 0.8
@@ -205,26 +206,6 @@ def run_client(args: list[str], *, baseline: Path | None, postmaster: int, log: 
             "server_cpu": server_cpu(postmaster) - server_before, "server_anon_mib": sampler.server_anon / 2**20,
             "load_before": load_before[0], "load_max": max(sampler.loads or [0.0]),
             "load_mean": statistics.fmean(sampler.loads) if sampler.loads else 0.0, "stdout": out.decode()}
-
-
-def fresh_database(admin_url: str, name: str) -> str:
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def check_index(url: str, rows: int, storage: str) -> str:

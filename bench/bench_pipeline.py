@@ -34,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 
+from _database import fresh_database
+
 DIM = 768
 STAGES = ("read_seconds", "lookup_seconds", "tokenize_seconds", "encode_seconds", "write_seconds")
 
@@ -57,23 +59,6 @@ def chunks_of(rows: list[dict]) -> list[tuple[str, str]]:
     from dpr_pg.ingest.chunking import DEFAULT_CHUNK_WORDS, chunk_text
 
     return [(row["title"], piece) for row in rows for piece in chunk_text(row["text"], words=DEFAULT_CHUNK_WORDS)]
-
-
-def fresh_database(admin_url: str, name: str) -> str:
-    import sqlalchemy as sa
-
-    from dpr_pg.db.schema import init
-
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    engine = sa.create_engine(url)
-    init(engine, dim=DIM)
-    engine.dispose()
-    return url
 
 
 def load_pair(shape: str, device: str, folder: Path, precision: str | None):
@@ -117,7 +102,7 @@ def run_ingest(admin_url: str, name: str, pair, source: Path, *, defer_index: bo
 
     from dpr_pg.ingest import ingest
 
-    url = fresh_database(admin_url, name)
+    url = fresh_database(admin_url, name, dim=DIM)
     engine = sa.create_engine(url)
     try:
         return ingest(engine, pair, source, collection="c", defer_index=defer_index)

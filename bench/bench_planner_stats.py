@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from _database import fresh_database
 from bench_search import queries_near, synthetic, write_input
 
 from dpr_pg.ingest import pipeline
@@ -39,7 +40,6 @@ from dpr_pg.search.statistics import analyze_if_changed
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest import ingest
 from dpr_pg.db.models import Passage
-from dpr_pg.db.schema import init
 from dpr_pg.search.api import search
 
 DIM = 768
@@ -127,13 +127,7 @@ def main() -> None:
     args = parser.parse_args()
 
     url = embedded_url(home=Path(args.home))
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"bench_planner_stats_{args.rows}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
-    init(engine, dim=DIM)
+    engine = sa.create_engine(fresh_database(url, f"bench_planner_stats_{args.rows}", dim=DIM))
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE dpr_pg.passages SET (autovacuum_enabled = off)"))
     vectors, bucket, centers = synthetic(args.rows, args.seed)
@@ -176,7 +170,6 @@ def main() -> None:
               f"{r['python'] / r['sql']:>10.2f}")
     print(f"python p50 before/after: {results['before']['python'] / results['after']['python']:.1f}x")
     engine.dispose()
-    admin.dispose()
 
 
 if __name__ == "__main__":

@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from _database import fresh_database
 
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.ingest import ingest
 from dpr_pg.db.index import HnswParameters, build_index, drop_hnsw, ensure_hnsw, hnsw_parameters
-from dpr_pg.db.schema import init
 from dpr_pg.search.api import search, search_statement
 
 DIM = 768
@@ -169,10 +169,7 @@ def main() -> None:
             build = build_index(engine, m=args.m, ef_construction=args.ef_construction, progress=None)
             print(f"HNSW index rebuilt with {parameters.sql()}: {build.seconds:.1f} s")
     else:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        init(engine, dim=DIM)
+        fresh_database(url, name, dim=DIM)
         with tempfile.TemporaryDirectory() as folder:
             jsonl, npy = write_input(Path(folder), vectors, bucket)
             timings = load(engine, jsonl, npy, parameters)

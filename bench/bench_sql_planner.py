@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import sqlalchemy as sa
+from _database import drop_database, fresh_database
 
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.db.schema import init, resource_dir
@@ -95,12 +96,8 @@ def main() -> None:
         np.float32)
 
     url = embedded_url(home=Path(args.home))
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     name = f"bench_sql_planner_{args.rows}_{args.dim}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
+    engine = sa.create_engine(fresh_database(url, name))
     started = time.perf_counter()
     init(engine, dim=args.dim)
     load(engine, vectors)
@@ -153,9 +150,7 @@ def main() -> None:
               f"{p50['table after'] / p50['table before']:>18.2f}", flush=True)
     conn.close()
     engine.dispose()
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(url, name)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from _database import drop_database, fresh_database
 
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.db.index import build_index, drop_hnsw
@@ -134,14 +135,10 @@ CONTENDERS = {"vector": ("vector", "vector"), "halfvec-index": ("vector", "halfv
               "halfvec-column": ("halfvec", "halfvec"), "bit": ("vector", "bit")}
 
 
-def prepare(admin: sa.Engine, url: str, label: str, rows: int, vectors: np.ndarray, bucket: np.ndarray,
+def prepare(url: str, label: str, rows: int, vectors: np.ndarray, bucket: np.ndarray,
             *, m: int, ef_construction: int) -> tuple[sa.Engine, dict[str, float]]:
     """A database for one contender: schema, rows, index; returns its engine and sizes/timings."""
-    name = f"bench_storage_{label.replace('-', '_')}_{rows}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = sa.create_engine(sa.engine.make_url(url).set(database=name))
+    engine = sa.create_engine(fresh_database(url, f"bench_storage_{label.replace('-', '_')}_{rows}"))
     column, index = CONTENDERS[label]
     init(engine, dim=DIM, storage=column)
     if index != column:
@@ -202,14 +199,13 @@ def main() -> None:
     ef_searches = [int(x) for x in args.ef_search.split(",") if x.strip()]
 
     url = embedded_url(home=Path(args.home))
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     engines: dict[str, sa.Engine] = {}
     try:
         vectors, bucket = synthetic(args.rows, args.seed)
         facts = {}
         for label in labels:
-            engines[label], facts[label] = prepare(admin, url, label, args.rows, vectors, bucket,
-                                                         m=args.m, ef_construction=args.ef_construction)
+            engines[label], facts[label] = prepare(url, label, args.rows, vectors, bucket,
+                                                   m=args.m, ef_construction=args.ef_construction)
         with engines["vector"].connect() as conn:
             ids = np.array(conn.execute(sa.text(
                 "SELECT id FROM dpr_pg.passages ORDER BY substr(external_id, 2)::integer")).scalars().all())
@@ -228,9 +224,7 @@ def main() -> None:
         for label, engine in engines.items():
             name = engine.url.database
             engine.dispose()
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+            drop_database(url, name)
 
 
 def report(labels: list[str], facts: dict[str, dict[str, float]], runs: dict[str, dict[str, dict[str, Any]]],

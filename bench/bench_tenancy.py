@@ -35,11 +35,11 @@ from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _database import fresh_database  # noqa: E402
 from bench_search import DIM, K, measure, queries_near, synthetic  # noqa: E402
 
 from dpr_pg.db.engine import embedded_url  # noqa: E402
 from dpr_pg.db.index import HnswParameters, drop_hnsw, ensure_hnsw  # noqa: E402
-from dpr_pg.db.schema import init  # noqa: E402
 from dpr_pg.search.api import search  # noqa: E402
 from dpr_pg.db.tenancy import grant  # noqa: E402
 
@@ -115,10 +115,7 @@ def main() -> None:
             if not conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).scalar():
                 conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))  # names from TENANTS, not from input
     if not (args.reuse and exists):
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        init(engine, dim=DIM)
+        fresh_database(url, name, dim=DIM)
         seconds = load(engine, vectors, collections, tenth)
         for role, collection in TENANTS.items():
             grant(engine, role, collections=[collection])
