@@ -93,6 +93,14 @@ def load(engine: sa.Engine, jsonl: Path, npy: Path, parameters: HnswParameters) 
     return {"ingest_s": ingest_s, "ingest_rows_per_s": report.read / ingest_s, "index_s": time.perf_counter() - started}
 
 
+def passage_ids(conn: sa.Connection, rows: int) -> np.ndarray:
+    """The dpr_pg.passages id of each synthetic row: ``ids[i]`` is the id of external id ``p{i}``."""
+    ids = np.zeros(rows, dtype=np.int64)
+    for pid, external_id in conn.execute(sa.text("SELECT id, external_id FROM dpr_pg.passages")):
+        ids[int(external_id[1:])] = pid
+    return ids
+
+
 def truth(vectors: np.ndarray, mask: np.ndarray | None, queries: np.ndarray, ids: np.ndarray) -> list[list[int]]:
     """Database ids (``ids[row]``) of the exact top k per query."""
     rows = np.arange(len(vectors)) if mask is None else np.flatnonzero(mask)
@@ -179,9 +187,7 @@ def main() -> None:
     print(f"HNSW index: {hnsw_parameters(engine).sql()}")
 
     conn = engine.connect()
-    ids = np.zeros(args.rows, dtype=np.int64)
-    for pid, external_id in conn.execute(sa.text("SELECT id, external_id FROM dpr_pg.passages")):
-        ids[int(external_id[1:])] = pid
+    ids = passage_ids(conn, args.rows)
     conn.rollback()
     sql = sa.text("SELECT id FROM dpr_pg.search(CAST(:q AS vector), :k, CAST(:f AS jsonb))")
     # After a server start the buffers are cold: walk the index (and the rows it reaches) first.

@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _database import fresh_database  # noqa: E402
-from bench_search import DIM, K, measure, queries_near, synthetic  # noqa: E402
+from bench_search import DIM, K, measure, passage_ids, queries_near, synthetic  # noqa: E402
 
 from dpr_pg.db.engine import embedded_url  # noqa: E402
 from dpr_pg.db.index import HnswParameters, drop_hnsw, ensure_hnsw  # noqa: E402
@@ -123,10 +123,8 @@ def main() -> None:
     else:
         print(f"rows {args.rows}: reusing database {name}")
 
-    ids = np.zeros(args.rows, dtype=np.int64)
     with engine.connect() as conn:
-        for pid, external_id in conn.execute(sa.text("SELECT id, external_id FROM dpr_pg.passages")):
-            ids[int(external_id[1:])] = pid
+        ids = passage_ids(conn, args.rows)
         # cold buffers after a server start would weigh on whichever runs first: walk the index once
         conn.execute(sa.text("SELECT set_config('hnsw.ef_search', '1000', false)"))
         for query in queries:

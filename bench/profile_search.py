@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import DIM, K, queries_near, synthetic, truth  # noqa: E402
+from bench_search import DIM, K, passage_ids, queries_near, synthetic, truth  # noqa: E402
 
 from dpr_pg.db.engine import embedded_url  # noqa: E402
 from dpr_pg.search.api import query_vector, search, search_statement  # noqa: E402
@@ -59,9 +59,7 @@ def main() -> None:
     queries = queries_near(centers, args.queries, args.seed)
     document = json.loads(args.filter) if args.filter else None
     conn = engine.connect()
-    ids = np.zeros(args.rows, dtype=np.int64)
-    for pid, external_id in conn.execute(sa.text("SELECT id, external_id FROM dpr_pg.passages")):
-        ids[int(external_id[1:])] = pid
+    ids = passage_ids(conn, args.rows)
     conn.rollback()
     expected = truth(vectors, None, queries, ids)
     dialect = postgresql.dialect()
