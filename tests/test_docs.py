@@ -37,7 +37,7 @@ def test_snippets_are_found_with_their_lines() -> None:
 
 
 @pytest.fixture
-def app_database(empty_url: str, tiny_models: tuple[Path, Path]) -> Iterator[str]:
+def app_database(empty_url: str, pair: EncoderPair) -> Iterator[str]:
     """A reader's database: examples/articles_app migrated (dpr_pg's schema first), the demo's collection."""
     spec = importlib.util.spec_from_file_location("articles_app_for_docs", ROOT / "examples" / "articles_app" / "app.py")
     assert spec and spec.loader
@@ -45,7 +45,6 @@ def app_database(empty_url: str, tiny_models: tuple[Path, Path]) -> Iterator[str
     spec.loader.exec_module(app)
     engine = sa.create_engine(empty_url)
     app.migrate(engine)
-    pair = EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]))
     ingest(engine, pair, sample_corpus(), collection="demo", progress=False)  # what `make demo` leaves
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO authors (id, name) VALUES (1, 'Cervantes')"))

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from dpr_pg.evaluation.answers import has_answer
 from dpr_pg.evaluation.audit import audit_ann
 from dpr_pg.cli import main
-from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import EvaluationError, SchemaError
 from dpr_pg.evaluation.evaluate import evaluate
 from dpr_pg.ingest import ingest
@@ -28,14 +27,12 @@ KS = (1, 5, 10, 20, 100)
 
 
 @pytest.fixture(scope="module")
-def corpus(server, tiny_models):
+def corpus(server, fp32_pair):
     """A database holding sample_es.jsonl in collection 'demo', and the pair that encoded it."""
     name = server.create_database(template=server.initialized_template(768))
     engine = sa.create_engine(server.url_for(name))
-    question_dir, passage_dir = tiny_models
-    pair = EncoderPair.load(str(question_dir), str(passage_dir), precision="fp32")
-    ingest(engine, pair, PASSAGES, collection="demo", progress=False)
-    yield server.url_for(name), engine, pair
+    ingest(engine, fp32_pair, PASSAGES, collection="demo", progress=False)
+    yield server.url_for(name), engine, fp32_pair
     engine.dispose()
     server.drop_database(name)
 

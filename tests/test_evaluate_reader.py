@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from dpr_pg.evaluation.answers import exact_match, token_f1
 from dpr_pg.cli import main
-from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.errors import EvaluationError
 from dpr_pg.evaluation.evaluate import evaluate, load_questions
 from dpr_pg.ingest import ingest
@@ -49,13 +48,12 @@ def test_no_answer_counts_as_wrong() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo(server, tiny_models, tiny_reader):
+def demo(server, fp32_pair, tiny_reader):
     name = server.create_database(template=server.initialized_template(768))
     engine = sa.create_engine(server.url_for(name))
-    pair = EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]), precision="fp32")
-    ingest(engine, pair, DATA / "sample_es.jsonl", collection="demo", progress=False)
+    ingest(engine, fp32_pair, DATA / "sample_es.jsonl", collection="demo", progress=False)
     reader = Reader.load(str(tiny_reader))
-    yield server.url_for(name), engine, pair, reader
+    yield server.url_for(name), engine, fp32_pair, reader
     engine.dispose()
     server.drop_database(name)
 

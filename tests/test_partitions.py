@@ -29,6 +29,7 @@ from dpr_pg.db.partition_ops import drop_collection, partition_passages
 from dpr_pg.db.partitions import is_partitioned, list_partitions, partition_name
 from dpr_pg.db.schema import init
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
+from dpr_pg.encoders.pair import EncoderPair
 from dpr_pg.db.index import build_index, hnsw_exists, hnsw_parameters
 
 DIM = 8
@@ -155,10 +156,9 @@ def test_the_first_ingest_into_a_collection_makes_its_partition(partitioned: tup
 
 
 def test_the_cli_and_the_http_service_make_partitions_too(server: Any, tmp_path: Path, cli: Any,
-                                                          tiny_models: tuple[Path, Path]) -> None:
+                                                          tiny_models: tuple[Path, Path], pair: EncoderPair) -> None:
     from fastapi.testclient import TestClient
 
-    from dpr_pg.encoders.pair import EncoderPair
     from dpr_pg.service.app import create_app
     from dpr_pg.service.settings import ServiceSettings
 
@@ -172,7 +172,6 @@ def test_the_cli_and_the_http_service_make_partitions_too(server: Any, tmp_path:
         models = ["--question-model", str(tiny_models[0]), "--passage-model", str(tiny_models[1])]
         result = cli("--database-url", url, "ingest", str(rows), "--collection", "from cli", *models)
         assert result.returncode == 0, result.stderr
-        pair = EncoderPair.load(str(tiny_models[0]), str(tiny_models[1]))
         with TestClient(create_app(ServiceSettings(database_url=url), pair=pair)) as client:
             response = client.put("/v1/collections/from%20http/passages",
                                   json={"records": [{"id": "h1", "text": "texto por http"}]})

@@ -30,12 +30,13 @@ SAMPLE = Path(dpr_pg.__file__).parent / "data" / "sample_es.jsonl"
 
 
 @pytest.fixture(scope="module")
-def served_with_key(server, tiny_models: tuple[Path, Path], tiny_reader: Path) -> Iterator[tuple[str, str]]:
+def served_with_key(server, tiny_models: tuple[Path, Path], pair: EncoderPair,
+                    tiny_reader: Path) -> Iterator[tuple[str, str]]:
     """(base URL, key) of a server whose database holds the sample and one key with every scope."""
     name = server.create_database(template=server.initialized_template(768))
     url = server.url_for(name)
     engine = sa.create_engine(url)
-    ingest(engine, EncoderPair.load(str(tiny_models[0]), str(tiny_models[1])), SAMPLE, collection="demo")
+    ingest(engine, pair, SAMPLE, collection="demo")
     _, secret = create_key(engine, "schemathesis", scopes=["search", "write"])
     engine.dispose()
     running = _served.start(url, tiny_models, "--reader", str(tiny_reader))

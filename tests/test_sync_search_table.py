@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,7 +140,7 @@ def test_search_table_refuses_bad_requests(engine: Engine, docs: np.ndarray) -> 
         model_search_statement(Doc, [1.0, 2.0])
 
 
-def test_quoted_names_in_another_schema_work_end_to_end(engine: Engine, tiny_models: tuple[Path, Path]) -> None:
+def test_quoted_names_in_another_schema_work_end_to_end(engine: Engine, pair: EncoderPair) -> None:
     schema, table = 'App "Schema"', 'Weird; "Name" --'
     with engine.begin() as conn:
         conn.execute(sa.text('CREATE SCHEMA "App ""Schema"""'))
@@ -149,8 +148,6 @@ def test_quoted_names_in_another_schema_work_end_to_end(engine: Engine, tiny_mod
                              '("Key" text PRIMARY KEY, "Body Text" text NOT NULL)'))
         conn.execute(sa.text('INSERT INTO "App ""Schema"""."Weird; ""Name"" --" VALUES (\'a\', \'Hola\'), (\'b\', \'Adiós\')'))
         enable_table(conn, table, schema=schema, text_columns=["Body Text"])
-    question_dir, passage_dir = tiny_models
-    pair = EncoderPair.load(str(question_dir), str(passage_dir))
 
     assert run_worker(engine, pair, once=True).embedded == 2
     with engine.connect() as conn:

@@ -108,7 +108,7 @@ def test_two_concurrent_workers_process_each_item_exactly_once(
 
 def test_worker_killed_mid_batch_leaves_its_items_to_be_retried(
     engine: Engine, database_url: str, model_env: dict[str, str], articles_lock: sa.Connection,
-    tiny_models: tuple[Path, Path],
+    pair: EncoderPair,
 ) -> None:
     create_articles(engine)
     articles_lock.execute(sa.text("LOCK TABLE articles IN ACCESS EXCLUSIVE MODE"))
@@ -131,8 +131,7 @@ def test_worker_killed_mid_batch_leaves_its_items_to_be_retried(
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM articles WHERE embedding IS NOT NULL")).scalar() == 0
 
-    question_dir, passage_dir = tiny_models
-    report = run_worker(engine, EncoderPair.load(str(question_dir), str(passage_dir)), once=True)
+    report = run_worker(engine, pair, once=True)
 
     assert report.embedded == 4
     assert queued(engine) == []
