@@ -52,13 +52,8 @@ def corpus() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_tiny_models(tmp_path_factory.mktemp("tiny"), dim=768)
-
-
-@pytest.fixture(scope="session")
-def pair(tiny_dirs: tuple[Path, Path]) -> EncoderPair:
-    question_dir, passage_dir = tiny_dirs
+def pair(tiny_models: tuple[Path, Path]) -> EncoderPair:
+    question_dir, passage_dir = tiny_models
     return EncoderPair.load(str(question_dir), str(passage_dir), precision="fp32", batch_size=4)
 
 
@@ -127,9 +122,9 @@ class RoomFor(torch.nn.Module):
         return self.inner(**features)
 
 
-def test_out_of_memory_halves_the_batch_and_drops_no_passage(tiny_dirs: tuple[Path, Path], pair: EncoderPair,
+def test_out_of_memory_halves_the_batch_and_drops_no_passage(tiny_models: tuple[Path, Path], pair: EncoderPair,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    encoder = PassageEncoder.load(str(tiny_dirs[1]), precision="fp32", batch_size=16, device=pair.passage.device.type)
+    encoder = PassageEncoder.load(str(tiny_models[1]), precision="fp32", batch_size=16, device=pair.passage.device.type)
     encoder.model = tight = RoomFor(encoder.model, rows=3)
     passages = corpus()[:20]
     with caplog.at_level("WARNING", logger="dpr_pg.encoders.batching"):
@@ -144,8 +139,8 @@ def test_out_of_memory_halves_the_batch_and_drops_no_passage(tiny_dirs: tuple[Pa
         encoder.encode(passages[:2])
 
 
-def test_repeated_question_comes_from_the_cache(tiny_dirs: tuple[Path, Path]) -> None:
-    encoder = QuestionEncoder.load(str(tiny_dirs[0]), precision="fp32", cache_size=2)
+def test_repeated_question_comes_from_the_cache(tiny_models: tuple[Path, Path]) -> None:
+    encoder = QuestionEncoder.load(str(tiny_models[0]), precision="fp32", cache_size=2)
     first = encoder.encode("¿Qué es el ADN?")
     first[:] = 0  # the caller's copy; the cache must not change
     again = encoder.encode("¿Qué es el ADN?")
@@ -164,22 +159,22 @@ def test_tiny_models_spread_passages_like_a_trained_encoder(pair: EncoderPair) -
     assert pairwise.mean() < 0.97  # BERT's std-0.02 init would give ~0.9999: neighbours by rounding noise
 
 
-def test_unknown_or_unsupported_precision_is_refused(tiny_dirs: tuple[Path, Path]) -> None:
+def test_unknown_or_unsupported_precision_is_refused(tiny_models: tuple[Path, Path]) -> None:
     with pytest.raises(EncoderError, match="precision must be one of"):
-        QuestionEncoder.load(str(tiny_dirs[0]), precision="fp8")
+        QuestionEncoder.load(str(tiny_models[0]), precision="fp8")
     with pytest.raises(EncoderError, match="needs a GPU"):
-        QuestionEncoder.load(str(tiny_dirs[0]), precision="fp16", device="cpu")
+        QuestionEncoder.load(str(tiny_models[0]), precision="fp16", device="cpu")
 
 
-def test_torch_thread_count_is_respected(tiny_dirs: tuple[Path, Path]) -> None:
+def test_torch_thread_count_is_respected(tiny_models: tuple[Path, Path]) -> None:
     before = torch.get_num_threads()
-    encoder = PassageEncoder.load(str(tiny_dirs[1]), precision="int8")
+    encoder = PassageEncoder.load(str(tiny_models[1]), precision="int8")
     encoder.encode(corpus()[:5])
     assert torch.get_num_threads() == before
 
 
-def test_onnx_runtime_gives_the_torch_vectors(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    dirs = [str(d) for d in tiny_dirs]
+def test_onnx_runtime_gives_the_torch_vectors(tiny_models: tuple[Path, Path], tmp_path: Path) -> None:
+    dirs = [str(d) for d in tiny_models]
     on_torch = EncoderPair.load(*dirs, runtime="torch", batch_size=4, device="cpu", precision="fp32")
     on_onnx = EncoderPair.load(*dirs, runtime="onnx", batch_size=4)  # fp32 on the CPU, even beside a GPU
     assert (on_onnx.passage.device.type, on_onnx.passage.precision) == ("cpu", "fp32")
@@ -192,8 +187,8 @@ def test_onnx_runtime_gives_the_torch_vectors(tiny_dirs: tuple[Path, Path], tmp_
     assert on_onnx.fingerprint == on_torch.fingerprint
 
 
-def test_default_runtime_is_onnx_for_cpu_fp32_questions_only(tiny_dirs: tuple[Path, Path]) -> None:
-    dirs = [str(d) for d in tiny_dirs]
+def test_default_runtime_is_onnx_for_cpu_fp32_questions_only(tiny_models: tuple[Path, Path]) -> None:
+    dirs = [str(d) for d in tiny_models]
     default = EncoderPair.load(*dirs)
     if ON_GPU:  # the GPU's own defaults: fp16 on torch, batches of 256, questions replayed as CUDA graphs
         assert (default.question.precision, default.question.runtime, default.question.cuda_graphs) == (
@@ -219,20 +214,20 @@ def test_default_runtime_is_onnx_for_cpu_fp32_questions_only(tiny_dirs: tuple[Pa
         QuestionEncoder.load(dirs[0], runtime="onnx", precision="int8")
 
 
-def test_exported_graph_is_cached_and_a_corrupt_one_is_exported_again(tiny_dirs: tuple[Path, Path],
+def test_exported_graph_is_cached_and_a_corrupt_one_is_exported_again(tiny_models: tuple[Path, Path],
                                                                        tmp_path: Path) -> None:
-    first = QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
+    first = QuestionEncoder.load(str(tiny_models[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
     assert not (tmp_path / "onnx").exists()  # nothing is exported before the first question
     first.warm_up()  # what a server calls at start
     assert len(list((tmp_path / "onnx").glob("*/model.onnx"))) == 1
     reference = first.encode(QUESTIONS)
     (graph,) = (tmp_path / "onnx").glob("*/model.onnx")
     written = graph.stat().st_mtime_ns
-    again = QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
+    again = QuestionEncoder.load(str(tiny_models[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
     again.onnx_runner()
     assert graph.stat().st_mtime_ns == written  # read, not exported again
     graph.write_bytes(b"half a file")  # a killed export, a full disk
-    repaired = QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
+    repaired = QuestionEncoder.load(str(tiny_models[0]), runtime="onnx", cache_dir=tmp_path, cache_size=0)
     repaired.onnx_runner()
     assert [p.name for p in (tmp_path / "onnx").iterdir()] == [graph.parent.name]  # no staging folders left
     assert graph.stat().st_size > 1000
@@ -240,41 +235,41 @@ def test_exported_graph_is_cached_and_a_corrupt_one_is_exported_again(tiny_dirs:
     np.testing.assert_array_equal(repaired.encode(QUESTIONS), reference)
 
 
-def test_default_runtime_falls_back_to_torch_when_the_cache_is_unwritable(tiny_dirs: tuple[Path, Path],
+def test_default_runtime_falls_back_to_torch_when_the_cache_is_unwritable(tiny_models: tuple[Path, Path],
                                                                             tmp_path: Path) -> None:
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("a file where the cache folder should be")
     # fp32 on the CPU: where ONNX Runtime is the default
-    default = QuestionEncoder.load(str(tiny_dirs[0]), device="cpu", precision="fp32", cache_dir=not_a_folder,
+    default = QuestionEncoder.load(str(tiny_models[0]), device="cpu", precision="fp32", cache_dir=not_a_folder,
                                    cache_size=0)
     with pytest.warns(RuntimeWarning, match="cannot write the ONNX cache folder .* Encoding on torch instead"):
         vectors = default.encode(QUESTIONS)
     assert default.runtime == "torch"
-    on_torch = QuestionEncoder.load(str(tiny_dirs[0]), runtime="torch", device="cpu", precision="fp32", cache_size=0)
+    on_torch = QuestionEncoder.load(str(tiny_models[0]), runtime="torch", device="cpu", precision="fp32", cache_size=0)
     np.testing.assert_allclose(vectors, on_torch.encode(QUESTIONS), atol=1e-6)
-    asked = QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=not_a_folder, cache_size=0)
+    asked = QuestionEncoder.load(str(tiny_models[0]), runtime="onnx", cache_dir=not_a_folder, cache_size=0)
     with pytest.raises(EncoderError, match="set DPR_PG_CACHE_DIR to a writable folder"):
         asked.encode(QUESTIONS)
 
 
-def test_onnx_cache_keeps_one_graph_per_model(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_onnx_cache_keeps_one_graph_per_model(tiny_models: tuple[Path, Path], tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     other_question, _ = make_tiny_models(tmp_path / "other", dim=768, seed=1)
-    QuestionEncoder.load(str(tiny_dirs[0]), runtime="onnx", cache_dir=cache).warm_up()
+    QuestionEncoder.load(str(tiny_models[0]), runtime="onnx", cache_dir=cache).warm_up()
     QuestionEncoder.load(str(other_question), runtime="onnx", cache_dir=cache).warm_up()
     assert len(list((cache / "onnx").glob("*/model.onnx"))) == 2  # two models, two graphs
     (other_question / "extra.txt").write_text("a new revision of the same folder")
     QuestionEncoder.load(str(other_question), runtime="onnx", cache_dir=cache).warm_up()
     sources = sorted(json.loads(f.read_text())["source"] for f in (cache / "onnx").glob("*/facts.json"))
-    assert sources == sorted([str(tiny_dirs[0]), str(other_question)])  # the older revision's graph is gone
+    assert sources == sorted([str(tiny_models[0]), str(other_question)])  # the older revision's graph is gone
     assert onnx_runtime.cache_facts(kind="question", source="org/model", revision=None, max_length=512) is None
 
 
-def test_fingerprint_of_names_the_pair_without_loading_its_weights(tiny_dirs: tuple[Path, Path], pair: EncoderPair,
+def test_fingerprint_of_names_the_pair_without_loading_its_weights(tiny_models: tuple[Path, Path], pair: EncoderPair,
                                                                     tmp_path: Path) -> None:
-    assert fingerprint_of(str(tiny_dirs[0]), str(tiny_dirs[1])) == pair.fingerprint
+    assert fingerprint_of(str(tiny_models[0]), str(tiny_models[1])) == pair.fingerprint
     unreadable = []
-    for folder in tiny_dirs:
+    for folder in tiny_models:
         copy = tmp_path / folder.name
         shutil.copytree(folder, copy)
         (copy / "model.safetensors").write_bytes(b"not weights")  # loading them would fail
@@ -286,7 +281,7 @@ def test_fingerprint_of_names_the_pair_without_loading_its_weights(tiny_dirs: tu
     assert light.tokenizer_hash == pair.fingerprint.tokenizer_hash
     assert light.passage_revision != pair.fingerprint.passage_revision  # the folder's files changed
     with pytest.raises(EncoderError, match="outputs 768 dimensions but the passage encoder"):
-        fingerprint_of(str(tiny_dirs[0]), str(make_tiny_models(tmp_path / "small", dim=32)[1]))
+        fingerprint_of(str(tiny_models[0]), str(make_tiny_models(tmp_path / "small", dim=32)[1]))
     config_file = Path(unreadable[0]) / "config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "model_type": "bert"}))
     with pytest.raises(EncoderError, match="its config is a 'bert' model, not 'dpr'"):
@@ -304,34 +299,34 @@ def test_missing_model_error_names_model_reason_and_fix() -> None:
         PassageEncoder.load("/no/such/folder/passage")
 
 
-def test_swapped_question_and_passage_models_are_refused(tiny_dirs: tuple[Path, Path]) -> None:
+def test_swapped_question_and_passage_models_are_refused(tiny_models: tuple[Path, Path]) -> None:
     with pytest.raises(EncoderError, match="weights are missing.*DPRQuestionEncoder checkpoint"):
-        QuestionEncoder.load(str(tiny_dirs[1]))
+        QuestionEncoder.load(str(tiny_models[1]))
 
 
 def test_model_names_come_from_argument_then_environment(
-    tiny_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    tiny_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DPR_PG_QUESTION_MODEL", str(tiny_dirs[0]))
+    monkeypatch.setenv("DPR_PG_QUESTION_MODEL", str(tiny_models[0]))
     monkeypatch.setenv("DPR_PG_PASSAGE_MODEL", "IIC/not-used-because-the-argument-wins")
-    pair = EncoderPair.load(passage_model=str(tiny_dirs[1]), precision="fp32")
-    assert pair.question.name == str(tiny_dirs[0].resolve())
-    assert pair.passage.name == str(tiny_dirs[1].resolve())
+    pair = EncoderPair.load(passage_model=str(tiny_models[1]), precision="fp32")
+    assert pair.question.name == str(tiny_models[0].resolve())
+    assert pair.passage.name == str(tiny_models[1].resolve())
     monkeypatch.delenv("DPR_PG_QUESTION_MODEL")
     with pytest.raises(EncoderError, match="IIC/dpr-spanish-question_encoder-allqa-base"):
-        EncoderPair.load(passage_model=str(tiny_dirs[1]))
+        EncoderPair.load(passage_model=str(tiny_models[1]))
 
 
-def test_fingerprint_identifies_the_pair(pair: EncoderPair, tiny_dirs: tuple[Path, Path]) -> None:
+def test_fingerprint_identifies_the_pair(pair: EncoderPair, tiny_models: tuple[Path, Path]) -> None:
     fingerprint = pair.fingerprint
     assert fingerprint.question_revision.startswith("sha256:")
     assert (fingerprint.dim, fingerprint.max_length, fingerprint.pooling) == (768, 512, "pooler_output")
     assert len(fingerprint.id) == 64 and fingerprint.id == pair.fingerprint.id
     assert fingerprint.as_row()["fingerprint"] == fingerprint.id
     relative = EncoderPair.load(
-        str(Path(tiny_dirs[0]).relative_to(Path.cwd(), walk_up=True)) if sys.version_info >= (3, 12)
-        else str(tiny_dirs[0]),
-        str(tiny_dirs[1]), precision="int8",
+        str(Path(tiny_models[0]).relative_to(Path.cwd(), walk_up=True)) if sys.version_info >= (3, 12)
+        else str(tiny_models[0]),
+        str(tiny_models[1]), precision="int8",
     )
     assert relative.fingerprint.id == fingerprint.id
 
