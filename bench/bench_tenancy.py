@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _database import fresh_database  # noqa: E402
-from bench_search import DIM, K, measure, passage_ids, queries_near, synthetic  # noqa: E402
+from bench_search import DIM, K, measure, passage_ids, queries_near, synthetic, truth  # noqa: E402
 
 from dpr_pg.db.engine import embedded_url  # noqa: E402
 from dpr_pg.db.index import HnswParameters, drop_hnsw, ensure_hnsw  # noqa: E402
@@ -77,16 +77,6 @@ def load(engine: sa.Engine, vectors: np.ndarray, collections: np.ndarray, tenth:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE dpr_pg.passages"))
     return time.perf_counter() - started
-
-
-def truth(vectors: np.ndarray, mask: np.ndarray, queries: np.ndarray, ids: np.ndarray) -> list[list[int]]:
-    rows = np.flatnonzero(mask)
-    scores = queries @ vectors[rows].T
-    out = []
-    for s in scores:
-        top = np.argsort(-s, kind="stable")[:K]
-        out.append([int(ids[rows[t]]) for t in top])
-    return out
 
 
 def main() -> None:
