@@ -45,17 +45,22 @@ from dpr_pg.search.api import search
 DIM = 768
 K = 10
 COLLECTION = "bench"
+TODAY_PLAN = planner.plan  # the planner as it is, which the "before" state swaps out
 
 
 def planner_before(conn: Any, where: Any, *, k: int, pgvector_version: tuple[int, ...], exact: bool = False,
                    exact_threshold: int = planner.EXACT_THRESHOLD,
                    exact_selectivity: float = planner.EXACT_SELECTIVITY, ef_search: int | None = None,
-                   row_security: bool = False, table: Any = None) -> SearchPlan:
-    """The filtered rules of dpr_pg.search.planner.plan before it checked for statistics (frozen copy)."""
+                   row_security: bool = False, table: Any = None, **newer: Any) -> SearchPlan:
+    """The filtered rules of dpr_pg.search.planner.plan before it checked for statistics (frozen copy).
+
+    ``newer``: what today's planner was given since (partitions, filtered indexes); the frozen rules
+    predate it, and one collection of an unpartitioned table with no filtered index gives it nothing.
+    """
     if exact or where is None or row_security:
-        return planner.plan(conn, where, k=k, pgvector_version=pgvector_version, exact=exact,
-                             exact_threshold=exact_threshold, exact_selectivity=exact_selectivity, ef_search=ef_search,
-                             row_security=row_security)
+        return TODAY_PLAN(conn, where, k=k, pgvector_version=pgvector_version, exact=exact,
+                          exact_threshold=exact_threshold, exact_selectivity=exact_selectivity, ef_search=ef_search,
+                          row_security=row_security, table=table, **newer)
     probe = sa.select(sa.literal(1)).select_from(Passage).where(where)
     estimate = float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
     chosen_ef = max(k, ef_search or planner.FILTERED_EF_SEARCH)
@@ -134,7 +139,7 @@ def main() -> None:
     queries = queries_near(centers, args.queries, args.seed)
     fingerprint = EncoderFingerprint("bench/question", None, "bench/passage", None, "bench", DIM, 512)
 
-    today_analyze, today_plan = pipeline.analyze_if_changed, planner.plan
+    today_analyze = pipeline.analyze_if_changed
     pipeline.analyze_if_changed = lambda *a, **kw: False  # the ingest as it was
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -155,7 +160,7 @@ def main() -> None:
     try:
         results["before"] = measure(engine, conn, queries)
     finally:
-        planner.plan = today_plan
+        planner.plan = TODAY_PLAN
     results["count"] = measure(engine, conn, queries)
     started = time.perf_counter()
     analyzed = analyze_if_changed(engine, changed=report.inserted, collection=COLLECTION)
