@@ -103,6 +103,11 @@ _EXPORTS = {
     "drop_promoted": "dpr_pg.db.promoted",
     "promote_key": "dpr_pg.db.promoted",
     "promoted_columns": "dpr_pg.db.promoted",
+    "FilteredIndex": "dpr_pg.db.filtered",
+    "FilteredIndexBuild": "dpr_pg.db.filtered",
+    "build_filtered_index": "dpr_pg.db.filtered",
+    "drop_filtered_index": "dpr_pg.db.filtered",
+    "filtered_indexes": "dpr_pg.db.filtered",
     "NoHits": "dpr_pg.search.no_hits",
     "explain_no_hits": "dpr_pg.search.no_hits",
     "DprSearchable": "dpr_pg.search.orm",
@@ -170,6 +175,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from dpr_pg.db.storage import STORAGES, Storage, current_storage
     from dpr_pg.db.partition_ops import drop_collection, partition_passages
     from dpr_pg.db.promoted import PromotedColumn, drop_promoted, promote_key, promoted_columns
+    from dpr_pg.db.filtered import (FilteredIndex, FilteredIndexBuild, build_filtered_index, drop_filtered_index,
+                                    filtered_indexes)
     from dpr_pg.search.no_hits import NoHits, explain_no_hits
     from dpr_pg.search.orm import DprSearchable, encoder_guard, model_search_statement
     from dpr_pg.sync.batch import WorkerReport
@@ -223,6 +230,11 @@ __all__ = [
     "drop_promoted",
     "promote_key",
     "promoted_columns",
+    "FilteredIndex",
+    "FilteredIndexBuild",
+    "build_filtered_index",
+    "drop_filtered_index",
+    "filtered_indexes",
     "InitResult",
     "Passage",
     "SchemaError",

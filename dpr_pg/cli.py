@@ -636,13 +636,20 @@ def server_psql(postgres_version: str | None, database: str, psql_args: tuple[st
               help="With --column: the type of the values the column keeps (others stay in metadata only).")
 @click.option("--drop-column", metavar="KEY", help="Instead: drop the column of a promoted metadata key.")
 @click.option("--list-columns", is_flag=True, help="Instead: list the promoted metadata keys.")
+@click.option("--where", "where", metavar="FILTER",
+              help="Instead: build a filtered HNSW index, a small graph of only the passages FILTER matches "
+                   "(1 to 4 metadata keys with plain values, as JSON); searches whose filter holds it walk that "
+                   "graph. Same storage and m / ef-construction as the main index.")
+@click.option("--drop-where", metavar="FILTER", help="Instead: drop the filtered HNSW index of FILTER.")
+@click.option("--list-where", is_flag=True, help="Instead: list the filtered HNSW indexes (filter, rows, valid).")
 @index_build_options
 @json_option()
 @PROGRESS_OPTION
 @pass_context
 @reports_errors
 def index_command(ctx: Context, m: int, ef_construction: int, promote: str | None, kind: str,
-                  drop_column: str | None, list_columns: bool, maintenance_work_mem: str | None, wait: float,
+                  drop_column: str | None, list_columns: bool, where: str | None, drop_where: str | None,
+                  list_where: bool, maintenance_work_mem: str | None, wait: float,
                   as_json: bool, progress: bool | None) -> None:
     """Rebuild the HNSW index with other parameters; searches and writes go on meanwhile.
 
@@ -656,7 +663,13 @@ def index_command(ctx: Context, m: int, ef_construction: int, promote: str | Non
         dpr-pg index --m 24 --ef-construction 128
         dpr-pg index --column lang
         dpr-pg index --list-columns
+        dpr-pg index --where '{"tag": "hot"}'
+        dpr-pg index --list-where --json
+        dpr-pg index --drop-where '{"tag": "hot"}'
     """
+    if where is not None or drop_where is not None or list_where:
+        _filtered_indexes_command(ctx, where, drop_where, maintenance_work_mem, wait, as_json, progress)
+        return
     if promote is not None or drop_column is not None or list_columns:
         _promoted_columns_command(ctx, promote, kind, drop_column, as_json)
         return
@@ -672,6 +685,45 @@ def index_command(ctx: Context, m: int, ef_construction: int, promote: str | Non
     click.echo(f"HNSW index rebuilt with m = {build.parameters.m}, ef_construction = "
                f"{build.parameters.ef_construction}: {build.rows} rows in {build.seconds:.1f} s "
                f"(maintenance_work_mem {build.maintenance_work_mem})")
+
+
+def _filtered_indexes_command(ctx: Context, where: str | None, drop_where: str | None,
+                              maintenance_work_mem: str | None, wait: float, as_json: bool,
+                              progress: bool | None) -> None:
+    from dpr_pg.db.filtered import build_filtered_index, drop_filtered_index, filtered_indexes
+
+    if where is not None and drop_where is not None:
+        raise click.UsageError("give --where or --drop-where, not both")
+    if where is not None:
+        made = build_filtered_index(ctx.engine, where, maintenance_work_mem=maintenance_work_mem, wait=wait,
+                                    progress=progress)
+        if as_json:
+            print_json({**made.index.as_dict(), "built": made.built, "seconds": round(made.seconds, 3),
+                        "maintenance_work_mem": made.maintenance_work_mem})
+        elif made.built:
+            click.echo(f"filtered HNSW index {made.index.name} for {made.index.canonical}: {made.index.rows:.0f} rows "
+                       f"in {made.seconds:.1f} s (maintenance_work_mem {made.maintenance_work_mem})")
+        else:
+            click.echo(f"filtered HNSW index {made.index.name} for {made.index.canonical} exists already "
+                       f"({made.index.rows:.0f} rows); nothing to do")
+        return
+    if drop_where is not None:
+        dropped = drop_filtered_index(ctx.engine, drop_where, wait=wait)
+        if as_json:
+            print_json({"dropped": dropped})
+        else:
+            click.echo("dropped the filtered HNSW index" if dropped
+                       else "no filtered HNSW index for that filter; nothing to do")
+        return
+    found = filtered_indexes(ctx.engine)
+    if as_json:
+        print_json([f.as_dict() for f in found])
+        return
+    for f in found:
+        click.echo(f"{f.canonical}: {f.name}, {f.rows:.0f} rows" + ("" if f.valid else ", INVALID: drop and build it "
+                                                                      "again"))
+    if not found:
+        click.echo("no filtered HNSW indexes; build one with dpr-pg index --where '{\"tag\": \"hot\"}'")
 
 
 def _promoted_columns_command(ctx: Context, promote: str | None, kind: str, drop_column: str | None,

@@ -36,6 +36,7 @@ from dpr_pg.db.storage import (
     write_storage,
 )
 from dpr_pg.errors import ConfigError, IndexBuildError
+from dpr_pg.db.filtered import refuse_storage_change
 from dpr_pg.db.index import (
     HNSW_INDEX,
     INDEX_LOCK_WAIT,
@@ -209,6 +210,9 @@ def set_storage(engine: Engine, kind: str, *, rerank_multiple: int | None = None
         previous = read_storage(conn)
     check_dim(kind, dim)
     multiple = previous.rerank_multiple if rerank_multiple is None else rerank_multiple
+    if kind != previous.kind or (rewrite_column and kind != previous.column):
+        with engine.connect() as conn:
+            refuse_storage_change(conn, f"switching the storage to {kind}")
     if rewrite_column:
         if kind not in COLUMN_TYPES:
             raise ConfigError(f"expected --rewrite-column with one of {', '.join(COLUMN_TYPES)} (the column's new "

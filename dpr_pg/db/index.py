@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import psycopg
 import sqlalchemy as sa
+from psycopg import sql
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import _progress
@@ -342,25 +343,42 @@ def build_index(engine: Engine, *, m: int = HNSW_M, ef_construction: int = HNSW_
     return IndexBuild(parameters, rows, seconds, memory, workers)
 
 
-def _build_partitions(conn: Connection, parameters: HnswParameters, method: str) -> None:
+def _build_partitions(conn: Connection, parameters: HnswParameters, method: str, *, name: str = _NEW_INDEX,
+                      leaf_suffix: str = "hnsw_new", where: sql.Composable | None = None) -> None:
     """The new index of a partitioned table: CONCURRENTLY on each partition, attached to an index made
     ON ONLY the parent (CREATE INDEX CONCURRENTLY refuses a partitioned table). The parent index is
-    valid once every partition's is attached; until the swap, searches use the old one.
+    valid once every partition's is attached; until the swap, searches use the old one. ``where``: a
+    partial index's predicate (see :mod:`dpr_pg.db.filtered`), each partition's index named
+    ``<partition>_<leaf_suffix>``.
     """
-    conn.execute(sa.text(f"DROP INDEX IF EXISTS dpr_pg.{_NEW_INDEX}"))  # a killed build's (and its partitions')
-    conn.execute(sa.text(f"CREATE INDEX {_NEW_INDEX} ON ONLY dpr_pg.passages {method} WITH ({parameters.sql()})"))
+    options = sql.SQL(f"{method} WITH ({parameters.sql()})")  # both validated, never caller text
+    predicate = sql.SQL("") if where is None else sql.SQL(" WHERE {}").format(where)
+    _execute(conn, sql.SQL("DROP INDEX IF EXISTS dpr_pg.{}").format(sql.Identifier(name)))  # a killed build's
+    _execute(conn, sql.SQL("CREATE INDEX {} ON ONLY dpr_pg.passages {}{}").format(
+        sql.Identifier(name), options, predicate))
     for (table,) in conn.execute(sa.text(_LEAVES)).all():
-        leaf = _leaf_index(table, new=True)
-        conn.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{leaf}"))
-        conn.execute(sa.text(f"CREATE INDEX CONCURRENTLY {leaf} ON dpr_pg.{table} {method} WITH ({parameters.sql()})"))
-        conn.execute(sa.text(f"ALTER INDEX dpr_pg.{_NEW_INDEX} ATTACH PARTITION dpr_pg.{leaf}"))
+        leaf = sql.Identifier(_leaf_index(table, suffix=leaf_suffix))
+        _execute(conn, sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{}").format(leaf))
+        _execute(conn, sql.SQL("CREATE INDEX CONCURRENTLY {} ON dpr_pg.{} {}{}").format(
+            leaf, sql.Identifier(table), options, predicate))
+        _execute(conn, sql.SQL("ALTER INDEX dpr_pg.{} ATTACH PARTITION dpr_pg.{}").format(sql.Identifier(name), leaf))
 
 
-def _leaf_index(table: str, *, new: bool = False) -> str:
+def _execute(conn: Connection, statement: sql.Composable) -> None:
+    """A statement composed with psycopg's sql module, straight to the driver: no placeholder is parsed.
+    Its errors come as SQLAlchemy's, as those of ``conn.execute`` do."""
+    raw = conn.connection.driver_connection
+    try:
+        raw.execute(statement)  # type: ignore[union-attr]
+    except psycopg.Error as e:
+        raise sa.exc.DBAPIError.instance(statement.as_string(raw), None, e, psycopg.Error) from e
+
+
+def _leaf_index(table: str, *, new: bool = False, suffix: str | None = None) -> str:
     """A partition's HNSW index name; ``table`` comes from the catalog (passages_c_<hex>, passages_default)."""
     if not _PLAIN_NAME.fullmatch(table):
         raise IndexBuildError(f"unexpected partition name dpr_pg.{table!r}; detach it, then re-run dpr-pg index")
-    return f"{table}_hnsw_new" if new else f"{table}_hnsw"
+    return f"{table}_{suffix or ('hnsw_new' if new else 'hnsw')}"
 
 
 def _swap(engine: Engine, storage: Storage | None = None, *, partitioned: bool = False) -> None:
@@ -390,14 +408,19 @@ def _swap(engine: Engine, storage: Storage | None = None, *, partitioned: bool =
             time.sleep(min(2.0**attempt, 10.0))
 
 
-def _drop_new_index(engine: Engine, conn: Connection, *, partitioned: bool = False) -> None:
-    """Drop a failed rebuild's ``_new`` index, so that PostgreSQL stops maintaining it on every write."""
+def _drop_new_index(engine: Engine, conn: Connection, *, partitioned: bool = False, name: str = _NEW_INDEX,
+                    leaves: tuple[str, ...] = ()) -> None:
+    """Drop a failed build's index ``name`` (a rebuild's ``_new`` one), so that PostgreSQL stops maintaining
+    it on every write; ``leaves``: partitions' indexes that may not be attached to it yet."""
     # A partitioned index cannot be dropped CONCURRENTLY; its partitions' indexes go with it, and a
-    # partition's index not attached yet is dropped by the next build.
-    drop = sa.text(f"DROP INDEX {'' if partitioned else 'CONCURRENTLY '}IF EXISTS dpr_pg.{_NEW_INDEX}")
+    # partition's index not attached yet is dropped by the next build (or here, when named).
+    drops = [sql.SQL("DROP INDEX {}IF EXISTS dpr_pg.{}").format(
+        sql.SQL("" if partitioned else "CONCURRENTLY "), sql.Identifier(name))]
+    drops += [sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS dpr_pg.{}").format(sql.Identifier(leaf)) for leaf in leaves]
     if not conn.invalidated:
         try:
-            conn.execute(drop)  # still under the lock: it is this build's index
+            for drop in drops:
+                _execute(conn, drop)  # still under the lock: it is this build's index
             return
         except sa.exc.DBAPIError:
             pass
@@ -405,12 +428,13 @@ def _drop_new_index(engine: Engine, conn: Connection, *, partitioned: bool = Fal
         with _autocommit(engine) as fresh:
             if fresh.execute(sa.text(_TRY_LOCK)).scalar():
                 try:
-                    fresh.execute(drop)
+                    for drop in drops:
+                        _execute(fresh, drop)
                 finally:
                     fresh.execute(sa.text(_UNLOCK))
     except sa.exc.DBAPIError as e:
         log.warning("could not drop the failed build's index dpr_pg.%s (%s); the next dpr-pg index drops it",
-                    _NEW_INDEX, _reason(e))
+                    name, _reason(e))
 
 
 def machine_memory() -> int:
@@ -480,7 +504,8 @@ def graph_memory(conn: Connection, rows: float, parameters: HnswParameters, kind
     return f"{needed // 2**20}MB" if needed > current else None
 
 
-def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters, kind: str = "vector") -> str:
+def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters, kind: str = "vector",
+                rows: float | None = None) -> str:
     """SET maintenance_work_mem for this session: ``memory``, or enough for the table's graph; returns it.
 
     The automatic size is what the graph needs (:func:`graph_bytes`, for the storage ``kind``), at
@@ -488,7 +513,9 @@ def _set_memory(conn: Connection, memory: str | None, parameters: HnswParameters
     bulk load into a new table) is analysed first: without a row count the build got the server's
     default (64MB), and a 1M-row graph that does not fit in memory builds many times slower.
     """
-    if memory is None:
+    if memory is None and rows is not None:  # a graph of only some rows (a partial index)
+        memory = graph_memory(conn, rows, parameters, kind)
+    elif memory is None:
         # reltuples is -1 until the first ANALYZE or VACUUM (a bulk load into a new table), and stale
         # after large writes: a sized build needs the count, so ANALYZE first (a sample: seconds at 1M rows).
         if conn.execute(_STALE_COUNT).scalar():

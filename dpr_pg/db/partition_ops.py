@@ -246,18 +246,22 @@ def _copy_constraints(conn: Connection, run: Callable[[sql.Composable | str], No
 
 
 def _copy_indexes(conn: Connection, run: Callable[[sql.Composable | str], None]) -> list[tuple[str, str, str]]:
-    """Every index that no constraint owns, with its method, expression and options, on the copy."""
+    """Every index that no constraint owns, with its method, expression, options, predicate and comment
+    (a filtered HNSW index's document, see dpr_pg.db.filtered), on the copy."""
     renames = []
     found = conn.execute(sa.text(
-        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), obj_description(i.indexrelid, 'pg_class') "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
         "WHERE i.indrelid = 'dpr_pg.passages'::regclass AND i.indisvalid "
         "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) ORDER BY c.relname")).all()
-    for name, definition in found:
+    for name, definition, comment in found:
         head = f"INDEX {name} ON dpr_pg.passages USING "
         if head not in definition:
             raise SchemaError(f"cannot copy index dpr_pg.{name} ({definition}); drop it and re-run")
         temporary = _temporary(name)
         run(definition.replace(head, f"INDEX {temporary} ON dpr_pg.{_NEW} USING ", 1))
+        if comment is not None:
+            run(sql.SQL("COMMENT ON INDEX dpr_pg.{} IS {}").format(sql.Identifier(temporary), sql.Literal(comment)))
         renames.append(("index", temporary, name))
     return renames
 

@@ -120,6 +120,10 @@ def promote_key(engine: Engine, key: str, *, kind: str = "text") -> PromotedColu
         taken = conn.execute(sa.text(
             "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'dpr_pg.passages'::regclass "
             "AND attname = :c AND NOT attisdropped)"), {"c": column}).scalar()
+    if key not in existing:
+        from dpr_pg.db.filtered import refuse_promoted  # it reads promoted columns too
+        with engine.connect() as conn:
+            refuse_promoted(conn, key)
     if key in existing:
         if existing[key].kind != kind:
             raise ConfigError(f"metadata key {key!r} is promoted as {existing[key].kind}, not {kind}; drop it first "

@@ -35,6 +35,7 @@ from dpr_pg.filters import Filter, compile_filter, to_sql
 from dpr_pg.db.models import Passage
 from dpr_pg.db.replicas import read_connection
 from dpr_pg.db.partitions import is_partitioned, partition_name
+from dpr_pg.db.filtered import FilteredMatch, filtered_by_engine, matching_index
 from dpr_pg.db.promoted import promoted_by_key
 from dpr_pg.db.storage import Storage, ann_distance, check_storage, read_storage
 from dpr_pg.tuning import MAX_K, MAX_QUERY_TEXT_CHARS, MAX_QUERY_TEXT_WORDS
@@ -237,7 +238,7 @@ def _dense_statement(path: str, where: sa.ColumnElement[bool] | None, vector_typ
         distance = Passage.embedding.max_inner_product(bound).label("distance")
         order = ann_distance(storage.kind, dim, Passage.embedding, bound) if storage.kind != "vector" else distance
         inner = sa.select(*_COLUMNS, distance).order_by(order).limit(sa.bindparam("candidates", type_=sa.Integer))
-        if path == "hnsw-iterative" and where is not None:
+        if where is not None:  # an iterative scan, or a filtered HNSW index's
             inner = inner.where(where)
         ann = inner.subquery("ann")
         # relaxed_order (and any storage but vector) returns rows nearly in order: sort them exactly.
@@ -338,7 +339,8 @@ def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] |
     params = {"query_vector": value, "k": k}
     dim = vector.size
     if plan.path in ("hnsw", "hnsw-iterative"):
-        filtered = plan.path == "hnsw-iterative" and where is not None
+        # A filtered HNSW index (plan.filtered_index) is found by the WHERE that implies its predicate.
+        filtered = where is not None and (plan.path == "hnsw-iterative" or plan.filtered_index is not None)
         stmt = _dense_statement(plan.path, where, vector_type, storage, dim) if filtered else _unfiltered_statement(
             plan.path, vector_type, storage, dim)
         params["candidates"] = candidates = storage.candidates(k)
@@ -383,7 +385,7 @@ def _hybrid(conn: Connection, vector: np.ndarray, query_text: str, where: sa.Col
                 rows[pid].metadata, score, rank) for rank, (pid, score) in enumerate(best)]
     plan = SearchPlan("hybrid", f"RRF of dense ({dense.plan.path}: {dense.plan.reason}) and Spanish full text",
                       dense.plan.estimated_rows, dense.plan.matching_rows, dense.plan.ef_search, dense.plan.fell_back,
-                      storage=dense.plan.storage)
+                      storage=dense.plan.storage, filtered_index=dense.plan.filtered_index)
     return Hits(hits, plan)
 
 
@@ -475,6 +477,22 @@ _PARTITION_SPREAD = sa.text(
     "SELECT count(*), max(c.reltuples::float8), sum(c.reltuples::float8), bool_and(c.reltuples >= 0) "
     "FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
     "WHERE i.inhparent = 'dpr_pg.passages'::regclass")
+
+
+def _filtered_rows(conn: Connection, covered: FilteredMatch | None,
+                   collection: str | None) -> _planner.FilteredRows | None:
+    """What the planner needs of the filtered index the filter covers. A search of one collection walks
+    it only on a partitioned table (its partition's part of the index, with that part's rows); on a
+    plain table the collection is one more condition within the index's rows."""
+    if covered is None:
+        return None
+    index = covered.index
+    if collection is None:
+        return _planner.FilteredRows(index.name, index.rows, covered.exact)
+    if _partitioned(conn):
+        rows = index.partitions.get(partition_name(collection), 0.0)
+        return _planner.FilteredRows(index.name, rows, covered.exact)
+    return _planner.FilteredRows(index.name, index.rows, exact=False)
 
 
 def _partition_spread(conn: Connection) -> _planner.PartitionSpread | None:
@@ -569,10 +587,13 @@ def search_many(
         dim, version, oid, row_security = _database_facts(conn)
         stored = _storage(conn)
         storage = stored if mode != "exact" else _VECTOR
+        covered = None
         if filter:  # promoted metadata keys (dpr_pg.db.promoted): the same rows, found through their columns
             promoted = promoted_by_key(conn)
             if promoted:
                 where_probe = _where(filter, collection, promoted=promoted)
+            if mode != "exact":  # a filtered HNSW index (dpr_pg.db.filtered) whose rows the filter covers
+                covered = matching_index(filter, filtered_by_engine(conn))
         # Our own transaction ends right after (an Engine's, or one the async API opened for this
         # search alone): its SET LOCALs end with it, nothing to restore.
         restore = not isinstance(bind, Engine) and not conn.get_execution_options().get(TRANSACTION_OF_ITS_OWN)
@@ -608,7 +629,8 @@ def search_many(
                                  pgvector_version=pgvector, exact=mode == "exact",
                                  exact_threshold=exact_threshold, exact_selectivity=exact_selectivity,
                                  ef_search=ef_search, row_security=row_security, table=table,
-                                 partition=partition, partitions=spread).with_(storage=storage.kind)
+                                 partition=partition, partitions=spread,
+                                 filtered=_filtered_rows(conn, covered, collection)).with_(storage=storage.kind)
             if mode == "hybrid":
                 return [_hybrid(conn, v, t, where_probe, k, plan, rrf_k=rrf_k, dense_weight=dense_weight,
                                 text_weight=text_weight, candidates=candidates, vector_oid=oid, storage=storage)

@@ -42,6 +42,7 @@ class SearchPlan:
     ``explain`` holds PostgreSQL's EXPLAIN of the query that ran when ``explain=True``.
     ``row_security``: row-level security limited the rows this role sees (see :mod:`dpr_pg.db.tenancy`).
     ``storage``: what the HNSW index compares (see :mod:`dpr_pg.db.storage`).
+    ``filtered_index``: the filtered HNSW index whose rows the filter covers (see :mod:`dpr_pg.db.filtered`).
     """
 
     path: str
@@ -53,6 +54,7 @@ class SearchPlan:
     explain: str | None = None
     row_security: bool = False
     storage: str = "vector"
+    filtered_index: str | None = None
 
     def with_(self, **changes: Any) -> SearchPlan:
         return replace(self, **changes)
@@ -90,6 +92,17 @@ class CollectionPartition:
     collection: str
     rows: float
     whole: bool
+
+
+@dataclass(frozen=True)
+class FilteredRows:
+    """The filtered HNSW index a search's filter covers (see :mod:`dpr_pg.db.filtered`): its name, its rows
+    (those of the searched collection's partition, when the table is partitioned and one is searched),
+    and whether the filter is exactly its document."""
+
+    name: str
+    rows: float
+    exact: bool
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,7 @@ def plan(
     table: tuple[float, bool] | None = None,
     partition: CollectionPartition | None = None,
     partitions: PartitionSpread | None = None,
+    filtered: FilteredRows | None = None,
 ) -> SearchPlan:
     """Choose the path for a top-``k`` dense search over the rows matching ``where`` (None: all rows).
 
@@ -172,6 +186,9 @@ def plan(
     ``partitions``: the search spans every partition of a table partitioned by collection (no
     ``collection``); unless ``ef_search`` is given, each partition's index scan takes
     :func:`spread_ef_search` of the one index's ef_search.
+    ``filtered``: the filter holds every key/value of a filtered HNSW index (see :mod:`dpr_pg.db.filtered`).
+    A filter that is exactly its document walks that small graph unfiltered (path ``hnsw``); with
+    further conditions, their share is judged against the index's rows rather than the table's.
 
     >>> plan(conn, None, k=10, pgvector_version=(0, 8, 5)).path  # doctest: +SKIP
     'hnsw'
@@ -195,6 +212,14 @@ def plan(
         return SearchPlan("exact", f"pgvector {shown} has no iterative index scans: exact over the filtered rows")
     if k > MAX_EF_SEARCH:
         return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}")
+    note = ""
+    if filtered is not None:
+        if filtered.exact:
+            return SearchPlan("hnsw", f"the filter is the document of the filtered HNSW index {filtered.name} "
+                              f"(about {filtered.rows:.0f} rows): that index, unfiltered", estimated_rows=filtered.rows,
+                              ef_search=max(k, ef_search or UNFILTERED_EF_SEARCH), filtered_index=filtered.name)
+        note = f" within the filtered HNSW index {filtered.name} (about {filtered.rows:.0f} rows)"
+        partition, table = None, (filtered.rows, table[1] if table is not None else True)
     if partition is not None and partition.rows > exact_threshold:
         if partition.whole:
             return SearchPlan("hnsw-iterative", f"collection {partition.collection!r} is a partition of about "
@@ -202,6 +227,17 @@ def plan(
                               estimated_rows=partition.rows,
                               ef_search=max(k, ef_search or UNFILTERED_EF_SEARCH))
         table = (partition.rows, table[1] if table is not None else True)
+    chosen = _plan_filtered(conn, where, k=k, exact_threshold=exact_threshold, exact_selectivity=exact_selectivity,
+                            ef_search=ef_search, table=table, spread=spread)
+    if filtered is None:
+        return chosen
+    return chosen.with_(reason=chosen.reason + ";" + note, filtered_index=filtered.name)
+
+
+def _plan_filtered(conn: Connection, where: sa.ColumnElement[bool], *, k: int, exact_threshold: int,
+                   exact_selectivity: float, ef_search: int | None, table: tuple[float, bool] | None,
+                   spread: PartitionSpread | None) -> SearchPlan:
+    """The rules for a filter, with ``table`` the rows its share is judged against."""
     probe = sa.select(sa.literal(1)).select_from(Passage).where(where)
     estimate = float(conn.execute(Explain(probe)).scalar_one()[0]["Plan"]["Plan Rows"])
     chosen_ef = max(k, ef_search) if ef_search else spread_ef_search(FILTERED_EF_SEARCH, k, spread)
