@@ -339,10 +339,14 @@ $$;
 -- decides instead (exact or iterative HNSW). The caller falls back to exact when the index scan
 -- returns fewer than k rows. The two thresholds are arguments so that tests can reach every rule;
 -- `estimate`, when given, stands in for PostgreSQL's estimate of the matching rows.
+-- `filtered_rows`: the rows of the filtered HNSW index the filter covers (dpr_pg._filtered_plan), against
+-- which a filter's share is judged instead of the table's or the partition's.
+DROP FUNCTION IF EXISTS dpr_pg._search_plan(regclass, text, text, jsonb[], integer, text, integer, double precision,
+                                            double precision);
 CREATE OR REPLACE FUNCTION dpr_pg._search_plan(
     relation regclass, source text, where_sql text, params jsonb[], k integer, collection text DEFAULT NULL,
     exact_threshold integer DEFAULT @EXACT_THRESHOLD@, exact_selectivity double precision DEFAULT @EXACT_SELECTIVITY@,
-    estimate double precision DEFAULT NULL,
+    estimate double precision DEFAULT NULL, filtered_rows double precision DEFAULT NULL,
     OUT path text, OUT estimated_rows double precision, OUT matching_rows bigint, OUT ef_search integer)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
@@ -409,6 +413,9 @@ BEGIN
             ef_search := greatest(k, @UNFILTERED_EF_SEARCH@);
             RETURN;
         END IF;
+    END IF;
+    IF filtered_rows IS NOT NULL THEN
+        partition_rows := filtered_rows;  -- the filter's share of the filtered index's rows
     END IF;
     IF rls AND estimate IS NULL THEN
         -- Row-level security (a tenant role, see dpr_pg.grant_access) hides rows, and PostgreSQL
@@ -488,6 +495,61 @@ BEGIN
 END
 $$;
 
+-- The filtered HNSW index (dpr_pg/db/filtered.py) whose every key/value the filter holds as a top-level
+-- plain equality (the same JSON value: jsonb's text of it), the one with fewest rows if several; its
+-- rows (those of the collection's partition when the table is partitioned and one is searched), and
+-- whether the filter is exactly its document (a collection counts as one more condition on a plain
+-- table). Nothing under row-level security, on pgvector < @ITERATIVE_SCAN_VERSION@ or above k = @MAX_EF_SEARCH@:
+-- the rules of dpr_pg/search/planner.py and dpr_pg/db/filtered.py's matching_index.
+CREATE OR REPLACE FUNCTION dpr_pg._filtered_plan(filter jsonb, collection text, k integer,
+                                                 OUT name text, OUT index_rows double precision, OUT exact boolean)
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    mark CONSTANT text := 'dpr_pg filtered HNSW index ';
+    plain jsonb;
+    partitioned boolean;
+    leaf text;
+BEGIN
+    IF filter IS NULL OR jsonb_typeof(filter) <> 'object' OR filter = '{}' OR k > @MAX_EF_SEARCH@
+            OR row_security_active('dpr_pg.passages')
+            OR (SELECT string_to_array(split_part(extversion, '-', 1), '.')::integer[] < ARRAY[@ITERATIVE_SCAN_VERSION@]
+                FROM pg_extension WHERE extname = 'vector') THEN
+        RETURN;
+    END IF;
+    SELECT jsonb_object_agg(e.key, CASE WHEN jsonb_typeof(e.value) = 'object' THEN e.value -> '$eq' ELSE e.value END)
+    INTO plain FROM jsonb_each(filter) AS e
+    WHERE jsonb_typeof(e.value) IN ('string', 'number', 'boolean')
+       OR (jsonb_typeof(e.value) = 'object' AND e.value - '$eq' = '{}'
+           AND jsonb_typeof(e.value -> '$eq') IN ('string', 'number', 'boolean'));
+    IF plain IS NULL THEN
+        RETURN;
+    END IF;
+    partitioned := (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = 'dpr_pg.passages'::regclass);
+    leaf := CASE WHEN partitioned AND collection IS NOT NULL
+                 THEN 'passages_c_' || left(md5(collection), 16) END;
+    SELECT x.relname, x.rows, (SELECT count(*) FROM jsonb_object_keys(filter)) = x.keys
+                              AND (collection IS NULL OR partitioned)
+    INTO name, index_rows, exact
+    FROM (SELECT c.relname, (SELECT count(*) FROM jsonb_object_keys(d.doc)) AS keys, d.doc,
+                 CASE WHEN c.relkind <> 'I' THEN greatest(c.reltuples, 0)
+                      ELSE (SELECT coalesce(sum(greatest(l.reltuples, 0)), 0)
+                            FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid
+                            JOIN pg_index li ON li.indexrelid = l.oid JOIN pg_class tb ON tb.oid = li.indrelid
+                            WHERE t.isleaf AND (leaf IS NULL OR tb.relname = leaf)) END AS rows
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid,
+               LATERAL (SELECT substr(obj_description(c.oid, 'pg_class'), length(mark) + 1) AS text) AS cm,
+               LATERAL (SELECT CASE WHEN pg_input_is_valid(cm.text, 'jsonb') THEN cm.text::jsonb END AS doc) AS d
+          WHERE i.indrelid = 'dpr_pg.passages'::regclass AND i.indisvalid
+            AND starts_with(coalesce(obj_description(c.oid, 'pg_class'), ''), mark)
+            AND jsonb_typeof(d.doc) = 'object') AS x
+    WHERE NOT EXISTS (SELECT 1 FROM jsonb_each(x.doc) AS e WHERE (plain -> e.key)::text IS DISTINCT FROM e.value::text)
+    ORDER BY x.rows, x.relname
+    LIMIT 1;
+END
+$$;
+
 -- Dense top-k by inner product (score = embedding · query), with a filter that never comes back short:
 -- the path is dpr_pg._search_plan's, and an index scan that finds fewer than k rows is answered
 -- exactly. `SET client_min_messages = debug1` shows the plan as a DEBUG message. Under row-level
@@ -504,6 +566,7 @@ DECLARE
     where_sql text;
     dim integer;
     chosen record;
+    covered record;
     path text;
     fell_back boolean := false;
     hits dpr_pg.hit[];
@@ -531,8 +594,17 @@ BEGIN
     compiled := dpr_pg.compile_filter(filter);
     where_sql := compiled.clause || CASE WHEN collection IS NULL THEN '' ELSE ' AND collection = $4' END;
     rls := row_security_active('dpr_pg.passages');
-    SELECT * INTO chosen FROM dpr_pg._search_plan('dpr_pg.passages', 'dpr_pg.passages', where_sql, compiled.params,
-                                                  k, collection);
+    -- A filtered HNSW index the filter covers: exactly its document walks it unfiltered (its predicate
+    -- is implied by where_sql, so the index scan below keeps the WHERE); further conditions are judged
+    -- against its rows.
+    covered := dpr_pg._filtered_plan(filter, collection, k);
+    IF covered.exact THEN
+        SELECT 'hnsw'::text AS path, covered.index_rows AS estimated_rows, NULL::bigint AS matching_rows,
+               greatest(k, @UNFILTERED_EF_SEARCH@) AS ef_search INTO chosen;
+    ELSE
+        SELECT * INTO chosen FROM dpr_pg._search_plan('dpr_pg.passages', 'dpr_pg.passages', where_sql,
+                                                      compiled.params, k, collection, filtered_rows => covered.index_rows);
+    END IF;
     path := chosen.path;
 
     IF path IN ('hnsw', 'hnsw-iterative') THEN
@@ -560,7 +632,7 @@ BEGIN
             'SELECT (array_agg(ROW(%1$s, -d)::dpr_pg.hit ORDER BY d, id))[1:$3] FROM ('
             '  SELECT %1$s, embedding <#> $2 AS d FROM dpr_pg.passages WHERE %2$s'
             '  ORDER BY %3$s LIMIT $5) AS ann', select_list,
-            CASE WHEN path = 'hnsw' THEN 'true' ELSE where_sql END, ann_order)
+            CASE WHEN path = 'hnsw' AND covered.name IS NULL THEN 'true' ELSE where_sql END, ann_order)
             INTO hits USING compiled.params, query, k, collection, candidates;
         PERFORM set_config('hnsw.ef_search', old_ef, true);
         PERFORM set_config('enable_sort', old_sort, true);
@@ -581,7 +653,7 @@ BEGIN
     END IF;
     RAISE DEBUG 'dpr_pg.search plan: %', json_build_object(
         'path', path, 'estimated_rows', chosen.estimated_rows, 'matching_rows', chosen.matching_rows,
-        'ef_search', chosen.ef_search, 'fell_back', fell_back);
+        'ef_search', chosen.ef_search, 'fell_back', fell_back, 'filtered_index', covered.name);
     RETURN QUERY SELECT * FROM unnest(hits);
 END
 $$;

@@ -80,7 +80,8 @@ def _exact(engine: Engine, document: dict[str, Any], collection: str | None, k: 
 def _index_scans(conn: Connection, name: str) -> int:
     """Scans of index ``name`` (and of its partitions' indexes) in this transaction so far."""
     return int(conn.execute(sa.text(
-        "SELECT coalesce(sum(pg_stat_get_xact_numscans(p.relid)), 0) FROM pg_partition_tree(to_regclass(:n)) p"),
+        "SELECT coalesce(sum(pg_stat_get_xact_numscans(r)), 0) FROM (SELECT to_regclass(:n) AS r "
+        "UNION SELECT p.relid FROM pg_partition_tree(to_regclass(:n)) p) AS tree"),
         {"n": f"dpr_pg.{name}"}).scalar_one())
 
 
@@ -299,3 +300,23 @@ def test_the_cli_builds_lists_and_drops(cli: Any, server: Any) -> None:
         assert json.loads(dropped.stdout) == {"dropped": True}
     finally:
         server.drop_database(name)
+
+
+@pytest.mark.parametrize("collection", [None, "big"])
+def test_postgresql_proves_the_predicate_from_the_sql_face_compilers_where(engine: Engine,
+                                                                         collection: str | None) -> None:
+    """dpr_pg.search runs its WHERE through EXECUTE ... USING: the parameters are constants when it is planned."""
+    with engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        lines: list[str] = []
+        raw.add_notice_handler(lambda d: lines.append(d.message_primary or ""))
+        conn.execute(sa.text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
+        conn.execute(sa.text(
+            "DO $$ DECLARE c record; line text; BEGIN "
+            "c := dpr_pg.compile_filter('{\"lang\": \"es\", \"tag\": \"hot\"}'); "
+            "FOR line IN EXECUTE 'EXPLAIN SELECT id FROM dpr_pg.passages WHERE ' || c.clause || "
+            f"{'' if collection is None else repr(' AND collection = $4') + ' || '}"
+            "' ORDER BY embedding <#> $2 LIMIT 10' USING c.params, "
+            f"'{json.dumps(QUERY.tolist())}'::vector, 10, {'NULL::text' if collection is None else repr(collection)} "
+            "LOOP RAISE NOTICE '%', line; END LOOP; END $$"))
+    assert any("where_" + index_name(HOT)[-12:] in line for line in lines), lines

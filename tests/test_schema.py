@@ -147,7 +147,7 @@ def test_a_tuning_number_reaches_the_sql_functions_at_the_next_init(database_url
     result = schema.init(engine, dim=768)
     with engine.connect() as conn:
         planner = _function(conn, "dpr_pg._search_plan(regclass, text, text, jsonb[], integer, text, integer, "
-                                  "double precision, double precision)")
+                                  "double precision, double precision, double precision)")
         with pytest.raises(sa.exc.DBAPIError, match="expected k between 1 and 777, not 778"):
             conn.execute(sa.text("SELECT * FROM dpr_pg.search(CAST(:q AS vector), 778)"), {"q": str([0.0] * 768)})
     engine.dispose()
