@@ -11,9 +11,15 @@ states of the same database, one after the other:
   plain+promoted         tag (text) and f1 (boolean) promoted: dpr-pg index --column
   partitioned+promoted   converted by dpr_pg's own path (dpr-pg storage partition)
   partitioned            the promoted columns dropped again
+  partitioned+filtered   a filtered HNSW index for {"tag": "hot"} (dpr-pg index --where): each
+                         partition's small graph of its hot rows
+
+and, right after plain, ``plain+filtered``: the same filtered index on the unpartitioned table
+(dropped again before the conversion). Their build times are printed with the others.
 
 Bands: no filter; collection='small' (1% is a collection); collection='big0' + {"tag": "hot"}
-(1% is a metadata filter inside a collection); {"f1": true} (1% scattered, for reference);
+(1% is a metadata filter inside a collection); {"tag": "hot"} alone (the same rows, without naming
+their collection); {"f1": true} (1% scattered, for reference);
 collection='big1' (11%); {"f1": false} (99% scattered: an iterative scan of every partition).
 Printed per state and band: p50 / p95 (ms), recall@10 against numpy's exact top 10, the paths,
 the planner's ef_search, and the p50 ratio to plain; also the HNSW build, promotion and conversion
@@ -46,6 +52,7 @@ import sqlalchemy as sa
 from bench_storage import DIM, K, NOISE, clustered, copy_passages, truth
 
 from dpr_pg.db.engine import embedded_url
+from dpr_pg.db.filtered import build_filtered_index, drop_filtered_index
 from dpr_pg.db.partition_ops import partition_passages
 from dpr_pg.db.promoted import drop_promoted, promote_key
 from dpr_pg.db.schema import init
@@ -53,9 +60,11 @@ from dpr_pg.db.index import build_index
 from dpr_pg.search.api import search
 
 BANDS = [("none", None, None), ("1% = collection", "small", None),
-         ("1% in a collection", "big0", {"tag": "hot"}), ("1% scattered", None, {"f1": True}),
+         ("1% in a collection", "big0", {"tag": "hot"}), ("1% tag (no collection)", None, {"tag": "hot"}),
+         ("1% scattered", None, {"f1": True}),
          ("11% = collection", "big1", None),  # 11k rows: the size of a 1% collection at 1M rows
          ("99% scattered", None, {"f1": False})]
+HOT = {"tag": "hot"}
 # measured at each --ef-curve value: the bands that span every partition, and one collection's for reference
 CURVE_BANDS = ("none", "99% scattered", "11% = collection")
 
@@ -152,6 +161,7 @@ def main() -> None:
         queries = (vectors[rng.integers(0, args.rows, args.queries)]
                    + rng.normal(scale=NOISE / 2, size=(args.queries, DIM))).astype(np.float32)
         masks = {"none": None, "1% = collection": collection == 0, "1% in a collection": hot,
+                 "1% tag (no collection)": hot,
                  "1% scattered": flag, "11% = collection": collection == 2, "99% scattered": ~flag}
         expected = {band: truth(vectors, masks[band], queries, ids) for band in masks}
         shares = {band: (1.0 if m is None else float(m.mean())) for band, m in masks.items()}
@@ -166,6 +176,9 @@ def main() -> None:
         runs: list[tuple[str, dict[str, Any]]] = []
         steps["HNSW build (plain)"] = build_index(engine).seconds
         runs.append(("plain", measure(engine, queries, expected, ef_curve)))
+        steps["filtered index {\"tag\": \"hot\"} (plain)"] = build_filtered_index(engine, HOT).seconds
+        runs.append(("plain+filtered", measure(engine, queries, expected)))
+        drop_filtered_index(engine, HOT)
         if not args.skip_promote:
             started = time.perf_counter()
             promote_key(engine, "tag", kind="text")
@@ -179,6 +192,8 @@ def main() -> None:
             drop_promoted(engine, "tag")
             drop_promoted(engine, "f1")
         runs.append(("partitioned", measure(engine, queries, expected, ef_curve)))
+        steps["filtered index {\"tag\": \"hot\"} (partitioned)"] = build_filtered_index(engine, HOT).seconds
+        runs.append(("partitioned+filtered", measure(engine, queries, expected)))
         report(runs, steps)
     finally:
         engine.dispose()

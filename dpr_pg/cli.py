@@ -429,6 +429,9 @@ def doctor(ctx: Context, as_json: bool, show_password: bool) -> None:
         table.add_row("hnsw index", "m {m}, ef_construction {ef_construction}, storage {storage} on a {column} column"
                       .format(**report.hnsw)
                       if report.hnsw else "missing")
+    for filtered in report.filtered_indexes:
+        table.add_row("filtered index", f"{json.dumps(filtered['filter'], ensure_ascii=False)}: {filtered['index']}, "
+                      f"{filtered['rows']} rows" + ("" if filtered["valid"] else ", INVALID"))
     for collection, count in report.passages.items():
         table.add_row(f"collection {collection}", f"{count} passages")
     for encoder in report.encoders:

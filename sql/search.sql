@@ -653,7 +653,8 @@ BEGIN
     END IF;
     RAISE DEBUG 'dpr_pg.search plan: %', json_build_object(
         'path', path, 'estimated_rows', chosen.estimated_rows, 'matching_rows', chosen.matching_rows,
-        'ef_search', chosen.ef_search, 'fell_back', fell_back, 'filtered_index', covered.name);
+        'ef_search', chosen.ef_search, 'fell_back', fell_back)::jsonb
+        || CASE WHEN covered.name IS NULL THEN '{}' ELSE jsonb_build_object('filtered_index', covered.name) END;
     RETURN QUERY SELECT * FROM unnest(hits);
 END
 $$;

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg.db.engine import psql_url
+from dpr_pg.db.filtered import PREFIX as FILTERED_PREFIX, filtered_indexes
 from dpr_pg.db.partitions import is_partitioned, partition_warnings
 from dpr_pg.db.replicas import ReplicaStatus, probe_replica, reason_of, route_of
 from dpr_pg.db.revision import current_revision, embedding_dim, head_revision
@@ -100,7 +101,10 @@ def invalid_index_warnings(conn: Connection) -> list[str]:
             continue
         cost = ("; it is still updated on every write, which slows ingest and sync for nothing" if ready
                 else "")
-        if hnsw:
+        if name.startswith(FILTERED_PREFIX):
+            fix = ("drop it with dpr-pg index --drop-where FILTER (dpr-pg index --list-where shows its filter) and "
+                   "build it again with dpr-pg index --where FILTER")
+        elif hnsw:
             fix = (f"run dpr-pg index, which drops it and builds the HNSW index anew (or DROP INDEX CONCURRENTLY "
                    f"dpr_pg.{name})")
         else:
@@ -156,6 +160,7 @@ class DoctorReport:
     hnsw: dict[str, Any] | None = None  # the HNSW index's m, ef_construction and storage; None when missing/INVALID
     warnings: list[str] = field(default_factory=list)
     replicas: list[dict[str, Any]] = field(default_factory=list)  # ReplicaStatus of each read URL, as dicts
+    filtered_indexes: list[dict[str, Any]] = field(default_factory=list)  # dpr_pg.db.filtered's, as dicts
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,6 +199,7 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
     head = head_revision()
     warnings = pgvector_warnings(pgvector)
     hnsw = None
+    filtered: list[dict[str, Any]] = []
     if dim is not None:
         parameters = hnsw_parameters(engine) if hnsw_exists(engine) else None
         if parameters is None:
@@ -218,6 +224,7 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
             if graph:
                 warnings.append(graph)
         with engine.connect() as conn:
+            filtered = [f.as_dict() for f in filtered_indexes(conn)]
             warnings.extend(invalid_index_warnings(conn))
             warnings.extend(partition_warnings(conn))
     replicas, replica_warnings = replica_statuses(engine)
@@ -238,4 +245,5 @@ def doctor(engine: Engine, *, show_password: bool = False) -> DoctorReport:
         hnsw=hnsw,
         warnings=warnings,
         replicas=[status.as_dict() for status in replicas],
+        filtered_indexes=filtered,
     )

@@ -61,6 +61,7 @@ from dpr_pg.db.revision import require_schema
 from dpr_pg.db.storage import read_storage
 from dpr_pg.errors import ConfigError, DprPgError, IndexBuildError
 from dpr_pg.filters import COLUMNS
+from dpr_pg.validation import check_filter
 
 MAX_KEYS = 4
 PREFIX = "passages_hnsw_where_"
@@ -141,8 +142,7 @@ def check_document(document: object) -> dict[str, Any]:
             raise ConfigError(f"expected {_ALLOWED}; key {key!r} has {value!r} (no null, operator, list, object, "
                               "NaN or infinity)")
     checked = {key: document[key] for key in sorted(document)}
-    from dpr_pg.validation import check_filter  # the search's own limits (sizes of strings and numbers)
-    try:
+    try:  # the search's own limits (sizes of strings and numbers)
         check_filter(checked)
     except DprPgError as e:
         raise ConfigError(f"expected {_ALLOWED}: {e}") from e

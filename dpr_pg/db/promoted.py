@@ -121,7 +121,7 @@ def promote_key(engine: Engine, key: str, *, kind: str = "text") -> PromotedColu
             "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'dpr_pg.passages'::regclass "
             "AND attname = :c AND NOT attisdropped)"), {"c": column}).scalar()
     if key not in existing:
-        from dpr_pg.db.filtered import refuse_promoted  # it reads promoted columns too
+        from dpr_pg.db.filtered import refuse_promoted  # lazy: dpr_pg.db.filtered imports this module
         with engine.connect() as conn:
             refuse_promoted(conn, key)
     if key in existing:
