@@ -659,7 +659,8 @@ def index_command(ctx: Context, m: int, ef_construction: int, promote: str | Non
     The new index is built CONCURRENTLY beside the old one, then swapped in. On a million
     passages, m 24 / ef-construction 128 gives clearly better recall than pgvector's
     defaults (16 / 64) at a longer build: see docs/benchmarks.md. A build that
-    fails drops its new index and keeps the old one.
+    fails drops its new index and keeps the old one. The filtered HNSW indexes (--where) are kept
+    as they are.
 
     \b
     Example:
