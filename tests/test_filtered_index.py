@@ -8,7 +8,6 @@ index's rows. The hits are the exact search's, partitioned or not, in Python and
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,19 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _collection_rows import collections_database, load_collections
 from _sql_face import sql_face
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg import (build_filtered_index, build_index, drop_filtered_index, filtered_indexes, ingest,
+from dpr_pg import (build_filtered_index, build_index, drop_filtered_index, filtered_indexes,
                     partition_passages, promote_key, search, set_storage, tuning)
-from dpr_pg.cli import main  # noqa: F401  (the CLI imports the command this file drives)
 from dpr_pg.db.filtered import check_document, index_name, matching_index
 from dpr_pg.db.partitions import is_partitioned, partition_name
 from dpr_pg.db.schema import init
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
-from dpr_pg.errors import ConfigError
+from dpr_pg.errors import ConfigError, IndexBuildError
 from dpr_pg.filters import COLUMNS
 
 DIM = 8
@@ -39,34 +38,24 @@ QUERY = np.random.default_rng(31).normal(size=DIM).astype(np.float32)
 ODD = "it's \"q\" \\ -- '); DROP TABLE dpr_pg.passages; -- ñ 😀 %s :x"
 
 
+def _metadata(name: str, i: int) -> dict[str, Any]:
+    return {"tag": "hot" if i % 10 == 0 else "cold", "lang": "es" if i % 2 else "en",
+            **({"note": ODD} if i % 50 == 0 else {})}
+
+
 def _load(engine: Engine, tmp_path: Path, sizes: dict[str, int], seed: int = 30) -> None:
-    rng = np.random.default_rng(seed)
-    for name, n in sizes.items():
-        rows = tmp_path / f"{uuid.uuid4().hex}.jsonl"
-        rows.write_text("".join(json.dumps({
-            "id": f"{name}:{i}", "title": f"{name} {i}", "text": f"texto {name} {i}",
-            "tag": "hot" if i % 10 == 0 else "cold", "lang": "es" if i % 2 else "en",
-            **({"note": ODD} if i % 50 == 0 else {})}) + "\n" for i in range(n)))
-        vectors = rows.with_suffix(".npy")
-        np.save(vectors, rng.normal(size=(n, DIM)).astype(np.float32))
-        ingest(engine, None, rows, collection=name, embeddings=vectors, fingerprint=FINGERPRINT, progress=False)
-    with engine.begin() as conn:
-        conn.execute(sa.text("ANALYZE dpr_pg.passages"))
+    load_collections(engine, tmp_path, sizes, fingerprint=FINGERPRINT, seed=seed, metadata=_metadata)
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["partitioned", "unpartitioned"])
 def engine(request: pytest.FixtureRequest, server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """4,800 rows in two collections, 10% tagged hot, with the filtered index of {"tag": "hot"}."""
-    name = server.create_database()
-    eng = sa.create_engine(server.url_for(name))
-    init(eng, dim=DIM, partition_by_collection=request.param)
-    _load(eng, tmp_path_factory.mktemp("rows"), SIZES)
-    assert is_partitioned(eng) is request.param
-    build = build_filtered_index(eng, HOT)
-    assert build.built and build.index.rows == 480
-    yield eng
-    eng.dispose()
-    server.drop_database(name)
+    rows = tmp_path_factory.mktemp("rows")
+    with collections_database(server, partitioned=request.param, dim=DIM,
+                              load=lambda eng: _load(eng, rows, SIZES)) as eng:
+        build = build_filtered_index(eng, HOT)
+        assert build.built and build.index.rows == 480
+        yield eng
 
 
 def _ids(hits: Any) -> list[int]:
@@ -320,3 +309,28 @@ def test_postgresql_proves_the_predicate_from_the_sql_face_compilers_where(engin
             f"'{json.dumps(QUERY.tolist())}'::vector, 10, {'NULL::text' if collection is None else repr(collection)} "
             "LOOP RAISE NOTICE '%', line; END LOOP; END $$"))
     assert any("where_" + index_name(HOT)[-12:] in line for line in lines), lines
+
+
+def test_a_failed_build_leaves_no_index_behind(engine: Engine) -> None:
+    """A build that fails on its last step (a partition's index, or the plain table's) drops what it built."""
+    document = {"lang": "es"}
+    failing = "passages_default_where_" if is_partitioned(engine) else "passages_hnsw_where_"
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE FUNCTION public.refuse_filtered_index() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c WHERE c.object_identity LIKE "
+            f"'dpr_pg.{failing}%') THEN RAISE EXCEPTION 'refused for the test'; END IF; END $$"))
+        conn.execute(sa.text("CREATE EVENT TRIGGER refuse_filtered_index ON ddl_command_end "
+                             "EXECUTE FUNCTION public.refuse_filtered_index()"))
+    try:
+        with pytest.raises(IndexBuildError, match="was not built: refused for the test"):
+            build_filtered_index(engine, document)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP EVENT TRIGGER refuse_filtered_index"))
+            conn.execute(sa.text("DROP FUNCTION public.refuse_filtered_index()"))
+    with engine.connect() as conn:
+        left = conn.execute(sa.text("SELECT relname FROM pg_class WHERE relname LIKE :n"),
+                            {"n": f"%where_{index_name(document)[-12:]}"}).scalars().all()
+    assert left == []
+    assert [i.document for i in filtered_indexes(engine)] == [HOT]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _collection_rows import collections_database, load_collections
 from _sql_face import sql_face
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from dpr_pg import ingest, search, tuning
+from dpr_pg import search, tuning
 from dpr_pg.db.partitions import is_partitioned, partition_name
 from dpr_pg.db.schema import init
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
@@ -40,28 +40,15 @@ QUERY = np.random.default_rng(21).normal(size=DIM).astype(np.float32)
 
 
 def _load(engine: Engine, tmp_path: Path) -> None:
-    rng = np.random.default_rng(20)
-    for name, n in SIZES.items():
-        rows = tmp_path / f"{uuid.uuid4().hex}.jsonl"
-        rows.write_text("".join(json.dumps({"id": f"{name}:{i}", "title": f"{name} {i}", "text": f"texto {name} {i}",
-                                            "even": i % 2 == 0}) + "\n" for i in range(n)))
-        vectors = rows.with_suffix(".npy")
-        np.save(vectors, rng.normal(size=(n, DIM)).astype(np.float32))
-        ingest(engine, None, rows, collection=name, embeddings=vectors, fingerprint=FINGERPRINT, progress=False)
-    with engine.begin() as conn:
-        conn.execute(sa.text("ANALYZE dpr_pg.passages"))
+    load_collections(engine, tmp_path, SIZES, fingerprint=FINGERPRINT, seed=20,
+                     metadata=lambda name, i: {"even": i % 2 == 0})
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["partitioned", "unpartitioned"])
 def engine(request: pytest.FixtureRequest, server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    name = server.create_database()
-    eng = sa.create_engine(server.url_for(name))
-    init(eng, dim=DIM, partition_by_collection=request.param)
-    _load(eng, tmp_path_factory.mktemp("rows"))
-    assert is_partitioned(eng) is request.param
-    yield eng
-    eng.dispose()
-    server.drop_database(name)
+    rows = tmp_path_factory.mktemp("rows")
+    with collections_database(server, partitioned=request.param, dim=DIM, load=lambda eng: _load(eng, rows)) as eng:
+        yield eng
 
 
 PARTITION = f"is a partition of about {SIZES['big']} rows with its own HNSW index"
