@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Connection, Engine
 
-from dpr_pg import (build_filtered_index, build_index, drop_filtered_index, filtered_indexes,
+from dpr_pg import (build_filtered_index, build_index, drop_collection, drop_filtered_index, filtered_indexes,
                     partition_passages, promote_key, search, set_storage, tuning)
 from dpr_pg.db.filtered import check_document, index_name, matching_index
 from dpr_pg.db.partitions import is_partitioned, partition_name
@@ -144,9 +144,12 @@ def test_a_new_collection_is_covered_by_the_index(engine: Engine, tmp_path: Path
         assert hits.plan.path == ("hnsw" if is_partitioned(engine) else "exact")
         assert _ids(hits) == _exact(engine, HOT, "late", k=5)
     finally:
+        drop_collection(engine, "late")  # partitioned: its partition goes, and its part of the index with it
         with engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM dpr_pg.passages WHERE collection = 'late'"))
             conn.execute(sa.text("ANALYZE dpr_pg.passages"))
+    (index,) = filtered_indexes(engine)
+    assert index.valid and index.rows == 480 and partition_name("late") not in index.partitions
+    assert search(engine, QUERY, k=10, filter=HOT).plan.path == "hnsw"
 
 
 def test_values_with_quotes_backslashes_and_unicode_match_exactly(engine: Engine) -> None:
