@@ -136,8 +136,8 @@ def check_document(document: object) -> dict[str, Any]:
             raise ConfigError(f"expected {_ALLOWED}; {key!r} is not such a key (no operators, no dotted paths)") \
                 from None
         if key in COLUMNS or key == "metadata":
-            raise ConfigError(f"expected {_ALLOWED}; {key!r} names a column, not a metadata key: a search of one "
-                              "collection already reads its own partition (dpr-pg storage partition)")
+            raise ConfigError(f"expected {_ALLOWED}; {key!r} names a column, not a metadata key (to keep a "
+                              "collection's rows together, partition the table: dpr-pg storage partition)")
         if not _is_plain(value):
             raise ConfigError(f"expected {_ALLOWED}; key {key!r} has {value!r} (no null, operator, list, object, "
                               "NaN or infinity)")
