@@ -40,6 +40,7 @@ whose own index must find all of it at the ef_search of a search of every collec
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 import time
@@ -125,6 +126,17 @@ def measure(engine: sa.Engine, queries: np.ndarray, expected: dict[str, list[lis
     return out
 
 
+def indexes_read(engine: sa.Engine, query: np.ndarray) -> str:
+    """Which indexes PostgreSQL reads for the tag's bands (one question): the filtered one, or the main graph."""
+    found = []
+    for band, collection, document in BANDS:
+        if document == HOT:
+            hits = search(engine, query, k=K, filter=document, collection=collection, explain=True)
+            used = sorted(set(re.findall(r"Index Scan using (\S+)", hits.plan.explain or ""))) or ["none"]
+            found.append(f"{band}: {hits.plan.path} reads {', '.join(used)}")
+    return "; ".join(found)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -177,6 +189,7 @@ def main() -> None:
         steps["HNSW build (plain)"] = build_index(engine).seconds
         runs.append(("plain", measure(engine, queries, expected, ef_curve)))
         steps["filtered index {\"tag\": \"hot\"} (plain)"] = build_filtered_index(engine, HOT).seconds
+        print("plain+filtered: " + indexes_read(engine, queries[0]))
         runs.append(("plain+filtered", measure(engine, queries, expected)))
         drop_filtered_index(engine, HOT)
         if not args.skip_promote:
@@ -193,6 +206,7 @@ def main() -> None:
             drop_promoted(engine, "f1")
         runs.append(("partitioned", measure(engine, queries, expected, ef_curve)))
         steps["filtered index {\"tag\": \"hot\"} (partitioned)"] = build_filtered_index(engine, HOT).seconds
+        print("partitioned+filtered: " + indexes_read(engine, queries[0]))
         runs.append(("partitioned+filtered", measure(engine, queries, expected)))
         report(runs, steps)
     finally:
