@@ -497,12 +497,13 @@ $$;
 
 -- The filtered HNSW index (dpr_pg/db/filtered.py) whose every key/value the filter holds as a top-level
 -- plain equality (the same JSON value: jsonb's text of it), the one with fewest rows if several; its
--- rows (those of the collection's partition when the table is partitioned and one is searched), and
--- whether the filter is exactly its document (a collection counts as one more condition on a plain
--- table). Nothing under row-level security, on pgvector < @ITERATIVE_SCAN_VERSION@ or above k = @MAX_EF_SEARCH@:
+-- rows (those of the collection's partition when the table is partitioned and one is searched),
+-- whether the filter is exactly its document, and `within`: a collection searched on a plain table,
+-- a condition within the index's rows. Nothing under row-level security, on pgvector < @ITERATIVE_SCAN_VERSION@ or above k = @MAX_EF_SEARCH@:
 -- the rules of dpr_pg/search/planner.py and dpr_pg/db/filtered.py's matching_index.
 CREATE OR REPLACE FUNCTION dpr_pg._filtered_plan(filter jsonb, collection text, k integer,
-                                                 OUT name text, OUT index_rows double precision, OUT exact boolean)
+                                                 OUT name text, OUT index_rows double precision, OUT exact boolean,
+                                                 OUT within boolean)
 LANGUAGE plpgsql STABLE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -529,9 +530,9 @@ BEGIN
     partitioned := (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = 'dpr_pg.passages'::regclass);
     leaf := CASE WHEN partitioned AND collection IS NOT NULL
                  THEN 'passages_c_' || left(md5(collection), 16) END;
-    SELECT x.relname, x.rows, (SELECT count(*) FROM jsonb_object_keys(filter)) = x.keys
-                              AND (collection IS NULL OR partitioned)
-    INTO name, index_rows, exact
+    SELECT x.relname, x.rows, (SELECT count(*) FROM jsonb_object_keys(filter)) = x.keys,
+           collection IS NOT NULL AND NOT partitioned
+    INTO name, index_rows, exact, within
     FROM (SELECT c.relname, (SELECT count(*) FROM jsonb_object_keys(d.doc)) AS keys, d.doc,
                  CASE WHEN c.relkind <> 'I' THEN greatest(c.reltuples, 0)
                       ELSE (SELECT coalesce(sum(greatest(l.reltuples, 0)), 0)
@@ -595,11 +596,12 @@ BEGIN
     where_sql := compiled.clause || CASE WHEN collection IS NULL THEN '' ELSE ' AND collection = $4' END;
     rls := row_security_active('dpr_pg.passages');
     -- A filtered HNSW index the filter covers: exactly its document walks it unfiltered (its predicate
-    -- is implied by where_sql, so the index scan below keeps the WHERE); further conditions are judged
-    -- against its rows.
+    -- is implied by where_sql, so the index scan below keeps the WHERE), or with an iterative scan when
+    -- a collection of a plain table filters within it; further conditions are judged against its rows.
     covered := dpr_pg._filtered_plan(filter, collection, k);
     IF covered.exact THEN
-        SELECT 'hnsw'::text AS path, covered.index_rows AS estimated_rows, NULL::bigint AS matching_rows,
+        SELECT CASE WHEN covered.within THEN 'hnsw-iterative' ELSE 'hnsw' END AS path,
+               covered.index_rows AS estimated_rows, NULL::bigint AS matching_rows,
                greatest(k, @UNFILTERED_EF_SEARCH@) AS ef_search INTO chosen;
     ELSE
         SELECT * INTO chosen FROM dpr_pg._search_plan('dpr_pg.passages', 'dpr_pg.passages', where_sql,

@@ -78,15 +78,12 @@ def _index_scans(conn: Connection, name: str) -> int:
 def test_the_filter_of_the_index_walks_it_unfiltered_with_the_exact_hits(engine: Engine,
                                                                         collection: str | None) -> None:
     hits = search(engine, QUERY, k=10, filter=HOT, collection=collection, explain=True)
-    walks = collection is None or is_partitioned(engine)  # a plain table's collection is one more condition
+    unfiltered = collection is None or is_partitioned(engine)  # a plain table's collection filters within it
     assert hits.plan.filtered_index == index_name(HOT)
     assert index_name(HOT) in hits.plan.reason
-    if walks:
-        assert hits.plan.path == "hnsw" and not hits.plan.fell_back
-        assert hits.plan.ef_search == max(10, tuning.UNFILTERED_EF_SEARCH)
-        assert "where_" + index_name(HOT)[-12:] in hits.plan.explain
-    else:  # 240 rows within the index's 480: exact
-        assert hits.plan.path == "exact"
+    assert hits.plan.path == ("hnsw" if unfiltered else "hnsw-iterative") and not hits.plan.fell_back
+    assert hits.plan.ef_search == max(10, tuning.UNFILTERED_EF_SEARCH)
+    assert "where_" + index_name(HOT)[-12:] in hits.plan.explain
     assert _ids(hits) == _exact(engine, HOT, collection)
 
 
@@ -124,12 +121,20 @@ def test_the_sql_face_returns_the_same_hits_through_the_index(engine: Engine, do
         assert scans > 0  # PostgreSQL chose the filtered index for the SQL face's query too
 
 
-def test_the_sql_face_plans_the_index_as_python_does(engine: Engine) -> None:
+@pytest.mark.parametrize(("document", "collection"), [
+    (HOT, None), (HOT, "big"), ({"tag": "hot", "lang": "es"}, None), ({"tag": "hot", "lang": "es"}, "big"),
+])
+def test_the_sql_face_plans_the_index_as_python_does(engine: Engine, document: dict[str, Any],
+                                                     collection: str | None) -> None:
     with engine.begin() as conn:
-        _, plan = sql_face(conn, "SELECT id FROM dpr_pg.search(CAST(:q AS vector), 10, CAST(:f AS jsonb))",
-                           {"q": str(QUERY.tolist()), "f": json.dumps(HOT)})
-    python = search(engine, QUERY, k=10, filter=HOT).plan
-    assert (plan["path"], plan["ef_search"]) == (python.path, python.ef_search) == ("hnsw", tuning.UNFILTERED_EF_SEARCH)
+        _, plan = sql_face(conn, "SELECT id FROM dpr_pg.search(CAST(:q AS vector), 10, CAST(:f AS jsonb), :c)",
+                           {"q": str(QUERY.tolist()), "f": json.dumps(document), "c": collection})
+    python = search(engine, QUERY, k=10, filter=document, collection=collection).plan
+    assert (plan["path"], plan["ef_search"], plan["filtered_index"]) == (
+        python.path, python.ef_search, python.filtered_index)
+    assert python.filtered_index == index_name(HOT)
+    if document == HOT:
+        assert python.ef_search == tuning.UNFILTERED_EF_SEARCH
 
 
 def test_a_new_collection_is_covered_by_the_index(engine: Engine, tmp_path: Path) -> None:
@@ -141,7 +146,7 @@ def test_a_new_collection_is_covered_by_the_index(engine: Engine, tmp_path: Path
             assert index.partitions[partition_name("late")] == 30
         hits = search(engine, QUERY, k=5, filter=HOT, collection="late", explain=True)
         assert hits.plan.filtered_index == index.name
-        assert hits.plan.path == ("hnsw" if is_partitioned(engine) else "exact")
+        assert hits.plan.path == ("hnsw" if is_partitioned(engine) else "hnsw-iterative")
         assert _ids(hits) == _exact(engine, HOT, "late", k=5)
     finally:
         drop_collection(engine, "late")  # partitioned: its partition goes, and its part of the index with it

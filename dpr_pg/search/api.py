@@ -481,9 +481,9 @@ _PARTITION_SPREAD = sa.text(
 
 def _filtered_rows(conn: Connection, covered: FilteredMatch | None,
                    collection: str | None) -> _planner.FilteredRows | None:
-    """What the planner needs of the filtered index the filter covers. A search of one collection walks
-    it only on a partitioned table (its partition's part of the index, with that part's rows); on a
-    plain table the collection is one more condition within the index's rows."""
+    """What the planner needs of the filtered index the filter covers. A search of one collection of a
+    partitioned table walks its partition's part of the index (with that part's rows); on a plain
+    table the collection is a condition within the index's rows."""
     if covered is None:
         return None
     index = covered.index
@@ -492,7 +492,7 @@ def _filtered_rows(conn: Connection, covered: FilteredMatch | None,
     if _partitioned(conn):
         rows = index.partitions.get(partition_name(collection), 0.0)
         return _planner.FilteredRows(index.name, rows, covered.exact)
-    return _planner.FilteredRows(index.name, index.rows, exact=False)
+    return _planner.FilteredRows(index.name, index.rows, covered.exact, collection=collection)
 
 
 def _partition_spread(conn: Connection) -> _planner.PartitionSpread | None:

@@ -98,11 +98,13 @@ class CollectionPartition:
 class FilteredRows:
     """The filtered HNSW index a search's filter covers (see :mod:`dpr_pg.db.filtered`): its name, its rows
     (those of the searched collection's partition, when the table is partitioned and one is searched),
-    and whether the filter is exactly its document."""
+    whether the filter is exactly its document, and ``collection``: the collection searched on an
+    unpartitioned table, a condition within the index's rows."""
 
     name: str
     rows: float
     exact: bool
+    collection: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,9 @@ def plan(
     ``collection``); unless ``ef_search`` is given, each partition's index scan takes
     :func:`spread_ef_search` of the one index's ef_search.
     ``filtered``: the filter holds every key/value of a filtered HNSW index (see :mod:`dpr_pg.db.filtered`).
-    A filter that is exactly its document walks that small graph unfiltered (path ``hnsw``); with
-    further conditions, their share is judged against the index's rows rather than the table's.
+    A filter that is exactly its document walks that small graph unfiltered (path ``hnsw``), or, with
+    a collection of an unpartitioned table, with an iterative scan that keeps the collection's rows;
+    with further conditions, their share is judged against the index's rows rather than the table's.
 
     >>> plan(conn, None, k=10, pgvector_version=(0, 8, 5)).path  # doctest: +SKIP
     'hnsw'
@@ -215,9 +218,15 @@ def plan(
     note = ""
     if filtered is not None:
         if filtered.exact:
-            return SearchPlan("hnsw", f"the filter is the document of the filtered HNSW index {filtered.name} "
-                              f"(about {filtered.rows:.0f} rows): that index, unfiltered", estimated_rows=filtered.rows,
-                              ef_search=max(k, ef_search or UNFILTERED_EF_SEARCH), filtered_index=filtered.name)
+            walked = (f"the filter is the document of the filtered HNSW index {filtered.name} (about "
+                      f"{filtered.rows:.0f} rows)")
+            chosen_ef = max(k, ef_search or UNFILTERED_EF_SEARCH)
+            if filtered.collection is not None:  # PostgreSQL's estimate of the pair would assume them independent
+                return SearchPlan("hnsw-iterative", walked + f", and collection {filtered.collection!r} filters within "
+                                  "it: iterative scan of that index", estimated_rows=filtered.rows,
+                                  ef_search=chosen_ef, filtered_index=filtered.name)
+            return SearchPlan("hnsw", walked + ": that index, unfiltered", estimated_rows=filtered.rows,
+                              ef_search=chosen_ef, filtered_index=filtered.name)
         note = f" within the filtered HNSW index {filtered.name} (about {filtered.rows:.0f} rows)"
         partition, table = None, (filtered.rows, table[1] if table is not None else True)
     if partition is not None and partition.rows > exact_threshold:
