@@ -626,8 +626,9 @@ BEGIN
         END IF;
         -- Under row-level security PostgreSQL cannot see how many rows the policy keeps and guesses
         -- few: without this it sorts what the collection index finds instead of reading HNSW in order.
+        -- On a filtered HNSW index too: it takes a tag and a collection as independent, and may guess few.
         old_sort := current_setting('enable_sort');
-        IF rls THEN
+        IF rls OR covered.name IS NOT NULL THEN
             PERFORM set_config('enable_sort', 'off', true);
         END IF;
         EXECUTE format(

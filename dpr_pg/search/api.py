@@ -349,10 +349,13 @@ def _dense(conn: Connection, vector: np.ndarray, where: sa.ColumnElement[bool] |
         iterative = plan.path == "hnsw-iterative" or candidates > ef_search
         ef_search = min(max(ef_search, candidates), _planner.MAX_EF_SEARCH)
         # The iterative scan's settings may be in place already (_custom_plans); under row-level
-        # security ann_settings also reads the index in order.
-        preset = plan.path == "hnsw-iterative" and ef_search == iterative_ef and not plan.row_security
+        # security, and on a filtered HNSW index, ann_settings also reads the index in order: PostgreSQL's
+        # estimate of the rows may be far too low there (a policy it cannot see; a tag and a collection it
+        # takes as independent), and it would sort what another index finds.
+        index_order = plan.row_security or plan.filtered_index is not None
+        preset = plan.path == "hnsw-iterative" and ef_search == iterative_ef and not index_order
         with nullcontext() if preset else ann_settings(conn, ef_search=ef_search, iterative=iterative,
-                                                       restore=restore, index_order=plan.row_security):
+                                                       restore=restore, index_order=index_order):
             rows, text = _run(conn, stmt, params, explain)
         if len(rows) >= k:
             return Hits(_hits(rows), plan.with_(explain=text))
