@@ -133,7 +133,8 @@ def indexes_read(engine: sa.Engine, query: np.ndarray) -> str:
         if document == HOT:
             hits = search(engine, query, k=K, filter=document, collection=collection, explain=True)
             used = sorted(set(re.findall(r"Index Scan using (\S+)", hits.plan.explain or ""))) or ["none"]
-            found.append(f"{band}: {hits.plan.path} reads {', '.join(used)}")
+            shown = ", ".join(used) if len(used) <= 2 else f"{len(used)} indexes ({used[0]}, ...)"
+            found.append(f"{band}: {hits.plan.path} reads {shown}")
     return "; ".join(found)
 
 
