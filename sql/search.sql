@@ -499,7 +499,8 @@ $$;
 -- plain equality (the same JSON value: jsonb's text of it), the one with fewest rows if several; its
 -- rows (those of the collection's partition when the table is partitioned and one is searched),
 -- whether the filter is exactly its document, and `within`: a collection searched on a plain table,
--- a condition within the index's rows. Nothing under row-level security, on pgvector < @ITERATIVE_SCAN_VERSION@ or above k = @MAX_EF_SEARCH@:
+-- a condition within the index's rows. Nothing under row-level security, on pgvector < @ITERATIVE_SCAN_VERSION@ or above k = @MAX_EF_SEARCH@,
+-- or when those rows are fewer than k (the index cannot hold a top k):
 -- the rules of dpr_pg/search/planner.py and dpr_pg/db/filtered.py's matching_index.
 CREATE OR REPLACE FUNCTION dpr_pg._filtered_plan(filter jsonb, collection text, k integer,
                                                  OUT name text, OUT index_rows double precision, OUT exact boolean,
@@ -548,6 +549,9 @@ BEGIN
     WHERE NOT EXISTS (SELECT 1 FROM jsonb_each(x.doc) AS e WHERE (plain -> e.key)::text IS DISTINCT FROM e.value::text)
     ORDER BY x.rows, x.relname
     LIMIT 1;
+    IF index_rows < k THEN  -- it cannot hold a top k: walking it would end in an exact scan
+        name := NULL; index_rows := NULL; exact := NULL; within := NULL;
+    END IF;
 END
 $$;
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import (build_filtered_index, build_index, drop_collection, drop_filtered_index, filtered_indexes,
                     partition_passages, promote_key, search, set_storage, tuning)
-from dpr_pg.db.filtered import check_document, index_name, matching_index
+from dpr_pg.db.filtered import check_document, forget_filtered_indexes, index_name, matching_index
 from dpr_pg.db.partitions import is_partitioned, partition_name
 from dpr_pg.db.schema import init
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
@@ -105,6 +105,20 @@ def test_a_callers_ef_search_and_exact_mode_are_honoured(engine: Engine) -> None
     assert exact.plan.path == "exact" and exact.plan.filtered_index is None
 
 
+@pytest.mark.parametrize(("k", "collection"), [(500, None), (300, "big")])
+def test_an_index_with_fewer_rows_than_k_is_left_aside_by_both_faces(engine: Engine, k: int,
+                                                                     collection: str | None) -> None:
+    # 480 hot rows, 240 of them in "big": a partition's part of the index holds only those
+    aside = collection is None or is_partitioned(engine)
+    python = search(engine, QUERY, k=k, filter=HOT, collection=collection)
+    with engine.begin() as conn:
+        rows, plan = sql_face(conn, "SELECT id FROM dpr_pg.search(CAST(:q AS vector), :k, CAST(:f AS jsonb), :c)",
+                              {"q": str(QUERY.tolist()), "k": k, "f": json.dumps(HOT), "c": collection})
+    assert python.plan.filtered_index == plan.get("filtered_index") == (None if aside else index_name(HOT))
+    assert (python.plan.path, python.plan.ef_search) == (plan["path"], plan["ef_search"])
+    assert python.plan.fell_back is not aside  # a plain table's 480 rows, of which the collection keeps 240 < k
+    assert _ids(python) == [r.id for r in rows] == _exact(engine, HOT, collection, k=k)
+
 @pytest.mark.parametrize(("document", "collection"), [
     (HOT, None), (HOT, "big"), ({"tag": "hot", "lang": "es"}, None), ({"lang": "es", "tag": {"$eq": "hot"}}, "other"),
 ])
@@ -139,6 +153,7 @@ def test_the_sql_face_plans_the_index_as_python_does(engine: Engine, document: d
 
 def test_a_new_collection_is_covered_by_the_index(engine: Engine, tmp_path: Path) -> None:
     _load(engine, tmp_path, {"late": 300}, seed=33)  # partitioned: a new partition, which inherits the index
+    forget_filtered_indexes(engine)  # what a search reads of the indexes is a few seconds old: the new part's rows
     try:
         (index,) = filtered_indexes(engine)
         assert index.rows == 510

@@ -192,6 +192,7 @@ def plan(
     A filter that is exactly its document walks that small graph unfiltered (path ``hnsw``), or, with
     a collection of an unpartitioned table, with an iterative scan that keeps the collection's rows;
     with further conditions, their share is judged against the index's rows rather than the table's.
+    An index (or the searched partition's part of it) of fewer than ``k`` rows is left aside.
 
     >>> plan(conn, None, k=10, pgvector_version=(0, 8, 5)).path  # doctest: +SKIP
     'hnsw'
@@ -216,6 +217,8 @@ def plan(
     if k > MAX_EF_SEARCH:
         return SearchPlan("exact", f"k={k} is above hnsw.ef_search's limit of {MAX_EF_SEARCH}")
     note = ""
+    if filtered is not None and filtered.rows < k:  # it cannot hold a top k: walking it would end in an exact scan
+        filtered = None
     if filtered is not None:
         if filtered.exact:
             walked = (f"the filter is the document of the filtered HNSW index {filtered.name} (about "
