@@ -23,7 +23,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from dpr_pg import (build_filtered_index, build_index, drop_collection, drop_filtered_index, filtered_indexes,
                     partition_passages, promote_key, search, set_storage, tuning)
-from dpr_pg.db.filtered import check_document, forget_filtered_indexes, index_name, matching_index
+from dpr_pg.db.filtered import (FilteredIndex, check_document, forget_filtered_indexes, index_name,
+                                matching_index)
 from dpr_pg.db.partitions import is_partitioned, partition_name
 from dpr_pg.db.schema import init
 from dpr_pg.encoders.fingerprint import EncoderFingerprint
@@ -232,6 +233,20 @@ def test_a_document_is_accepted_exactly_when_it_is_flat_plain_metadata(case: tup
     else:
         with pytest.raises(ConfigError, match="1 to 4 top-level metadata keys"):
             check_document(document)
+
+
+def test_the_index_with_fewest_rows_in_the_searched_partition_is_chosen() -> None:
+    tag = FilteredIndex({"tag": "hot"}, "passages_hnsw_where_b", 500.0, partitions={"p_big": 450.0, "p_small": 50.0})
+    lang = FilteredIndex({"lang": "es"}, "passages_hnsw_where_a", 600.0, partitions={"p_big": 100.0, "p_small": 500.0})
+    stale = FilteredIndex({"tag": "hot", "lang": "es"}, "passages_hnsw_where_c", 1.0, valid=False)
+    both = {"tag": "hot", "lang": {"$eq": "es"}}
+    assert matching_index(both, [tag, lang, stale]).index is tag  # type: ignore[union-attr]
+    assert matching_index(both, [tag, lang, stale], partition="p_big").index is lang  # type: ignore[union-attr]
+    assert matching_index(both, [tag, lang], partition="p_small").index is tag  # type: ignore[union-attr]
+    assert matching_index(both, [tag, lang], partition="p_new").index is lang  # type: ignore[union-attr]  # 0 = 0: by name
+    assert not matching_index(both, [tag]).exact  # type: ignore[union-attr]
+    assert matching_index({"tag": "hot", "lang": "en"}, [lang]) is None
+    assert matching_index({"tag": 1.0}, [FilteredIndex({"tag": 1}, "i", 5.0)]) is None  # 1 and 1.0 differ in JSON
 
 
 @pytest.fixture(scope="module")

@@ -228,9 +228,12 @@ class FilteredMatch:
     exact: bool
 
 
-def matching_index(filter: object, indexes: tuple[FilteredIndex, ...] | list[FilteredIndex]) -> FilteredMatch | None:
+def matching_index(filter: object, indexes: tuple[FilteredIndex, ...] | list[FilteredIndex], *,
+                   partition: str | None = None) -> FilteredMatch | None:
     """The valid index whose every key/value the filter holds as a top-level plain equality (the exact
-    canonical JSON value), the one with fewest rows if several; None if none.
+    canonical JSON value), the one with fewest rows if several (then by name, as the SQL face's
+    ``dpr_pg._filtered_plan``); None if none. ``partition``: the searched collection's partition of a
+    partitioned table, whose part of each index is what counts.
 
     >>> matching_index({"tag": "hot", "lang": "es"}, [FilteredIndex({"tag": "hot"}, "i", 10.0)]).exact
     False
@@ -243,12 +246,12 @@ def matching_index(filter: object, indexes: tuple[FilteredIndex, ...] | list[Fil
             value = value["$eq"]
         if isinstance(key, str) and not isinstance(value, (Mapping, list)) and value is not None:
             plain[key] = json.dumps(value, ensure_ascii=False)
-    best = None
-    for index in indexes:
-        if index.valid and all(plain.get(k) == json.dumps(v, ensure_ascii=False) for k, v in index.document.items()):
-            if best is None or index.rows < best.rows:
-                best = index
-    return None if best is None else FilteredMatch(best, exact=len(filter) == len(best.document))
+    covering = [index for index in indexes if index.valid and all(
+        plain.get(k) == json.dumps(v, ensure_ascii=False) for k, v in index.document.items())]
+    if not covering:
+        return None
+    best = min(covering, key=lambda i: (i.rows if partition is None else i.partitions.get(partition, 0.0), i.name))
+    return FilteredMatch(best, exact=len(filter) == len(best.document))
 
 
 def _drop_hint(document: Mapping[str, Any]) -> str:

@@ -596,7 +596,8 @@ def search_many(
             if promoted:
                 where_probe = _where(filter, collection, promoted=promoted)
             if mode != "exact":  # a filtered HNSW index (dpr_pg.db.filtered) whose rows the filter covers
-                covered = matching_index(filter, filtered_by_engine(conn))
+                part = partition_name(collection) if collection is not None and _partitioned(conn) else None
+                covered = matching_index(filter, filtered_by_engine(conn), partition=part)
         # Our own transaction ends right after (an Engine's, or one the async API opened for this
         # search alone): its SET LOCALs end with it, nothing to restore.
         restore = not isinstance(bind, Engine) and not conn.get_execution_options().get(TRANSACTION_OF_ITS_OWN)
