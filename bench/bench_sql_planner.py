@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import sqlalchemy as sa
-from _database import drop_database, fresh_database
+from _database import drop_database, fresh_database, stand_in_encoder
 
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.db.schema import init, resource_dir
@@ -54,9 +54,7 @@ def load(engine: sa.Engine, vectors: np.ndarray) -> None:
                for i in range(rows)]
     columns = ", ".join(f"s{m} boolean" for m in FLAGS)
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('bench', 'q', 'p', 't', :d, 512) RETURNING id"), {"d": vectors.shape[1]}).scalar_one()
+        encoder = stand_in_encoder(conn, vectors.shape[1])
         conn.execute(sa.text("DROP INDEX dpr_pg.passages_embedding_hnsw"))
         conn.execute(sa.text(
             "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from _database import drop_database, fresh_database
+from _database import drop_database, fresh_database, stand_in_encoder
 
 from dpr_pg.db.engine import embedded_url
 from dpr_pg.db.index import build_index, drop_hnsw
@@ -83,9 +83,7 @@ def copy_passages(engine: sa.Engine, rows: Iterable[tuple[str, dict[str, Any], n
     from psycopg.types.json import Jsonb
 
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('bench', 'bench/q', 'bench/p', 'bench', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
+        encoder = stand_in_encoder(conn, DIM)
     drop_hnsw(engine)
     started = time.perf_counter()
     with engine.begin() as conn:

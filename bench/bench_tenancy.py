@@ -35,7 +35,7 @@ from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _database import fresh_database  # noqa: E402
+from _database import fresh_database, stand_in_encoder  # noqa: E402
 from bench_search import DIM, K, measure, passage_ids, queries_near, synthetic, truth  # noqa: E402
 
 from dpr_pg.db.engine import embedded_url  # noqa: E402
@@ -61,9 +61,7 @@ def load(engine: sa.Engine, vectors: np.ndarray, collections: np.ndarray, tenth:
     started = time.perf_counter()
     drop_hnsw(engine)
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('bench', 'bench/question', 'bench/passage', 'bench', :d, 512) RETURNING id"), {"d": DIM}).scalar()
+        encoder = stand_in_encoder(conn, DIM)
         raw = conn.connection.driver_connection
         register_vector(raw)
         with raw.cursor() as cur, cur.copy(
