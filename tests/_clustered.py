@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import sqlalchemy as sa
+from _encoders import stand_in_encoder
 from sqlalchemy.engine import Engine
 
 DIM = 32
@@ -31,9 +32,7 @@ def load_clustered(engine: Engine, vectors: np.ndarray) -> None:
     """``vectors`` as passages 1..N of collection "c", and as the rows of the sync-enabled app table ``docs``."""
     rows = [{"id": i + 1, "lang": lang_of(i), "v": str(vectors[i].tolist())} for i in range(len(vectors))]
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('fp', 'q', 'p', 't', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
+        encoder = stand_in_encoder(conn, DIM)
         conn.execute(sa.text(
             "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
             "encoder_id) SELECT 'c', 'doc-' || r.id, 'Título ' || r.id, 'texto número ' || r.id, "

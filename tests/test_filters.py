@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from _encoders import stand_in_encoder
 from _filter_oracle import matches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,9 +49,7 @@ ROWS = _rows()
 def store_rows(engine: Engine) -> None:
     """ROWS as the passages of a dim-4 database, ids 1..48 in order, row i with the vector [i + 1, 1, 0, 0]."""
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('fp', 'q', 'p', 't', 4, 512) RETURNING id")).scalar_one()
+        encoder = stand_in_encoder(conn, 4)
         for i, row in enumerate(ROWS):
             conn.execute(sa.text(
                 "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "

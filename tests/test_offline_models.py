@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
+from _encoders import stand_in_encoder
 
 from dpr_pg import EncoderPair, make_tiny_models, sample_corpus, sample_questions
 from dpr_pg.encoders.tiny import tiny_vocab
@@ -74,9 +75,7 @@ def _store_one_passage(database_url: str) -> None:
     """A stored passage: a search over an empty database answers 'no hits' before loading any model."""
     engine = sa.create_engine(database_url)
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('f', 'q', 'p', 't', 768, 512) RETURNING id")).scalar_one()
+        encoder = stand_in_encoder(conn, 768, fingerprint="f")
         conn.execute(sa.text("INSERT INTO dpr_pg.passages (collection, external_id, text, content_hash, embedding, "
                              "encoder_id) VALUES ('c', 'x', 'Sevilla.', 'h', :v, :e)"),
                      {"v": str([0.1] * 768), "e": encoder})

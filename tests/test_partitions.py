@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _encoders import stand_in_encoder
 from click.testing import CliRunner
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
@@ -386,9 +387,7 @@ def test_the_conversion_sizes_its_memory_for_the_largest_partitions_graph(plain:
     # (graph_bytes), the whole table's 12,100 about 5MB; the database's own setting is 1MB.
     _, engine = plain
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('memory', 'q', 'p', 't', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
+        encoder = stand_in_encoder(conn, DIM, fingerprint="memory")
         for collection, rows in {"big": 6000, "also big": 6000, "small": 100}.items():
             conn.execute(sa.text(
                 "INSERT INTO dpr_pg.passages (collection, external_id, text, content_hash, embedding, encoder_id) "

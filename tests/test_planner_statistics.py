@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _encoders import stand_in_encoder
 from _sync_app import HashPair, create_articles
 from sqlalchemy.engine import Connection, Engine
 
@@ -77,12 +78,6 @@ def _sql_plan(engine: Engine, statement: str, params: dict[str, Any]) -> tuple[l
     return rows, plan
 
 
-def _register(conn: Connection) -> int:
-    return int(conn.execute(sa.text(
-        "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-        "VALUES ('stats', 'q', 'p', 't', :d, 512) RETURNING id"), {"d": DIM}).scalar_one())
-
-
 def _faces(engine: Engine, collection: str) -> dict[str, dict[str, Any]]:
     """The plan of a top-10 search of ``collection`` through the Python API and dpr_pg.search."""
     hits = search(engine, QUERY, k=10, collection=collection)
@@ -123,7 +118,7 @@ def unanalyzed(engine8: Engine) -> Engine:
     vectors = _vectors(ROWS + SMALL, 2)
     records = [{"i": i, "c": "c" if i < ROWS else "small", "v": str(vectors[i].tolist())} for i in range(len(vectors))]
     with engine8.begin() as conn:
-        encoder = _register(conn)
+        encoder = stand_in_encoder(conn, DIM, fingerprint="stats")
         conn.execute(sa.text("DROP INDEX dpr_pg.passages_embedding_hnsw"))
         conn.execute(sa.text(
             "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
@@ -172,7 +167,7 @@ def test_without_statistics_a_small_estimate_is_counted_not_trusted_in_every_fac
 
 def test_analyze_runs_when_a_write_changed_a_large_share_of_the_collection(engine8: Engine) -> None:
     with engine8.begin() as conn:
-        encoder = _register(conn)
+        encoder = stand_in_encoder(conn, DIM, fingerprint="stats")
 
     def insert(collection: str, first: int, count: int) -> None:
         with engine8.begin() as conn:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _encoders import stand_in_encoder
 from _filter_oracle import matches
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -46,9 +47,7 @@ def corpus_engine(server: Any) -> Iterator[Engine]:
     name = server.create_database(template=server.initialized_template(DIM))
     engine = sa.create_engine(server.url_for(name))
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('fp', 'q', 'p', 't', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
+        encoder = stand_in_encoder(conn, DIM)
         conn.execute(sa.text(
             "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
             "encoder_id) VALUES (:c, :e, :t, :x, CAST(:m AS jsonb), 'h', :v, :enc)"),
@@ -386,9 +385,7 @@ def test_a_768d_row_keeps_metadata_and_text_inline_in_the_heap(engine: Engine) -
     vector = str(rng.normal(size=768).astype(np.float32).tolist())
     metadata = {f"k{i}": uuid.UUID(int=int(rng.integers(2**62))).hex for i in range(20)}  # ~900 B, incompressible
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('fp', 'q', 'p', 't', 768, 512) RETURNING id")).scalar_one()
+        encoder = stand_in_encoder(conn, 768)
         conn.execute(sa.text(
             "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, embedding, "
             "encoder_id) VALUES ('c', 'e', 't', :x, CAST(:m AS jsonb), 'h', :v, :enc)"),

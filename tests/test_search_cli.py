@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _encoders import stand_in_encoder
 from sqlalchemy.engine import Engine
 
 from dpr_pg import EncoderMismatchError, EncoderPair, register_encoder, search, search_many
@@ -48,9 +49,8 @@ def test_a_question_searches_like_its_encoded_vector(engine: Engine, fp32_pair: 
 
 def test_vectors_of_another_encoder_pair_are_refused(engine: Engine, fp32_pair: EncoderPair) -> None:
     with engine.begin() as conn:
-        other = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('someone-else', 'other/q', 'other/p', 't', 768, 512) RETURNING id")).scalar_one()
+        other = stand_in_encoder(conn, 768, fingerprint="someone-else", question_model="other/q",
+                                 passage_model="other/p")
         conn.execute(sa.text(
             "INSERT INTO dpr_pg.passages (collection, external_id, text, content_hash, embedding, encoder_id) "
             "VALUES ('wiki', 'x', 'texto', 'h', :v, :enc)"), {"v": str([0.1] * 768), "enc": other})

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _encoders import stand_in_encoder
 from _filter_oracle import matches
 from _sql_face import sql_face
 from sqlalchemy.engine import Engine
@@ -69,9 +70,7 @@ def engine(server: Any) -> Iterator[Engine]:
     name = server.create_database(template=server.initialized_template(DIM))
     eng = sa.create_engine(server.url_for(name))
     with eng.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('fp', 'q', 'p', 't', :d, 512) RETURNING id"), {"d": DIM}).scalar_one()
+        encoder = stand_in_encoder(conn, DIM)
         # Bulk loads build the HNSW indexes once, after the rows (as ingest's defer_index does).
         conn.execute(sa.text("DROP INDEX dpr_pg.passages_embedding_hnsw"))
         conn.execute(sa.text(

@@ -33,6 +33,7 @@ from dpr_pg.db.schema import head_revision
 from dpr_pg.service.keys import create_key, revoke_key
 import _served
 from _devices import assert_same_vectors
+from _encoders import stand_in_encoder
 
 SAMPLE = Path(dpr_pg.__file__).parent / "data" / "sample_es.jsonl"
 QUESTION = "¿Cuál es la capital de España?"
@@ -350,9 +351,7 @@ def test_an_unknown_route_gets_json_404(client: httpx.Client) -> None:
 
 def test_another_encoder_pairs_collection_gets_409(client: httpx.Client, engine: Engine) -> None:
     with engine.begin() as conn:
-        other = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('elsewhere', 'q', 'p', 't', 768, 512) RETURNING id")).scalar_one()
+        other = stand_in_encoder(conn, 768, fingerprint="elsewhere")
         conn.execute(sa.text(
             "INSERT INTO dpr_pg.passages (collection, external_id, title, text, content_hash, embedding, encoder_id) "
             "SELECT 'foreign', external_id, title, text, content_hash, embedding, :other FROM dpr_pg.passages "

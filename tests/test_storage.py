@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from _clustered import DIM, clustered_vectors, lang_of, load_clustered
+from _encoders import stand_in_encoder
 from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -167,13 +168,11 @@ def test_a_rebuild_and_a_deferred_index_keep_the_storage(stored: tuple[Engine, s
 def test_switching_back_and_forth_on_a_populated_database_keeps_every_row(database_url: str) -> None:
     engine = sa.create_engine(database_url)
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES ('fp', 'q', 'p', 't', 768, 512)"))
+        encoder = stand_in_encoder(conn, 768)
         conn.execute(sa.text(
             "INSERT INTO dpr_pg.passages (collection, external_id, text, content_hash, embedding, encoder_id) "
-            "SELECT 'c', g::text, 'texto', 'h', array_fill(g::real, ARRAY[768])::vector, 1 "
-            "FROM generate_series(1, 50) AS g"))
+            "SELECT 'c', g::text, 'texto', 'h', array_fill(g::real, ARRAY[768])::vector, :enc "
+            "FROM generate_series(1, 50) AS g"), {"enc": encoder})
     first = set_storage(engine, "halfvec")
     assert (first.previous.kind, first.storage.kind, first.rebuilt, first.rows) == ("vector", "halfvec", True, 50)
     assert search(engine, np.ones(768, np.float32), k=3).plan.storage == "halfvec"  # this process sees it at once

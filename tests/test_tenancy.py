@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _encoders import stand_in_encoder
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -65,10 +66,8 @@ def as_role(url: str, role: str) -> Engine:
 def _load(engine: Engine, *, tiny_collections: int = 0) -> None:
     """COLLECTIONS, ``tiny_collections`` more of one row each, and two app tables enabled for search_table."""
     with engine.begin() as conn:
-        encoder = conn.execute(sa.text(
-            "INSERT INTO dpr_pg.encoders (fingerprint, question_model, passage_model, tokenizer_hash, dim, max_length) "
-            "VALUES (:f, 'tenancy/question', 'tenancy/passage', 'tok', :d, 512) RETURNING id"),
-            {"f": FINGERPRINT.id, "d": DIM}).scalar_one()
+        encoder = stand_in_encoder(conn, DIM, fingerprint=FINGERPRINT.id, question_model=FINGERPRINT.question_model,
+                                   passage_model=FINGERPRINT.passage_model, tokenizer_hash=FINGERPRINT.tokenizer_hash)
         for name, vectors in VECTORS.items():
             conn.execute(sa.text(
                 "INSERT INTO dpr_pg.passages (collection, external_id, title, text, metadata, content_hash, "
