@@ -55,6 +55,7 @@ from dpr_pg.db.index import (
     _tell,
     index_parameters,
 )
+from dpr_pg.db.cached import fresh
 from dpr_pg.db.partitions import is_partitioned
 from dpr_pg.db.promoted import check_key, promoted_columns
 from dpr_pg.db.revision import require_schema
@@ -207,12 +208,7 @@ def filtered_indexes(bind: Engine | Connection) -> list[FilteredIndex]:
 
 def filtered_by_engine(conn: Connection) -> tuple[FilteredIndex, ...]:
     """The filtered indexes for the search planner, read again after a few seconds (or at once in this process)."""
-    now = time.monotonic()
-    cached = _CACHE.get(conn.engine)
-    if cached is None or now - cached[0] >= _TTL:
-        cached = (now, tuple(filtered_indexes(conn)))
-        _CACHE[conn.engine] = cached
-    return cached[1]
+    return fresh(_CACHE, conn.engine, lambda: tuple(filtered_indexes(conn)), ttl=_TTL)
 
 
 def forget_filtered_indexes(engine: Engine) -> None:

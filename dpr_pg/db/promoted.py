@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import weakref
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Connection, Engine
 
+from dpr_pg.db.cached import fresh
 from dpr_pg.db.revision import require_schema
 from dpr_pg.errors import ConfigError, DatabaseError, PrivilegeError
 
@@ -93,12 +93,7 @@ def promoted_columns(bind: Engine | Connection) -> list[PromotedColumn]:
 
 def promoted_by_key(conn: Connection) -> dict[str, PromotedColumn]:
     """{key: column} for the filter compiler, read again after a few seconds (or at once in this process)."""
-    now = time.monotonic()
-    cached = _CACHE.get(conn.engine)
-    if cached is None or now - cached[0] >= _TTL:
-        cached = (now, {p.key: p for p in promoted_columns(conn)})
-        _CACHE[conn.engine] = cached
-    return cached[1]
+    return fresh(_CACHE, conn.engine, lambda: {p.key: p for p in promoted_columns(conn)}, ttl=_TTL)
 
 
 def promote_key(engine: Engine, key: str, *, kind: str = "text") -> PromotedColumn:

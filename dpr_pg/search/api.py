@@ -12,12 +12,11 @@ from __future__ import annotations
 import functools
 import math
 import re
-import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 import sqlalchemy as sa
@@ -35,6 +34,7 @@ from dpr_pg.filters import Filter, compile_filter, to_sql
 from dpr_pg.db.models import Passage
 from dpr_pg.db.replicas import read_connection
 from dpr_pg.db.partitions import is_partitioned, partition_name
+from dpr_pg.db.cached import fresh
 from dpr_pg.db.filtered import FilteredMatch, filtered_by_engine, matching_index
 from dpr_pg.db.promoted import promoted_by_key
 from dpr_pg.db.storage import Storage, ann_distance, check_storage, read_storage
@@ -400,32 +400,6 @@ _PARTITIONED: weakref.WeakKeyDictionary[Engine, tuple[float, bool]] = weakref.We
 # search takes to read it again); they stay right (the exact path), only slower. set_storage in this
 # process takes effect at once.
 STORAGE_TTL = 5.0
-_T = TypeVar("_T")
-
-
-def _fresh(cache: weakref.WeakKeyDictionary[Engine, tuple[float, _T]], engine: Engine,
-           read: Callable[[], _T]) -> _T:
-    """``engine``'s value in ``cache`` while younger than STORAGE_TTL seconds, else ``read()`` again.
-
-    One search reads it again; the searches that come meanwhile go on with the value it replaces
-    (a moment older), rather than every search in flight reading it at once when it expires.
-    """
-    now = time.monotonic()
-    cached = cache.get(engine)
-    if cached is not None and now - cached[0] < STORAGE_TTL:
-        return cached[1]
-    if cached is not None:
-        cache[engine] = (now, cached[1])
-    try:
-        value = read()
-    except BaseException:
-        if cached is not None and cache.get(engine) == (now, cached[1]):
-            cache[engine] = cached  # the next search tries again
-        raise
-    cache[engine] = (now, value)
-    return value
-
-
 def forget_database_facts(engine: Engine) -> None:
     """Make the next search on ``engine`` read the dimension, pgvector's version and the storage again."""
     _FACTS.pop(engine, None)
@@ -463,7 +437,7 @@ def _database_facts(conn: Connection) -> tuple[int, tuple[int, ...], int, bool]:
 
 def _partitioned(conn: Connection) -> bool:
     """Whether dpr_pg.passages is partitioned by collection, read again after STORAGE_TTL seconds."""
-    return _fresh(_PARTITIONED, conn.engine, lambda: is_partitioned(conn))
+    return fresh(_PARTITIONED, conn.engine, lambda: is_partitioned(conn), ttl=STORAGE_TTL)
 
 
 def _collection_partition(conn: Connection, collection: str, *, whole: bool) -> _planner.CollectionPartition | None:
@@ -510,7 +484,7 @@ def _partition_spread(conn: Connection) -> _planner.PartitionSpread | None:
 
 def _storage(conn: Connection) -> Storage:
     """The index's storage (see :mod:`dpr_pg.db.storage`), read again after STORAGE_TTL seconds."""
-    return _fresh(_STORAGE, conn.engine, lambda: read_storage(conn))
+    return fresh(_STORAGE, conn.engine, lambda: read_storage(conn), ttl=STORAGE_TTL)
 
 
 def check_request(*, k: int, mode: str = "dense", filter: Filter = None, collection: str | None = None,
